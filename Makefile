@@ -1,0 +1,52 @@
+# Train -> export -> serve. Every target installs what it needs through `setup` first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+
+CONFIG ?=
+RUN ?= runs/synthetic
+SET ?=
+DATA_ROOT ?=
+GPUS ?= 1
+# extra torchrun flags for multi-node, e.g. "--nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500"
+TORCHRUN_ARGS ?= --standalone
+PYTEST_ARGS ?=
+
+TRAIN_ARGS = --run "$(RUN)" $(if $(CONFIG),--config "$(CONFIG)") $(if $(DATA_ROOT),--data-root "$(DATA_ROOT)") $(if $(SET),--set $(SET))
+
+.PHONY: setup train evaluate test test-all clean-venv help
+
+help:
+	@echo "make setup                      create $(VENV) and install everything"
+	@echo "make train [CONFIG=] [RUN=] [SET=\"k=v ...\"] [DATA_ROOT=] [GPUS=N]"
+	@echo "make evaluate RUN=runs/NAME     30-view test of a run's checkpoint"
+	@echo "make test                       the test suite (what CI runs)"
+
+setup: $(VENV)/.installed
+
+# torch is pinned and installed first so that the project's `torch>=...` requirement is
+# already satisfied (an unpinned torch would pull several GB of CUDA packages).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip setuptools wheel
+	$(BIN)/pip install "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+train: setup
+ifeq ($(GPUS),1)
+	$(BIN)/python -m training train $(TRAIN_ARGS)
+else
+	$(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node=$(GPUS) -m training train $(TRAIN_ARGS)
+endif
+
+evaluate: setup
+	$(BIN)/python -m training evaluate --run "$(RUN)"
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,145 @@
+"""Shape, parameter-count, wiring and gradient checks for the R3D-18 networks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.losses import contrastive_loss, dense_alignment_loss
+from training.models import BasicBlock3d, ProjectionHead, R3D18, TwoStreamNet, count_parameters
+
+
+@pytest.fixture(scope="module")
+def full_r3d18():
+    torch.manual_seed(0)
+    return R3D18(101).eval()
+
+
+@pytest.mark.parametrize(
+    "temporal_pool, frames",
+    [(True, (4, 2, 1, 1)), (False, (8, 4, 2, 1))],  # METHOD.md: with pool2 / Table 4 without
+)
+def test_stage_shapes_full_width(temporal_pool, frames):
+    torch.manual_seed(0)
+    model = R3D18(101, temporal_pool=temporal_pool).eval()
+    with torch.no_grad():
+        feats = model.features(torch.randn(1, 3, 8, 224, 224))
+    expected = [(1, c, t, s, s) for c, t, s in zip((64, 128, 256, 512), frames, (56, 28, 14, 7))]
+    assert [tuple(f.shape) for f in feats] == expected
+    assert model.stage_channels == (64, 128, 256, 512)
+    assert model.feature_dim == 512
+
+
+def test_parameter_count_matches_paper(full_r3d18):
+    n = count_parameters(full_r3d18)
+    assert abs(n - 33.2e6) <= 0.05e6, n
+    # the temporal pool has no parameters, so Table 4's variant is the same size
+    assert count_parameters(R3D18(101, temporal_pool=False)) == n
+
+
+def test_init(full_r3d18):
+    m = full_r3d18
+    blocks = [b for b in m.modules() if isinstance(b, BasicBlock3d)]
+    assert len(blocks) == 8
+    for b in blocks:
+        assert torch.all(b.bn2.weight == 0)  # zero_init_residual
+        assert torch.all(b.bn1.weight == 1) and torch.all(b.bn1.bias == 0)
+    assert sum(b.downsample is not None for b in blocks) == 3
+    for bn in (x for x in m.modules() if isinstance(x, nn.BatchNorm3d)):
+        assert bn.eps == 1e-3
+    assert torch.all(m.fc.bias == 0)
+    assert abs(m.fc.weight.std().item() - 0.01) < 1e-3
+    assert m.dropout.p == 0.5
+
+
+def test_forward_equals_classify_pool_features():
+    torch.manual_seed(0)
+    model = R3D18(7, width=4).eval()
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        expected = model.classify(model.pool(model.features(x)[-1]))
+        assert torch.equal(model(x), expected)
+        assert model(x).shape == (2, 7)
+        assert torch.allclose(model.pool(model.features(x)[-1]), model.features(x)[-1].mean(dim=(2, 3, 4)))
+
+
+def test_in_channels_and_bn_eps():
+    model = R3D18(3, width=4, in_channels=1, bn_eps=1e-5)
+    assert model.stem[0].in_channels == 1
+    assert all(bn.eps == 1e-5 for bn in model.modules() if isinstance(bn, nn.BatchNorm3d))
+
+
+def test_projection_head():
+    head = ProjectionHead(16)
+    out = head(torch.randn(5, 16))
+    assert out.shape == (5, 16)
+    assert not head.net[-1].affine
+    assert all(not lin.bias for lin in head.net if isinstance(lin, nn.Linear))
+
+
+@pytest.mark.parametrize(
+    "streams, projection, inputs, keys",
+    [
+        ("both", True, ("rgb", "tg"), {"logits_rgb", "feats_rgb", "emb_rgb", "logits_tg", "feats_tg", "emb_tg"}),
+        ("both", False, ("rgb", "tg"), {"logits_rgb", "feats_rgb", "logits_tg", "feats_tg"}),
+        ("both", True, ("rgb",), {"logits_rgb", "feats_rgb", "emb_rgb"}),
+        ("rgb", True, ("rgb",), {"logits_rgb", "feats_rgb"}),
+        ("tg", True, ("tg",), {"logits_tg", "feats_tg"}),
+    ],
+)
+def test_two_stream_keys(streams, projection, inputs, keys):
+    torch.manual_seed(0)
+    net = TwoStreamNet(5, width=4, streams=streams, projection=projection)
+    x = {name: torch.randn(2, 3, 8, 32, 32) for name in inputs}
+    out = net(**x)
+    assert set(out) == keys
+    for name in inputs:
+        assert out[f"logits_{name}"].shape == (2, 5)
+        assert len(out[f"feats_{name}"]) == 4
+        if f"emb_{name}" in out:
+            assert out[f"emb_{name}"].shape == (2, 32)
+    assert (net.student is None) == (streams == "tg")
+    assert (net.teacher is None) == (streams == "rgb")
+    assert (net.proj_rgb is None) == (not projection or streams != "both")
+
+
+def test_two_stream_rejects_bad_config():
+    with pytest.raises(ValueError, match="'flow'"):
+        TwoStreamNet(5, width=4, streams="flow")
+    net = TwoStreamNet(5, width=4, streams="rgb")
+    with pytest.raises(ValueError, match="'tg'"):
+        net(tg=torch.randn(2, 3, 8, 32, 32))
+
+
+def test_student_and_teacher_do_not_share_weights():
+    net = TwoStreamNet(5, width=4)
+    student_ptrs = {p.data_ptr() for p in net.student.parameters()}
+    teacher_ptrs = {p.data_ptr() for p in net.teacher.parameters()}
+    assert student_ptrs.isdisjoint(teacher_ptrs)
+    assert not torch.equal(net.student.stem[0].weight, net.teacher.stem[0].weight)
+    # only the projection heads are extra: export drops them and the teacher
+    expected = 2 * count_parameters(R3D18(5, width=4)) + 2 * count_parameters(ProjectionHead(32))
+    assert count_parameters(net) == expected
+
+
+def test_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    net = TwoStreamNet(5, width=4).train()
+    # zero_init_residual makes every residual branch's gradient exactly zero at step 0;
+    # give those BNs non-zero scales so the check covers the wiring of every layer
+    for block in net.modules():
+        if isinstance(block, BasicBlock3d):
+            nn.init.uniform_(block.bn2.weight, 0.5, 1.5)
+    # 64² keeps >1 value per channel in stage 4's BN (at 32² a batch of 2 would be 1×1×1)
+    rgb, tg = torch.randn(2, 3, 8, 64, 64), torch.randn(2, 3, 8, 64, 64)
+    labels = torch.tensor([1, 3])
+    out = net(rgb=rgb, tg=tg)
+    loss = (
+        F.cross_entropy(out["logits_rgb"], labels)
+        + F.cross_entropy(out["logits_tg"], labels)
+        + dense_alignment_loss(out["feats_rgb"], out["feats_tg"])
+        + contrastive_loss(out["emb_rgb"], out["emb_tg"])
+    )
+    loss.backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, missing

@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+
+from tests.videofiles import decoded_index, frame_coded, write_video
+from training.video import (VideoDecodeError, open_video, read_frames, successor_indices, uniform_clip_indices,
+                            train_clip_indices)
+from training.views import InputSpec, average_view_scores, decode_test_views, frames_to_views
+
+
+def test_train_clip_indices_interval_and_wrap():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = train_clip_indices(100, clip_len=8, interval=8, rng=rng)
+        assert len(idx) == 8 and (np.diff(idx) == 8).all() and idx[-1] < 100
+    short = train_clip_indices(20, clip_len=8, interval=8, rng=np.random.default_rng(1))
+    assert len(short) == 8 and short.max() < 20
+    assert ((np.diff(short) % 20) == 8).all()  # wraps around
+
+
+def test_test_clip_indices_are_uniform():
+    idx = uniform_clip_indices(300, clip_len=8, interval=8, num_clips=10)
+    assert idx.shape == (10, 8)
+    starts = idx[:, 0]
+    assert (np.diff(starts) > 0).all() and starts[0] >= 0 and idx.max() < 300
+    gaps = np.diff(starts)
+    assert gaps.max() - gaps.min() <= 1  # evenly spread
+    # first and last clip keep the same margin to the video's ends
+    assert abs(starts[0] - (300 - 1 - idx[-1, -1])) <= 2
+    short = uniform_clip_indices(30, clip_len=8, interval=8, num_clips=10)
+    assert short.shape == (10, 8) and short.max() < 30
+
+
+def test_successor_at_video_end_is_the_frame_itself():
+    idx = np.array([0, 5, 9])
+    assert successor_indices(idx, stride=1, num_frames=10).tolist() == [1, 6, 9]
+    assert successor_indices(idx, stride=7, num_frames=10).tolist() == [7, 5, 9]
+
+
+def test_thirty_view_geometry():
+    # a horizontal ramp: a left crop must be darker than the centre, the centre than the right
+    frames = np.tile(np.linspace(0, 250, 128, dtype=np.float32)[None, None, :, None], (10 * 8, 64, 1, 3)).astype(np.uint8)
+    frames[:8] = 0  # clip 0 is black: checks clip-major ordering
+    views = frames_to_views(frames, clips=10, crops=3, short_side=64, crop=64)
+    assert views.shape == (30, 3, 8, 64, 64)
+    assert views[:3].abs().max() == 0 and views[3:].abs().max() > 0
+    left, centre, right = views[3].mean(), views[4].mean(), views[5].mean()
+    assert left < centre < right
+    assert views[3, :, :, :, 0].mean() == pytest.approx(0, abs=1.5)  # left crop starts at the left edge
+    assert views[5, :, :, :, -1].mean() == pytest.approx(250, abs=1.5)  # right crop ends at the right edge
+    tall = frames_to_views(np.zeros((8, 100, 50, 3), np.uint8), clips=1, crops=3, short_side=50, crop=40)
+    assert tall.shape == (3, 3, 8, 40, 40)
+
+
+def test_decode_test_views_reads_the_sampled_frames(coded_video):
+    spec = InputSpec(clip_len=4, interval=5, test_clips=3, test_crops=3, test_short_side=48, test_crop=48)
+    d = decode_test_views(str(coded_video), spec, tg_stride=1)
+    assert d.num_frames == 60 and d.views.shape == (9, 3, 4, 48, 48)
+    expected = uniform_clip_indices(60, clip_len=4, interval=5, num_clips=3)
+    for clip in range(3):
+        for crop in range(3):
+            got = [decoded_index(d.views[clip * 3 + crop, :, t]) for t in range(4)]
+            assert got == expected[clip].tolist()
+            got_next = [decoded_index(d.successors[clip * 3 + crop, :, t]) for t in range(4)]
+            assert got_next == (expected[clip] + 1).tolist()
+    quick = decode_test_views(coded_video.read_bytes(), InputSpec(clip_len=4, interval=5, short_side=48, crop_size=32),
+                              quick=True)
+    assert quick.views.shape == (1, 3, 4, 32, 32)
+
+
+def test_average_view_scores_is_mean_softmax():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    e = np.exp(2.0)
+    expected = ((e / (e + 1)) + (1 / (1 + e)) + 0.5) / 3
+    assert average_view_scores(logits).tolist() == pytest.approx([expected, expected])
+
+
+def test_unreadable_inputs_raise_named_errors(tmp_path, coded_video):
+    with pytest.raises(VideoDecodeError, match="empty"):
+        open_video(b"")
+    with pytest.raises(VideoDecodeError, match="not a readable video"):
+        open_video(b"this is not a video at all" * 10)
+    data = coded_video.read_bytes()
+    with pytest.raises(VideoDecodeError):
+        open_video(data[: len(data) // 4])
+    with pytest.raises(VideoDecodeError, match="no such file"):
+        open_video(str(tmp_path / "missing.mp4"))
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(VideoDecodeError, match="empty.mp4: empty"):
+        open_video(str(tmp_path / "empty.mp4"))
+    reader = open_video(data)
+    frames = read_frames(reader, np.array([3, 3, 1]))
+    assert [decoded_index(f) for f in frames] == [3, 3, 1]

@@ -1,0 +1,35 @@
+"""Small real video files for tests, written with PyAV."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
+    """Encode (N, H, W, 3) uint8 frames as an mp4 (libx264, near-lossless)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv444p"
+        stream.options = {"crf": "0", "threads": "1"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def frame_coded(num_frames: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """Frame i is a flat image of value 3*i (so a decoded frame tells its index)."""
+    values = (np.arange(num_frames) * 3).astype(np.uint8)
+    return np.broadcast_to(values[:, None, None, None], (num_frames, height, width, 3)).copy()
+
+
+def decoded_index(frame_values: torch.Tensor | np.ndarray) -> int:
+    """Index of a frame written by `frame_coded`, from its mean value."""
+    return int(round(float(np.asarray(frame_values, dtype=np.float64).mean()) / 3))

@@ -1,0 +1,287 @@
+"""Typed configuration: dataclasses loaded from YAML, `key=value` overrides, strict checking.
+
+Defaults are the paper's full-size settings (METHOD.md); a YAML file states only what differs.
+Unknown keys, wrong types and values outside a key's choices are errors that name the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from training.views import InputSpec
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key."""
+
+
+@dataclass
+class SyntheticConfig:
+    """Size of the generated motion dataset used when `data.synthetic` is on."""
+
+    num_classes: int = 10
+    train_per_class: int = 40
+    labeled_per_class: int = 4
+    val_per_class: int = 10
+    frames: int = 48
+    width: int = 96
+    height: int = 72
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic"
+    format: str = "lists"  # lists: classes + list files; folder: ROOT/labeled, unlabeled, val
+    classes: str = "classes.txt"
+    train_list: str = "lists/train.txt"  # every training video with its label (split source)
+    labeled_list: str = ""  # a given labeled split (e.g. VideoSSL's), used as is
+    unlabeled_list: str = ""  # default: the whole training list, labeled videos included
+    val_list: str = "lists/val.txt"
+    labeled_ratio: float = 0.0  # draw the labeled split: a fraction of each class ...
+    labeled_per_class: int = 0  # ... or k videos per class (Kinetics 1 % / 10 %)
+    split_seed: int = 0
+    synthetic: bool = False  # generate the synthetic motion dataset into `root` if missing
+    synthetic_size: SyntheticConfig = field(default_factory=SyntheticConfig)
+    num_workers: int = 4  # data-loader processes per training process
+    decode_threads: int = 1  # decord threads per reader
+
+
+@dataclass
+class TGConfig:
+    stride: int = 1  # 1: fast TG, frame t minus frame t+1 (default); 7: the paper's slow TG
+
+
+@dataclass
+class StrongAugConfig:
+    num_ops: int = 2
+    magnitude: float = 10.0  # of 10: each op at magnitude/10 of its maximum strength
+
+
+@dataclass
+class ModelConfig:
+    width: int = 64  # channels of stage 1; 64 is R3D-18, smaller widths for CPU-sized runs
+    temporal_pool: bool = True  # max-pool time after stage 1 (authors' code); off = Table 4
+    dropout: float = 0.5
+    bn_eps: float = 1e-3
+
+
+@dataclass
+class LossConfig:
+    streams: str = "both"  # both: RGB student + TG teacher; rgb / tg: FixMatch on one modality
+    fusion: str = "logits"  # pseudo-labels: logits (code), probs (paper Eq. 5), rgb, tg, self
+    threshold: float = 0.3
+    align: str = "cosine"  # dense alignment: cosine, l1, l2, off
+    align_stages: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    stop_gradient: bool = True
+    contrast: bool = True
+    temperature: float = 0.5
+    weight_cls: float = 0.5  # on (L_sup_rgb + L_u_rgb + L_sup_tg + L_u_tg)
+    weight_align: float = 1.0
+    weight_contrast: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 180  # one epoch is one pass over the unlabeled set
+    batch_labeled: int = 5  # per process
+    batch_unlabeled: int = 5  # per process
+    lr: float = 0.2  # at `lr_reference_batch` clips; scaled linearly with the actual total batch
+    lr_reference_batch: int = 80  # 8 GPUs x (5 + 5) clips
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 10.0
+    warmup_start_factor: float = 0.1
+    sup_warmup_epochs: int = 30  # unlabeled loss off before this epoch
+    clip_grad: float = 40.0  # 0 disables
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda
+    amp: bool = True  # bf16 autocast on CUDA
+    sync_bn: bool = True  # on CUDA with several processes (SyncBN has no CPU kernel)
+    checkpoint_every: int = 5
+    eval_every: int = 5  # quick 1-clip validation
+    precise_bn_every: int = 5
+    precise_bn_batches: int = 200
+    precise_bn: bool = True
+    eval_batch_views: int = 30  # views per forward in the 30-view test
+    threads: int = 0  # torch intra-op threads per process, 0 = torch's default
+    max_steps_per_epoch: int = 0  # 0 = a full pass; a cap for smoke tests
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    input: InputSpec = field(default_factory=InputSpec)
+    tg: TGConfig = field(default_factory=TGConfig)
+    strong: StrongAugConfig = field(default_factory=StrongAugConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.format": ("lists", "folder"),
+    "loss.streams": ("both", "rgb", "tg"),
+    "loss.fusion": ("logits", "probs", "rgb", "tg", "self"),
+    "loss.align": ("cosine", "l1", "l2", "off"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+
+
+def _coerce(value, typ, key: str):
+    """Check/convert one YAML value against a dataclass field type."""
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(typ, value, key + ".")
+    if origin is list:
+        (item_type,) = typing.get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false (or on/off), got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if typ is str:
+        if value is False and key in CHOICES and "off" in CHOICES[key]:
+            return "off"  # YAML reads a bare `off` as false
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = str(value)
+            if key in CHOICES and value not in CHOICES[key]:
+                raise ConfigError(f"{key}: {value!r} is not one of {', '.join(CHOICES[key])}")
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {typ}")
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}' (valid: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, object]]:
+    """`["loss.align=off", "optim.epochs=3"]` -> [(key, YAML-parsed value), ...]."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- `key=value` overrides, checked against the dataclasses."""
+    tree: dict = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(tree: dict) -> Config:
+    """Rebuild a Config saved with a checkpoint or run folder."""
+    cfg = _build(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    loss = cfg.loss
+    if loss.streams != "both":
+        if loss.align != "off" or loss.contrast:
+            raise ConfigError(
+                f"loss.streams={loss.streams} trains one network: set loss.align=off and loss.contrast=off"
+            )
+        if loss.fusion != "self":
+            raise ConfigError(f"loss.streams={loss.streams} needs loss.fusion=self (no second network to fuse)")
+    bad = [s for s in loss.align_stages if s not in (1, 2, 3, 4)]
+    if bad or not loss.align_stages:
+        raise ConfigError(f"loss.align_stages: stages are 1..4, got {loss.align_stages}")
+    if not 0.0 <= loss.threshold <= 1.0:
+        raise ConfigError(f"loss.threshold: must be in [0, 1], got {loss.threshold}")
+    if loss.temperature <= 0:
+        raise ConfigError(f"loss.temperature: must be > 0, got {loss.temperature}")
+    if cfg.data.labeled_ratio and cfg.data.labeled_per_class:
+        raise ConfigError("data.labeled_ratio and data.labeled_per_class: set one, not both")
+    if not 0.0 <= cfg.data.labeled_ratio <= 1.0:
+        raise ConfigError(f"data.labeled_ratio: must be in [0, 1], got {cfg.data.labeled_ratio}")
+    spec = cfg.input
+    if spec.crop_size > spec.short_side:
+        raise ConfigError(f"input.crop_size ({spec.crop_size}) exceeds input.short_side ({spec.short_side})")
+    if spec.test_crop > spec.test_short_side:
+        raise ConfigError(f"input.test_crop ({spec.test_crop}) exceeds input.test_short_side ({spec.test_short_side})")
+    for key, value in (("input.clip_len", spec.clip_len), ("input.interval", spec.interval), ("tg.stride", cfg.tg.stride),
+                       ("optim.epochs", cfg.optim.epochs), ("optim.batch_labeled", cfg.optim.batch_labeled),
+                       ("optim.batch_unlabeled", cfg.optim.batch_unlabeled), ("model.width", cfg.model.width)):
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if len(spec.mean) != 3 or len(spec.std) != 3:
+        raise ConfigError("input.mean and input.std: three values each (R, G, B)")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def diff_configs(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = v
+        return out
+
+    fa, fb = flat(a.to_dict()), flat(b.to_dict())
+    return sorted(k for k in fa if fa[k] != fb.get(k))

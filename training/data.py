@@ -1,0 +1,338 @@
+"""Datasets: list files and the folder layout, labeled-split making, and the clip datasets.
+
+List file line: `relative/path.ext label` (label = 0-based class index, -1 = unknown; an
+unlabeled list may omit it). Folder layout: ROOT/labeled/<class>/*, ROOT/unlabeled/**/*,
+ROOT/val/<class>/*, classes sorted by name.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from training.config import ConfigError, DataConfig
+from training.video import VideoDecodeError, open_video, read_frames, successor_indices, train_clip_indices
+from training.views import InputSpec, decode_test_views
+
+log = logging.getLogger(__name__)
+
+MAX_REPLACEMENTS = 10
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    path: str  # relative to the dataset root
+    label: int  # -1 = unknown
+
+
+@dataclass
+class DataSplits:
+    root: Path
+    classes: list[str]
+    labeled: list[VideoItem]
+    unlabeled: list[VideoItem]
+    val: list[VideoItem]
+    source: str  # how the labeled split was obtained
+
+
+# ----------------------------------------------------------------------------- list files
+def read_classes(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ConfigError(f"class file not found: {path}")
+    classes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not classes:
+        raise ConfigError(f"class file is empty: {path}")
+    return classes
+
+
+def read_video_list(path: Path, *, num_classes: int, require_labels: bool) -> list[VideoItem]:
+    if not path.is_file():
+        raise ConfigError(f"video list not found: {path}")
+    items = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) > 2:
+            raise ConfigError(f"{path}:{lineno}: expected 'relative/path label', got {line!r}")
+        label = -1
+        if len(parts) == 2:
+            try:
+                label = int(parts[1])
+            except ValueError:
+                raise ConfigError(f"{path}:{lineno}: label {parts[1]!r} is not an integer") from None
+            if not -1 <= label < num_classes:
+                raise ConfigError(f"{path}:{lineno}: label {label} outside 0..{num_classes - 1}")
+        if require_labels and label < 0:
+            raise ConfigError(f"{path}:{lineno}: a label is required in this list")
+        items.append(VideoItem(parts[0], label))
+    if not items:
+        raise ConfigError(f"video list is empty: {path}")
+    return items
+
+
+def write_video_list(path: Path, items: list[VideoItem]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{it.path} {it.label}\n" for it in items))
+
+
+# ----------------------------------------------------------------------------- folder layout
+def _videos_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+def read_folder_layout(root: Path) -> tuple[list[str], list[VideoItem], list[VideoItem], list[VideoItem]]:
+    """ROOT/labeled/<class>/*, ROOT/unlabeled/**/*, ROOT/val/<class>/* -> classes, labeled, unlabeled-only, val."""
+    labeled_dir = root / "labeled"
+    if not labeled_dir.is_dir():
+        raise ConfigError(f"folder dataset {root}: missing {labeled_dir} (expected labeled/<class>/videos)")
+    classes = sorted(p.name for p in labeled_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise ConfigError(f"folder dataset {root}: no class folders under {labeled_dir}")
+
+    def per_class(split_dir: Path) -> list[VideoItem]:
+        items = []
+        for label, name in enumerate(classes):
+            for p in _videos_under(split_dir / name):
+                items.append(VideoItem(p.relative_to(root).as_posix(), label))
+        unknown = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in classes)
+        if unknown:
+            raise ConfigError(f"{split_dir}: class folders not in labeled/: {', '.join(unknown)}")
+        return items
+
+    labeled = per_class(labeled_dir)
+    unlabeled = [VideoItem(p.relative_to(root).as_posix(), -1) for p in _videos_under(root / "unlabeled")]
+    val = per_class(root / "val") if (root / "val").is_dir() else []
+    for item in labeled + unlabeled + val:
+        if " " in item.path:
+            raise ConfigError(f"{root / item.path}: file names with spaces are not supported; rename it")
+    if not labeled:
+        raise ConfigError(f"folder dataset {root}: no videos under {labeled_dir}")
+    return classes, labeled, unlabeled, val
+
+
+# ----------------------------------------------------------------------------- splits
+def make_labeled_split(
+    items: list[VideoItem], *, num_classes: int, ratio: float = 0.0, per_class: int = 0, seed: int = 0
+) -> list[VideoItem]:
+    """Draw the labeled subset: `per_class` videos of each class, or `ratio` of each class (>= 1)."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[VideoItem]] = {c: [] for c in range(num_classes)}
+    for it in items:
+        if it.label < 0:
+            raise ConfigError(f"cannot draw a labeled split: {it.path} has no label in the training list")
+        by_class[it.label].append(it)
+    chosen = []
+    for c, members in by_class.items():
+        k = per_class if per_class else max(1, round(ratio * len(members)))
+        chosen += rng.sample(members, min(k, len(members))) if members else []
+    return sorted(chosen, key=lambda it: it.path)
+
+
+def resolve_splits(cfg: DataConfig, run_dir: Path | None, *, is_main: bool = True) -> DataSplits:
+    """The labeled, unlabeled and val sets of a run; a drawn split is saved into the run folder
+    (and reused from there on resume) so the run can be repeated exactly."""
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise ConfigError(f"data.root: dataset folder not found: {root}")
+    if cfg.format == "folder":
+        classes, labeled, unlabeled_only, val = read_folder_layout(root)
+        # the unlabeled set is the whole training set, labeled videos included (authors' code)
+        return DataSplits(root, classes, labeled, labeled + unlabeled_only, val, "folder layout")
+
+    classes = read_classes(root / cfg.classes)
+    n = len(classes)
+    val = read_video_list(root / cfg.val_list, num_classes=n, require_labels=True) if cfg.val_list else []
+    train = read_video_list(root / cfg.train_list, num_classes=n, require_labels=False) if cfg.train_list else []
+    unlabeled = read_video_list(root / cfg.unlabeled_list, num_classes=n, require_labels=False) if cfg.unlabeled_list else train
+    if not unlabeled:
+        raise ConfigError("data.train_list / data.unlabeled_list: no training videos configured")
+
+    saved = run_dir / "splits" / "labeled.txt" if run_dir else None
+    if cfg.labeled_list:
+        labeled = read_video_list(root / cfg.labeled_list, num_classes=n, require_labels=True)
+        source = f"given list {cfg.labeled_list}"
+    elif saved is not None and saved.is_file():
+        labeled = read_video_list(saved, num_classes=n, require_labels=True)
+        source = f"saved split {saved}"
+    elif cfg.labeled_ratio or cfg.labeled_per_class:
+        labeled = make_labeled_split(train, num_classes=n, ratio=cfg.labeled_ratio,
+                                     per_class=cfg.labeled_per_class, seed=cfg.split_seed)
+        source = (f"drawn: {cfg.labeled_per_class} per class" if cfg.labeled_per_class
+                  else f"drawn: ratio {cfg.labeled_ratio}") + f", seed {cfg.split_seed}"
+        if saved is not None and is_main:
+            write_video_list(saved, labeled)
+            (saved.parent / "split.json").write_text(json.dumps(
+                {"ratio": cfg.labeled_ratio, "per_class": cfg.labeled_per_class, "seed": cfg.split_seed,
+                 "train_list": cfg.train_list, "num_labeled": len(labeled), "num_train": len(train)}, indent=2))
+    else:
+        labeled = [it for it in train if it.label >= 0]
+        source = "every labeled video of the training list"
+    if not labeled:
+        raise ConfigError("no labeled training videos: set data.labeled_list, labeled_ratio or labeled_per_class")
+    return DataSplits(root, classes, labeled, unlabeled, val, source)
+
+
+# ----------------------------------------------------------------------------- sampling
+class SeededSampler(Sampler):
+    """Yields (index, seed) pairs: a shuffled shard of the dataset for this process, and a seed
+    per sample derived from (base seed, epoch, index). Augmentation then depends only on these,
+    not on which worker decodes which sample, so resuming at an epoch boundary is exact."""
+
+    def __init__(self, size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0, min_per_rank: int = 1):
+        self.size, self.rank, self.world_size, self.seed = size, rank, world_size, seed
+        # every process gets the same count (DDP steps in lockstep); a set smaller than one
+        # batch per process is repeated rather than producing no batch at all
+        self.per_rank = max(size // world_size, min_per_rank)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        needed = self.per_rank * self.world_size
+        order = (order * -(-needed // self.size))[:needed]
+        for i in order[self.rank :: self.world_size]:
+            yield i, (self.seed, self.epoch, i)
+
+
+# ----------------------------------------------------------------------------- datasets
+def random_resized_box(h: int, w: int, *, area: list[float], ratio: list[float], rng: np.random.Generator):
+    """A crop box (top, left, height, width) covering `area` of the frame with aspect in `ratio`.
+
+    Sampled with the sample's own generator (not torch's global one) so every box is
+    reproducible; after 10 rejected draws it falls back to the largest centred box."""
+    total = h * w
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        target = total * rng.uniform(area[0], area[1])
+        aspect = float(np.exp(rng.uniform(log_ratio[0], log_ratio[1])))
+        cw = int(round(np.sqrt(target * aspect)))
+        ch = int(round(np.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    in_ratio = w / h
+    if in_ratio < min(ratio):
+        cw, ch = w, int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        ch, cw = h, int(round(h * max(ratio)))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def weak_geometric(frames: np.ndarray, spec: InputSpec, rng: np.random.Generator) -> torch.Tensor:
+    """Weak augmentation shared by every frame passed in (RGB frames and their TG successors):
+    resize short side to `short_side`, random resized crop to `crop_size`, horizontal flip.
+
+    (N, H, W, 3) uint8 -> (N, 3, crop, crop) uint8. The box is drawn in the resized frame and
+    mapped back, so resize + crop + resize happens as one interpolation."""
+    n, h, w, _ = frames.shape
+    scale = spec.short_side / min(h, w)
+    rh, rw = round(h * scale), round(w * scale)
+    top, left, ch, cw = random_resized_box(rh, rw, area=spec.crop_area, ratio=spec.crop_ratio, rng=rng)
+    t0, l0 = int(top / scale), int(left / scale)
+    t1, l1 = max(t0 + 1, min(h, round((top + ch) / scale))), max(l0 + 1, min(w, round((left + cw) / scale)))
+    x = torch.from_numpy(frames[:, t0:t1, l0:l1]).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(spec.crop_size, spec.crop_size), mode="bilinear", align_corners=False,
+                      antialias=True)
+    if spec.flip and rng.random() < 0.5:
+        x = x.flip(-1)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class TrainClips(Dataset):
+    """Training clips: each item is one random clip of a video and its TG successor frames,
+    with one weak augmentation applied to both (same frames, crop box and flip).
+
+    item -> {"frames": (2, 3, T, crop, crop) uint8 [0: frames t, 1: frames t + tg_stride],
+             "label": int, "index": int, "skipped": [(path, error), ...]}."""
+
+    def __init__(self, items: list[VideoItem], root: Path, spec: InputSpec, *, tg_stride: int, decode_threads: int = 1):
+        self.items, self.root, self.spec = items, Path(root), spec
+        self.tg_stride, self.decode_threads = tg_stride, decode_threads
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key):
+        index, seed = key
+        rng = np.random.default_rng(list(seed))
+        skipped = []
+        # an unreadable video is replaced by another one (so every process keeps the same batch
+        # size, which DDP's collectives need) and reported through "skipped"
+        for attempt in range(MAX_REPLACEMENTS):
+            item = self.items[(index + attempt * 7919) % len(self.items)]
+            path = str(self.root / item.path)
+            try:
+                reader = open_video(path, num_threads=self.decode_threads)
+                n = len(reader)
+                idx = train_clip_indices(n, clip_len=self.spec.clip_len, interval=self.spec.interval, rng=rng)
+                nxt = successor_indices(idx, stride=self.tg_stride, num_frames=n)
+                frames = read_frames(reader, np.concatenate([idx, nxt]), name=path)
+                break
+            except VideoDecodeError as exc:
+                skipped.append((item.path, str(exc)))
+        else:
+            raise RuntimeError(f"{MAX_REPLACEMENTS} unreadable videos in a row near {self.items[index].path}: "
+                               f"is data.root right? Last error: {skipped[-1][1]}")
+        x = weak_geometric(frames, self.spec, rng)  # (2T, 3, S, S)
+        t = self.spec.clip_len
+        x = x.view(2, t, 3, *x.shape[-2:]).permute(0, 2, 1, 3, 4).contiguous()  # (2, 3, T, S, S)
+        return {"frames": x, "label": item.label, "index": index, "skipped": skipped}
+
+
+class EvalClips(Dataset):
+    """One clip per video with eval preprocessing: the quick validation (1 clip, centre crop)
+    and PreciseBN's batches, or the full 30 views with `quick=False`."""
+
+    def __init__(self, items: list[VideoItem], root: Path, spec: InputSpec, *, tg_stride: int | None,
+                 quick: bool = True, decode_threads: int = 1):
+        self.items, self.root, self.spec = items, Path(root), spec
+        self.tg_stride, self.quick, self.decode_threads = tg_stride, quick, decode_threads
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        item = self.items[index]
+        try:
+            d = decode_test_views(str(self.root / item.path), self.spec, tg_stride=self.tg_stride, quick=self.quick,
+                                  num_threads=self.decode_threads)
+        except VideoDecodeError as exc:
+            return {"skipped": [(item.path, str(exc))]}
+        out = {"views": d.views.round().to(torch.uint8), "label": item.label, "index": index, "skipped": []}
+        if d.successors is not None:
+            out["successors"] = d.successors.round().to(torch.uint8)
+        return out
+
+
+def collate_skipping(samples: list[dict]) -> dict:
+    """Stack the good samples; gather every sample's skipped (path, error) pairs to be counted."""
+    good = [s for s in samples if "label" in s]
+    batch = {"skipped": [pair for s in samples for pair in s["skipped"]]}
+    if good:
+        for key in good[0]:
+            if key == "skipped":
+                continue
+            values = [s[key] for s in good]
+            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+    return batch
+
+
+def worker_init(_worker_id: int) -> None:
+    # several loader processes share 2-16 cores with the training process: one thread each
+    torch.set_num_threads(1)

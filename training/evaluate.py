@@ -1,0 +1,156 @@
+"""Evaluation: the 30-view test, the quick 1-clip validation, and PreciseBN.
+
+`python -m training evaluate --run RUN` evaluates any run folder's last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from training.augment import temporal_gradient
+from training.data import EvalClips, VideoItem, collate_skipping, worker_init
+from training.distributed import DistInfo, gather_objects
+from training.views import InputSpec, average_view_scores, normalize
+
+log = logging.getLogger(__name__)
+
+
+def accuracy_metrics(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """Top-1, Top-5 and mean class accuracy (%) of video scores (N, C) against labels (N,)."""
+    if len(labels) == 0:
+        return {"top1": float("nan"), "top5": float("nan"), "mean_class": float("nan"), "videos": 0}
+    k = min(5, num_classes)
+    topk = np.argsort(-scores, axis=1)[:, :k]
+    top1 = topk[:, 0] == labels
+    top5 = (topk == labels[:, None]).any(axis=1)
+    per_class = [top1[labels == c].mean() for c in range(num_classes) if (labels == c).any()]
+    return {"top1": 100.0 * top1.mean(), "top5": 100.0 * top5.mean(), "mean_class": 100.0 * float(np.mean(per_class)),
+            "videos": int(len(labels))}
+
+
+@torch.no_grad()
+def score_videos(
+    model: nn.Module,
+    items: list[VideoItem],
+    root: Path,
+    spec: InputSpec,
+    *,
+    modality: str,
+    tg_stride: int,
+    device: torch.device,
+    quick: bool = False,
+    batch_views: int = 30,
+    num_workers: int = 0,
+    info: DistInfo = DistInfo(),
+) -> tuple[np.ndarray, np.ndarray, list]:
+    """Average view scores of every video -> (scores (N, C), labels (N,), skipped videos).
+
+    RGB models see the views; TG models see the temporal gradient of the same views. Videos
+    are sharded over processes and gathered back in the original order."""
+    model.eval()
+    mine = list(range(info.rank, len(items), info.world_size))
+    dataset = EvalClips([items[i] for i in mine], root, spec, tg_stride=tg_stride if modality == "tg" else None,
+                        quick=quick)
+    loader = DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=collate_skipping,
+                        worker_init_fn=worker_init)
+    results, skipped = {}, []
+    for local_i, batch in enumerate(loader):
+        skipped += batch["skipped"]
+        if "views" not in batch:
+            continue
+        views = batch["views"][0].float()  # (V, 3, T, S, S) 0-255
+        if modality == "tg":
+            views = temporal_gradient(views, batch["successors"][0])
+        x = normalize(views, spec)
+        logits = torch.cat([model(x[i : i + batch_views].to(device)).float().cpu() for i in range(0, len(x), batch_views)])
+        results[mine[local_i]] = (average_view_scores(logits).numpy(), items[mine[local_i]].label)
+    merged = {}
+    for part in gather_objects(results, info):
+        merged.update(part)
+    skipped = [s for part in gather_objects(skipped, info) for s in part]
+    order = sorted(merged)
+    if not order:
+        return np.zeros((0, 0)), np.zeros(0, dtype=np.int64), skipped
+    return np.stack([merged[i][0] for i in order]), np.array([merged[i][1] for i in order]), skipped
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches, *, num_batches: int, device: torch.device, info: DistInfo = DistInfo()) -> int:
+    """Recompute BatchNorm running statistics as exact averages over `num_batches` batches of
+    eval-preprocessed training clips (METHOD.md: PreciseBN); returns the batches used."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = the exact mean over the batches seen
+    was_training = model.training
+    model.train()
+    used = 0
+    for x in batches:
+        if used >= num_batches:
+            break
+        model(x.to(device))
+        used += 1
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+        if info.enabled:
+            torch.distributed.all_reduce(m.running_mean)
+            m.running_mean /= info.world_size
+            torch.distributed.all_reduce(m.running_var)
+            m.running_var /= info.world_size
+    model.train(was_training)
+    return used
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate a run folder's last checkpoint with the 30-view test (or --quick)."""
+    from training.config import config_from_dict
+    from training.data import resolve_splits
+    from training.models import R3D18
+
+    parser = argparse.ArgumentParser(prog="python -m training evaluate", description=main.__doc__)
+    parser.add_argument("--run", required=True, help="run folder holding config.yaml and last.pt")
+    parser.add_argument("--quick", action="store_true", help="1 clip, centre crop instead of 30 views")
+    parser.add_argument("--clips", type=int, default=None)
+    parser.add_argument("--crops", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    run = Path(args.run)
+    ckpt_path = run / "last.pt"
+    if not ckpt_path.is_file():
+        raise SystemExit(f"error: no checkpoint at {ckpt_path}")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    cfg = config_from_dict(ckpt["config"])
+    if args.clips:
+        cfg.input.test_clips = args.clips
+    if args.crops:
+        cfg.input.test_crops = args.crops
+    splits = resolve_splits(cfg.data, run)
+    report = {}
+    for name, modality in (("student", "rgb"), ("teacher", "tg")):
+        if ckpt["model"].get(name) is None:
+            continue
+        net = R3D18(len(splits.classes), width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
+                    dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps)
+        net.load_state_dict(ckpt["model"][name])
+        scores, labels, skipped = score_videos(net, splits.val, splits.root, cfg.input, modality=modality,
+                                               tg_stride=cfg.tg.stride, device=torch.device("cpu"), quick=args.quick,
+                                               num_workers=args.workers)
+        report[name] = accuracy_metrics(scores, labels, len(splits.classes))
+        report[name]["skipped_videos"] = len(skipped)
+    views = "1 clip x 1 crop" if args.quick else f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops"
+    report["views"] = views
+    print(json.dumps(report, indent=2))
+    (run / ("eval_quick.json" if args.quick else "eval.json")).write_text(json.dumps(report, indent=2))
+    return 0

@@ -1,0 +1,434 @@
+"""`python -m training train`: semi-supervised training of the RGB student with the TG teacher.
+
+Reads top to bottom: config and run folder -> distributed init -> data -> model -> optimizer
+-> resume -> epoch loop (train, checkpoint, PreciseBN, quick validation) -> 30-view test.
+Re-running the same command resumes from the run folder's `last.pt`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.augment import make_views
+from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
+from training.data import EvalClips, SeededSampler, TrainClips, collate_skipping, resolve_splits, worker_init
+from training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, gather_objects, init_distributed
+from training.evaluate import accuracy_metrics, precise_bn, score_videos
+from training.losses import contrastive_loss, dense_alignment_loss, pseudo_labels, supervised_loss, unlabeled_loss
+from training.models import TwoStreamNet
+from training.views import normalize
+
+log = logging.getLogger("training")
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic.yaml"
+
+
+# ----------------------------------------------------------------------------- the step
+def total_loss(terms: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
+    """METHOD.md: 0.5 (L_sup_rgb + L_u_rgb + L_sup_tg + L_u_tg) + 1 L_align + 1 L_contrast."""
+    cls_terms = [terms[k] for k in ("sup_rgb", "unsup_rgb", "sup_tg", "unsup_tg") if k in terms]
+    total = cfg.loss.weight_cls * sum(cls_terms)
+    if "align" in terms:
+        total = total + cfg.loss.weight_align * terms["align"]
+    if "contrast" in terms:
+        total = total + cfg.loss.weight_contrast * terms["contrast"]
+    return total
+
+
+def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, use_unlabeled: bool,
+                  device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """One semi-supervised step's loss terms (and monitoring stats), before weighting.
+
+    Labeled weak, unlabeled weak and (after the supervised warm-up) unlabeled strong clips go
+    through each network in one batch, so DDP sees a single forward."""
+    bl, bu = len(batch_l["label"]), len(batch_u["label"])
+    streams = ("rgb", "tg") if cfg.loss.streams == "both" else (cfg.loss.streams,)
+    vl = make_views(batch_l["frames"].to(device, non_blocking=True), cfg.input, strong=False)
+    vu = make_views(batch_u["frames"].to(device, non_blocking=True), cfg.input, strong=use_unlabeled,
+                    num_ops=cfg.strong.num_ops, magnitude=cfg.strong.magnitude)
+    inputs = {m: torch.cat([vl[m], vu[m]] + ([vu[m + "_strong"]] if use_unlabeled else [])) for m in streams}
+    amp = device.type == "cuda" and cfg.train.amp
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        out = net(**inputs)
+
+    labels = batch_l["label"].to(device)
+    weak = slice(0, bl + bu)
+    logits = {m: out[f"logits_{m}"].float() for m in streams}
+    terms = {f"sup_{m}": supervised_loss(logits[m][:bl], labels) for m in streams}
+    pl = pseudo_labels(logits["rgb"][bl : bl + bu] if "rgb" in logits else None,
+                       logits["tg"][bl : bl + bu] if "tg" in logits else None,
+                       fusion=cfg.loss.fusion, threshold=cfg.loss.threshold)
+    if use_unlabeled:
+        for m in streams:
+            terms[f"unsup_{m}"] = unlabeled_loss(logits[m][bl + bu :], *pl[m])
+    if cfg.loss.align != "off":
+        terms["align"] = dense_alignment_loss([f[weak] for f in out["feats_rgb"]], [f[weak] for f in out["feats_tg"]],
+                                              stages=tuple(cfg.loss.align_stages), kind=cfg.loss.align,
+                                              stop_gradient=cfg.loss.stop_gradient)
+    if cfg.loss.contrast:
+        terms["contrast"] = contrastive_loss(out["emb_rgb"][weak].float(), out["emb_tg"][weak].float(),
+                                             temperature=cfg.loss.temperature)
+
+    stats = {}
+    truth = batch_u["label"].to(device)
+    known = truth >= 0
+    for m in streams:
+        pseudo, mask = pl[m]
+        stats[f"mask_rate_{m}"] = float(mask.mean())
+        confident = (mask > 0) & known
+        if confident.any():  # accuracy of the pseudo-labels that pass the threshold, where labels are known
+            stats[f"pseudo_acc_{m}"] = float((pseudo[confident] == truth[confident]).float().mean())
+    return terms, stats
+
+
+# ----------------------------------------------------------------------------- schedule
+def learning_rate(it: int, *, base_lr: float, steps_per_epoch: int, cfg: Config) -> float:
+    """Linear warm-up from `warmup_start_factor` x lr, then cosine to 0 (per iteration)."""
+    warm = cfg.optim.warmup_epochs * steps_per_epoch
+    total = cfg.optim.epochs * steps_per_epoch
+    if it < warm:
+        f = cfg.optim.warmup_start_factor
+        return base_lr * (f + (1.0 - f) * it / warm)
+    progress = (it - warm) / max(1.0, total - warm)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def cycle_batches(loader: DataLoader, sampler: SeededSampler, epoch: int):
+    """The labeled loader cycles within an epoch; each pass is reshuffled deterministically."""
+    passes = 0
+    while True:
+        sampler.set_epoch(epoch * 100_000 + passes)
+        yield from loader
+        passes += 1
+
+
+class SkipLog:
+    """Unreadable videos met during training: counted, logged once each, saved with checkpoints."""
+
+    def __init__(self, state: dict | None = None):
+        state = state or {}
+        self.paths: dict[str, str] = dict(state.get("paths", {}))
+        self.events = int(state.get("events", 0))
+
+    def add(self, skipped: list) -> None:
+        for path, error in skipped:
+            self.events += 1
+            if path not in self.paths:
+                self.paths[path] = error
+                log.warning("skipped unreadable video: %s", error)
+
+    def merge(self, info: DistInfo) -> None:
+        for part in gather_objects(self.state(), info):
+            self.paths.update(part["paths"])
+        self.events = sum(p["events"] for p in gather_objects({"events": self.events}, info))
+
+    def state(self) -> dict:
+        return {"paths": self.paths, "events": self.events}
+
+    def summary(self) -> dict:
+        return {"count": len(self.paths), "events": self.events, "videos": dict(list(self.paths.items())[:100])}
+
+
+def train_one_epoch(net, optimizer, unl_loader, lab_batches, *, cfg: Config, epoch: int, steps: int,
+                    base_lr: float, first_it: int, device, info: DistInfo, writer, skips: SkipLog) -> dict:
+    net.train()
+    use_unlabeled = epoch >= cfg.optim.sup_warmup_epochs
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not info.is_main,
+               dynamic_ncols=True, leave=False, file=sys.stdout)
+    t0 = time.time()
+    clips = 0
+    for step, batch_u in enumerate(unl_loader):
+        if step >= steps:
+            break
+        batch_l = next(lab_batches)
+        skips.add(batch_u["skipped"] + batch_l["skipped"])
+        it = first_it + step
+        lr = learning_rate(it, base_lr=base_lr, steps_per_epoch=steps, cfg=cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        terms, stats = training_step(net, batch_l, batch_u, cfg, use_unlabeled=use_unlabeled, device=device)
+        loss = total_loss(terms, cfg)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} step {step}: {({k: v.item() for k, v in terms.items()})}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.clip_grad) if cfg.optim.clip_grad > 0 else None
+        optimizer.step()
+
+        n_streams = 2 if cfg.loss.streams == "both" else 1
+        clips += info.world_size * n_streams * (len(batch_l["label"]) + len(batch_u["label"]) * (2 if use_unlabeled else 1))
+        row = {"loss/total": loss.item(), **{f"loss/{k}": v.item() for k, v in terms.items()},
+               **{f"pseudo/{k}": v for k, v in stats.items()}}
+        for k, v in row.items():
+            sums[k] = sums.get(k, 0.0) + v
+            counts[k] = counts.get(k, 0) + 1
+        if info.is_main:
+            rate = clips / max(1e-9, time.time() - t0)
+            writer.add_scalar("lr", lr, it)
+            writer.add_scalar("speed/clips_per_s", rate, it)
+            if grad_norm is not None:
+                writer.add_scalar("grad_norm", float(grad_norm), it)
+            for k, v in row.items():
+                writer.add_scalar(k, v, it)
+            mask = stats.get("mask_rate_rgb", stats.get("mask_rate_tg", 0.0))
+            bar.set_postfix(loss=f"{loss.item():.3f}", mask=f"{mask:.2f}", lr=f"{lr:.4f}", clips_s=f"{rate:.1f}")
+            bar.update(1)
+    bar.close()
+    means = {k: sums[k] / counts[k] for k in sums}
+    return {k: float(all_reduce_mean(torch.tensor(v), info)) for k, v in sorted(means.items())}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a killed run never leaves a truncated last.pt."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def model_state(net: TwoStreamNet) -> dict:
+    return {name: (getattr(net, name).state_dict() if getattr(net, name) is not None else None)
+            for name in ("student", "teacher", "proj_rgb", "proj_tg")}
+
+
+def load_model_state(net: TwoStreamNet, state: dict) -> None:
+    for name, sd in state.items():
+        module = getattr(net, name)
+        if (module is None) != (sd is None):
+            raise ConfigError(f"checkpoint has {'no ' if sd is None else ''}{name} but the config "
+                              f"{'builds' if module is not None else 'does not build'} one")
+        if module is not None:
+            module.load_state_dict(sd)
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m training train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=None, help=f"YAML config (default: the embedded {DEFAULT_CONFIG.name})")
+    p.add_argument("--run", default="runs/synthetic", help="run folder: config, checkpoints, logs, metrics")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. loss.align=off")
+    p.add_argument("--data-root", default=None, help="dataset root; with the default config: a folder-layout dataset")
+    return p.parse_args(argv)
+
+
+def resolve_config(args) -> Config:
+    overrides = list(args.set)
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+        if args.config is None:  # the user's own videos in the folder layout, default recipe
+            overrides += ["data.format=folder", "data.synthetic=false"]
+    return load_config(args.config or DEFAULT_CONFIG, overrides)
+
+
+def setup_logging(run: Path, info: DistInfo) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if info.is_main:
+        handlers.append(logging.FileHandler(run / "train.log"))
+    logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", handlers=handlers, force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    run = Path(args.run)
+    device = torch.device("cuda" if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    info = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    try:
+        return run_training(cfg, run, device, info)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup(info)
+
+
+def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo) -> int:
+    # --- run folder: the resolved config is saved once; a re-run must match it (then it resumes)
+    run.mkdir(parents=True, exist_ok=True)
+    saved_cfg = run / "config.yaml"
+    if saved_cfg.is_file():
+        import yaml
+        changed = diff_configs(config_from_dict(yaml.safe_load(saved_cfg.read_text())), cfg)
+        if changed:
+            raise ConfigError(f"run folder {run} was started with a different config ({', '.join(changed)}); "
+                              "use another RUN folder, or the same settings to resume")
+    elif info.is_main:
+        save_config(cfg, saved_cfg)
+    setup_logging(run, info)
+    ckpt_path, metrics_path = run / "last.pt", run / "metrics.json"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.is_file() else None
+    if ckpt and ckpt["epoch"] >= cfg.optim.epochs and metrics_path.is_file():
+        log.info("run %s is complete (%d epochs); metrics: %s", run, ckpt["epoch"], metrics_path)
+        log.info(metrics_path.read_text())
+        return 0
+
+    # --- data
+    if cfg.data.synthetic and info.is_main:
+        from dataclasses import asdict
+        from training.synthetic import generate
+        log.info("synthetic motion dataset: %s", cfg.data.root)
+        generate(cfg.data.root, **asdict(cfg.data.synthetic_size), workers=max(1, min(4, os.cpu_count() or 1)))
+    barrier(info)
+    splits = resolve_splits(cfg.data, run, is_main=info.is_main) if info.is_main else None
+    barrier(info)
+    if not info.is_main:
+        splits = resolve_splits(cfg.data, run, is_main=False)
+    num_classes = len(splits.classes)
+    if info.is_main:
+        (run / "classes.txt").write_text("".join(c + "\n" for c in splits.classes))
+    log.info("data %s: %d classes, %d labeled (%s), %d unlabeled, %d val", splits.root, num_classes,
+             len(splits.labeled), splits.source, len(splits.unlabeled), len(splits.val))
+
+    bl, bu = cfg.optim.batch_labeled, cfg.optim.batch_unlabeled
+    train_args = dict(tg_stride=cfg.tg.stride, decode_threads=cfg.data.decode_threads)
+    unl_sampler = SeededSampler(len(splits.unlabeled), rank=info.rank, world_size=info.world_size, seed=cfg.train.seed,
+                                min_per_rank=bu)
+    lab_sampler = SeededSampler(len(splits.labeled), rank=info.rank, world_size=info.world_size,
+                                seed=cfg.train.seed + 1, min_per_rank=bl)
+
+    def loader(items, sampler, batch):
+        workers = cfg.data.num_workers
+        return DataLoader(TrainClips(items, splits.root, cfg.input, **train_args), batch_size=batch, sampler=sampler,
+                          num_workers=workers, collate_fn=collate_skipping, drop_last=True, worker_init_fn=worker_init,
+                          pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                          persistent_workers=False)
+
+    unl_loader, lab_loader = loader(splits.unlabeled, unl_sampler, bu), loader(splits.labeled, lab_sampler, bl)
+    steps = len(unl_sampler) // bu
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+
+    # --- model
+    net = TwoStreamNet(num_classes, width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
+                       dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps, streams=cfg.loss.streams,
+                       projection=cfg.loss.contrast).to(device)
+    net_without_ddp = net
+    if info.enabled:
+        if device.type == "cuda" and cfg.train.sync_bn:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            net_without_ddp = net
+        elif cfg.train.sync_bn:
+            log.info("SyncBatchNorm needs CUDA: on CPU each process keeps its own BatchNorm statistics")
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # --- optimizer: lr scaled linearly with the total batch
+    total_batch = info.world_size * (bl + bu)
+    base_lr = cfg.optim.lr * total_batch / cfg.optim.lr_reference_batch
+    optimizer = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay)
+    log.info("model: R3D-18 width %d x %s; %d steps/epoch; total batch %d; lr %.4g; device %s; %d process(es)",
+             cfg.model.width, cfg.loss.streams, steps, total_batch, base_lr, device, info.world_size)
+
+    # --- resume
+    start_epoch, history, skips = 0, [], SkipLog()
+    if ckpt is not None:
+        load_model_state(net_without_ddp, ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, history, skips = ckpt["epoch"], list(ckpt.get("history", [])), SkipLog(ckpt.get("skipped"))
+        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+
+    def checkpoint(epoch: int) -> None:
+        if info.is_main:
+            save_checkpoint(ckpt_path, {"config": cfg.to_dict(), "classes": splits.classes, "epoch": epoch,
+                                        "model": model_state(net_without_ddp), "optimizer": optimizer.state_dict(),
+                                        "history": history, "skipped": skips.state()})
+        barrier(info)
+
+    def precise_bn_student() -> None:
+        ds = EvalClips(splits.unlabeled, splits.root, cfg.input, tg_stride=None, quick=True)
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        dl = DataLoader(ds, batch_size=bu, shuffle=True, generator=g, num_workers=cfg.data.num_workers,
+                        collate_fn=collate_skipping, worker_init_fn=worker_init, drop_last=True)
+        batches = (normalize(b["views"][:, 0].float(), cfg.input) for b in dl if "views" in b)
+        used = precise_bn(net_without_ddp.student, batches, num_batches=cfg.train.precise_bn_batches, device=device, info=info)
+        log.info("PreciseBN: student BatchNorm statistics recomputed over %d batches", used)
+
+    writer = None
+    if info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run / "logs"))
+    t_start = time.time()
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        torch.manual_seed(cfg.train.seed * 100_003 + epoch * 1_009 + info.rank)  # strong-aug draws and dropout
+        unl_sampler.set_epoch(epoch)
+        means = train_one_epoch(net, optimizer, iter(unl_loader), cycle_batches(lab_loader, lab_sampler, epoch),
+                                cfg=cfg, epoch=epoch, steps=steps, base_lr=base_lr, first_it=epoch * steps,
+                                device=device, info=info, writer=writer, skips=skips)
+        done = epoch + 1
+        if cfg.train.precise_bn and net_without_ddp.student is not None and (
+                done % cfg.train.precise_bn_every == 0 or done == cfg.optim.epochs):
+            precise_bn_student()
+        row = {"epoch": done, **means}
+        if cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == cfg.optim.epochs) and splits.val:
+            for name, modality in (("student", "rgb"), ("teacher", "tg")):
+                model = getattr(net_without_ddp, name)
+                if model is None:
+                    continue
+                scores, labels, _ = score_videos(model, splits.val, splits.root, cfg.input, modality=modality,
+                                                 tg_stride=cfg.tg.stride, device=device, quick=True,
+                                                 num_workers=cfg.data.num_workers, info=info)
+                row[f"val/{name}_top1"] = accuracy_metrics(scores, labels, num_classes)["top1"]
+        skips.merge(info)
+        history.append(row)
+        if info.is_main:
+            for k, v in row.items():
+                if k != "epoch" and k.startswith("val/"):
+                    writer.add_scalar(k, v, done)
+            log.info("epoch %d/%d  %s", done, cfg.optim.epochs,
+                     "  ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in row.items() if k != "epoch"))
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.optim.epochs:
+            checkpoint(done)
+    train_time = time.time() - t_start
+
+    # --- final test: 30 views, student and teacher
+    if not splits.val:
+        log.warning("no validation videos: metrics.json holds no accuracy")
+    metrics = {"views": f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops", "epochs": cfg.optim.epochs,
+               "classes": num_classes, "labeled_videos": len(splits.labeled), "unlabeled_videos": len(splits.unlabeled),
+               "labeled_split": splits.source, "train_time_s": round(train_time, 1), "processes": info.world_size}
+    for name, modality in (("student", "rgb"), ("teacher", "tg")):
+        model = getattr(net_without_ddp, name)
+        if model is None or not splits.val:
+            continue
+        scores, labels, skipped = score_videos(model, splits.val, splits.root, cfg.input, modality=modality,
+                                               tg_stride=cfg.tg.stride, device=device, quick=False,
+                                               batch_views=cfg.train.eval_batch_views,
+                                               num_workers=cfg.data.num_workers, info=info)
+        metrics[name] = accuracy_metrics(scores, labels, num_classes)
+        metrics[name]["skipped_val_videos"] = [p for p, _ in skipped]
+    metrics["skipped_train_videos"] = skips.summary()
+    if info.is_main:
+        metrics_path.write_text(json.dumps(metrics, indent=2))
+        for name in ("student", "teacher"):
+            if name in metrics:
+                m = metrics[name]
+                log.info("%s (%s): top1 %.2f  top5 %.2f  mean-class %.2f over %d videos", name, metrics["views"],
+                         m["top1"], m["top5"], m["mean_class"], m["videos"])
+        if skips.paths:
+            log.warning("%d unreadable training videos were skipped (listed in %s)", len(skips.paths), metrics_path)
+        writer.close()
+    return 0
