@@ -293,6 +293,7 @@ def _ddp_worker(rank, world_size, init_file, state, x_rgb, x_tg, out_dir):
         loss.backward()  # DDP averages the gradients over the two processes here
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         torch.save({"loss": loss.detach(), "grads": grads}, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # neither process tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -280,7 +280,8 @@ class TrainClips(Dataset):
             try:
                 reader = open_video(path, num_threads=self.decode_threads)
                 n = len(reader)
-                idx = train_clip_indices(n, clip_len=self.spec.clip_len, interval=self.spec.interval, rng=rng)
+                idx = train_clip_indices(n, clip_len=self.spec.clip_len, interval=self.spec.interval, rng=rng,
+                                         tail=self.tg_stride)
                 nxt = successor_indices(idx, stride=self.tg_stride, num_frames=n)
                 frames = read_frames(reader, np.concatenate([idx, nxt]), name=path)
                 break

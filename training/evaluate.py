@@ -31,8 +31,9 @@ def accuracy_metrics(scores: np.ndarray, labels: np.ndarray, num_classes: int) -
     top1 = topk[:, 0] == labels
     top5 = (topk == labels[:, None]).any(axis=1)
     per_class = [top1[labels == c].mean() for c in range(num_classes) if (labels == c).any()]
-    return {"top1": 100.0 * top1.mean(), "top5": 100.0 * top5.mean(), "mean_class": 100.0 * float(np.mean(per_class)),
-            "videos": int(len(labels))}
+    # plain floats: these go into checkpoints, which are loaded with weights_only=True
+    return {"top1": float(100.0 * top1.mean()), "top5": float(100.0 * top5.mean()),
+            "mean_class": float(100.0 * np.mean(per_class)), "videos": int(len(labels))}
 
 
 @torch.no_grad()

@@ -222,6 +222,8 @@ def parse_args(argv):
     p.add_argument("--run", default="runs/synthetic", help="run folder: config, checkpoints, logs, metrics")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. loss.align=off")
     p.add_argument("--data-root", default=None, help="dataset root; with the default config: a folder-layout dataset")
+    p.add_argument("--stop-after", type=int, default=0, metavar="N",
+                   help="checkpoint and stop after N epochs of this invocation (for time-limited jobs); re-run to continue")
     return p.parse_args(argv)
 
 
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     try:
-        return run_training(cfg, run, device, info)
+        return run_training(cfg, run, device, info, stop_after=args.stop_after)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         cleanup(info)
 
 
-def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo) -> int:
+def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *, stop_after: int = 0) -> int:
     # --- run folder: the resolved config is saved once; a re-run must match it (then it resumes)
     run.mkdir(parents=True, exist_ok=True)
     saved_cfg = run / "config.yaml"
@@ -322,7 +324,8 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo) -
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
 
-    # --- model
+    # --- model (initialisation seeded: two runs of one config start from the same weights)
+    torch.manual_seed(cfg.train.seed)
     net = TwoStreamNet(num_classes, width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
                        dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps, streams=cfg.loss.streams,
                        projection=cfg.loss.contrast).to(device)
@@ -400,8 +403,14 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo) -
                     writer.add_scalar(k, v, done)
             log.info("epoch %d/%d  %s", done, cfg.optim.epochs,
                      "  ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in row.items() if k != "epoch"))
-        if done % cfg.train.checkpoint_every == 0 or done == cfg.optim.epochs:
+        stopping = stop_after and done - start_epoch >= stop_after and done < cfg.optim.epochs
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.optim.epochs or stopping:
             checkpoint(done)
+        if stopping:
+            log.info("stopped after %d epoch(s) as asked; run the same command again to continue", stop_after)
+            if writer is not None:
+                writer.close()
+            return 0
     train_time = time.time() - t_start
 
     # --- final test: 30 views, student and teacher

@@ -57,10 +57,12 @@ def clip_span(clip_len: int, interval: int) -> int:
 
 
 def train_clip_indices(
-    num_frames: int, *, clip_len: int, interval: int, rng: np.random.Generator
+    num_frames: int, *, clip_len: int, interval: int, rng: np.random.Generator, tail: int = 0
 ) -> np.ndarray:
-    """One random clip: `clip_len` frames every `interval` frames; wraps around in short videos."""
-    span = clip_span(clip_len, interval)
+    """One random clip: `clip_len` frames every `interval` frames; wraps around in short videos.
+
+    `tail` extra frames are kept free after the clip (the TG successor of its last frame)."""
+    span = clip_span(clip_len, interval) + tail
     start = int(rng.integers(0, num_frames - span + 1)) if num_frames >= span else int(rng.integers(0, num_frames))
     return (start + np.arange(clip_len) * interval) % num_frames
 

@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+import torch
+
+from tests.videofiles import decoded_index, frame_coded, write_video
+from training.augment import split_modalities, temporal_gradient
+from training.config import ConfigError, DataConfig
+from training.data import (EvalClips, SeededSampler, TrainClips, VideoItem, collate_skipping, make_labeled_split,
+                           read_folder_layout, read_video_list, resolve_splits, weak_geometric)
+from training.views import InputSpec
+
+SPEC = InputSpec(clip_len=4, interval=3, short_side=48, crop_size=32, crop_area=[0.2, 1.0], test_clips=2, test_crops=3,
+                 test_short_side=48, test_crop=48)
+
+
+def test_weak_view_is_identical_for_frames_and_successors():
+    # successors = frames + 40: if both got the same crop box, resize and flip, the outputs
+    # differ by exactly 40 everywhere (all three operations are linear)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 200, size=(4, 48, 64, 3)).astype(np.uint8)
+    for seed in range(10):
+        out = weak_geometric(np.concatenate([base, base + 40]), SPEC, np.random.default_rng(seed)).float()
+        assert out.shape == (8, 3, 32, 32)
+        assert torch.allclose(out[4:] - out[:4], torch.full_like(out[:4], 40.0), atol=1.0)
+
+
+def test_weak_view_varies_crop_and_flip_between_clips():
+    frame = np.tile(np.arange(64, dtype=np.uint8)[None, None, :, None] * 3, (1, 48, 1, 3))
+    outs = {tuple(weak_geometric(frame, SPEC, np.random.default_rng(s))[0, 0, 0, [0, -1]].tolist()) for s in range(20)}
+    assert len(outs) > 5
+    assert any(a > b for a, b in outs) and any(a < b for a, b in outs)  # some flipped, some not
+
+
+def test_temporal_gradient_values():
+    cur = torch.tensor([0.0, 255.0, 100.0, 30.0])
+    nxt = torch.tensor([255.0, 0.0, 100.0, 10.0])
+    assert temporal_gradient(cur, nxt).tolist() == [0.0, 255.0, 127.5, 137.5]
+    frames = torch.randint(0, 256, (2, 2, 3, 4, 8, 8), dtype=torch.uint8)
+    rgb, tg = split_modalities(frames)
+    assert rgb.shape == tg.shape == (2, 3, 4, 8, 8)
+    assert torch.equal(tg, (frames[:, 0].float() - frames[:, 1].float() + 255) / 2)
+
+
+def test_train_clips_sample_frames_and_their_successors(tmp_path):
+    write_video(tmp_path / "a.mp4", frame_coded(40))
+    for stride in (1, 7):
+        ds = TrainClips([VideoItem("a.mp4", 2)], tmp_path, SPEC, tg_stride=stride)
+        for epoch in range(3):
+            item = ds[(0, (0, epoch, 0))]
+            x = item["frames"]
+            assert x.shape == (2, 3, 4, 32, 32) and x.dtype == torch.uint8 and item["label"] == 2
+            cur = [decoded_index(x[0, :, t]) for t in range(4)]
+            nxt = [decoded_index(x[1, :, t]) for t in range(4)]
+            assert np.diff(cur).tolist() == [3, 3, 3]
+            assert [n - c for c, n in zip(cur, nxt)] == [stride] * 4
+    again = ds[(0, (0, 2, 0))]["frames"]
+    assert torch.equal(again, ds[(0, (0, 2, 0))]["frames"])  # a sample depends only on its seed
+
+
+def test_corrupt_videos_are_replaced_counted_and_reported(tmp_path):
+    write_video(tmp_path / "good.mp4", frame_coded(30))
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 1000)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    items = [VideoItem("bad.mp4", 0), VideoItem("good.mp4", 1), VideoItem("empty.mp4", 0)]
+    ds = TrainClips(items, tmp_path, SPEC, tg_stride=1)
+    batch = collate_skipping([ds[(i, (0, 0, i))] for i in range(3)])
+    assert batch["frames"].shape[0] == 3  # batch size kept
+    skipped = {p for p, _ in batch["skipped"]}
+    assert skipped == {"bad.mp4", "empty.mp4"}
+    assert all("bad.mp4" in e or "empty" in e for _, e in batch["skipped"])
+    ev = EvalClips(items, tmp_path, SPEC, tg_stride=None, quick=False)
+    out = collate_skipping([ev[i] for i in range(3)])
+    assert out["views"].shape == (1, 6, 3, 4, 48, 48) and len(out["skipped"]) == 2
+    with pytest.raises(RuntimeError, match="unreadable videos in a row"):
+        TrainClips([VideoItem("bad.mp4", 0)], tmp_path, SPEC, tg_stride=1)[(0, (0, 0, 0))]
+
+
+def test_video_lists_parse_and_errors_name_the_line(tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_text("a/x.mp4 1\nb/y.avi 0\n\nc/z.mp4\n")
+    items = read_video_list(lst, num_classes=2, require_labels=False)
+    assert items == [VideoItem("a/x.mp4", 1), VideoItem("b/y.avi", 0), VideoItem("c/z.mp4", -1)]
+    with pytest.raises(ConfigError, match=r"l\.txt:4: a label is required"):
+        read_video_list(lst, num_classes=2, require_labels=True)
+    lst.write_text("a/x.mp4 7\n")
+    with pytest.raises(ConfigError, match=r"l\.txt:1: label 7 outside"):
+        read_video_list(lst, num_classes=2, require_labels=False)
+
+
+def test_labeled_split_by_ratio_and_per_class_is_seeded():
+    items = [VideoItem(f"c{c}/{i}.mp4", c) for c in range(3) for i in range(20)]
+    a = make_labeled_split(items, num_classes=3, ratio=0.1, seed=1)
+    assert len(a) == 6 and all(sum(it.label == c for it in a) == 2 for c in range(3))
+    assert a == make_labeled_split(items, num_classes=3, ratio=0.1, seed=1)
+    assert a != make_labeled_split(items, num_classes=3, ratio=0.1, seed=2)
+    b = make_labeled_split(items, num_classes=3, per_class=6, seed=0)
+    assert len(b) == 18
+
+
+def test_drawn_split_is_saved_and_reused(tmp_path):
+    root = tmp_path / "d"
+    (root / "lists").mkdir(parents=True)
+    (root / "classes.txt").write_text("a\nb\n")
+    (root / "lists" / "train.txt").write_text("".join(f"v{i}.mp4 {i % 2}\n" for i in range(20)))
+    (root / "lists" / "val.txt").write_text("w.mp4 0\n")
+    run = tmp_path / "run"
+    cfg = DataConfig(root=str(root), labeled_ratio=0.2, split_seed=3)
+    first = resolve_splits(cfg, run)
+    assert (run / "splits" / "labeled.txt").is_file() and (run / "splits" / "split.json").is_file()
+    assert len(first.labeled) == 4 and len(first.unlabeled) == 20  # unlabeled = whole training list
+    cfg.split_seed = 99  # a resumed run keeps the split it was started with
+    assert resolve_splits(cfg, run).labeled == first.labeled
+
+
+def test_folder_layout(tmp_path):
+    for path in ["labeled/walk/a.mp4", "labeled/run/b.avi", "unlabeled/x/c.mp4", "unlabeled/d.webm", "val/run/e.mp4",
+                 "labeled/run/notes.txt"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"x")
+    classes, labeled, unlabeled, val = read_folder_layout(tmp_path)
+    assert classes == ["run", "walk"]
+    assert labeled == [VideoItem("labeled/run/b.avi", 0), VideoItem("labeled/walk/a.mp4", 1)]
+    assert unlabeled == [VideoItem("unlabeled/d.webm", -1), VideoItem("unlabeled/x/c.mp4", -1)]
+    assert val == [VideoItem("val/run/e.mp4", 0)]
+    splits = resolve_splits(DataConfig(root=str(tmp_path), format="folder"), None)
+    assert len(splits.unlabeled) == 4  # labeled videos are part of the unlabeled set
+    (tmp_path / "val" / "swim").mkdir()
+    with pytest.raises(ConfigError, match="swim"):
+        read_folder_layout(tmp_path)
+
+
+def test_seeded_sampler_shards_and_repeats_small_sets():
+    s0, s1 = SeededSampler(10, rank=0, world_size=2, seed=1), SeededSampler(10, rank=1, world_size=2, seed=1)
+    a, b = [i for i, _ in s0], [i for i, _ in s1]
+    assert len(a) == len(b) == 5 and not set(a) & set(b)
+    assert [k for k in s0] == [k for k in s0]  # deterministic per epoch
+    s0.set_epoch(1)
+    assert [i for i, _ in s0] != a
+    small = SeededSampler(3, seed=0, min_per_rank=8)
+    assert len(list(small)) == 8 and set(i for i, _ in small) == {0, 1, 2}

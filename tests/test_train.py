@@ -1,0 +1,140 @@
+"""End-to-end training runs at a tiny size: real synthetic videos, real loaders, real checkpoints."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.train import main as train_main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_overrides(data_root: Path, **extra) -> list[str]:
+    items = {
+        "data.root": str(data_root),
+        "data.synthetic_size": "{num_classes: 3, train_per_class: 6, labeled_per_class: 2, val_per_class: 2, "
+                               "frames: 20, width: 40, height: 32, seed: 0}",
+        "data.num_workers": 0,
+        "input.clip_len": 4, "input.interval": 2, "input.short_side": 32, "input.crop_size": 28,
+        "input.test_short_side": 32, "input.test_crop": 32, "input.test_clips": 2,
+        "model.width": 4, "optim.epochs": 3, "optim.batch_labeled": 2, "optim.batch_unlabeled": 4,
+        "optim.warmup_epochs": 1, "optim.sup_warmup_epochs": 1,
+        "train.checkpoint_every": 1, "train.eval_every": 1, "train.precise_bn_every": 2, "train.precise_bn_batches": 2,
+    }
+    items.update(extra)
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+def run_train(run: Path, overrides: list[str], *extra_args: str) -> int:
+    return train_main(["--run", str(run), "--set", *overrides, *extra_args])
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data") / "synthetic"
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_the_run_folder_and_reruns_as_complete(tmp_path, data_root):
+    run = tmp_path / "run"
+    assert run_train(run, tiny_overrides(data_root)) == 0
+    for name in ("config.yaml", "last.pt", "metrics.json", "train.log", "classes.txt"):
+        assert (run / name).is_file(), name
+    assert any((run / "logs").iterdir())  # TensorBoard events
+    metrics = json.loads((run / "metrics.json").read_text())
+    for name in ("student", "teacher"):
+        assert set(metrics[name]) >= {"top1", "top5", "mean_class", "videos"} and metrics[name]["videos"] == 6
+    assert metrics["views"] == "2 clips x 3 crops" and metrics["skipped_train_videos"]["count"] == 0
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 3 and set(ckpt["model"]) == {"student", "teacher", "proj_rgb", "proj_tg"}
+    history = ckpt["history"]
+    assert "loss/unsup_rgb" not in history[0] and "loss/unsup_rgb" in history[1]  # supervised warm-up
+    assert {"loss/align", "loss/contrast", "pseudo/mask_rate_rgb"} <= set(history[0])
+
+    mtime = (run / "last.pt").stat().st_mtime_ns
+    assert run_train(run, tiny_overrides(data_root)) == 0  # same command: already complete
+    assert (run / "last.pt").stat().st_mtime_ns == mtime
+    assert run_train(run, tiny_overrides(data_root, **{"optim.epochs": 5})) == 2  # different config: refused
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data_root):
+    overrides = tiny_overrides(data_root, **{"train.eval_every": 0})
+    assert run_train(tmp_path / "straight", overrides) == 0
+    assert run_train(tmp_path / "pieces", overrides, "--stop-after", "1") == 0
+    assert torch.load(tmp_path / "pieces" / "last.pt", weights_only=True)["epoch"] == 1
+    assert run_train(tmp_path / "pieces", overrides) == 0
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "pieces" / "last.pt", weights_only=True)["model"]
+    for part in a:
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+
+
+@pytest.mark.slow
+def test_loss_falls_on_a_short_run(tmp_path, data_root):
+    overrides = tiny_overrides(data_root, **{"optim.epochs": 8, "optim.sup_warmup_epochs": 8, "loss.contrast": "off",
+                                              "loss.align": "off", "train.eval_every": 0, "train.precise_bn": "off",
+                                              "model.dropout": 0.0, "optim.lr": 0.5})
+    assert run_train(tmp_path / "run", overrides) == 0
+    history = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["history"]
+    first, last = history[0]["loss/sup_rgb"], history[-1]["loss/sup_rgb"]
+    assert last < 0.8 * first, (first, last)
+
+
+@pytest.mark.slow
+def test_fixmatch_single_stream_and_ablation_switches_run(tmp_path, data_root):
+    rgb_only = tiny_overrides(data_root, **{"optim.epochs": 2, "loss.streams": "rgb", "loss.align": "off",
+                                             "loss.contrast": "off", "loss.fusion": "self"})
+    assert run_train(tmp_path / "rgb", rgb_only) == 0
+    ckpt = torch.load(tmp_path / "rgb" / "last.pt", weights_only=True)
+    assert ckpt["model"]["teacher"] is None and ckpt["model"]["proj_rgb"] is None
+    assert "teacher" not in json.loads((tmp_path / "rgb" / "metrics.json").read_text())
+    ablation = tiny_overrides(data_root, **{"optim.epochs": 2, "loss.align": "l2", "loss.stop_gradient": "off",
+                                             "loss.align_stages": "[4]", "loss.fusion": "probs", "tg.stride": 3,
+                                             "model.temporal_pool": "false"})
+    assert run_train(tmp_path / "ablation", ablation) == 0
+
+
+@pytest.mark.slow
+def test_unreadable_training_videos_are_counted_in_metrics(tmp_path, data_root):
+    assert run_train(tmp_path / "first", tiny_overrides(data_root, **{"optim.epochs": 1})) == 0  # makes the data
+    corrupt = tmp_path / "corrupt"
+    import shutil
+    shutil.copytree(data_root, corrupt)
+    victims = sorted((corrupt / "unlabeled").rglob("*.mp4"))[:2]
+    victims[0].write_bytes(b"garbage" * 100)
+    victims[1].write_bytes(victims[1].read_bytes()[:200])
+    overrides = tiny_overrides(corrupt, **{"optim.epochs": 1, "data.synthetic": "false"})
+    assert run_train(tmp_path / "run", overrides) == 0
+    skipped = json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_train_videos"]
+    assert skipped["count"] == 2
+    assert all(str(v.relative_to(corrupt)) in skipped["videos"] for v in victims)
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_then_rerun_continues(tmp_path, data_root):
+    run = tmp_path / "run"
+    overrides = tiny_overrides(data_root, **{"optim.epochs": 6, "train.eval_every": 0})
+    cmd = [sys.executable, "-m", "training", "train", "--run", str(run), "--set", *overrides]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "last.pt").is_file() and torch.load(run / "last.pt", weights_only=True)["epoch"] >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    epoch_at_kill = torch.load(run / "last.pt", weights_only=True)["epoch"]
+    assert 2 <= epoch_at_kill < 6
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"resumed from {run / 'last.pt'} at epoch {epoch_at_kill}" in out.stdout
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 6 and (run / "metrics.json").is_file()

@@ -1,0 +1,470 @@
+"""The embedded default dataset: synthetic videos whose classes differ only by motion.
+
+Each class is one motion of a main object (move right/left/up/down, rotate clockwise/counter-
+clockwise, zoom in/out, horizontal oscillation, vertical bounce). Everything else is drawn at
+random per video and independently of the class: the object's shape, size, orientation,
+position, colours and texture, the background colour and texture, 1-3 distractors that drift
+and wander, camera jitter and pixel noise. A single frame therefore says nothing about the
+class; only how frames change does, which is the regime where temporal gradient helps.
+
+Motion is visible in any window of the video: translation wraps around the frame (the world
+is a torus), and the other motions are periodic, so the object never simply leaves the frame.
+
+Layout written under ROOT (see `generate`):
+    classes.txt, synthetic.json
+    labeled/<class>/<class>_NNN.mp4     the first `labeled_per_class` training videos
+    unlabeled/<class>_NNN.mp4           the other training videos
+    val/<class>/<class>_NNN.mp4
+    lists/train.txt, lists/labeled.txt, lists/val.txt
+    lists/unlabeled.txt                 every training video (labeled ones too) with its true
+                                        label, for monitoring pseudo-label accuracy only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+# Order matters only for picking the first `num_classes`; labels follow the sorted names so
+# that list files and the sorted folder layout agree.
+MOTIONS = (
+    "move_right",
+    "move_left",
+    "move_up",
+    "move_down",
+    "rotate_cw",
+    "rotate_ccw",
+    "zoom_in",
+    "zoom_out",
+    "oscillate_horizontal",
+    "bounce_vertical",
+)
+SHAPES = ("square", "disc", "triangle", "cross")
+FPS = 25
+SPLIT_IDS = {"train": 0, "val": 1}
+# Bump when rendering or encoding changes, so an old dataset is not mistaken for a new one.
+GENERATOR_VERSION = 2
+
+# Motion strength: speeds, turn rates and zoom rates are drawn in ranges multiplied by this,
+# chosen so a small 3D CNN picks the motion up within the CPU default run's few hundred steps.
+MOTION_SCALE = 1.6
+
+# Size range of the main object (both the static size and the zoom sweep), as a scale factor.
+SCALE_MIN, SCALE_MAX = 0.6, 1.5
+
+
+def class_names(num_classes: int) -> list[str]:
+    """The class names of a dataset with `num_classes` motions, sorted (label = position)."""
+    if not 1 <= num_classes <= len(MOTIONS):
+        raise ValueError(f"num_classes must be in 1..{len(MOTIONS)}, got {num_classes}")
+    return sorted(MOTIONS[:num_classes])
+
+
+def video_rng(seed: int, split: str, motion: str, index: int) -> np.random.Generator:
+    """The generator of one video, so its content depends on nothing else (not on workers)."""
+    return np.random.default_rng([seed, SPLIT_IDS[split], MOTIONS.index(motion), index])
+
+
+# ----------------------------------------------------------------------------- rendering
+def _contrasting_colour(rng: np.random.Generator, others: list[np.ndarray], min_dist: float) -> np.ndarray:
+    best, best_dist = None, -1.0
+    for _ in range(64):
+        colour = rng.uniform(0, 255, 3).astype(np.float32)
+        dist = min((float(np.linalg.norm(colour - o)) for o in others), default=np.inf)
+        if dist >= min_dist:
+            return colour
+        if dist > best_dist:
+            best, best_dist = colour, dist
+    return best
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+    """Bilinearly upsampled coarse Gaussian noise in [-1, 1]-ish, shape (height, width)."""
+    grid = rng.standard_normal((cells + 1, cells + 1)).astype(np.float32)
+    gy = np.linspace(0, cells, height, dtype=np.float32)[:, None]
+    gx = np.linspace(0, cells, width, dtype=np.float32)[None, :]
+    y0 = np.minimum(gy.astype(int), cells - 1)
+    x0 = np.minimum(gx.astype(int), cells - 1)
+    fy, fx = gy - y0, gx - x0
+    top = grid[y0, x0] * (1 - fx) + grid[y0, x0 + 1] * fx
+    bottom = grid[y0 + 1, x0] * (1 - fx) + grid[y0 + 1, x0 + 1] * fx
+    return np.clip((top * (1 - fy) + bottom * fy) / 1.5, -1, 1)
+
+
+def _background(rng: np.random.Generator, colour: np.ndarray, height: int, width: int, size: float) -> np.ndarray:
+    """A static textured background, shape (height, width, 3), float32 0-255."""
+    kind = rng.choice(("flat", "stripes", "checker", "noise"))
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    if kind == "flat":
+        pattern = np.zeros((height, width), np.float32)
+    elif kind == "stripes":
+        theta, cycles = rng.uniform(0, np.pi), rng.uniform(1.5, 4.0)
+        pattern = np.sin(2 * np.pi * cycles * (xs * np.cos(theta) + ys * np.sin(theta)) / size + rng.uniform(0, 2 * np.pi))
+    elif kind == "checker":
+        cell = rng.uniform(0.15, 0.35) * size
+        pattern = ((np.floor(xs / cell) + np.floor(ys / cell)) % 2) * 2 - 1
+    else:
+        pattern = _smooth_noise(rng, height, width, int(rng.integers(3, 9)))
+    amplitude = rng.uniform(5, 30) * rng.uniform(0.5, 1.0, 3).astype(np.float32)
+    return colour + pattern[..., None].astype(np.float32) * amplitude
+
+
+def _shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Signed distance-like field of a unit-radius shape: > 0 inside, in units of the radius."""
+    if shape == "disc":
+        return 1 - np.sqrt(u * u + v * v)
+    if shape == "square":
+        return 0.85 - np.maximum(np.abs(u), np.abs(v))
+    if shape == "triangle":
+        # Equilateral, edges at distance 0.55 from the centre along three normals 120° apart.
+        d = None
+        for angle in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3):
+            edge = 0.55 - (u * np.cos(angle) + v * np.sin(angle))
+            d = edge if d is None else np.minimum(d, edge)
+        return d
+    if shape == "cross":
+        arm = 0.35
+        horizontal = np.minimum(1 - np.abs(u), arm - np.abs(v))
+        vertical = np.minimum(arm - np.abs(u), 1 - np.abs(v))
+        return np.maximum(horizontal, vertical)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _texture(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """A two-tone pattern (0/1) attached to the object, so rotation and zoom show inside it."""
+    kind = rng.choice(("stripes", "checker", "noise"))
+    if kind == "stripes":
+        theta, cycles = rng.uniform(0, np.pi), rng.uniform(1.0, 2.0)
+        return np.sin(np.pi * 2 * cycles * (u * np.cos(theta) + v * np.sin(theta)) + rng.uniform(0, 2 * np.pi)) > 0
+    if kind == "checker":
+        cells = rng.uniform(1.5, 3.0)
+        return (np.floor(cells * u) + np.floor(cells * v)) % 2 > 0
+    cells = 6
+    bits = rng.random((cells, cells)) < 0.5
+    iu = np.clip(((u + 1) * (cells / 2)).astype(np.int64), 0, cells - 1)
+    iv = np.clip(((v + 1) * (cells / 2)).astype(np.int64), 0, cells - 1)
+    return bits[iv, iu]
+
+
+def _trajectory(motion: str, rng: np.random.Generator, t: np.ndarray, width: int, height: int, size: float):
+    """Per-frame centre x, y (pixels), angle (radians) and scale of the main object, each (T,).
+
+    Start position, orientation and static size are drawn from the same distributions for
+    every class, so the first frame carries no class information.
+    """
+    cx = np.full_like(t, rng.uniform(0, width))
+    cy = np.full_like(t, rng.uniform(0, height))
+    angle = np.full_like(t, rng.uniform(0, 2 * np.pi))
+    log_scale = np.full_like(t, rng.uniform(np.log(SCALE_MIN), np.log(SCALE_MAX)))
+    if motion in ("move_right", "move_left", "move_up", "move_down"):
+        speed = MOTION_SCALE * rng.uniform(0.015, 0.035) * size  # pixels per frame; the frame wraps around
+        sign = 1 if motion in ("move_right", "move_down") else -1
+        if motion in ("move_right", "move_left"):
+            cx = cx + sign * speed * t
+        else:
+            cy = cy + sign * speed * t
+    elif motion in ("rotate_cw", "rotate_ccw"):
+        # ≤ 10°/frame keeps 4 frames under 45°, so the 90°-symmetric shapes don't alias.
+        omega = MOTION_SCALE * np.deg2rad(rng.uniform(4.0, 10.0))
+        # With y pointing down, a growing angle turns the object clockwise on screen.
+        angle = angle + (omega if motion == "rotate_cw" else -omega) * t
+    elif motion in ("zoom_in", "zoom_out"):
+        # A sawtooth in log-scale: steady growth (or shrinking) that restarts every period.
+        rate = MOTION_SCALE * rng.uniform(0.035, 0.06)
+        span = np.log(SCALE_MAX / SCALE_MIN)
+        period = span / rate
+        ramp = rate * np.remainder(t + rng.uniform(0, period), period)
+        log_scale = np.log(SCALE_MIN) + ramp if motion == "zoom_in" else np.log(SCALE_MAX) - ramp
+    elif motion == "oscillate_horizontal":
+        amplitude, period = rng.uniform(0.15, 0.3) * size, rng.uniform(20, 36)
+        cx = cx + amplitude * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
+    elif motion == "bounce_vertical":
+        amplitude, period = rng.uniform(0.25, 0.4) * size, rng.uniform(20, 36)
+        cy = cy - amplitude * np.abs(np.sin(np.pi * t / period + rng.uniform(0, np.pi)))
+    else:
+        raise ValueError(f"unknown motion {motion!r}; known: {', '.join(MOTIONS)}")
+    return cx, cy, angle, np.exp(log_scale)
+
+
+def _jitter(rng: np.random.Generator, frames: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer camera offsets per frame: a bounded random walk in [-limit, limit]."""
+    steps = rng.integers(-1, 2, (frames, 2))
+    offsets = np.zeros((frames, 2), np.int64)
+    for i in range(1, frames):
+        offsets[i] = np.clip(offsets[i - 1] + steps[i], -limit, limit)
+    return offsets[:, 0], offsets[:, 1]
+
+
+def _object_coords(xs, ys, cx, cy, angle, radius, width: int, height: int):
+    """Object-local coordinates (units of the radius) of every pixel, each (T, H, W).
+
+    Offsets are taken modulo the frame size, so the object is drawn at its nearest copy on
+    the torus: that is what makes translation wrap around.
+    """
+    dx = np.remainder(xs - cx[:, None, None] + width / 2, width) - width / 2
+    dy = np.remainder(ys - cy[:, None, None] + height / 2, height) - height / 2
+    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+    r = radius[:, None, None]
+    return (cos * dx + sin * dy) / r, (cos * dy - sin * dx) / r
+
+
+def _coverage(distance: np.ndarray, radius: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """The pixels an object touches and their opacity (N, 1); edges antialiased over ~1 pixel.
+
+    Objects cover a small part of the video, so blending only these pixels is much cheaper.
+    """
+    alpha = np.clip(distance * radius[:, None, None] + 0.5, 0, 1)
+    where = np.nonzero(alpha)
+    return where, alpha[where][:, None]
+
+
+def render_video(motion: str, rng: np.random.Generator, *, frames: int = 48, width: int = 96,
+                 height: int = 72, clutter: bool = True) -> np.ndarray:
+    """Render one video of `motion`, (T, H, W, 3) uint8 RGB.
+
+    clutter=False drops the distractors, camera jitter and pixel noise (for tests that need a
+    clean signal); the object, background and motion stay random.
+    """
+    size = float(min(width, height))  # every length is relative to the short side
+    t = np.arange(frames, dtype=np.float32)
+    xs = np.arange(width, dtype=np.float32)[None, None, :]
+    ys = np.arange(height, dtype=np.float32)[None, :, None]
+
+    object_colour = rng.uniform(0, 255, 3).astype(np.float32)
+    stripe_colour = _contrasting_colour(rng, [object_colour], 70)
+    bg_colour = _contrasting_colour(rng, [object_colour, stripe_colour], 60)
+
+    # The camera jitters by cropping a moving window out of a slightly larger background.
+    margin = max(1, round(0.03 * size)) if clutter else 0
+    jx, jy = _jitter(rng, frames, margin) if clutter else (np.zeros(frames, np.int64),) * 2
+    jxf, jyf = jx.astype(np.float32), jy.astype(np.float32)
+    background = _background(rng, bg_colour, height + 2 * margin, width + 2 * margin, size)
+    video = np.stack([background[margin + jy[i]: margin + jy[i] + height, margin + jx[i]: margin + jx[i] + width]
+                      for i in range(frames)])  # (T, H, W, 3) float32
+
+    if clutter:
+        for _ in range(int(rng.integers(1, 4))):
+            radius = np.full_like(t, rng.uniform(0.035, 0.07) * size)
+            shape = ("disc", "square")[int(rng.integers(2))]
+            colour = _contrasting_colour(rng, [bg_colour], 50)
+            start = rng.uniform(0, 1, 2) * (width, height)
+            drift = rng.normal(0, 0.006 * size, 2)
+            walk = np.cumsum(rng.normal(0, 0.012 * size, (frames, 2)), axis=0)
+            path = start + drift * t[:, None] + walk
+            u, v = _object_coords(xs, ys, (path[:, 0] - jxf).astype(np.float32), (path[:, 1] - jyf).astype(np.float32),
+                                  np.zeros_like(t), radius, width, height)
+            where, alpha = _coverage(_shape_distance(shape, u, v), radius)
+            video[where] = video[where] * (1 - alpha) + alpha * colour
+
+    cx, cy, angle, scale = _trajectory(motion, rng, t, width, height, size)
+    radius = (rng.uniform(0.16, 0.24) * size * scale).astype(np.float32)
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    u, v = _object_coords(xs, ys, cx - jxf, cy - jyf, angle, radius, width, height)
+    where, alpha = _coverage(_shape_distance(shape, u, v), radius)
+    colour = np.where(_texture(rng, u[where], v[where])[:, None], stripe_colour, object_colour)  # (N, 3)
+    video[where] = video[where] * (1 - alpha) + alpha * colour
+
+    if clutter:
+        video += rng.standard_normal(video.shape, dtype=np.float32) * np.float32(rng.uniform(2, 6))
+    return np.rint(np.clip(video, 0, 255)).astype(np.uint8)
+
+
+def write_mp4(path: str | os.PathLike, video: np.ndarray, fps: int = FPS) -> None:
+    """Encode (T, H, W, 3) uint8 RGB frames as H.264/yuv420p mp4, reproducibly."""
+    import av  # imported here: only generation needs PyAV
+
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
+        stream.thread_count = 1
+        # mbtree=0: x264's macroblock-tree rate control made different bitstreams from identical
+        # frames in this build even with threads=1 (measured); without it output is repeatable.
+        stream.options = {"crf": "18", "preset": "superfast", "threads": "1", "x264-params": "mbtree=0"}
+        for i, frame in enumerate(video):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts = i
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode())
+
+
+def _write_video(task: tuple) -> None:
+    path, motion, split, index, seed, frames, width, height = task
+    video = render_video(motion, video_rng(seed, split, motion, index), frames=frames, width=width, height=height)
+    write_mp4(path, video)
+
+
+# ----------------------------------------------------------------------------- the dataset
+def _plan(classes: list[str], train_per_class: int, labeled_per_class: int, val_per_class: int):
+    """Every video as (relative path, label, split, motion, index), in list-file order."""
+    videos = []
+    for label, name in enumerate(classes):
+        for i in range(train_per_class):
+            folder = f"labeled/{name}/" if i < labeled_per_class else "unlabeled/"
+            videos.append((f"{folder}{name}_{i:03d}.mp4", label, "train", name, i))
+    for label, name in enumerate(classes):
+        for i in range(val_per_class):
+            videos.append((f"val/{name}/{name}_{i:03d}.mp4", label, "val", name, i))
+    return videos
+
+
+def _list_text(rows) -> str:
+    return "".join(f"{path} {label}\n" for path, label, *_ in rows)
+
+
+def _expected_files(videos) -> list[str]:
+    lists = ["classes.txt", "synthetic.json"] + [f"lists/{n}.txt" for n in ("train", "labeled", "unlabeled", "val")]
+    return lists + [path for path, *_ in videos]
+
+
+def _is_complete(root: Path, arguments: dict, videos) -> bool:
+    """True if `root` holds this exact dataset; ValueError if it holds a different one."""
+    meta = root / "synthetic.json"
+    stored = json.loads(meta.read_text())
+    if stored.get("arguments") != arguments:
+        old = stored.get("arguments", {})
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in arguments.items() if old.get(k) != v)
+        raise ValueError(f"{root} holds a synthetic dataset generated with different arguments ({diff}); "
+                         "delete it or choose another root")
+    return all((root / p).is_file() for p in _expected_files(videos))
+
+
+def _remove_stale_partials(root: Path) -> None:
+    """Delete temporary folders left by generations that were killed (their process is gone)."""
+    prefix = f".{root.name}.partial-"
+    for partial in root.parent.glob(f"{prefix}*"):
+        try:
+            pid = int(partial.name[len(prefix):].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue  # not ours to judge: a foreign name, or a live process of another user
+
+
+def generate(root: str | os.PathLike, *, num_classes: int = 10, train_per_class: int = 40,
+             labeled_per_class: int = 4, val_per_class: int = 10, frames: int = 48, width: int = 96,
+             height: int = 72, seed: int = 0, workers: int = 1) -> dict:
+    """Write the synthetic motion dataset under `root` (idempotent); return a summary.
+
+    Re-running with the same arguments on a complete dataset does nothing. A dataset made
+    with other arguments raises ValueError. The dataset is built in a temporary sibling folder
+    and renamed into place, so an interrupted run never leaves a half dataset at `root`.
+    workers > 1 renders in `spawn`ed processes: call it under `if __name__ == "__main__":`.
+    Summary keys: root, classes, train, labeled, unlabeled, val (video counts), generated
+    (False when the dataset was already there), seconds.
+    """
+    start = time.perf_counter()
+    classes = class_names(num_classes)
+    if not 1 <= labeled_per_class <= train_per_class:
+        raise ValueError(f"need 1 <= labeled_per_class <= train_per_class, got {labeled_per_class}, {train_per_class}")
+    if val_per_class < 1:
+        raise ValueError(f"val_per_class must be >= 1, got {val_per_class}")
+    if frames < 2:
+        raise ValueError(f"frames must be >= 2, got {frames}")
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise ValueError(f"width and height must be even and >= 16 (yuv420p), got {width}x{height}")
+    if seed < 0 or workers < 1:
+        raise ValueError(f"seed must be >= 0 and workers >= 1, got seed={seed}, workers={workers}")
+
+    root = Path(root)
+    arguments = dict(num_classes=num_classes, train_per_class=train_per_class, labeled_per_class=labeled_per_class,
+                     val_per_class=val_per_class, frames=frames, width=width, height=height, seed=seed, fps=FPS,
+                     generator_version=GENERATOR_VERSION)
+    videos = _plan(classes, train_per_class, labeled_per_class, val_per_class)
+    train = [v for v in videos if v[2] == "train"]
+    summary = dict(root=str(root), classes=classes, train=len(train), labeled=num_classes * labeled_per_class,
+                   unlabeled=len(train), val=len(videos) - len(train))
+
+    if (root / "synthetic.json").is_file():
+        if _is_complete(root, arguments, videos):
+            return dict(summary, generated=False, seconds=time.perf_counter() - start)
+        print(f"{root}: synthetic dataset incomplete (files missing); regenerating it")
+    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ValueError(f"{root} exists and is not a synthetic dataset (no synthetic.json); "
+                         "refusing to write into it")
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(root)
+    # Unique per process and call: concurrent generations (ranks, threads) never share one.
+    partial = root.parent / f".{root.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    partial.mkdir()  # not tempfile.mkdtemp: its 0700 mode would become the dataset's
+    try:
+        for path, *_ in videos:
+            (partial / path).parent.mkdir(parents=True, exist_ok=True)
+        tasks = [(str(partial / path), motion, split, index, seed, frames, width, height)
+                 for path, _, split, motion, index in videos]
+        if workers == 1:
+            for task in tasks:
+                _write_video(task)
+        else:
+            # spawn: workers must not inherit a parent's torch/OpenMP threads or decoder state.
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                list(pool.map(_write_video, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
+
+        (partial / "lists").mkdir()
+        (partial / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
+        (partial / "lists/train.txt").write_text(_list_text(train))
+        (partial / "lists/labeled.txt").write_text(_list_text(v for v in train if v[4] < labeled_per_class))
+        (partial / "lists/unlabeled.txt").write_text(_list_text(train))
+        (partial / "lists/val.txt").write_text(_list_text(v for v in videos if v[2] == "val"))
+        # Written last: its presence marks a finished dataset.
+        (partial / "synthetic.json").write_text(json.dumps(dict(arguments=arguments, classes=classes), indent=2) + "\n")
+        _move_into_place(partial, root, arguments, videos)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return dict(summary, generated=True, seconds=time.perf_counter() - start)
+
+
+def _move_into_place(partial: Path, root: Path, arguments: dict, videos) -> None:
+    if (root / "synthetic.json").is_file() and _is_complete(root, arguments, videos):
+        return  # another process (e.g. another rank) finished the same dataset meanwhile: keep it
+    old = None
+    if root.exists() and any(root.iterdir()):
+        # Our own incomplete dataset: set it aside first, since rename can't replace a full folder.
+        old = partial.with_name(partial.name + "-old")
+        os.replace(root, old)
+    try:
+        os.replace(partial, root)  # atomic; also replaces an empty folder
+    except OSError:
+        if not ((root / "synthetic.json").is_file() and _is_complete(root, arguments, videos)):
+            raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training generate",
+                                     description="Write the synthetic motion-video dataset (idempotent).")
+    parser.add_argument("--root", required=True, help="dataset folder to create")
+    parser.add_argument("--num-classes", type=int, default=10, help=f"1..{len(MOTIONS)} motions")
+    parser.add_argument("--train-per-class", type=int, default=40)
+    parser.add_argument("--labeled-per-class", type=int, default=4)
+    parser.add_argument("--val-per-class", type=int, default=10)
+    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--width", type=int, default=96)
+    parser.add_argument("--height", type=int, default=72)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes rendering videos (default: all CPU cores); output does not depend on it")
+    args = parser.parse_args(argv)
+    try:
+        summary = generate(args.root, num_classes=args.num_classes, train_per_class=args.train_per_class,
+                           labeled_per_class=args.labeled_per_class, val_per_class=args.val_per_class,
+                           frames=args.frames, width=args.width, height=args.height, seed=args.seed,
+                           workers=args.workers)
+    except ValueError as exc:
+        parser.error(str(exc))
+    state = f"generated in {summary['seconds']:.1f} s" if summary["generated"] else "already present, left as is"
+    print(f"synthetic dataset at {summary['root']}: {len(summary['classes'])} classes, "
+          f"{summary['train']} training videos ({summary['labeled']} labeled), {summary['val']} val; {state}")
+    return 0
