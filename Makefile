@@ -14,7 +14,7 @@ GPUS ?= 1
 TORCHRUN_ARGS ?= --standalone
 PYTEST_ARGS ?=
 
-TRAIN_ARGS = --run "$(RUN)" $(if $(CONFIG),--config "$(CONFIG)") $(if $(DATA_ROOT),--data-root "$(DATA_ROOT)") $(if $(SET),--set $(SET))
+TRAIN_ARGS = --run-dir "$(RUN)" $(if $(CONFIG),--config "$(CONFIG)") $(if $(DATA_ROOT),--data-root "$(DATA_ROOT)") $(if $(SET),--set $(SET))
 
 .PHONY: setup train evaluate test test-all clean-venv help
 

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -138,3 +139,70 @@ def test_kill_minus_nine_then_rerun_continues(tmp_path, data_root):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert f"resumed from {run / 'last.pt'} at epoch {epoch_at_kill}" in out.stdout
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 6 and (run / "metrics.json").is_file()
+
+
+def _tiny_video(path: Path, seed: int) -> None:
+    from tests.videofiles import write_video
+    rng = np.random.default_rng(seed)
+    write_video(path, rng.integers(0, 255, (20, 32, 40, 3), dtype=np.uint8))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_two_cpu_processes(tmp_path, data_root):
+    run = tmp_path / "ddp"
+    overrides = tiny_overrides(data_root, **{"optim.epochs": 2, "train.eval_every": 1})
+    assert run_train(tmp_path / "warm", tiny_overrides(data_root, **{"optim.epochs": 1})) == 0  # data made once
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training",
+           "train", "--run-dir", str(run), "--set", *overrides]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["student"]["videos"] == 6  # every val video once, gathered
+    assert "total batch 12" in (run / "train.log").read_text()  # 2 x (2 + 4) clips
+
+
+@pytest.mark.slow
+def test_ucf101_layout_trains_with_the_paper_config(tmp_path):
+    root = tmp_path / "ucf"
+    classes = ["ApplyEyeMakeup", "Basketball", "YoYo"]
+    (root / "ucfTrainTestlist").mkdir(parents=True)
+    (root / "ucfTrainTestlist" / "classInd.txt").write_text("".join(f"{i + 1} {c}\r\n" for i, c in enumerate(classes)))
+    train_lines, test_lines = [], []
+    for ci, c in enumerate(classes):
+        for g in range(1, 6):
+            name = f"{c}/v_{c}_g{g:02d}_c01.avi"
+            _tiny_video(root / "UCF-101" / name, seed=ci * 10 + g)
+            (train_lines if g <= 4 else test_lines).append(name)
+    (root / "ucfTrainTestlist" / "trainlist01.txt").write_text(
+        "".join(f"{n} {classes.index(n.split('/')[0]) + 1}\r\n" for n in train_lines))
+    (root / "ucfTrainTestlist" / "testlist01.txt").write_text("".join(n + "\r\n" for n in test_lines))
+    prep = subprocess.run([sys.executable, "-m", "training", "prepare", "ucf101", "--root", str(root)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert prep.returncode == 0, prep.stderr
+    small = [o for o in tiny_overrides(root, **{"optim.epochs": 1, "data.num_workers": 0})
+             if not o.startswith(("data.root", "data.synthetic"))]
+    run = tmp_path / "run"
+    assert train_main(["--config", str(REPO / "configs" / "ucf101_20.yaml"), "--data-root", str(root), "--run", str(run),
+                       "--set", *small]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["classes"] == 3 and metrics["labeled_videos"] == 3  # 20 % of 4 per class, at least 1 each
+    assert metrics["unlabeled_videos"] == 12 and metrics["student"]["videos"] == 3
+    assert (run / "splits" / "labeled.txt").is_file()
+
+
+@pytest.mark.slow
+def test_a_users_folder_dataset_trains_with_the_default_config(tmp_path):
+    root = tmp_path / "mine"
+    for cls in ("jump", "wave"):
+        for i in range(3):
+            _tiny_video(root / "labeled" / cls / f"{i}.mp4", seed=i + len(cls))
+        _tiny_video(root / "val" / cls / "v.mp4", seed=50 + len(cls))
+    for i in range(4):
+        _tiny_video(root / "unlabeled" / "batch1" / f"u{i}.mp4", seed=100 + i)
+    small = [o for o in tiny_overrides(root, **{"optim.epochs": 1}) if not o.startswith(("data.root", "data.synthetic"))]
+    run = tmp_path / "run"
+    assert train_main(["--data-root", str(root), "--run", str(run), "--set", *small]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["classes"] == 2 and metrics["labeled_videos"] == 6 and metrics["unlabeled_videos"] == 10
+    assert (run / "classes.txt").read_text() == "jump\nwave\n"

@@ -219,7 +219,9 @@ def load_model_state(net: TwoStreamNet, state: dict) -> None:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m training train", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None, help=f"YAML config (default: the embedded {DEFAULT_CONFIG.name})")
-    p.add_argument("--run", default="runs/synthetic", help="run folder: config, checkpoints, logs, metrics")
+    # --run-dir is the same option: torchrun's parser rejects `--run` as a prefix of its --run-path
+    p.add_argument("--run", "--run-dir", dest="run", default="runs/synthetic",
+                   help="run folder: config, checkpoints, logs, metrics")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. loss.align=off")
     p.add_argument("--data-root", default=None, help="dataset root; with the default config: a folder-layout dataset")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
