@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.train import main as train_main
+from training.distributed import DistInfo
+from training.train import SkipLog, main as train_main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -206,3 +207,13 @@ def test_a_users_folder_dataset_trains_with_the_default_config(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["classes"] == 2 and metrics["labeled_videos"] == 6 and metrics["unlabeled_videos"] == 10
     assert (run / "classes.txt").read_text() == "jump\nwave\n"
+
+
+def test_skip_log_counts_each_event_once_across_merges():
+    skips = SkipLog()
+    skips.add([("a.mp4", "a.mp4: not a readable video"), ("a.mp4", "again")])
+    skips.merge(DistInfo())
+    skips.merge(DistInfo())  # merged every epoch: nothing is counted twice
+    skips.add([("b.mp4", "b.mp4: empty file")])
+    assert skips.summary()["count"] == 2 and skips.summary()["events"] == 3
+    assert SkipLog(skips.state()).summary()["events"] == 3  # survives a checkpoint round trip

@@ -63,6 +63,8 @@ def test_decode_test_views_reads_the_sampled_frames(coded_video):
             assert got == expected[clip].tolist()
             got_next = [decoded_index(d.successors[clip * 3 + crop, :, t]) for t in range(4)]
             assert got_next == (expected[clip] + 1).tolist()
+    # whole 0-255 values: the loaders' uint8 transport and the server's floats are the same pixels
+    assert torch.equal(d.views, d.views.to(torch.uint8).float())
     quick = decode_test_views(coded_video.read_bytes(), InputSpec(clip_len=4, interval=5, short_side=48, crop_size=32),
                               quick=True)
     assert quick.views.shape == (1, 3, 4, 32, 32)

@@ -315,9 +315,9 @@ class EvalClips(Dataset):
                                   num_threads=self.decode_threads)
         except VideoDecodeError as exc:
             return {"skipped": [(item.path, str(exc))]}
-        out = {"views": d.views.round().to(torch.uint8), "label": item.label, "index": index, "skipped": []}
+        out = {"views": d.views.to(torch.uint8), "label": item.label, "index": index, "skipped": []}
         if d.successors is not None:
-            out["successors"] = d.successors.round().to(torch.uint8)
+            out["successors"] = d.successors.to(torch.uint8)
         return out
 
 

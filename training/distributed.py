@@ -40,21 +40,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        t = t.clone()
-        dist.all_reduce(t)
-        t /= info.world_size
-    return t
-
-
-def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        t = t.clone()
-        dist.all_reduce(t)
-    return t
-
-
 def gather_objects(obj, info: DistInfo) -> list:
     """Every process's `obj`, in rank order (a one-element list in a single process)."""
     if not info.enabled:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from training.augment import make_views
 from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
 from training.data import EvalClips, SeededSampler, TrainClips, collate_skipping, resolve_splits, worker_init
-from training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, gather_objects, init_distributed
+from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
 from training.evaluate import accuracy_metrics, precise_bn, score_videos
 from training.losses import contrastive_loss, dense_alignment_loss, pseudo_labels, supervised_loss, unlabeled_loss
 from training.models import TwoStreamNet
@@ -47,7 +48,7 @@ def total_loss(terms: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
 
 
 def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, use_unlabeled: bool,
-                  device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                  device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One semi-supervised step's loss terms (and monitoring stats), before weighting.
 
     Labeled weak, unlabeled weak and (after the supervised warm-up) unlabeled strong clips go
@@ -80,15 +81,15 @@ def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, 
         terms["contrast"] = contrastive_loss(out["emb_rgb"][weak].float(), out["emb_tg"][weak].float(),
                                              temperature=cfg.loss.temperature)
 
+    # monitoring stats stay on the device (0-dim tensors): the loop copies them to the host once
     stats = {}
     truth = batch_u["label"].to(device)
-    known = truth >= 0
     for m in streams:
         pseudo, mask = pl[m]
-        stats[f"mask_rate_{m}"] = float(mask.mean())
-        confident = (mask > 0) & known
-        if confident.any():  # accuracy of the pseudo-labels that pass the threshold, where labels are known
-            stats[f"pseudo_acc_{m}"] = float((pseudo[confident] == truth[confident]).float().mean())
+        stats[f"mask_rate_{m}"] = mask.mean()
+        # accuracy of the pseudo-labels that pass the threshold, where labels are known (NaN: none)
+        confident = ((mask > 0) & (truth >= 0)).float()
+        stats[f"pseudo_acc_{m}"] = ((pseudo == truth).float() * confident).sum() / confident.sum()
     return terms, stats
 
 
@@ -114,30 +115,36 @@ def cycle_batches(loader: DataLoader, sampler: SeededSampler, epoch: int):
 
 
 class SkipLog:
-    """Unreadable videos met during training: counted, logged once each, saved with checkpoints."""
+    """Unreadable videos met during training: counted, logged once each, saved with checkpoints.
+
+    `events` is the merged total over processes; `_new` counts this process's events since the
+    last merge, so merging every epoch never counts an event twice."""
 
     def __init__(self, state: dict | None = None):
         state = state or {}
         self.paths: dict[str, str] = dict(state.get("paths", {}))
         self.events = int(state.get("events", 0))
+        self._new = 0
 
     def add(self, skipped: list) -> None:
         for path, error in skipped:
-            self.events += 1
+            self._new += 1
             if path not in self.paths:
                 self.paths[path] = error
                 log.warning("skipped unreadable video: %s", error)
 
     def merge(self, info: DistInfo) -> None:
-        for part in gather_objects(self.state(), info):
+        for part in gather_objects({"paths": self.paths, "new": self._new}, info):
             self.paths.update(part["paths"])
-        self.events = sum(p["events"] for p in gather_objects({"events": self.events}, info))
+            self.events += part["new"]
+        self._new = 0
 
     def state(self) -> dict:
-        return {"paths": self.paths, "events": self.events}
+        return {"paths": self.paths, "events": self.events + self._new}
 
     def summary(self) -> dict:
-        return {"count": len(self.paths), "events": self.events, "videos": dict(list(self.paths.items())[:100])}
+        return {"count": len(self.paths), "events": self.events + self._new,
+                "videos": dict(list(self.paths.items())[:100])}
 
 
 def train_one_epoch(net, optimizer, unl_loader, lab_batches, *, cfg: Config, epoch: int, steps: int,
@@ -150,6 +157,7 @@ def train_one_epoch(net, optimizer, unl_loader, lab_batches, *, cfg: Config, epo
                dynamic_ncols=True, leave=False, file=sys.stdout)
     t0 = time.time()
     clips = 0
+    n_streams = 2 if cfg.loss.streams == "both" else 1
     for step, batch_u in enumerate(unl_loader):
         if step >= steps:
             break
@@ -162,17 +170,19 @@ def train_one_epoch(net, optimizer, unl_loader, lab_batches, *, cfg: Config, epo
 
         terms, stats = training_step(net, batch_l, batch_u, cfg, use_unlabeled=use_unlabeled, device=device)
         loss = total_loss(terms, cfg)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} step {step}: {({k: v.item() for k, v in terms.items()})}")
+        # one device-to-host copy per step for logging and the finiteness check
+        names = [f"loss/{k}" for k in ("total", *terms)] + [f"pseudo/{k}" for k in stats]
+        tensors = [loss, *terms.values(), *stats.values()]
+        values = dict(zip(names, torch.stack([t.detach().float() for t in tensors]).tolist()))
+        if not math.isfinite(values["loss/total"]):
+            raise FloatingPointError(f"loss is not finite at epoch {epoch + 1} step {step}: {values}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.clip_grad) if cfg.optim.clip_grad > 0 else None
         optimizer.step()
 
-        n_streams = 2 if cfg.loss.streams == "both" else 1
         clips += info.world_size * n_streams * (len(batch_l["label"]) + len(batch_u["label"]) * (2 if use_unlabeled else 1))
-        row = {"loss/total": loss.item(), **{f"loss/{k}": v.item() for k, v in terms.items()},
-               **{f"pseudo/{k}": v for k, v in stats.items()}}
+        row = {k: v for k, v in values.items() if not math.isnan(v)}  # NaN: no confident known-label clip
         for k, v in row.items():
             sums[k] = sums.get(k, 0.0) + v
             counts[k] = counts.get(k, 0) + 1
@@ -184,12 +194,19 @@ def train_one_epoch(net, optimizer, unl_loader, lab_batches, *, cfg: Config, epo
                 writer.add_scalar("grad_norm", float(grad_norm), it)
             for k, v in row.items():
                 writer.add_scalar(k, v, it)
-            mask = stats.get("mask_rate_rgb", stats.get("mask_rate_tg", 0.0))
-            bar.set_postfix(loss=f"{loss.item():.3f}", mask=f"{mask:.2f}", lr=f"{lr:.4f}", clips_s=f"{rate:.1f}")
+            mask = values.get("pseudo/mask_rate_rgb", values.get("pseudo/mask_rate_tg", 0.0))
+            bar.set_postfix(loss=f"{values['loss/total']:.3f}", mask=f"{mask:.2f}", lr=f"{lr:.4f}", clips_s=f"{rate:.1f}")
             bar.update(1)
     bar.close()
-    means = {k: sums[k] / counts[k] for k in sums}
-    return {k: float(all_reduce_mean(torch.tensor(v), info)) for k, v in sorted(means.items())}
+    # one gather of (sums, counts): a key may be missing on some processes (e.g. no confident
+    # pseudo-label with a known label), so per-key collectives could pair up wrongly
+    total_sums: dict[str, float] = {}
+    total_counts: dict[str, int] = {}
+    for part_sums, part_counts in gather_objects((sums, counts), info):
+        for k, v in part_sums.items():
+            total_sums[k] = total_sums.get(k, 0.0) + v
+            total_counts[k] = total_counts.get(k, 0) + part_counts[k]
+    return {k: total_sums[k] / total_counts[k] for k in sorted(total_sums)}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -275,7 +292,6 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
     run.mkdir(parents=True, exist_ok=True)
     saved_cfg = run / "config.yaml"
     if saved_cfg.is_file():
-        import yaml
         changed = diff_configs(config_from_dict(yaml.safe_load(saved_cfg.read_text())), cfg)
         if changed:
             raise ConfigError(f"run folder {run} was started with a different config ({', '.join(changed)}); "

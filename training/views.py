@@ -85,7 +85,8 @@ def spatial_crops(frames: torch.Tensor, crop: int, num_crops: int) -> torch.Tens
 def frames_to_views(
     frames: np.ndarray | torch.Tensor, *, clips: int, crops: int, short_side: int, crop: int
 ) -> torch.Tensor:
-    """(clips*T, H, W, 3) uint8 frames, clip-major -> (clips*crops, 3, T, crop, crop) float 0-255.
+    """(clips*T, H, W, 3) uint8 frames, clip-major -> (clips*crops, 3, T, crop, crop) float with
+    whole values in 0-255.
 
     Views are ordered clip-major: view = clip * crops + crop_index.
     """
@@ -94,7 +95,9 @@ def frames_to_views(
     x = spatial_crops(x, crop, crops)  # (crops, clips*T, 3, S, S)
     x = x.reshape(crops, clips, -1, 3, crop, crop)  # (crops, clips, T, 3, S, S)
     x = x.permute(1, 0, 3, 2, 4, 5)  # (clips, crops, 3, T, S, S)
-    return x.reshape(clips * crops, 3, x.shape[3], crop, crop).clamp_(0, 255)
+    # rounded to whole 0-255 values here, once: the loaders ship views as uint8 and the server
+    # uses them as floats, and both must see the same pixels
+    return x.reshape(clips * crops, 3, x.shape[3], crop, crop).round_().clamp_(0, 255)
 
 
 @dataclass
