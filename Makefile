@@ -13,15 +13,21 @@ GPUS ?= 1
 # extra torchrun flags for multi-node, e.g. "--nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500"
 TORCHRUN_ARGS ?= --standalone
 PYTEST_ARGS ?=
+MODEL_NAME ?= action
+SERVE_WORKERS ?= 1
+SERVE_BATCH ?= 1
 
 TRAIN_ARGS = --run-dir "$(RUN)" $(if $(CONFIG),--config "$(CONFIG)") $(if $(DATA_ROOT),--data-root "$(DATA_ROOT)") $(if $(SET),--set $(SET))
 
-.PHONY: setup train evaluate test test-all clean-venv help
+.PHONY: setup train evaluate export serve serve-stop test clean-venv help
 
 help:
 	@echo "make setup                      create $(VENV) and install everything"
 	@echo "make train [CONFIG=] [RUN=] [SET=\"k=v ...\"] [DATA_ROOT=] [GPUS=N]"
 	@echo "make evaluate RUN=runs/NAME     30-view test of a run's checkpoint"
+	@echo "make export RUN=runs/NAME       student-only ONNX (+ TensorRT where present), manifest, .mar"
+	@echo "make serve [RUN=] [MODEL_NAME=]  TorchServe on 127.0.0.1:8080 with RUN/export/model.mar"
+	@echo "make serve-stop                  stop it"
 	@echo "make test                       the test suite (what CI runs)"
 
 setup: $(VENV)/.installed
@@ -32,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip setuptools wheel
 	$(BIN)/pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,serve]"
 	touch $@
 
 train: setup
@@ -44,6 +50,15 @@ endif
 
 evaluate: setup
 	$(BIN)/python -m training evaluate --run "$(RUN)"
+
+export: setup
+	$(BIN)/python -m export --run "$(RUN)"
+
+serve: setup
+	$(BIN)/python -m serving start --run "$(RUN)" --model-name "$(MODEL_NAME)" --workers $(SERVE_WORKERS) --batch-size $(SERVE_BATCH)
+
+serve-stop: setup
+	$(BIN)/python -m serving stop
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)

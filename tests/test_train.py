@@ -12,25 +12,10 @@ import pytest
 import torch
 
 from training.distributed import DistInfo
+from tests.tinyrun import tiny_overrides
 from training.train import SkipLog, main as train_main
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def tiny_overrides(data_root: Path, **extra) -> list[str]:
-    items = {
-        "data.root": str(data_root),
-        "data.synthetic_size": "{num_classes: 3, train_per_class: 6, labeled_per_class: 2, val_per_class: 2, "
-                               "frames: 20, width: 40, height: 32, seed: 0}",
-        "data.num_workers": 0,
-        "input.clip_len": 4, "input.interval": 2, "input.short_side": 32, "input.crop_size": 28,
-        "input.test_short_side": 32, "input.test_crop": 32, "input.test_clips": 2,
-        "model.width": 4, "optim.epochs": 3, "optim.batch_labeled": 2, "optim.batch_unlabeled": 4,
-        "optim.warmup_epochs": 1, "optim.sup_warmup_epochs": 1,
-        "train.checkpoint_every": 1, "train.eval_every": 1, "train.precise_bn_every": 2, "train.precise_bn_batches": 2,
-    }
-    items.update(extra)
-    return [f"{k}={v}" for k, v in items.items()]
 
 
 def run_train(run: Path, overrides: list[str], *extra_args: str) -> int:
