@@ -19,7 +19,7 @@ SERVE_BATCH ?= 1
 
 TRAIN_ARGS = --run-dir "$(RUN)" $(if $(CONFIG),--config "$(CONFIG)") $(if $(DATA_ROOT),--data-root "$(DATA_ROOT)") $(if $(SET),--set $(SET))
 
-.PHONY: setup train evaluate export serve serve-stop test clean-venv help
+.PHONY: setup train evaluate export serve serve-stop bench bench-accuracy test clean-venv help
 
 help:
 	@echo "make setup                      create $(VENV) and install everything"
@@ -28,6 +28,8 @@ help:
 	@echo "make export RUN=runs/NAME       student-only ONNX (+ TensorRT where present), manifest, .mar"
 	@echo "make serve [RUN=] [MODEL_NAME=]  TorchServe on 127.0.0.1:8080 with RUN/export/model.mar"
 	@echo "make serve-stop                  stop it"
+	@echo "make bench [BENCH_GROUPS=...]    latency suites -> benchmarks/results/"
+	@echo "make bench-accuracy             Table 1 in miniature on the synthetic data"
 	@echo "make test                       the test suite (what CI runs)"
 
 setup: $(VENV)/.installed
@@ -59,6 +61,14 @@ serve: setup
 
 serve-stop: setup
 	$(BIN)/python -m serving stop
+
+# all groups by default; e.g. BENCH_GROUPS="no_added_cost backends"
+BENCH_GROUPS ?=
+bench: setup
+	$(BIN)/python -m benchmarks.run $(if $(BENCH_GROUPS),--groups $(BENCH_GROUPS))
+
+bench-accuracy: setup
+	$(BIN)/python -m benchmarks.accuracy
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
