@@ -1,0 +1,86 @@
+"""`python -m export --run RUN [options]`: export a run's student (what `make export` runs).
+`python -m export evaluate --run RUN [--clips N --crops N]`: accuracy of the exported ONNX model.
+
+Bad input prints `error: <message>` and exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from export.build import ExportError
+
+
+def export_main(argv: list[str]) -> int:
+    """Export a run's RGB student: ONNX, ExportedProgram, TensorRT where present, manifest, .mar."""
+    p = argparse.ArgumentParser(prog="python -m export", description=export_main.__doc__,
+                                epilog="python -m export evaluate --run RUN: 30-view accuracy of the exported ONNX model")
+    p.add_argument("--run", required=True, help="run folder holding last.pt, config.yaml and metrics.json")
+    p.add_argument("--model-name", default="action", help="TorchServe model name (URL /predictions/<name>)")
+    p.add_argument("--tensorrt", choices=("auto", "on", "off"), default="auto",
+                   help="auto: build an engine where TensorRT and a GPU exist; on: require one; off: skip")
+    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16", help="TensorRT engine precision")
+    p.add_argument("--parity-videos", type=int, default=16, help="validation videos (all views) checked for parity")
+    p.add_argument("--max-views", type=int, default=30, help="largest batch of views the TensorRT profile accepts")
+    p.add_argument("--no-archive", action="store_true", help="skip model.mar (it needs serving/handler.py)")
+    args = p.parse_args(argv)
+
+    from export.build import export_run
+
+    out = export_run(Path(args.run), tensorrt=args.tensorrt, model_name=args.model_name, precision=args.precision,
+                     parity_videos=args.parity_videos, max_views=args.max_views, archive=not args.no_archive)
+    manifest = json.loads((out / "manifest.json").read_text())
+    o = manifest["parity"]["onnxruntime"]
+    print(f"exported {manifest['model_name']} {manifest['model_version']} to {out}")
+    print(f"  files: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    print(f"  {manifest['params']:,} parameters, {manifest['flops_per_view'] / 1e9:.3g} GFLOPs per view "
+          "(equal to a plain R3D-18 of this config)")
+    trt = manifest["tensorrt"]
+    print(f"  TensorRT: {trt['file']} ({trt['precision']})" if trt["file"] else f"  TensorRT: skipped, {trt['reason']}")
+    print(f"  parity vs PyTorch on {o['videos']} videos / {o['views']} views: ONNX Runtime max |diff| "
+          f"{o['max_abs_diff']:.2e}, top-1 agreement {o['top1_agreement']:.4f}")
+    return 0
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """Accuracy of RUN/export/model.onnx (ONNX Runtime, CPU) on the run's validation set."""
+    p = argparse.ArgumentParser(prog="python -m export evaluate", description=evaluate_main.__doc__)
+    p.add_argument("--run", required=True, help="run folder with an export/ folder")
+    p.add_argument("--clips", type=int, default=None, help="clips per video (default: the manifest's test_clips)")
+    p.add_argument("--crops", type=int, default=None, help="crops per clip (default: the manifest's test_crops)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    args = p.parse_args(argv)
+
+    from export.evaluate import evaluate_onnx
+
+    run = Path(args.run)
+    report = evaluate_onnx(run, clips=args.clips, crops=args.crops, threads=args.threads)
+    print(json.dumps(report, indent=2))
+    metrics_path = run / "metrics.json"
+    trained = json.loads(metrics_path.read_text()).get("student") if metrics_path.is_file() else None
+    if trained:
+        views = json.loads(metrics_path.read_text()).get("views")
+        print(f"ONNX Runtime ({report['views']}): top1 {report['top1']:.2f}  top5 {report['top5']:.2f}  "
+              f"mean-class {report['mean_class']:.2f} over {report['videos']} videos")
+        print(f"training     ({views}): top1 {trained['top1']:.2f}  top5 {trained['top5']:.2f}  "
+              f"mean-class {trained['mean_class']:.2f} over {trained['videos']} videos")
+    print(f"written to {run / 'eval_onnx.json'}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        if argv and argv[0] == "evaluate":
+            return evaluate_main(argv[1:])
+        return export_main(argv)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

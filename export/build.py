@@ -1,0 +1,369 @@
+"""Run folder -> `RUN/export/`: the RGB student alone as ONNX, ExportedProgram and (where
+TensorRT exists) an engine, checked for parity on real validation clips, described by
+`manifest.json` and packed into a TorchServe archive.
+
+Reads top to bottom: load the run -> take the student -> export -> show zero added cost ->
+TensorRT -> parity -> manifest -> archive -> publish. Everything is written into a temporary
+folder beside `RUN/export` and renamed into place only when every check passed, so a failed
+export leaves nothing behind and keeps an older complete export.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnx
+import torch
+from torch.export import Dim
+
+from export.archive import MODEL_NAME_PATTERN, build_archive, serving_handler
+from export.flops import onnx_flops, torch_flops
+from export.parity import (ONNXRUNTIME_BOUND, TENSORRT_FP16_BOUND, TENSORRT_FP32_BOUND, Comparison, ParityError,
+                           check_parity, decoded_views, onnx_backend, onnx_session, torch_backend)
+from export import trt_engine
+from training.config import Config, ConfigError, config_from_dict
+from training.data import DataSplits, resolve_splits
+from training.models import R3D18, count_parameters
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "clips", "logits"
+CHECKPOINT_KEYS = ("config", "classes", "epoch", "model")
+
+
+class ExportError(Exception):
+    """Bad input or a failed check; the message names the problem (the CLI prints it)."""
+
+
+@dataclass
+class LoadedRun:
+    run: Path
+    cfg: Config
+    classes: list[str]
+    epoch: int
+    student: R3D18  # eval mode, on the CPU
+    architecture: dict
+    metrics: dict
+
+
+# ----------------------------------------------------------------------------- the run
+def _first_lines(exc: BaseException, n: int = 2) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines[:n])[:400] or type(exc).__name__
+
+
+def architecture_of(cfg: Config, num_classes: int) -> dict:
+    """The student's constructor arguments, as the manifest records them."""
+    return {"name": "r3d18", "num_classes": num_classes, "width": cfg.model.width,
+            "temporal_pool": cfg.model.temporal_pool, "dropout": cfg.model.dropout, "bn_eps": cfg.model.bn_eps,
+            "in_channels": 3}
+
+
+def build_r3d18(architecture: dict) -> R3D18:
+    """A plain R3D-18 from a manifest's architecture record."""
+    args = {k: v for k, v in architecture.items() if k != "name"}
+    return R3D18(args.pop("num_classes"), **args)
+
+
+def load_run(run: Path) -> LoadedRun:
+    """The run's last checkpoint with the student rebuilt and loaded; the teacher and both
+    projection heads are never built."""
+    if not run.is_dir():
+        raise ExportError(f"run folder not found: {run}")
+    ckpt_path = run / "last.pt"
+    if not ckpt_path.is_file():
+        raise ExportError(f"no checkpoint in the run folder: {ckpt_path} is missing (train the run first)")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle garbage, foreign objects: all mean "not our checkpoint"
+        raise ExportError(f"{ckpt_path}: not a readable checkpoint ({_first_lines(exc, 1)})") from exc
+    ours = isinstance(ckpt, dict) and all(k in ckpt for k in CHECKPOINT_KEYS) and isinstance(ckpt["model"], dict)
+    if not ours:
+        found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ExportError(f"{ckpt_path}: not a checkpoint of this project's training "
+                          f"(expected keys {', '.join(CHECKPOINT_KEYS)}; found {found})")
+    try:
+        cfg = config_from_dict(ckpt["config"])
+    except (ConfigError, TypeError, AttributeError) as exc:
+        raise ExportError(f"{ckpt_path}: the saved config is not valid here ({exc})") from exc
+    state = ckpt["model"].get("student")
+    if state is None:
+        raise ExportError(f"{ckpt_path}: the checkpoint has no RGB student to export "
+                          f"(loss.streams={cfg.loss.streams}); export needs a run that trains the RGB network")
+    classes = list(ckpt["classes"])
+    architecture = architecture_of(cfg, len(classes))
+    student = build_r3d18(architecture)
+    try:
+        student.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ExportError(f"{ckpt_path}: the student weights are not an R3D-18 of the run's config "
+                          f"(width {cfg.model.width}, {len(classes)} classes): {_first_lines(exc)}") from exc
+    student.eval()
+
+    metrics_path = run / "metrics.json"
+    if not metrics_path.is_file():
+        raise ExportError(f"{metrics_path} is missing: the run stopped at epoch {ckpt['epoch']} of "
+                          f"{cfg.optim.epochs}; finish it (re-run the same train command) before exporting")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{metrics_path}: not valid JSON ({exc})") from exc
+    return LoadedRun(run, cfg, classes, int(ckpt["epoch"]), student, architecture, metrics)
+
+
+def validation_split(loaded: LoadedRun) -> DataSplits:
+    """The run's validation videos (its config says where the data and lists are)."""
+    try:
+        splits = resolve_splits(loaded.cfg.data, loaded.run, is_main=False)  # is_main=False: write nothing
+    except ConfigError as exc:
+        raise ExportError(f"the run's validation data cannot be read: {exc}") from exc
+    if not splits.val:
+        raise ExportError(f"run {loaded.run} has no validation videos (data.val_list / ROOT/val is empty or unset): "
+                          "the export checks parity on real validation clips")
+    if splits.classes != loaded.classes:
+        raise ExportError(f"the dataset's classes {splits.classes[:5]}... differ from the checkpoint's "
+                          f"{loaded.classes[:5]}...: data.root points at another dataset")
+    return splits
+
+
+# ----------------------------------------------------------------------------- artifacts
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter logs a warning per missing torchvision op, its graph optimizer logs
+    every pass, and dependencies emit deprecation warnings; none concern this model."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def export_student(student: R3D18, clip_shape: tuple[int, ...], out_dir: Path) -> torch.export.ExportedProgram:
+    """student.pt2 (ExportedProgram) and model.onnx, both from one torch.export graph with a
+    dynamic number of views; returns the program."""
+    example = torch.zeros((2, *clip_shape))
+    views = Dim("views", min=1)
+    with _quiet_exporter():
+        program = torch.export.export(student, (example,), dynamic_shapes={"x": {0: views}})
+        torch.export.save(program, out_dir / "student.pt2")
+        # external_data=False: one self-contained file (torch 2.13 otherwise writes model.onnx.data)
+        torch.onnx.export(program, (example,), out_dir / "model.onnx", input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_shapes={"x": {0: views}}, opset_version=OPSET,
+                          external_data=False, verbose=False)
+    return program
+
+
+def check_onnx_graph(path: Path, clip_shape: tuple[int, ...], num_classes: int) -> onnx.ModelProto:
+    """The file is valid ONNX with exactly one input `clips` (views, *clip_shape) and one output
+    `logits` (views, num_classes), and nothing beside it (no external data)."""
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path), load_external_data=False)
+    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
+        raise ExportError(f"{path.name} refers to external weight data; expected one self-contained file")
+    dims = lambda vi: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731
+    ins, outs = list(model.graph.input), list(model.graph.output)
+    if len(ins) != 1 or len(outs) != 1:
+        raise ExportError(f"{path.name}: expected one input and one output, got {len(ins)} and {len(outs)}")
+    if ins[0].name != INPUT_NAME or not isinstance(dims(ins[0])[0], str) or dims(ins[0])[1:] != list(clip_shape):
+        raise ExportError(f"{path.name}: unexpected input {ins[0].name} {dims(ins[0])}")
+    if outs[0].name != OUTPUT_NAME or dims(outs[0])[1:] != [num_classes]:
+        raise ExportError(f"{path.name}: unexpected output {outs[0].name} {dims(outs[0])}")
+    return model
+
+
+def zero_added_cost(student: R3D18, architecture: dict, onnx_model: onnx.ModelProto,
+                    clip_shape: tuple[int, ...]) -> dict:
+    """Parameters and FLOPs of the exported student against a freshly built plain R3D-18 of the
+    same architecture: the method must add nothing at inference."""
+    plain = build_r3d18(architecture)
+    view = (1, *clip_shape)
+    cost = {"params": count_parameters(student), "plain_r3d18_params": count_parameters(plain),
+            "flops_per_view": torch_flops(student, view), "plain_r3d18_flops_per_view": torch_flops(plain, view),
+            "onnx_flops_per_view": onnx_flops(onnx_model, views=1)}
+    if not (cost["params"] == cost["plain_r3d18_params"]
+            and cost["flops_per_view"] == cost["plain_r3d18_flops_per_view"] == cost["onnx_flops_per_view"]):
+        raise ExportError(f"the exported student does not cost what a plain R3D-18 costs: {cost}")
+    return cost
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Swap the finished folder into place; an older export is removed only after the swap."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".export-old-{uuid.uuid4().hex[:8]}")
+        final.rename(old)
+    try:
+        tmp.rename(final)
+    except OSError:
+        if old is not None:
+            old.rename(final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the export
+def export_run(run: Path, *, tensorrt: str = "auto", model_name: str = "action", precision: str = "fp16",
+               parity_videos: int = 16, max_views: int = 30, archive: bool = True) -> Path:
+    """Export a finished run's student into `run/export` and return that folder.
+
+    tensorrt: "auto" builds an engine where TensorRT and a GPU exist, "on" requires one, "off"
+    skips it. parity_videos: validation videos (all their views) for the parity check.
+    archive: build model.mar (needs serving/handler.py). Raises ExportError on bad input or a
+    failed check, leaving no partial folder behind."""
+    run = Path(run)
+    if tensorrt not in ("auto", "on", "off"):
+        raise ExportError(f"tensorrt must be auto, on or off, got {tensorrt!r}")
+    if precision not in ("fp16", "fp32"):
+        raise ExportError(f"precision must be fp16 or fp32, got {precision!r}")
+    if not MODEL_NAME_PATTERN.match(model_name):
+        raise ExportError(f"model name {model_name!r}: use letters, digits, '_', '-' and '.'")
+    if parity_videos < 1 or max_views < 1:
+        raise ExportError("parity_videos and max_views must be at least 1")
+    if importlib.util.find_spec("onnxscript") is None:
+        raise ExportError("the ONNX exporter needs the onnxscript package (torch's dynamo exporter is built on it): "
+                          "pip install onnxscript")
+    handler = serving_handler()
+    if archive and handler is None:
+        raise ExportError("serving/handler.py not found: model.mar packs the serving handler; install the serving "
+                          "package, or export without the archive (--no-archive)")
+    trt_reason = "disabled (--tensorrt off)" if tensorrt == "off" else trt_engine.unavailable_reason()
+    if tensorrt == "on" and trt_reason:
+        raise ExportError(f"--tensorrt on: {trt_reason}")
+
+    loaded = load_run(run)
+    splits = validation_split(loaded)
+    spec = loaded.cfg.input
+    clip_shape = (3, spec.clip_len, spec.test_crop, spec.test_crop)  # one test view
+    model_version = f"{run.resolve().name}-epoch{loaded.epoch}"
+
+    tmp = run / f".export-tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # not mkdtemp: its 0700 mode would stay on the published folder
+    try:
+        t0 = time.time()
+        export_student(loaded.student, clip_shape, tmp)
+        onnx_model = check_onnx_graph(tmp / "model.onnx", clip_shape, len(loaded.classes))
+        cost = zero_added_cost(loaded.student, loaded.architecture, onnx_model, clip_shape)
+        opset = next(o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
+        log.info("exported the student (%d parameters, %.3g GFLOPs per view, opset %d) in %.1f s",
+                 cost["params"], cost["flops_per_view"] / 1e9, opset, time.time() - t0)
+
+        trt_record: dict = {"file": None, "reason": trt_reason}
+        runner = None
+        if trt_reason is None:
+            t0 = time.time()
+            try:
+                trt_record = trt_engine.build_engine(tmp / "model.onnx", tmp / "model.plan", precision=precision,
+                                                     opt_views=min(30, max_views), max_views=max_views)
+                runner = trt_engine.EngineRunner(tmp / "model.plan", max_views=max_views)
+            except RuntimeError as exc:
+                raise ExportError(f"TensorRT engine: {exc}") from exc
+            log.info("TensorRT %s engine built in %.1f s", trt_record["precision"], time.time() - t0)
+        else:
+            log.info("TensorRT engine skipped: %s", trt_reason)
+
+        parity = parity_check(loaded, splits, tmp, runner,
+                              trt_precision=trt_record.get("precision"), limit=parity_videos)
+
+        artifacts = ["model.onnx", "student.pt2"] + (["model.plan"] if trt_record.get("file") else [])
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model_name": model_name,
+            "model_version": model_version,
+            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "classes": loaded.classes,
+            "input": {**spec.to_dict(), "channel_order": "RGB", "layout": "NCTHW", "dtype": "float32",
+                      "value_range": [0, 255]},
+            "architecture": loaded.architecture,
+            "params": cost["params"],
+            "flops_per_view": cost["flops_per_view"],
+            "zero_added_cost": cost,
+            "onnx": {"file": "model.onnx", "opset": opset, "input": INPUT_NAME, "output": OUTPUT_NAME,
+                     "producer": f"{onnx_model.producer_name} {onnx_model.producer_version}".strip()},
+            "torch": {"file": "student.pt2", "torch_version": torch.__version__},
+            "tensorrt": trt_record,
+            "sha256": {name: sha256_of(tmp / name) for name in artifacts},
+            "training": {"run": str(run.resolve()), "epoch": loaded.epoch, "metrics": loaded.metrics,
+                         "config": loaded.cfg.to_dict()},
+            "parity": parity,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if archive:
+            t0 = time.time()
+            try:
+                build_archive(tmp, handler=handler, model_name=model_name, version=model_version,
+                              files=artifacts + ["manifest.json"])
+            except RuntimeError as exc:
+                raise ExportError(str(exc)) from exc
+            log.info("model.mar written in %.1f s", time.time() - t0)
+        final = run / "export"
+        _publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("export written to %s", final)
+    return final
+
+
+def parity_check(loaded: LoadedRun, splits: DataSplits, export_dir: Path, runner, *, trt_precision: str | None,
+                 limit: int) -> dict:
+    """PyTorch student vs ONNX Runtime (CPU) and TensorRT on every view of up to `limit`
+    decoded validation videos; the saved ExportedProgram is compared on the first video. Raises
+    ExportError when a bound breaks."""
+    t0 = time.time()
+    reference = torch_backend(loaded.student)
+    onnxruntime = onnx_backend(onnx_session(export_dir / "model.onnx"))
+    exported = torch_backend(torch.export.load(export_dir / "student.pt2").module())
+    ort_cmp, trt_cmp, pt2_cmp = Comparison(), Comparison(), Comparison()
+    for i, (_, views) in enumerate(decoded_views(splits.val, splits.root, loaded.cfg.input, limit=limit)):
+        ref = reference(views).astype("float64")
+        ort_cmp.add(ref, onnxruntime(views))
+        if runner is not None:
+            trt_cmp.add(ref, runner(views))
+        if i == 0:
+            pt2_cmp.add(ref, exported(views))
+    if ort_cmp.videos == 0:
+        raise ExportError(f"none of the run's {len(splits.val)} validation videos could be decoded "
+                          f"(under {splits.root}): no clips for the parity check")
+    parity = {"onnxruntime": ort_cmp.report(ONNXRUNTIME_BOUND),
+              "exported_program": pt2_cmp.report(ONNXRUNTIME_BOUND),
+              "tensorrt": None if runner is None else
+              trt_cmp.report(TENSORRT_FP16_BOUND if trt_precision == "fp16" else TENSORRT_FP32_BOUND)}
+    try:
+        for name in ("onnxruntime", "exported_program", "tensorrt"):
+            if parity[name] is not None:
+                check_parity(name, parity[name])
+    except ParityError as exc:
+        raise ExportError(f"parity check failed: {exc}") from exc
+    o = parity["onnxruntime"]
+    log.info("parity on %d videos / %d views in %.1f s: ONNX Runtime max |diff| %.2e (bound %.1e), top-1 agreement "
+             "%.4f%s", o["videos"], o["views"], time.time() - t0, o["max_abs_diff"], o["bound"], o["top1_agreement"],
+             "" if runner is None else f"; TensorRT max |diff| {parity['tensorrt']['max_abs_diff']:.2e}")
+    return parity

@@ -1,0 +1,84 @@
+"""The 30-view accuracy of the exported ONNX model on a run's whole validation set.
+
+The exported file is judged on its own: input spec and classes come from its manifest, the
+views from `training.views` (as the server makes them), the scores from ONNX Runtime's CPU
+provider; only the list of validation videos comes from the run's config. The result goes to
+`RUN/eval_onnx.json`, beside the training's `metrics.json` it should reproduce.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from export.build import ExportError, sha256_of
+from export.parity import decoded_views, onnx_session
+from training.config import ConfigError, config_from_dict
+from training.data import resolve_splits
+from training.evaluate import accuracy_metrics
+from training.views import InputSpec, average_view_scores
+
+
+def input_spec_from_manifest(record: dict) -> InputSpec:
+    """The manifest's "input" record back into an InputSpec (the extra descriptive keys dropped)."""
+    names = {f.name for f in dataclasses.fields(InputSpec)}
+    return InputSpec(**{k: v for k, v in record.items() if k in names})
+
+
+def read_manifest(export_dir: Path) -> dict:
+    path = export_dir / "manifest.json"
+    if not path.is_file():
+        raise ExportError(f"no export at {export_dir}: {path.name} is missing (run `python -m export --run RUN` first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def evaluate_onnx(run: Path, *, clips: int | None = None, crops: int | None = None, threads: int = 0) -> dict:
+    """Accuracy of RUN/export/model.onnx on the run's validation set; writes RUN/eval_onnx.json."""
+    run = Path(run)
+    if not run.is_dir():
+        raise ExportError(f"run folder not found: {run}")
+    export_dir = run / "export"
+    manifest = read_manifest(export_dir)
+    onnx_path = export_dir / manifest["onnx"]["file"]
+    if not onnx_path.is_file():
+        raise ExportError(f"{onnx_path} is missing")
+    if sha256_of(onnx_path) != manifest["sha256"][onnx_path.name]:
+        raise ExportError(f"{onnx_path}: sha256 differs from the manifest's (the file changed after export)")
+    config_path = run / "config.yaml"
+    if not config_path.is_file():
+        raise ExportError(f"{config_path} is missing: it tells where the validation videos are")
+    try:
+        cfg = config_from_dict(yaml.safe_load(config_path.read_text()))
+        splits = resolve_splits(cfg.data, run, is_main=False)
+    except ConfigError as exc:
+        raise ExportError(f"the run's validation data cannot be read: {exc}") from exc
+    if not splits.val:
+        raise ExportError(f"run {run} has no validation videos")
+
+    spec = input_spec_from_manifest(manifest["input"])
+    spec.test_clips = clips or spec.test_clips
+    spec.test_crops = crops or spec.test_crops
+    classes = manifest["classes"]
+    session = onnx_session(onnx_path, threads=threads)
+    input_name = manifest["onnx"]["input"]
+    scores, labels = [], []
+    for item, views in decoded_views(splits.val, splits.root, spec):
+        logits = torch.from_numpy(session.run(None, {input_name: views})[0])
+        scores.append(average_view_scores(logits).numpy())
+        labels.append(item.label)
+    if not scores:
+        raise ExportError(f"none of the {len(splits.val)} validation videos could be decoded")
+    report = accuracy_metrics(np.stack(scores), np.array(labels), len(classes))
+    report.update({"skipped_videos": len(splits.val) - len(scores),
+                   "views": f"{spec.test_clips} clips x {spec.test_crops} crops",
+                   "backend": "onnxruntime CPUExecutionProvider", "model": str(onnx_path.resolve()),
+                   "model_version": manifest["model_version"]})
+    (run / "eval_onnx.json").write_text(json.dumps(report, indent=2))
+    return report

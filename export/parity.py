@@ -1,0 +1,128 @@
+"""Parity of the exported model with the PyTorch student on real decoded validation clips.
+
+Every view of each video comes from `training.views` (the one test-view implementation the
+server also uses), goes through the PyTorch student once as the reference and through each
+exported backend, and the differences are accumulated over all views.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from training.data import VideoItem
+from training.video import VideoDecodeError
+from training.views import InputSpec, decode_test_views, normalize
+
+log = logging.getLogger(__name__)
+
+Backend = Callable[[np.ndarray], np.ndarray]  # (V, 3, T, H, W) float32 normalized -> (V, C) logits
+
+
+@dataclass(frozen=True)
+class Bound:
+    """When a backend counts as equal to the reference: max |logit difference| at most
+    `abs_tol` x max(1, max |reference logit|), and at least `min_top1` of the views with the same
+    top-1 class (a view whose top two logits nearly tie may flip under any rounding)."""
+
+    abs_tol: float
+    min_top1: float
+
+
+# fp32 ONNX Runtime differs from PyTorch only by summation order and BatchNorm folding (~1e-6
+# relative); fp16 TensorRT keeps 10-11 mantissa bits, so its logits move by ~1e-2 relative.
+ONNXRUNTIME_BOUND = Bound(abs_tol=1e-3, min_top1=0.99)
+TENSORRT_FP16_BOUND = Bound(abs_tol=5e-2, min_top1=0.95)
+TENSORRT_FP32_BOUND = Bound(abs_tol=1e-3, min_top1=0.99)
+
+
+class ParityError(Exception):
+    """A backend's logits differ from the PyTorch student's beyond its bound."""
+
+
+@dataclass
+class Comparison:
+    """Running comparison of one backend against the reference, view by view."""
+
+    videos: int = 0
+    views: int = 0
+    max_abs_diff: float = 0.0
+    max_abs_ref: float = 0.0
+    top1_agree: int = 0
+    finite: bool = True
+
+    def add(self, ref: np.ndarray, out: np.ndarray) -> None:
+        if out.shape != ref.shape:
+            raise ParityError(f"output shape {out.shape} differs from the reference {ref.shape}")
+        self.finite &= bool(np.isfinite(out).all())
+        self.videos += 1
+        self.views += len(ref)
+        self.max_abs_diff = max(self.max_abs_diff, float(np.abs(out.astype(np.float64) - ref).max()))
+        self.max_abs_ref = max(self.max_abs_ref, float(np.abs(ref).max()))
+        self.top1_agree += int((out.argmax(1) == ref.argmax(1)).sum())
+
+    def report(self, bound: Bound) -> dict:
+        abs_bound = bound.abs_tol * max(1.0, self.max_abs_ref)
+        return {"videos": self.videos, "views": self.views,
+                "max_abs_diff": self.max_abs_diff if self.finite else float("inf"),
+                "max_rel_err": (self.max_abs_diff / self.max_abs_ref if self.max_abs_ref else 0.0) if self.finite
+                else float("inf"),
+                "top1_agreement": self.top1_agree / self.views if self.views else 0.0,
+                "bound": abs_bound, "top1_bound": bound.min_top1}
+
+
+def check_parity(name: str, report: dict) -> None:
+    """Raise ParityError naming the backend and the broken bound."""
+    if not report["views"]:
+        raise ParityError(f"{name}: no views were compared")
+    if not report["max_abs_diff"] <= report["bound"]:  # also catches inf/NaN
+        raise ParityError(f"{name}: max |logit difference| {report['max_abs_diff']:.3g} over {report['views']} views "
+                          f"exceeds the bound {report['bound']:.3g}")
+    if report["top1_agreement"] < report["top1_bound"]:
+        raise ParityError(f"{name}: top-1 agreement {report['top1_agreement']:.4f} with PyTorch is below "
+                          f"{report['top1_bound']}")
+
+
+def onnx_session(path: Path, *, threads: int = 0) -> ort.InferenceSession:
+    """ONNX Runtime on its CPU provider (present in onnxruntime-gpu too, and on every machine)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_backend(session: ort.InferenceSession) -> Backend:
+    name = session.get_inputs()[0].name
+    return lambda views: session.run(None, {name: views})[0]
+
+
+def torch_backend(module: nn.Module) -> Backend:
+    """A module already in eval mode (an ExportedProgram's module cannot be switched)."""
+
+    @torch.inference_mode()
+    def run(views: np.ndarray) -> np.ndarray:
+        return module(torch.from_numpy(views)).float().numpy()
+
+    return run
+
+
+def decoded_views(items: list[VideoItem], root: Path, spec: InputSpec, *, limit: int | None = None,
+                  clips: int | None = None, crops: int | None = None) -> Iterator[tuple[VideoItem, np.ndarray]]:
+    """(video, its normalized test views (V, 3, T, H, W) float32) for up to `limit` readable
+    videos; unreadable ones are logged and skipped (the caller counts what it got)."""
+    taken = 0
+    for item in items:
+        if limit is not None and taken >= limit:
+            break
+        try:
+            decoded = decode_test_views(str(root / item.path), spec, clips=clips, crops=crops)
+        except VideoDecodeError as exc:
+            log.warning("skipped unreadable validation video: %s", exc)
+            continue
+        taken += 1
+        yield item, normalize(decoded.views, spec).numpy()

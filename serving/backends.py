@@ -1,0 +1,207 @@
+"""Runtime backends for the exported student: ONNX Runtime, TensorRT, PyTorch (torch.export).
+
+Each backend is a callable: normalized views (N, 3, T, H, W) float32 -> logits (N, C) float32,
+for N up to its `max_views` (the caller splits larger inputs into chunks). `select_backend`
+picks one from what the export manifest lists and what this machine can run:
+TensorRT (engine present + `tensorrt` importable + CUDA) > ONNX Runtime (CUDA provider where a
+GPU is visible, CPU otherwise) > PyTorch ExportedProgram.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+DEFAULT_MAX_VIEWS = 30  # one 10x3 request per forward; bounds the activations of a chunk
+
+
+class BackendError(Exception):
+    """The requested backend cannot run this export here; the message says why."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified_artifact(export_dir: Path, manifest: dict, name: str | None) -> Path:
+    """Path of an artifact listed in the manifest, after checking its sha256: a server must not
+    answer with a model other than the one its responses name."""
+    if not name:
+        raise BackendError("the manifest lists no such artifact")
+    path = export_dir / name
+    if not path.is_file():
+        raise BackendError(f"{path} is missing")
+    expected = manifest.get("sha256", {}).get(name)
+    if expected is None:
+        raise BackendError(f"the manifest has no sha256 for {name}")
+    actual = sha256_of(path)
+    if actual != expected:
+        raise BackendError(f"{path} has sha256 {actual[:12]}..., the manifest says {expected[:12]}...")
+    return path
+
+
+def gpu_visible() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime session on the CUDA provider where a GPU is visible, else on the CPU.
+
+    onnxruntime-gpu lists the CUDA provider even on machines without a GPU and then logs an
+    error while falling back, so CUDA is requested only when torch sees a GPU; the backend's
+    name comes from the provider the session actually uses."""
+
+    def __init__(self, path: Path, *, input_name: str, output_name: str, threads: int = 0,
+                 max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0 = ONNX Runtime's default (one per core)
+        options.inter_op_num_threads = 1
+        providers: list = ["CPUExecutionProvider"]
+        if gpu_visible() and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu_id}))
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        used = self.session.get_providers()[0]
+        self.name = "onnxruntime-cuda" if used == "CUDAExecutionProvider" else "onnxruntime-cpu"
+        self.input_name, self.output_name = input_name, output_name
+        self.max_views = max_views
+
+    def __call__(self, views: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: views})[0]
+
+
+class TensorRTBackend:
+    """A serialized TensorRT 10 engine, run with torch CUDA tensors as its device buffers.
+
+    Inputs above the engine profile's `max_views` must be split by the caller."""
+
+    def __init__(self, path: Path, *, input_name: str, output_name: str, max_views: int, gpu_id: int = 0):
+        import tensorrt as trt  # optional: GPU machines only
+        import torch
+
+        torch.cuda.set_device(gpu_id)  # the engine's context and the buffers live on this GPU
+        self.torch = torch
+        self.path = Path(path)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise BackendError(f"TensorRT could not deserialize {path} (built for another GPU or TensorRT version?)")
+        self.context = self.engine.create_execution_context()
+        self.input_name, self.output_name = input_name, output_name
+        self.num_classes = int(self.engine.get_tensor_shape(output_name)[-1])
+        self.stream = torch.cuda.Stream()  # TensorRT synchronizes extra on the default stream
+        self.max_views = max_views
+        self.name = "tensorrt"
+
+    def __call__(self, views: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode(), torch.cuda.stream(self.stream):
+            x = torch.from_numpy(np.ascontiguousarray(views)).cuda()
+            y = torch.empty((len(x), self.num_classes), dtype=torch.float32, device=x.device)
+            self.context.set_input_shape(self.input_name, tuple(x.shape))
+            self.context.set_tensor_address(self.input_name, x.data_ptr())
+            self.context.set_tensor_address(self.output_name, y.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+            out = y.cpu().numpy()  # copies on self.stream, after the engine
+        self.stream.synchronize()
+        return out
+
+
+class TorchExportBackend:
+    """The student as a torch.export ExportedProgram: the fallback where neither ONNX Runtime
+    nor TensorRT can run. Uses CUDA when torch sees a GPU."""
+
+    def __init__(self, path: Path, *, threads: int = 0, max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0):
+        import torch
+
+        self.torch = torch
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.path = Path(path)
+        self.device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() else "cpu")
+        self.module = torch.export.load(str(path)).module().to(self.device)
+        self.max_views = max_views
+        self.name = f"torch-{self.device.type}"
+
+    def __call__(self, views: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(views).to(self.device)).float().cpu().numpy()
+
+
+def tensorrt_unavailable(manifest: dict) -> str | None:
+    """None when the export's TensorRT engine can run here, else why not (one line)."""
+    record = manifest.get("tensorrt") or {}
+    if not record.get("file"):
+        return f"the export has no TensorRT engine ({record.get('reason', 'none was built')})"
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "tensorrt is not installed"
+    except Exception as exc:  # a broken install fails while loading its native libraries
+        return f"tensorrt does not load ({str(exc).splitlines()[0][:160]})"
+    if not gpu_visible():
+        return "no CUDA GPU is visible"
+    return None
+
+
+def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 0,
+                 max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0):
+    """Build one backend by kind ("tensorrt", "onnxruntime", "torch"); raise BackendError if it
+    cannot run here. `gpu_id` is the GPU to use where one is visible (TorchServe gives each
+    worker one)."""
+    if kind == "tensorrt":
+        reason = tensorrt_unavailable(manifest)
+        if reason:
+            raise BackendError(reason)
+        record = manifest["tensorrt"]
+        path = verified_artifact(export_dir, manifest, record["file"])
+        return TensorRTBackend(path, input_name=manifest["onnx"]["input"], output_name=manifest["onnx"]["output"],
+                               max_views=min(max_views, int(record["max_views"])), gpu_id=gpu_id)
+    if kind == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            raise BackendError("onnxruntime is not installed") from exc
+        record = manifest.get("onnx") or {}
+        path = verified_artifact(export_dir, manifest, record.get("file"))
+        return OnnxRuntimeBackend(path, input_name=record["input"], output_name=record["output"], threads=threads,
+                                  max_views=max_views, gpu_id=gpu_id)
+    if kind == "torch":
+        record = manifest.get("torch") or {}
+        path = verified_artifact(export_dir, manifest, record.get("file"))
+        return TorchExportBackend(path, threads=threads, max_views=max_views, gpu_id=gpu_id)
+    raise BackendError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+
+
+def select_backend(export_dir: Path, manifest: dict, *, prefer: str = "auto", threads: int = 0,
+                   max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0):
+    """The backend named by `prefer`, or with "auto" the first of TensorRT, ONNX Runtime and
+    PyTorch that runs here; each one passed over is logged with the reason."""
+    if prefer != "auto":
+        return load_backend(prefer, export_dir, manifest, threads=threads, max_views=max_views, gpu_id=gpu_id)
+    reasons = []
+    for kind in ("tensorrt", "onnxruntime", "torch"):
+        try:
+            return load_backend(kind, export_dir, manifest, threads=threads, max_views=max_views, gpu_id=gpu_id)
+        except BackendError as exc:
+            log.info("backend %s not used: %s", kind, exc)
+            reasons.append(f"{kind}: {exc}")
+    raise BackendError("no runtime backend can run this export: " + "; ".join(reasons))

@@ -1,0 +1,280 @@
+"""Server-agnostic inference core: uploaded video bytes -> top-k labels of the exported student.
+
+The request path, in order:
+  1. `parse_request`: the video bytes and the options (topk, clips, crops) from the fields a
+     server hands over (raw body or multipart field `data`, form fields or X-Topk/X-Clips/X-Crops
+     headers), checked against their bounds.
+  2. `InferenceCore.prepare`: PyAV inspects the container (so a non-video upload is named as
+     such and never reaches decord, which logs the raw bytes it could not open), then
+     `training.views.decode_test_views` decodes the views from memory with decord (the same
+     function offline evaluation uses) and `normalize` turns them into the model input.
+  3. `InferenceCore.predict_prepared`: the views of every request in a batch go through the
+     runtime backend together, in chunks of at most `max_views`, and each request's view
+     scores are averaged (`average_view_scores`) into its answer.
+Every problem with a request is a `RequestError` carrying its HTTP status and a JSON body.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import av
+import numpy as np
+import torch
+
+from serving.backends import DEFAULT_MAX_VIEWS, select_backend
+from training.video import VideoDecodeError
+from training.views import InputSpec, average_view_scores, decode_test_views, normalize
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOPK = 5  # capped at the number of classes
+MAX_CLIPS = 10  # or the manifest's test_clips where that is larger
+MAX_CROPS = 3  # 3 crops already cover the long side (start, centre, end)
+# 80 decoded frames (10 clips x 8) of 1920x1080 are ~0.5 GB as uint8 and ~2 GB as floats before
+# the resize: larger frames are refused rather than risking a worker's memory
+MAX_FRAME_PIXELS = 1920 * 1080
+VIDEO_FIELDS = ("body", "data")  # TorchServe: raw request body -> "body", multipart field -> its name
+OPTION_FIELDS = ("topk", "clips", "crops")
+OPTION_HEADERS = {"x-topk": "topk", "x-clips": "clips", "x-crops": "crops"}
+
+
+class RequestError(Exception):
+    """A request answered with an error: its HTTP `status` (4xx for bad input), a short `code`
+    and a `detail` sentence that names the problem."""
+
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+    def body(self) -> dict:
+        return {"error": self.code, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Options:
+    topk: int
+    clips: int
+    crops: int
+
+
+@dataclass
+class Prepared:
+    """One request's normalized views, ready for the backend."""
+
+    views: np.ndarray  # (clips*crops, 3, T, S, S) float32, normalized
+    options: Options
+    frames: int  # frames in the video
+    decode_ms: float
+    preprocess_ms: float
+
+
+def load_manifest(export_dir: Path) -> dict:
+    path = Path(export_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest.json in {export_dir} (make export writes it)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != 1:
+        raise ValueError(f"{path}: unsupported format_version {manifest.get('format_version')!r} (expected 1)")
+    return manifest
+
+
+def spec_from_manifest(manifest: dict) -> InputSpec:
+    """The InputSpec the model was trained and exported with (extra descriptive keys ignored)."""
+    names = {f.name for f in fields(InputSpec)}
+    return InputSpec(**{k: v for k, v in manifest["input"].items() if k in names})
+
+
+def _as_text(value) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def parse_int(name: str, value, low: int, high: int) -> int:
+    text = _as_text(value).strip()
+    try:
+        number = int(text)
+    except ValueError:
+        raise RequestError(400, "invalid_option",
+                           f"{name} must be an integer from {low} to {high}, got {text[:40]!r}") from None
+    if not low <= number <= high:
+        raise RequestError(400, "invalid_option", f"{name} must be from {low} to {high}, got {number}")
+    return number
+
+
+def parse_request(fields_: Mapping, headers: Mapping | None, *, num_classes: int, default_clips: int,
+                  default_crops: int) -> tuple[bytes, Options]:
+    """(video bytes, options) from one request's fields and headers; RequestError when either
+    is missing or out of bounds.
+
+    `fields_` is what the server decoded from the body: {"body": bytes} for a raw body,
+    {"data": bytes, "topk": b"3", ...} for a multipart form. Options may also come as headers
+    (X-Topk, X-Clips, X-Crops), since TorchServe drops a POST's query string; a form field wins.
+    """
+    video_keys = [k for k in VIDEO_FIELDS if k in fields_]
+    if not video_keys:
+        raise RequestError(400, "missing_video", "no video in the request: send the file as the raw body with "
+                           "'Content-Type: application/octet-stream' or as multipart form field 'data' (a body sent "
+                           f"as a URL-encoded form is split into fields; got fields {sorted(str(k)[:24] for k in fields_)[:8]})")
+    unknown = sorted(str(k)[:24] for k in fields_ if k not in VIDEO_FIELDS and k not in OPTION_FIELDS)
+    if unknown:
+        raise RequestError(400, "unknown_field", f"unknown form field(s) {unknown[:8]}; accepted: data, "
+                           + ", ".join(OPTION_FIELDS))
+    video = fields_[video_keys[0]]
+    if not isinstance(video, (bytes, bytearray)):
+        raise RequestError(400, "invalid_body", f"the video arrived decoded as {type(video).__name__} (a JSON or text "
+                           "Content-Type): send it as 'application/octet-stream' or as multipart field 'data'")
+    if len(video) == 0:
+        raise RequestError(400, "empty_body", "the request carries an empty file (0 bytes)")
+
+    raw = {OPTION_HEADERS[k.lower()]: v for k, v in (headers or {}).items()
+           if isinstance(k, str) and k.lower() in OPTION_HEADERS}
+    raw.update({k: fields_[k] for k in OPTION_FIELDS if k in fields_})
+    return video, parse_options(raw, num_classes=num_classes, default_clips=default_clips,
+                                       default_crops=default_crops)
+
+
+def parse_options(raw: Mapping, *, num_classes: int, default_clips: int, default_crops: int) -> Options:
+    """Options from {"topk"|"clips"|"crops": text or bytes}; absent ones take their defaults
+    (topk 5 capped at the number of classes, the manifest's clips and crops)."""
+    max_clips = max(MAX_CLIPS, default_clips)
+    return Options(
+        topk=parse_int("topk", raw["topk"], 1, num_classes) if "topk" in raw else min(DEFAULT_TOPK, num_classes),
+        clips=parse_int("clips", raw["clips"], 1, max_clips) if "clips" in raw else default_clips,
+        crops=parse_int("crops", raw["crops"], 1, MAX_CROPS) if "crops" in raw else default_crops,
+    )
+
+
+def inspect_video(data: bytes) -> None:
+    """Raise RequestError unless `data` is a container with a video stream of a bounded frame
+    size. PyAV only reads the container's headers here; decord does the decoding."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams.best("video")
+            if stream is None:
+                kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+                raise RequestError(422, "no_video_stream", f"the file has no video stream (it holds: {', '.join(kinds)})")
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except (av.error.FFmpegError, EOFError) as exc:
+        raise RequestError(422, "not_a_video", "the upload is not a readable video file (truncated, or not a video "
+                           f"at all): {(getattr(exc, 'strerror', None) or str(exc))[:160]}") from None
+    if width * height > MAX_FRAME_PIXELS:
+        raise RequestError(422, "video_too_large", f"frames of {width}x{height} exceed the limit of {MAX_FRAME_PIXELS} "
+                           "pixels (1920x1080); downscale the video before sending it")
+
+
+def iter_chunks(arrays: list[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Consecutive rows of `arrays` (as if concatenated) in chunks of at most `size` rows,
+    without ever concatenating more than one chunk."""
+    pending, count = [], 0
+    for array in arrays:
+        start = 0
+        while start < len(array):
+            take = min(size - count, len(array) - start)
+            pending.append(array[start : start + take])
+            count += take
+            start += take
+            if count == size:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, count = [], 0
+    if pending:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+
+
+class InferenceCore:
+    """The exported student behind a runtime backend, with the manifest's labels and input spec.
+
+    `backend` is "auto" (TensorRT > ONNX Runtime > PyTorch, whichever runs here) or one of
+    "tensorrt", "onnxruntime", "torch"; `threads` bounds the intra-op threads of ONNX Runtime
+    and torch (0 = their defaults); at most `max_views` views go through the model at once;
+    `gpu_id` is the GPU used where one is visible.
+    """
+
+    def __init__(self, export_dir: Path, *, backend: str = "auto", threads: int = 0,
+                 max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0):
+        if max_views < 1:
+            raise ValueError(f"max_views must be at least 1, got {max_views}")
+        self.export_dir = Path(export_dir)
+        self.manifest = load_manifest(self.export_dir)
+        self.spec = spec_from_manifest(self.manifest)
+        self.classes = list(self.manifest["classes"])
+        if threads > 0:
+            torch.set_num_threads(threads)  # the resize in decode_test_views runs on torch
+        self.backend = select_backend(self.export_dir, self.manifest, prefer=backend, threads=threads,
+                                      max_views=max_views, gpu_id=gpu_id)
+        # the sha256 of the artifact this backend runs (verified against the manifest on load)
+        self.model_info = {"name": self.manifest["model_name"], "version": self.manifest["model_version"],
+                           "sha256": self.manifest["sha256"][self.backend.path.name]}
+        log.info("serving %s %s with backend %s (%d classes, %dx%d views of %d frames at %d px)",
+                 self.model_info["name"], self.model_info["version"], self.backend.name, len(self.classes),
+                 self.spec.test_clips, self.spec.test_crops, self.spec.clip_len, self.spec.test_crop)
+
+    def warm_up(self) -> None:
+        """One zero view through the backend, so that the first request does not pay for the
+        runtime's lazy initialization."""
+        s = self.spec
+        self.backend(np.zeros((1, 3, s.clip_len, s.test_crop, s.test_crop), dtype=np.float32))
+
+    def parse(self, fields_: Mapping, headers: Mapping | None = None) -> tuple[bytes, Options]:
+        return parse_request(fields_, headers, num_classes=len(self.classes), default_clips=self.spec.test_clips,
+                             default_crops=self.spec.test_crops)
+
+    def prepare(self, video: bytes, options: Options) -> Prepared:
+        """Decode and preprocess one upload; RequestError when it is not a usable video."""
+        t0 = time.perf_counter()
+        inspect_video(video)
+        try:
+            decoded = decode_test_views(video, self.spec, clips=options.clips, crops=options.crops, num_threads=1)
+        except VideoDecodeError as exc:
+            raise RequestError(422, "undecodable_video", "the file has a video stream but no frame of it could be "
+                               f"decoded (truncated or corrupt?): {str(exc)[:200]}") from None
+        t1 = time.perf_counter()
+        views = np.ascontiguousarray(normalize(decoded.views, self.spec).numpy(), dtype=np.float32)
+        t2 = time.perf_counter()
+        return Prepared(views=views, options=options, frames=decoded.num_frames, decode_ms=(t1 - t0) * 1e3,
+                        preprocess_ms=(t2 - t1) * 1e3)
+
+    def forward(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """Logits (sum of rows, C) of the rows of `arrays`, at most `max_views` per backend call."""
+        return np.concatenate([self.backend(chunk) for chunk in iter_chunks(arrays, self.backend.max_views)])
+
+    def predict_prepared(self, batch: list[Prepared]) -> list[dict]:
+        """Answers for several prepared requests whose views go through the model together."""
+        if not batch:
+            return []
+        t0 = time.perf_counter()
+        logits = self.forward([p.views for p in batch])
+        inference_ms = (time.perf_counter() - t0) * 1e3  # shared by the requests of the batch
+        answers, start = [], 0
+        for p in batch:
+            n = len(p.views)
+            answers.append(self.answer(logits[start : start + n], p, inference_ms))
+            start += n
+        return answers
+
+    def answer(self, logits: np.ndarray, p: Prepared, inference_ms: float) -> dict:
+        scores = average_view_scores(torch.from_numpy(logits)).numpy()
+        order = np.argsort(-scores, kind="stable")[: p.options.topk]
+        ms = {"decode": p.decode_ms, "preprocess": p.preprocess_ms, "inference": inference_ms}
+        ms["total"] = sum(ms.values())
+        return {
+            "predictions": [{"label": self.classes[i], "index": int(i), "score": float(scores[i])} for i in order],
+            "model": dict(self.model_info),
+            "backend": self.backend.name,
+            "views": {"clips": p.options.clips, "crops": p.options.crops, "count": int(len(logits))},
+            "frames": int(p.frames),
+            "timings_ms": {k: round(v, 3) for k, v in ms.items()},
+        }
+
+    def predict(self, video: bytes, *, topk: int | None = None, clips: int | None = None,
+                crops: int | None = None) -> dict:
+        """One video's answer for in-process callers, with a request's defaults, bounds and
+        errors (RequestError)."""
+        given = {k: str(v) for k, v in (("topk", topk), ("clips", clips), ("crops", crops)) if v is not None}
+        return self.predict_prepared([self.prepare(*self.parse({"body": video, **given}))])[0]
