@@ -19,9 +19,10 @@ SERVE_BATCH ?= 1
 
 TRAIN_ARGS = --run-dir "$(RUN)" $(if $(CONFIG),--config "$(CONFIG)") $(if $(DATA_ROOT),--data-root "$(DATA_ROOT)") $(if $(SET),--set $(SET))
 
-.PHONY: setup train evaluate export serve serve-stop bench bench-accuracy test clean-venv help
+.PHONY: demo setup train evaluate export serve serve-stop bench bench-accuracy test clean-venv help
 
 help:
+	@echo "make demo                       the whole product on the synthetic default: data, train, export, serve, one request, stop"
 	@echo "make setup                      create $(VENV) and install everything"
 	@echo "make train [CONFIG=] [RUN=] [SET=\"k=v ...\"] [DATA_ROOT=] [GPUS=N]"
 	@echo "make evaluate RUN=runs/NAME     30-view test of a run's checkpoint"
@@ -31,6 +32,9 @@ help:
 	@echo "make bench [BENCH_GROUPS=...]    latency suites -> benchmarks/results/"
 	@echo "make bench-accuracy             Table 1 in miniature on the synthetic data"
 	@echo "make test                       the test suite (what CI runs)"
+
+demo: setup
+	$(BIN)/python -m serving.demo --run "$(RUN)" --model-name "$(MODEL_NAME)"
 
 setup: $(VENV)/.installed
 
