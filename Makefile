@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# the project's extras to install (the Docker images choose their own, e.g. EXTRAS=serve)
+EXTRAS ?= dev,serve
 
 CONFIG ?=
 RUN ?= runs/synthetic
@@ -44,7 +46,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip setuptools wheel
 	$(BIN)/pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -e ".[dev,serve]"
+	$(BIN)/pip install -e ".[$(EXTRAS)]"
 	touch $@
 
 train: setup
