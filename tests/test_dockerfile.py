@@ -259,12 +259,6 @@ def test_dockerignore_keeps_sources_and_exports_and_drops_checkpoints_and_venvs(
 
 
 # ----------------------------------------------------------------------------- entry point outside Docker
-def serving_supports_the_container_interface() -> bool:
-    start = subprocess.run([sys.executable, "-m", "serving", "start", "--help"], capture_output=True, text=True)
-    health = subprocess.run([sys.executable, "-m", "serving", "health", "--help"], capture_output=True, text=True)
-    return "--host" in start.stdout and "--foreground" in start.stdout and health.returncode == 0
-
-
 def container_commands(run: Path, ports: list[int]) -> tuple[list[str], list[str]]:
     """The serve stage's ENTRYPOINT + CMD and HEALTHCHECK with this machine's python, the run
     folder in place of /srv/run and free ports in place of the container's."""
@@ -279,10 +273,7 @@ def container_commands(run: Path, ports: list[int]) -> tuple[list[str], list[str
 
 
 @pytest.mark.slow
-def test_the_serving_entry_point_serves_reports_healthy_and_stops_on_sigterm(request, tmp_path):
-    if not serving_supports_the_container_interface():
-        pytest.skip("python -m serving start has no --host/--foreground or there is no python -m serving health yet")
-    tiny_export = request.getfixturevalue("tiny_export")  # only once the interface exists: it trains and exports
+def test_the_serving_entry_point_serves_reports_healthy_and_stops_on_sigterm(tiny_export, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_export / "export", run / "export")
     ports = free_ports(5)

@@ -31,6 +31,7 @@ class SyntheticConfig:
     width: int = 96
     height: int = 72
     seed: int = 0
+    clutter: bool = True  # distractors, camera jitter and pixel noise on top of random appearance
 
 
 @dataclass

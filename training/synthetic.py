@@ -297,8 +297,9 @@ def write_mp4(path: str | os.PathLike, video: np.ndarray, fps: int = FPS) -> Non
 
 
 def _write_video(task: tuple) -> None:
-    path, motion, split, index, seed, frames, width, height = task
-    video = render_video(motion, video_rng(seed, split, motion, index), frames=frames, width=width, height=height)
+    path, motion, split, index, seed, frames, width, height, clutter = task
+    video = render_video(motion, video_rng(seed, split, motion, index), frames=frames, width=width, height=height,
+                         clutter=clutter)
     write_mp4(path, video)
 
 
@@ -352,11 +353,12 @@ def _remove_stale_partials(root: Path) -> None:
 
 def generate(root: str | os.PathLike, *, num_classes: int = 10, train_per_class: int = 40,
              labeled_per_class: int = 4, val_per_class: int = 10, frames: int = 48, width: int = 96,
-             height: int = 72, seed: int = 0, workers: int = 1) -> dict:
+             height: int = 72, seed: int = 0, clutter: bool = True, workers: int = 1) -> dict:
     """Write the synthetic motion dataset under `root` (idempotent); return a summary.
 
     Re-running with the same arguments on a complete dataset does nothing. A dataset made
-    with other arguments raises ValueError. The dataset is built in a temporary sibling folder
+    with other arguments raises ValueError. clutter=False leaves out the distractors, camera
+    jitter and pixel noise; object and background colours, textures and shapes stay random. The dataset is built in a temporary sibling folder
     and renamed into place, so an interrupted run never leaves a half dataset at `root`.
     workers > 1 renders in `spawn`ed processes: call it under `if __name__ == "__main__":`.
     Summary keys: root, classes, train, labeled, unlabeled, val (video counts), generated
@@ -379,6 +381,8 @@ def generate(root: str | os.PathLike, *, num_classes: int = 10, train_per_class:
     arguments = dict(num_classes=num_classes, train_per_class=train_per_class, labeled_per_class=labeled_per_class,
                      val_per_class=val_per_class, frames=frames, width=width, height=height, seed=seed, fps=FPS,
                      generator_version=GENERATOR_VERSION)
+    if not clutter:  # only when off, so datasets generated before this option keep their identity
+        arguments["clutter"] = False
     videos = _plan(classes, train_per_class, labeled_per_class, val_per_class)
     train = [v for v in videos if v[2] == "train"]
     summary = dict(root=str(root), classes=classes, train=len(train), labeled=num_classes * labeled_per_class,
@@ -400,7 +404,7 @@ def generate(root: str | os.PathLike, *, num_classes: int = 10, train_per_class:
     try:
         for path, *_ in videos:
             (partial / path).parent.mkdir(parents=True, exist_ok=True)
-        tasks = [(str(partial / path), motion, split, index, seed, frames, width, height)
+        tasks = [(str(partial / path), motion, split, index, seed, frames, width, height, clutter)
                  for path, _, split, motion, index in videos]
         if workers == 1:
             for task in tasks:
@@ -454,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=96)
     parser.add_argument("--height", type=int, default=72)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-clutter", dest="clutter", action="store_false",
+                        help="no distractors, camera jitter or pixel noise (appearance stays random)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes rendering videos (default: all CPU cores); output does not depend on it")
     args = parser.parse_args(argv)
@@ -461,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = generate(args.root, num_classes=args.num_classes, train_per_class=args.train_per_class,
                            labeled_per_class=args.labeled_per_class, val_per_class=args.val_per_class,
                            frames=args.frames, width=args.width, height=args.height, seed=args.seed,
-                           workers=args.workers)
+                           clutter=args.clutter, workers=args.workers)
     except ValueError as exc:
         parser.error(str(exc))
     state = f"generated in {summary['seconds']:.1f} s" if summary["generated"] else "already present, left as is"
