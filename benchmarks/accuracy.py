@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config
+from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "synthetic.yaml"
@@ -164,16 +164,22 @@ def _call(args: list[str], what: str) -> None:
         raise BenchmarkError(f"{what} failed with exit code {code} (see the output above)")
 
 
-def train(run: Run, config: Path, *, gpus: int = 1) -> dict:
+def train(run: Run, *, gpus: int = 1) -> dict:
+    """Train (or resume) one run from its planned config, written into the run folder first:
+    the run is then what was planned even if the config file is edited while it trains."""
     if finished(run):
         print(f"[{run.folder.name}] trained already: reusing {run.folder / 'metrics.json'}", flush=True)
     else:
-        print(f"[{run.folder.name}] training", flush=True)
+        print(f"[{run.folder.name}] training: {' '.join(run.overrides)}", flush=True)
+        planned = run.folder / "config.yaml"
+        if not planned.is_file():
+            run.folder.mkdir(parents=True, exist_ok=True)
+            save_config(run.config, planned)
         # torchrun (torch.distributed.run) for several GPUs; its parser needs --run-dir, not --run
         launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
                                      if gpus > 1 else [])
-        _call(launch + ["-m", "training", "train", "--run-dir", str(run.folder), "--config", str(config),
-                        "--set", *run.overrides], f"training {run.folder}")
+        _call(launch + ["-m", "training", "train", "--run-dir", str(run.folder), "--config", str(planned)],
+              f"training {run.folder}")
     return json.loads((run.folder / "metrics.json").read_text())
 
 
@@ -249,7 +255,14 @@ def verdict(table: dict) -> dict:
     if "align" in table and "contrast" in table:
         out["align_above_contrast"] = bool(table["align"]["student"]["top1"]["mean"]
                                            > table["contrast"]["student"]["top1"]["mean"])
+    if "supervised" in table:  # is the label ratio one where semi-supervised learning has room?
+        out["supervised_top1"] = table["supervised"]["student"]["top1"]["mean"]
+        out["baseline_below_supervised"] = out["supervised_top1"] - base["mean"]
     return out
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def _pm(s: dict | None) -> str:
@@ -267,11 +280,11 @@ def markdown(results: dict) -> str:
     gpu = f", {m['gpu']['name']}" if m.get("gpu") else ", no GPU"
     lines = [f"# Accuracy benchmark: {results['machine_slug']}, {results['created_utc'][:10]}", "",
              f"- Machine: {m['cpu']}, {m['cores']} cores{gpu}; training time of all runs "
-             f"{results['train_time_s'] / 60:.1f} min; wall time of this invocation {results['wall_time_s'] / 60:.1f} min "
-             "(finished runs are reused, not redone)",
+             f"{results['train_time_s'] / 60:.1f} min; wall time of this invocation "
+             f"{results['wall_time_s'] / 60:.1f} min (finished runs are reused, not redone)",
              f"- Command: `{results['command']}`",
-             f"- Config `{results['config']}` + `{' '.join(results['common_overrides']) or 'no overrides'}`; "
-             f"{results['epochs']} epochs for every run; seeds {', '.join(map(str, results['seeds']))} (`train.seed`)",
+             f"- Config `{results['config']}` with the overrides in the command; {results['epochs']} epochs for "
+             f"every run; seeds {', '.join(map(str, results['seeds']))} (`train.seed`)",
              f"- Data: {data['classes']} classes, {data['labeled_videos']} labeled of {data['unlabeled_videos']} "
              f"training videos ({data['labeled_split']}), {data['val_videos']} validation videos; "
              f"test: {data['views']}",
@@ -290,7 +303,7 @@ def markdown(results: dict) -> str:
     robust = {n: r["robustness"] for n, r in table.items() if "robustness" in r}
     if robust:
         names = list(robust)
-        lines += ["", "## Robustness (Table 5): RGB student Top-1 under corrupted test input (drop from clean)", "",
+        lines += ["", "## Robustness (Table 5): RGB student Top-1 under corrupted test input (change from clean)", "",
                   "| Corruption | " + " | ".join(table[n]["label"] for n in names) + " |",
                   "| --- |" + " --- |" * len(names)]
         lines.append("| none | " + " | ".join(_pm(robust[n]["clean"]) for n in names) + " |")
@@ -302,17 +315,21 @@ def markdown(results: dict) -> str:
                   "Paper (UCF-101 20 %): grayscale costs the baseline 28.0 points and the student 14.6."]
     lines += ["", "## Verdict", ""]
     if v.get("checked"):
+        outcome = ("beats the baseline by more than the seed spread" if v["beats_by_more_than_spread"]
+                   else "NOT above the baseline by more than the seed spread")
         lines.append(f"- Full method vs FixMatch RGB: {v['method_top1']:.1f} vs {v['baseline_top1']:.1f} Top-1, "
-                     f"margin {v['margin']:+.1f} points; larger seed std {v['seed_spread']:.1f} → "
-                     f"{'beats the baseline by more than the seed spread' if v['beats_by_more_than_spread'] else 'NOT above the baseline by more than the seed spread'}"
-                     f"; every seed above every baseline seed: {'yes' if v['every_seed_beats_every_seed'] else 'no'}")
+                     f"margin {v['margin']:+.1f} points; larger seed std {v['seed_spread']:.1f} → {outcome}; "
+                     f"every seed above every baseline seed: {_yes(v['every_seed_beats_every_seed'])}")
         for name, text in (("align", "alignment-only"), ("contrast", "contrastive-only")):
             if f"{name}_between" in v:
                 lines.append(f"- {text} between baseline and full method (as in the paper): "
-                             f"{'yes' if v[name + '_between'] else 'no'}")
+                             f"{_yes(v[name + '_between'])}")
         if "align_above_contrast" in v:
-            lines.append(f"- alignment-only above contrastive-only (as in the paper): "
-                         f"{'yes' if v['align_above_contrast'] else 'no'}")
+            lines.append("- alignment-only above contrastive-only (as in the paper): "
+                         f"{_yes(v['align_above_contrast'])}")
+        if "supervised_top1" in v:
+            lines.append(f"- supervised with every label: {v['supervised_top1']:.1f} Top-1; the baseline is "
+                         f"{v['baseline_below_supervised']:.1f} points below it")
     else:
         lines.append(f"- not checked: {v['reason']}")
     if results.get("figures"):
@@ -321,7 +338,8 @@ def markdown(results: dict) -> str:
             links = ", ".join(f"[{Path(f).stem}]({Path(f).relative_to(Path(results['markdown']).parent).as_posix()})"
                               for f in files)
             lines.append(f"- {SETTINGS[name].label}: {links}")
-    lines += ["", "## Runs", "", "| Run | train time (s) | student Top-1 | teacher Top-1 |", "| --- | --- | --- | --- |"]
+    lines += ["", "## Runs", "", "| Run | train time (s) | student Top-1 | teacher Top-1 |",
+              "| --- | --- | --- | --- |"]
     for by_seed in results["runs"].values():
         for r in by_seed.values():
             top1 = [f"{r['metrics'][k]['top1']:.1f}" if k in r["metrics"] else "–" for k in ("student", "teacher")]
@@ -403,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for run in runs:
             t0 = time.time()
-            metrics = train(run, config, gpus=args.gpus)
+            metrics = train(run, gpus=args.gpus)
             robust = not args.no_robustness and run.name in ROBUSTNESS_CONFIGS
             workers = run.config.data.num_workers if args.workers is None else args.workers
             report = evaluate(run, robustness=robust, workers=workers)
@@ -415,40 +433,54 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
-    slug = machine_slug(machine)
+    device = training_device(runs[0].config)
+    slug = machine_slug(machine, device)
     created = datetime.now(timezone.utc)
-    stem = "accuracy-" + ("" if config.resolve() == DEFAULT_CONFIG else f"{config.stem}-") + \
-           f"{slug}-{created:%Y-%m-%d}"
+    prefix = "accuracy-" + ("" if config.resolve() == DEFAULT_CONFIG else f"{config.stem}-")
+    stem = f"{prefix}{slug}-{created:%Y-%m-%d}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    first = next(iter(next(iter(results_by_run.values())).values()))
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     table = summarize(results_by_run)
     results = {
         "benchmark": "accuracy", "created_utc": created.isoformat(timespec="seconds"), "machine": machine,
-        "machine_slug": slug, "command": "python -m benchmarks.accuracy " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine_slug": slug, "device": device,
+        "command": "python -m benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
         "config": _shown(config), "common_overrides": common,
         "epochs": epochs, "seeds": list(range(args.seeds)), "configs": names,
-        "dataset": {"classes": first["metrics"].get("classes"), "labeled_videos": first["metrics"].get("labeled_videos"),
-                    "unlabeled_videos": first["metrics"].get("unlabeled_videos"),
-                    "labeled_split": first["metrics"].get("labeled_split"),
-                    "val_videos": first["metrics"].get("student", first["metrics"].get("teacher", {})).get("videos"),
-                    "views": first["metrics"].get("views")},
-        "table": table, "verdict": verdict(table),
-        "runs": {n: {s: {"folder": r["folder"], "metrics": r["metrics"],
-                         "robustness": (r["eval"] or {}).get("robustness")} for s, r in by.items()}
-                 for n, by in results_by_run.items()},
-        "json": _shown(out / f"{stem}.json"), "markdown": _shown(out / f"{stem}.md"),
+        "dataset": dataset_summary(runs[0].folder), "table": table, "verdict": verdict(table),
+        "runs": {n: {s: {"folder": r["folder"], "metrics": r["metrics"], "robustness": r["eval"].get("robustness")}
+                     for s, r in by.items()} for n, by in results_by_run.items()},
+        "json": _shown(json_path), "markdown": _shown(md_path),
         "wall_time_s": round(time.time() - started, 1),
-        "train_time_s": round(sum(r["metrics"].get("train_time_s", 0.0) for by in results_by_run.values()
-                                  for r in by.values()), 1),
+        "train_time_s": round(sum(r["metrics"].get("train_time_s", 0.0)
+                                  for by in results_by_run.values() for r in by.values()), 1),
+        "figures": copy_figures(runs, out / f"{stem}-figures"),
     }
-    results["figures"] = copy_figures(runs, out / f"{stem}-figures")
     text = markdown(results)
-    Path(results["json"]).write_text(json.dumps(results, indent=2) + "\n")
-    Path(results["markdown"]).write_text(text)
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md_path.write_text(text)
     print("\n" + text)
-    print(f"wrote {results['json']} and {results['markdown']}")
+    print(f"wrote {json_path} and {md_path}")
     return 0
+
+
+def training_device(cfg: Config) -> str:
+    """"cuda" or "cpu": what `python -m training train` trains this config on here."""
+    if cfg.train.device != "auto":
+        return cfg.train.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def dataset_summary(run_folder: Path) -> dict:
+    """What the runs trained and tested on, from one run's metrics.json."""
+    m = json.loads((run_folder / "metrics.json").read_text())
+    model = m.get("student") or m.get("teacher") or {}
+    return {"classes": m.get("classes"), "labeled_videos": m.get("labeled_videos"),
+            "unlabeled_videos": m.get("unlabeled_videos"), "labeled_split": m.get("labeled_split"),
+            "val_videos": model.get("videos"), "views": m.get("views")}
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -50,11 +51,14 @@ def score_videos(
     batch_views: int = 30,
     num_workers: int = 0,
     info: DistInfo = DistInfo(),
+    perturb: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list]:
     """Average view scores of every video -> (scores (N, C), labels (N,), skipped videos).
 
     RGB models see the views; TG models see the temporal gradient of the same views. Videos
-    are sharded over processes and gathered back in the original order."""
+    are sharded over processes and gathered back in the original order. `perturb(views,
+    video_index)` changes the decoded 0-255 views (and TG successor frames) before anything
+    else: the robustness test's corruptions (training/robustness.py)."""
     model.eval()
     mine = list(range(info.rank, len(items), info.world_size))
     dataset = EvalClips([items[i] for i in mine], root, spec, tg_stride=tg_stride if modality == "tg" else None,
@@ -67,8 +71,13 @@ def score_videos(
         if "views" not in batch:
             continue
         views = batch["views"][0].float()  # (V, 3, T, S, S) 0-255
+        if perturb is not None:
+            views = perturb(views, mine[local_i])
         if modality == "tg":
-            views = temporal_gradient(views, batch["successors"][0])
+            successors = batch["successors"][0].float()
+            if perturb is not None:
+                successors = perturb(successors, mine[local_i])
+            views = temporal_gradient(views, successors)
         x = normalize(views, spec)
         logits = torch.cat([model(x[i : i + batch_views].to(device)).float().cpu() for i in range(0, len(x), batch_views)])
         results[mine[local_i]] = (average_view_scores(logits).numpy(), items[mine[local_i]].label)
@@ -124,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=None)
     parser.add_argument("--crops", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--figures", action="store_true",
+                        help="write RUN/figures/: RGB vs fast/slow TG frames, training curves, confusion matrices")
+    parser.add_argument("--robustness", action="store_true",
+                        help="also test the student under contrast, brightness and grayscale corruptions (Table 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the robustness corruptions")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA where present")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -138,20 +153,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.crops:
         cfg.input.test_crops = args.crops
     splits = resolve_splits(cfg.data, run)
-    report = {}
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    report, nets, results = {}, {}, {}
     for name, modality in (("student", "rgb"), ("teacher", "tg")):
         if ckpt["model"].get(name) is None:
             continue
         net = R3D18(len(splits.classes), width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
                     dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps)
         net.load_state_dict(ckpt["model"][name])
+        net.to(device)
         scores, labels, skipped = score_videos(net, splits.val, splits.root, cfg.input, modality=modality,
-                                               tg_stride=cfg.tg.stride, device=torch.device("cpu"), quick=args.quick,
+                                               tg_stride=cfg.tg.stride, device=device, quick=args.quick,
                                                num_workers=args.workers)
         report[name] = accuracy_metrics(scores, labels, len(splits.classes))
         report[name]["skipped_videos"] = len(skipped)
+        nets[name], results[name] = net, (scores, labels)
     views = "1 clip x 1 crop" if args.quick else f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops"
     report["views"] = views
+    if args.robustness and "student" in nets:
+        from training.robustness import evaluate_robustness
+        report["robustness"] = {"student": evaluate_robustness(
+            nets["student"], splits.val, splits.root, cfg.input, num_classes=len(splits.classes),
+            device=device, seed=args.seed, num_workers=args.workers)}
+    if args.figures:
+        from training.figures import write_figures
+        report["figures"] = [str(p) for p in write_figures(
+            run, history=ckpt.get("history", []), items=splits.val, root=splits.root, classes=splits.classes,
+            spec=cfg.input, scores=results, views=views)]
     print(json.dumps(report, indent=2))
     (run / ("eval_quick.json" if args.quick else "eval.json")).write_text(json.dumps(report, indent=2))
     return 0
