@@ -104,13 +104,21 @@ def test_ctrl_c_while_the_server_starts_still_stops_it(finished_demo, tmp_path):
     ports = free_ports(5)
     demo = subprocess.Popen(demo_cmd(run, data, ports), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while not state_path(ports[0]).exists():  # TorchServe launched: the start is under way
-            assert demo.poll() is None, demo.communicate()
-            assert time.monotonic() < deadline, "the demo never reached the server start"
-            time.sleep(0.1)
+        seen = []
+        for line in demo.stdout:  # the stage banner is printed before the server is launched
+            seen.append(line)
+            if line.startswith("=== [3/5]"):
+                break
+        else:
+            raise AssertionError("the demo never reached the server start: " + "".join(seen)[-3000:])
+        deadline = time.monotonic() + 120
+        # TorchServe's Java frontend runs: the start is under way (readiness takes seconds more)
+        while not any(" java " in f" {p.split(' ', 2)[1]} " or "/java " in p for p in processes_of(run)):
+            assert demo.poll() is None and time.monotonic() < deadline, "".join(seen)[-3000:]
+            time.sleep(0.05)
         demo.send_signal(signal.SIGINT)
         out, err = demo.communicate(timeout=180)
+        out = "".join(seen) + out
     finally:
         if demo.poll() is None:
             demo.kill()
