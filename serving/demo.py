@@ -146,7 +146,19 @@ def run_command(cmd: list[str]) -> None:
     included); a non-zero exit is a DemoError."""
     shown = ["python" if cmd[0] == sys.executable else cmd[0], *cmd[1:]]
     print("$ " + shlex.join(shown), flush=True)
-    code = subprocess.run(cmd, stdin=subprocess.DEVNULL).returncode
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    try:
+        code = proc.wait()
+    except BaseException:
+        # Ctrl-C or SIGTERM to the demo alone: pass it on and let the command stop what it has
+        # started (`serving start` stops a half-started TorchServe); killing it would orphan that
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
     if code != 0:
         raise DemoError(f"`{shlex.join(shown[:4])} ...` exited with code {code} (its messages are above)")
 
@@ -284,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     ports = {name.replace("-", "_"): getattr(args, f"{name.replace('-', '_')}_port") for name, _ in PORT_OPTIONS}
     stages = Stages()
     signal.signal(signal.SIGTERM, raise_on_sigterm)
+    # Ctrl-C is KeyboardInterrupt even where this process inherited SIGINT ignored (started
+    # in the background, e.g. by CI): the demo must still stop what it started
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 0
     try:
         print("=== preflight", flush=True)

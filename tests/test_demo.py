@@ -102,20 +102,17 @@ def test_demo_ends_with_the_served_prediction_and_leaves_nothing_running(finishe
 def test_ctrl_c_while_the_server_starts_still_stops_it(finished_demo, tmp_path):
     _, run, data, _ = finished_demo
     ports = free_ports(5)
-    demo = subprocess.Popen(demo_cmd(run, data, ports), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # unbuffered: the stage banner must reach the test when it is printed, not when the demo exits
+    demo = subprocess.Popen(demo_cmd(run, data, ports), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         seen = []
-        for line in demo.stdout:  # the stage banner is printed before the server is launched
+        for line in demo.stdout:  # printed right before the server is launched; its start takes seconds
             seen.append(line)
             if line.startswith("=== [3/5]"):
                 break
         else:
             raise AssertionError("the demo never reached the server start: " + "".join(seen)[-3000:])
-        deadline = time.monotonic() + 120
-        # TorchServe's Java frontend runs: the start is under way (readiness takes seconds more)
-        while not any(" java " in f" {p.split(' ', 2)[1]} " or "/java " in p for p in processes_of(run)):
-            assert demo.poll() is None and time.monotonic() < deadline, "".join(seen)[-3000:]
-            time.sleep(0.05)
         demo.send_signal(signal.SIGINT)
         out, err = demo.communicate(timeout=180)
         out = "".join(seen) + out
@@ -124,7 +121,7 @@ def test_ctrl_c_while_the_server_starts_still_stops_it(finished_demo, tmp_path):
             demo.kill()
     assert demo.returncode == 130, out[-3000:] + err[-3000:]
     assert "demo interrupted at [3/5] start TorchServe" in err
-    assert processes_of(run) == []
+    assert processes_of(run) == [], err
     assert not any(listening(port) for port in ports)
     assert not state_path(ports[0]).exists()
 
