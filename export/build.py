@@ -10,7 +10,6 @@ export leaves nothing behind and keeps an older complete export.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import logging
@@ -31,6 +30,7 @@ from export.flops import onnx_flops, torch_flops
 from export.parity import (ONNXRUNTIME_BOUND, TENSORRT_FP16_BOUND, TENSORRT_FP32_BOUND, Comparison, ParityError,
                            check_parity, decoded_views, onnx_backend, onnx_session, torch_backend)
 from export import trt_engine
+from serving.backends import sha256_of  # the hash the server checks artifacts with
 from training.config import Config, ConfigError, config_from_dict
 from training.data import DataSplits, resolve_splits
 from training.models import R3D18, count_parameters
@@ -203,14 +203,6 @@ def zero_added_cost(student: R3D18, architecture: dict, onnx_model: onnx.ModelPr
             and cost["flops_per_view"] == cost["plain_r3d18_flops_per_view"] == cost["onnx_flops_per_view"]):
         raise ExportError(f"the exported student does not cost what a plain R3D-18 costs: {cost}")
     return cost
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _publish(tmp: Path, final: Path) -> None:
