@@ -146,8 +146,18 @@ def run_command(cmd: list[str]) -> None:
     included); a non-zero exit is a DemoError."""
     shown = ["python" if cmd[0] == sys.executable else cmd[0], *cmd[1:]]
     print("$ " + shlex.join(shown), flush=True)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    # A Ctrl-C while Popen runs would leave a child nobody stops: hold SIGINT/SIGTERM until the
+    # child is known (the child itself starts with them unblocked)
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals))
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)  # one that came meanwhile is raised here
         code = proc.wait()
     except BaseException:
         # Ctrl-C or SIGTERM to the demo alone: pass it on and let the command stop what it has
