@@ -71,12 +71,11 @@ def get_profile(name: str, device: str) -> Profile:
                        decode_cases=(("run", None, None),), serving_requests=3, serving_concurrency=(1, 2),
                        decode_rounds=2, train_steps=1, full_train_batch=None, data_clips=2)
     if device == "cpu":
-        # 2 cores: the full-size 30-view forward takes ~7 s, so those cases get the fewest rounds,
-        # and the full-size cost comparison runs on the serving default (ONNX Runtime) only
+        # 2 cores: the full-size 30-view forward takes ~3.5 s, so those cases get the fewest rounds
         return Profile(name=name, device=device, budget_s=3.0, min_rounds=3, max_rounds=60, warmup=1,
                        ratio_min_rounds=5, matmul_n=4096, sizes=("run", "full"), views=(1, 3, 30),
-                       cost_views=(1, 30), cost_backends={"run": both_backends, "full": ("onnxruntime",)},
-                       serving_sizes=("run", "full"), full_serving_views=(1, 3), decode_cases=decode_cases,
+                       cost_views=(1, 30), cost_backends={"run": both_backends, "full": both_backends},
+                       serving_sizes=("run", "full"), full_serving_views=(10, 3), decode_cases=decode_cases,
                        serving_requests=12, serving_concurrency=(1, 4), decode_rounds=5, train_steps=3,
                        full_train_batch=(1, 1), data_clips=24)
     return Profile(name=name, device=device, budget_s=5.0, min_rounds=20, max_rounds=500, warmup=3,

@@ -62,8 +62,11 @@ def header_section(results: dict) -> list[str]:
     for mm in results["matmul"]:
         threads = f", {mm['threads']} threads" if mm.get("threads") else ""
         tf32 = ", TF32" if mm.get("tf32") else ""
+        impls = mm.get("implementations") or {}
+        others = "; ".join(f"{k} {num(v['tflops'])}" for k, v in impls.items() if k != mm.get("implementation"))
         lines.append(f"- Matmul reference ({mm['device']}, {mm['dtype']}{tf32}, {mm['n']}², median of {mm['rounds']}"
-                     f"{threads}): {num(mm['tflops'])} TFLOP/s")
+                     f"{threads}): {num(mm['tflops'])} TFLOP/s with {mm.get('implementation', 'torch.matmul')}"
+                     + (f" (the faster of those timed; {others} TFLOP/s)" if others else ""))
     return lines
 
 
@@ -220,12 +223,10 @@ def notes_section(results: dict) -> list[str]:
                   f"rounds ({p['ratio_min_rounds']} for ratios); the full-size 30-view forward takes seconds, so "
                   "those cases have the fewest rounds and their p99 is close to their maximum.",
                   "- Full size = R3D-18 width 64 at 8×224² (the paper's size), 101 classes, initial weights of "
-                  "the method's student (cost does not depend on weight values). The full-size no-added-cost "
-                  "comparison runs on ONNX Runtime (the serving default here) only.",
+                  "the method's student (cost does not depend on weight values).",
                   "- Serving end to end: the run's model (width-reduced, 30 views), and a width-64 model at the "
                   "UCF-101 config's 8×256² views with "
-                  f"{p['full_serving_views'][0]}×{p['full_serving_views'][1]} views per request instead of 10×3, "
-                  "which would take ~10 s per request on 2 cores.",
+                  f"{p['full_serving_views'][0]}×{p['full_serving_views'][1]} views per request.",
                   f"- Training at full size uses a batch of {p['full_train_batch'][0]}+{p['full_train_batch'][1]} "
                   "clips per step on this CPU (the UCF-101 config's is 5+5 per GPU)."]
     else:

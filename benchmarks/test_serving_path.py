@@ -11,8 +11,8 @@
   model time. Then concurrency 4: p50/p95/p99 and requests/s.
 
 The end-to-end sizes: the exported run (the synthetic default: 30 views of a width-16 model),
-and R3D-18 at full width at the UCF-101 config's size (8 x 256² views of 320x240 videos) with
-fewer views per request on a CPU, where 30 full-size views take ~10 s (benchmarks/served.py).
+and R3D-18 at full width at the UCF-101 config's size (8 x 256² views of 320x240 videos, 10 x 3
+per request; benchmarks/served.py).
 """
 from __future__ import annotations
 
@@ -140,6 +140,7 @@ def test_http_end_to_end(benchmark, served, bench_run, manifest, profile, ucf_si
     if shutil.which("java") is None:
         pytest.skip("java is not installed: TorchServe needs Java 17")
     pytest.importorskip("decord", reason="decord is not installed: the server cannot decode here")
+    from serving.backends import kind_of
     from serving.core import InferenceCore, load_manifest
 
     if served == "run":
@@ -155,12 +156,15 @@ def test_http_end_to_end(benchmark, served, bench_run, manifest, profile, ucf_si
     data = video.read_bytes()
     # the server's worker: one per machine, all cores (python -m serving start: cores / workers)
     threads = usable_cores()
-    core = InferenceCore(export_dir, threads=threads)
-    prepared = core.prepare(*core.parse({"body": data, "clips": str(clips), "crops": str(crops)}))
-    local = core.predict(data, clips=clips, crops=crops)
 
     with torchserve(export_dir.parent) as (port, start_s):
         client = Client(port)
+        status, first, _ = client.predict(data, clips=clips, crops=crops)
+        assert status == 200, f"HTTP {status}: {first}"
+        # in process, the backend the server's "auto" chose, with the worker's threads
+        core = InferenceCore(export_dir, backend=kind_of(first["backend"]), threads=threads)
+        prepared = core.prepare(*core.parse({"body": data, "clips": str(clips), "crops": str(crops)}))
+        local = core.predict(data, clips=clips, crops=crops)
         bodies = []
 
         def http():

@@ -274,7 +274,7 @@ def export_run(run: Path, *, tensorrt: str = "auto", model_name: str = "action",
             try:
                 trt_record = trt_engine.build_engine(tmp / "model.onnx", tmp / "model.plan", precision=precision,
                                                      opt_views=min(30, max_views), max_views=max_views)
-                runner = trt_engine.EngineRunner(tmp / "model.plan", max_views=max_views)
+                runner = trt_engine.engine_runner(tmp / "model.plan", max_views=max_views)
             except RuntimeError as exc:
                 raise ExportError(f"TensorRT engine: {exc}") from exc
             log.info("TensorRT %s engine built in %.1f s", trt_record["precision"], time.time() - t0)

@@ -73,34 +73,18 @@ def build_engine(onnx_path: Path, plan_path: Path, *, precision: str = "fp16", m
             "gpu": torch.cuda.get_device_name(0)}
 
 
-class EngineRunner:
-    """Runs a serialized engine on float32 views (N, 3, T, H, W), `max_views` at a time, with
-    torch CUDA tensors as the device buffers."""
+def engine_runner(plan_path: Path, *, max_views: int):
+    """A callable on float32 views (N, 3, T, H, W) of any N -> logits, running the engine with
+    the server's own TensorRT backend (serving.backends), `max_views` views at a time: the parity
+    check exercises the code that serves."""
+    from serving.backends import BackendError, TensorRTBackend
 
-    def __init__(self, plan_path: Path, *, max_views: int):
-        import tensorrt as trt
+    try:
+        backend = TensorRTBackend(Path(plan_path), input_name=INPUT_NAME, output_name=OUTPUT_NAME, max_views=max_views)
+    except BackendError as exc:
+        raise RuntimeError(str(exc)) from exc
 
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"TensorRT could not load {plan_path}")
-        self.context = self.engine.create_execution_context()
-        self.max_views = max_views
-        self.num_classes = int(self.engine.get_tensor_shape(OUTPUT_NAME)[-1])
+    def run(views: np.ndarray) -> np.ndarray:
+        return np.concatenate([backend(views[i : i + max_views]) for i in range(0, len(views), max_views)])
 
-    @torch.no_grad()
-    def __call__(self, views: np.ndarray) -> np.ndarray:
-        stream = torch.cuda.current_stream()
-        outputs = []
-        for start in range(0, len(views), self.max_views):
-            x = torch.from_numpy(np.ascontiguousarray(views[start : start + self.max_views])).cuda()
-            y = torch.empty((len(x), self.num_classes), dtype=torch.float32, device="cuda")
-            self.context.set_input_shape(INPUT_NAME, tuple(x.shape))
-            self.context.set_tensor_address(INPUT_NAME, x.data_ptr())
-            self.context.set_tensor_address(OUTPUT_NAME, y.data_ptr())
-            if not self.context.execute_async_v3(stream.cuda_stream):
-                raise RuntimeError("TensorRT execution failed")
-            stream.synchronize()
-            outputs.append(y.cpu().numpy())
-        return np.concatenate(outputs)
+    return run

@@ -272,7 +272,7 @@ def check_startable(args, run: Path, ports: dict, host: str) -> dict:
     if min(args.workers, args.batch_size, args.max_views, args.token_expiration_min) < 1:
         raise ServeError("--workers, --batch-size, --max-views and --token-expiration-min must be at least 1")
     try:  # the check each worker makes on load, made here once so that a failure reads plainly
-        select_backend(export_dir, manifest, prefer=args.backend, threads=1)
+        select_backend(export_dir, manifest, prefer=args.backend, threads=1, probe_views=0)
     except BackendError as exc:
         raise ServeError(f"the model in {export_dir} cannot be served here: {exc}") from exc
     if not (Path(sys.executable).parent / "torchserve").is_file():

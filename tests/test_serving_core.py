@@ -19,7 +19,7 @@ import psutil
 import pytest
 import torch
 
-from serving.backends import BackendError, select_backend
+from serving.backends import BackendError, fastest, select_backend
 from serving.core import (MAX_CLIPS, InferenceCore, Options, RequestError, inspect_video, iter_chunks,
                           parse_request)
 from training.views import InputSpec, average_view_scores, decode_test_views, normalize
@@ -86,7 +86,7 @@ def run(tiny_export) -> Path:
 
 @pytest.fixture(scope="module")
 def core(run) -> InferenceCore:
-    return InferenceCore(run / "export", threads=2)
+    return InferenceCore(run / "export", backend="onnxruntime", threads=2)  # what the offline reference runs
 
 
 @pytest.fixture(scope="module")
@@ -255,8 +255,28 @@ def test_memory_stays_flat_over_many_good_and_bad_requests(run, core):
 
 
 # ----------------------------------------------------------------------------- backends
-def test_auto_backend_is_onnxruntime_and_torch_fallback_agrees(run, core, manifest):
+def test_fastest_keeps_the_earlier_backend_unless_a_later_one_is_clearly_faster():
+    assert fastest({"onnxruntime": 1.0, "torch": 0.95}) == "onnxruntime"  # within the 10 % margin
+    assert fastest({"onnxruntime": 1.0, "torch": 0.85}) == "torch"
+    assert fastest({"tensorrt": 0.2, "onnxruntime": 1.0, "torch": 0.1}) == "torch"
+    assert fastest({"tensorrt": 0.2, "onnxruntime": 0.1, "torch": 0.095}) == "onnxruntime"
+    assert fastest({"torch": 3.0}) == "torch"
+    with pytest.raises(ValueError, match="no timings"):
+        fastest({})
+
+
+def test_auto_backend_is_the_one_measured_fastest(run, manifest):
+    backend = select_backend(run / "export", manifest, threads=1)
+    # both CPU backends run here: each was timed on one default request's views
+    assert set(backend.timings) == {"onnxruntime-cpu", "torch-cpu"}
+    kinds = {"onnxruntime-cpu": "onnxruntime", "torch-cpu": "torch"}
+    assert kinds[backend.name] == fastest({kinds[k]: v for k, v in backend.timings.items()})
+    assert select_backend(run / "export", manifest, prefer="onnxruntime", threads=1).timings == {}
+
+
+def test_torch_backend_agrees_with_onnxruntime(run, manifest):
     export_dir = run / "export"
+    core = InferenceCore(export_dir, backend="onnxruntime", threads=2)
     torch_core = InferenceCore(export_dir, backend="torch", threads=2)
     assert torch_core.backend.name == "torch-cpu"
     assert torch_core.model_info["sha256"] == manifest["sha256"]["student.pt2"]

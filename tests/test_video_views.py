@@ -5,7 +5,7 @@ import torch
 from tests.videofiles import decoded_index, frame_coded, write_video
 from training.video import (VideoDecodeError, open_video, read_frames, successor_indices, uniform_clip_indices,
                             train_clip_indices)
-from training.views import InputSpec, average_view_scores, decode_test_views, frames_to_views
+from training.views import InputSpec, average_view_scores, decode_test_views, frames_to_views, normalize
 
 
 def test_train_clip_indices_interval_and_wrap():
@@ -68,6 +68,20 @@ def test_decode_test_views_reads_the_sampled_frames(coded_video):
     quick = decode_test_views(coded_video.read_bytes(), InputSpec(clip_len=4, interval=5, short_side=48, crop_size=32),
                               quick=True)
     assert quick.views.shape == (1, 3, 4, 32, 32)
+
+
+def test_normalized_views_equal_normalizing_the_views(coded_video):
+    # the server's path (normalize the resized frames, then cut the crops) is the same model
+    # input, bit for bit, as offline evaluation's (cut the crops, then normalize)
+    spec = InputSpec(clip_len=4, interval=5, test_clips=3, test_crops=3, test_short_side=40, test_crop=40)
+    data = coded_video.read_bytes()
+    spent = {}
+    fast = decode_test_views(data, spec, normalized=True, timings=spent)
+    assert torch.equal(fast.views, normalize(decode_test_views(data, spec).views, spec))
+    assert fast.views.dtype == torch.float32 and fast.views.is_contiguous()
+    assert set(spent) == {"decode", "views"} and all(v > 0 for v in spent.values())
+    with pytest.raises(ValueError, match="temporal gradient"):
+        decode_test_views(data, spec, normalized=True, tg_stride=1)
 
 
 def test_average_view_scores_is_mean_softmax():
