@@ -2,8 +2,9 @@
 
 - Decode and preprocess, per video: the stages a request goes through before the model, each
   timed on its own with the functions the server calls (container check, decord decode of the
-  sampled frames, resize + crops, normalization), plus the whole `decode_test_views` +
-  `normalize`, and the stages after it (score averaging, the JSON answer).
+  sampled frames with the worker's threads, resize + normalization + crops), next to the path
+  they replaced (decode on one thread; 0-255 crops, then normalization), plus the whole
+  `decode_test_views` and the stages after the model (score averaging, the JSON answer).
 - End to end through the real TorchServe on loopback (`python -m serving start`): per-request
   latency at concurrency 1, interleaved in this process with the same request answered
   in-process by `serving.core.InferenceCore` (no HTTP) and with the model alone on the same
@@ -105,24 +106,32 @@ def test_decode_and_preprocess(benchmark, decode_case, bench_run, manifest, prof
         predictions = [{"label": str(i), "index": int(i), "score": float(scores[i])} for i in order]
         return json.dumps({"predictions": predictions, "views": {"clips": clips, "crops": crops, "count": len(logits)}})
 
+    # what the server's worker does (serving.core.InferenceCore.prepare) next to the path it
+    # replaced, interleaved: decode with the worker's threads vs one thread, and views normalized
+    # on the resized frames before the crops vs 0-255 crops normalized afterwards
+    threads = torch.get_num_threads()
+    size = {"clips": clips, "crops": crops, "short_side": spec.test_short_side, "crop": spec.test_crop}
     stages = {
         "inspect": lambda: inspect_video(data),  # PyAV reads the container headers (serving.core)
-        "decode": lambda: read_frames(open_video(data), indices),  # decord: open + decode the sampled frames
-        "resize_crop": lambda: frames_to_views(frames, clips=clips, crops=crops, short_side=spec.test_short_side,
-                                               crop=spec.test_crop),
+        "decode": lambda: read_frames(open_video(data, num_threads=threads), indices),  # decord, the worker's threads
+        "decode_1_thread": lambda: read_frames(open_video(data, num_threads=1), indices),
+        "views_normalized": lambda: frames_to_views(frames, spec=spec, **size),  # resize, normalize, crops
+        "resize_crop": lambda: frames_to_views(frames, **size),  # resize, crops (0-255)
         "normalize": lambda: np.ascontiguousarray(normalize(views, spec).numpy(), dtype=np.float32),
-        "decode_test_views+normalize": lambda: normalize(decode_test_views(data, spec, clips=clips, crops=crops).views,
-                                                         spec).numpy(),
+        "decode_test_views": lambda: decode_test_views(data, spec, clips=clips, crops=crops, normalized=True,
+                                                       num_threads=threads).views.numpy(),
         "scores+json": answer_json,
     }
     samples = interleaved_rounds(benchmark, stages, profile=profile, device=CPU, min_rounds=profile.decode_rounds)
     stats = {name: latency_stats(s) for name, s in samples.items()}
-    parts = ("inspect", "decode", "resize_crop", "normalize")
+    ms = {name: st["median_ms"] for name, st in stats.items()}
     store(benchmark, "serving", {
         "kind": "decode", "video_kind": kind, "video": describe_video(path), "clips": clips, "crops": crops,
         "views": clips * crops, "frames_sampled": int(len(indices)), "frames_decoded": int(len(np.unique(indices))),
         "view_shape": [3, spec.clip_len, spec.test_crop, spec.test_crop], "test_short_side": spec.test_short_side,
-        "stages": stats, "before_model_ms": sum(stats[p]["median_ms"] for p in parts),
+        "decode_threads": threads, "stages": stats,
+        "before_model_ms": ms["inspect"] + ms["decode"] + ms["views_normalized"],
+        "before_model_ms_previous": ms["inspect"] + ms["decode_1_thread"] + ms["resize_crop"] + ms["normalize"],
     })
     assert tuple(views.shape) == (clips * crops, 3, spec.clip_len, spec.test_crop, spec.test_crop)
 
