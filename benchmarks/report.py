@@ -81,7 +81,10 @@ def cost_section(records: list[dict]) -> list[str]:
                      "yes" if r["within_target"] else "no"])
     models = {r["size"]: model_text(r["config"]) for r in records}
     return (["## 1. No added inference cost: exported student vs plain R3D-18", "",
-             "Same backend, same input, interleaved round by round in one process. Ratio = student / plain "
+             "The plain R3D-18 is built from the architecture record alone and loaded with the student's "
+             "weights (a strict load: same parameters by name and shape); both are exported by the export "
+             "stage's code. Same backend, same input, interleaved round by round in one process. "
+             "Ratio = student / plain "
              "latency: median of the per-round ratios (10th–90th percentile); target 1.00 ± 0.03. "
              "FLOPs counted on the modules (torch) and on the ONNX graphs; both must agree.", ""]
             + [f"- {SIZE_NAMES[k]}: {v}" for k, v in models.items()] + [""]

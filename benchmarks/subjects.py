@@ -4,7 +4,7 @@ A `Subject` pairs the exported student with a plain R3D-18 of the same architect
 exported by the export stage's own `export_student` (ONNX + ExportedProgram), so "no added
 cost" compares like with like. Two sizes:
 - "run": the exported run under test (RUN/export, trained weights); the plain twin is built
-  from the manifest's architecture record and exported beside it.
+  from the manifest's architecture record, given the student's weights and exported beside it.
 - "full": R3D-18 at the paper's size. The student is `TwoStreamNet(...).student` at its
   initial weights (no full-size run is trained on a CPU); the cost of a dense network does not
   depend on its weight values.
@@ -88,10 +88,14 @@ def export_into(module: nn.Module, clip_shape: tuple[int, ...], out_dir: Path) -
     return None
 
 
-def plain_twin(architecture: dict, clip_shape: tuple[int, ...], out_dir: Path) -> tuple[nn.Module, str | None]:
-    """A freshly built plain R3D-18 of `architecture`, exported into `out_dir` like the student."""
-    torch.manual_seed(1)
+def plain_twin(architecture: dict, clip_shape: tuple[int, ...], out_dir: Path,
+               student: nn.Module) -> tuple[nn.Module, str | None]:
+    """A freshly built plain R3D-18 of `architecture` holding the student's weights, exported
+    into `out_dir` like the student. The strict load checks that the two have the same
+    parameters and buffers by name and shape; with the same values too, a latency difference can
+    come only from the exported graphs (not, say, from denormal activations of other weights)."""
     plain = build_r3d18(architecture).eval()
+    plain.load_state_dict(student.state_dict(), strict=True)
     return plain, export_into(plain, clip_shape, out_dir)
 
 
@@ -102,7 +106,7 @@ def run_subject(run: Path, work: Path) -> Subject:
     loaded = load_run(run)
     spec = loaded.cfg.input
     clip_shape = (3, spec.clip_len, spec.test_crop, spec.test_crop)
-    plain, missing = plain_twin(manifest["architecture"], clip_shape, work / "plain-run")
+    plain, missing = plain_twin(manifest["architecture"], clip_shape, work / "plain-run", loaded.student)
     subject = Subject(size="run", description=f"exported run {manifest['model_version']}",
                       architecture=manifest["architecture"], clip_shape=clip_shape,
                       weights=f"trained ({run})", student=loaded.student, plain=plain, student_dir=export_dir,
@@ -120,7 +124,7 @@ def full_subject(work: Path) -> Subject:
     student = net.student.eval()
     student_dir = work / "student-full"
     missing = export_into(student, FULL_CLIP_SHAPE, student_dir)
-    plain, _ = plain_twin(arch, FULL_CLIP_SHAPE, work / "plain-full")
+    plain, _ = plain_twin(arch, FULL_CLIP_SHAPE, work / "plain-full", student)
     subject = Subject(size="full", description="R3D-18 at the paper's size (UCF-101 head)", architecture=arch,
                       clip_shape=FULL_CLIP_SHAPE, weights="initial (TwoStreamNet.student, seed 0)", student=student,
                       plain=plain, student_dir=student_dir, plain_dir=work / "plain-full", onnx_missing=missing)
