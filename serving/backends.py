@@ -132,8 +132,8 @@ class TensorRTBackend:
 
 class TorchExportBackend:
     """The student as a torch.export ExportedProgram, weights and input in channels-last 3D
-    memory (oneDNN's and cuDNN's fast layout for 3D convolutions: 1.4x fewer ms than the default
-    layout for 30 full-size views on the CPU, benchmarks/results). Uses CUDA when torch sees a GPU."""
+    memory (oneDNN's and cuDNN's fast layout for 3D convolutions: 1.3-1.4x fewer ms than the
+    default layout for 30 full-size views on the CPU, benchmarks/results). Uses CUDA when torch sees a GPU."""
 
     def __init__(self, path: Path, *, threads: int = 0, max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0):
         import torch

@@ -208,7 +208,8 @@ class InferenceCore:
             torch.set_num_threads(threads)  # the resize in decode_test_views runs on torch
         # decord's frame threads: the request's decode and its model call never overlap in a
         # worker, so the decoder gets the worker's thread budget too (2 threads decode a
-        # 320x240 H.264 video ~2x faster than 1 on 2 cores: benchmarks/results)
+        # 320x240 H.264 video ~1.5x faster than 1 on 2 cores; on tiny videos it is a little
+        # slower: benchmarks/results)
         self.decode_threads = torch.get_num_threads()
         self.backend = select_backend(self.export_dir, self.manifest, prefer=backend, threads=threads,
                                       max_views=max_views, gpu_id=gpu_id)

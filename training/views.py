@@ -96,7 +96,8 @@ def frames_to_views(
 
     Views are ordered clip-major: view = clip * crops + crop_index. Normalizing here, on the
     resized frames before the (overlapping) crops are cut, gives exactly `normalize(views)`
-    element for element with less than half the arithmetic and one float copy instead of three.
+    element for element; measured, it halves the view time for 1x3 views of a 320x240 video and
+    is on par for 10x3 (benchmarks/results).
     """
     x = torch.as_tensor(frames).permute(0, 3, 1, 2)  # (clips*T, 3, H, W), channels-last memory
     x = resize_short_side(x, short_side)
