@@ -4,10 +4,11 @@ The request path, in order:
   1. `parse_request`: the video bytes and the options (topk, clips, crops) from the fields a
      server hands over (raw body or multipart field `data`, form fields or X-Topk/X-Clips/X-Crops
      headers), checked against their bounds.
-  2. `InferenceCore.prepare`: PyAV inspects the container (so a non-video upload is named as
-     such and never reaches decord, which logs the raw bytes it could not open), then
-     `training.views.decode_test_views` decodes the views from memory with decord (the same
-     function offline evaluation uses) and `normalize` turns them into the model input.
+  2. `InferenceCore.prepare`: the upload's bytes are parsed only by
+     `training.view_decode.read_view_crops` (PyAV under the input policy; the decoder offline
+     evaluation uses too), in one of the handler's isolated helper processes
+     (`serving.isolation.DecodePool`) or in-process when no pool is given; its uint8 crops
+     become the normalized model input with `training.views.crops_to_views`.
   3. `InferenceCore.predict_prepared`: the views of every request in a batch go through the
      runtime backend together, in chunks of at most `max_views`, and each request's view
      scores are averaged (`average_view_scores`) into its answer.
@@ -15,7 +16,6 @@ Every problem with a request is a `RequestError` carrying its HTTP status and a 
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -23,22 +23,20 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator, Mapping
 
-import av
 import numpy as np
 import torch
 
 from serving.backends import DEFAULT_MAX_VIEWS, select_backend
-from training.video import VideoDecodeError
-from training.views import InputSpec, average_view_scores, decode_test_views
+from serving.isolation import DecodePool, RejectedUpload
+from training.view_decode import UPLOAD_FORMATS, DecodeLimits, VideoRejected, read_view_crops
+from training.views import InputSpec, average_view_scores, crops_to_views, geometry
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOPK = 5  # capped at the number of classes
 MAX_CLIPS = 10  # or the manifest's test_clips where that is larger
 MAX_CROPS = 3  # 3 crops already cover the long side (start, centre, end)
-# 80 decoded frames (10 clips x 8) of 1920x1080 are ~0.5 GB as uint8 and ~2 GB as floats before
-# the resize: larger frames are refused rather than risking a worker's memory
-MAX_FRAME_PIXELS = 1920 * 1080
+MAX_UPLOAD_BYTES = 100 * 2**20  # TorchServe's max_request_size refuses larger bodies before the handler
 VIDEO_FIELDS = ("body", "data")  # TorchServe: raw request body -> "body", multipart field -> its name
 OPTION_FIELDS = ("topk", "clips", "crops")
 OPTION_HEADERS = {"x-topk": "topk", "x-clips": "clips", "x-crops": "crops"}
@@ -132,6 +130,9 @@ def parse_request(fields_: Mapping, headers: Mapping | None, *, num_classes: int
                            "Content-Type): send it as 'application/octet-stream' or as multipart field 'data'")
     if len(video) == 0:
         raise RequestError(400, "empty_body", "the request carries an empty file (0 bytes)")
+    if len(video) > MAX_UPLOAD_BYTES:
+        raise RequestError(413, "upload_too_large", f"the upload has {len(video)} bytes, more than the limit of "
+                           f"{MAX_UPLOAD_BYTES}")
 
     raw = {OPTION_HEADERS[k.lower()]: v for k, v in (headers or {}).items()
            if isinstance(k, str) and k.lower() in OPTION_HEADERS}
@@ -149,24 +150,6 @@ def parse_options(raw: Mapping, *, num_classes: int, default_clips: int, default
         clips=parse_int("clips", raw["clips"], 1, max_clips) if "clips" in raw else default_clips,
         crops=parse_int("crops", raw["crops"], 1, MAX_CROPS) if "crops" in raw else default_crops,
     )
-
-
-def inspect_video(data: bytes) -> None:
-    """Raise RequestError unless `data` is a container with a video stream of a bounded frame
-    size. PyAV only reads the container's headers here; decord does the decoding."""
-    try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            stream = container.streams.best("video")
-            if stream is None:
-                kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-                raise RequestError(422, "no_video_stream", f"the file has no video stream (it holds: {', '.join(kinds)})")
-            width, height = stream.codec_context.width, stream.codec_context.height
-    except (av.error.FFmpegError, EOFError) as exc:
-        raise RequestError(422, "not_a_video", "the upload is not a readable video file (truncated, or not a video "
-                           f"at all): {(getattr(exc, 'strerror', None) or str(exc))[:160]}") from None
-    if width * height > MAX_FRAME_PIXELS:
-        raise RequestError(422, "video_too_large", f"frames of {width}x{height} exceed the limit of {MAX_FRAME_PIXELS} "
-                           "pixels (1920x1080); downscale the video before sending it")
 
 
 def iter_chunks(arrays: list[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -193,11 +176,14 @@ class InferenceCore:
     `backend` is "auto" (TensorRT > ONNX Runtime > PyTorch, whichever runs here) or one of
     "tensorrt", "onnxruntime", "torch"; `threads` bounds the intra-op threads of ONNX Runtime
     and torch (0 = their defaults); at most `max_views` views go through the model at once;
-    `gpu_id` is the GPU used where one is visible.
+    `gpu_id` is the GPU used where one is visible. Uploads are decoded in `decoder`'s isolated
+    helpers (the TorchServe handler's pool), or in this process when it is None (trusted
+    callers: tests, benchmarks), under `limits` either way.
     """
 
     def __init__(self, export_dir: Path, *, backend: str = "auto", threads: int = 0,
-                 max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0):
+                 max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0, decoder: DecodePool | None = None,
+                 limits: DecodeLimits = DecodeLimits()):
         if max_views < 1:
             raise ValueError(f"max_views must be at least 1, got {max_views}")
         self.export_dir = Path(export_dir)
@@ -205,12 +191,8 @@ class InferenceCore:
         self.spec = spec_from_manifest(self.manifest)
         self.classes = list(self.manifest["classes"])
         if threads > 0:
-            torch.set_num_threads(threads)  # the resize in decode_test_views runs on torch
-        # decord's frame threads: the request's decode and its model call never overlap in a
-        # worker, so the decoder gets the worker's thread budget too (2 threads decode a
-        # 320x240 H.264 video ~1.5x faster than 1 on 2 cores; on tiny videos it is a little
-        # slower: benchmarks/results)
-        self.decode_threads = torch.get_num_threads()
+            torch.set_num_threads(threads)  # the normalization in crops_to_views runs on torch
+        self.decoder, self.limits = decoder, limits
         self.backend = select_backend(self.export_dir, self.manifest, prefer=backend, threads=threads,
                                       max_views=max_views, gpu_id=gpu_id)
         # the sha256 of the artifact this backend runs (verified against the manifest on load)
@@ -232,19 +214,28 @@ class InferenceCore:
 
     def prepare(self, video: bytes, options: Options) -> Prepared:
         """Decode and preprocess one upload; RequestError when it is not a usable video."""
+        g = geometry(self.spec, clips=options.clips, crops=options.crops)
+        spent = {}
+
+        def to_views(crops: np.ndarray) -> np.ndarray:  # uint8 crops -> normalized float32 views
+            t = time.perf_counter()
+            views = crops_to_views(crops, g, self.spec).numpy()
+            spent["views"] = time.perf_counter() - t
+            return views
+
         t0 = time.perf_counter()
-        inspect_video(video)
-        inspect_s = time.perf_counter() - t0
-        spent: dict[str, float] = {}
         try:
-            decoded = decode_test_views(video, self.spec, clips=options.clips, crops=options.crops, normalized=True,
-                                        num_threads=self.decode_threads, timings=spent)
-        except VideoDecodeError as exc:
-            raise RequestError(422, "undecodable_video", "the file has a video stream but no frame of it could be "
-                               f"decoded (truncated or corrupt?): {str(exc)[:200]}") from None
-        views = decoded.views.numpy()  # contiguous float32: normalized while the views were cut
-        return Prepared(views=views, options=options, frames=decoded.num_frames,
-                        decode_ms=(inspect_s + spent["decode"]) * 1e3, preprocess_ms=spent["views"] * 1e3)
+            if self.decoder is not None:  # the crops stay in shared memory while they are converted
+                views, info = self.decoder.decode(video, g, to_views)
+                frames = int(info.get("num_frames", 0))
+            else:
+                decoded = read_view_crops(video, g, limits=self.limits, formats=UPLOAD_FORMATS)
+                views, frames = to_views(decoded.crops), decoded.info.num_frames
+        except (RejectedUpload, VideoRejected) as exc:
+            raise RequestError(exc.status, exc.code, exc.detail) from None
+        decode_s = time.perf_counter() - t0 - spent["views"]  # through the pool: the crossing too
+        return Prepared(views=views, options=options, frames=frames, decode_ms=decode_s * 1e3,
+                        preprocess_ms=spent["views"] * 1e3)
 
     def forward(self, arrays: list[np.ndarray]) -> np.ndarray:
         """Logits (sum of rows, C) of the rows of `arrays`, at most `max_views` per backend call."""

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from serving.backends import BackendError, fastest, select_backend
-from serving.core import (MAX_CLIPS, InferenceCore, Options, RequestError, inspect_video, iter_chunks,
-                          parse_request)
+from serving.core import MAX_CLIPS, InferenceCore, Options, RequestError, iter_chunks, parse_request
+from training.view_decode import DecodeLimits
 from training.views import InputSpec, average_view_scores, decode_test_views, normalize
 
 def val_videos(run: Path) -> list[tuple[Path, str]]:
@@ -228,12 +228,13 @@ def test_every_bad_upload_gets_its_4xx_and_the_core_keeps_answering(run, core):
         assert core.predict(good)["views"]["count"] == 6
 
 
-def test_frames_over_the_size_limit_are_refused_before_decoding():
-    data = encode(np.zeros((2, 1088, 1920, 3), np.uint8))  # 2,088,960 pixels > 1920x1080
+def test_frames_larger_than_full_hd_are_answered_and_the_frame_limit_is_its_own_code(run, core):
+    data = encode(np.zeros((2, 1088, 1920, 3), np.uint8))  # refused by the old 1920x1080 check
+    assert core.predict(data, clips=1, crops=1)["views"]["count"] == 1
+    small = InferenceCore(run / "export", backend="onnxruntime", threads=2, limits=DecodeLimits(max_pixels=1920 * 1080))
     with pytest.raises(RequestError) as info:
-        inspect_video(data)
+        small.predict(data)
     assert (info.value.status, info.value.code) == (422, "video_too_large") and "1920x1088" in info.value.detail
-    inspect_video(encode(np.zeros((2, 1080, 1920, 3), np.uint8)))  # exactly at the limit
 
 
 def test_memory_stays_flat_over_many_good_and_bad_requests(run, core):

@@ -5,7 +5,8 @@ import torch
 from tests.videofiles import decoded_index, frame_coded, write_video
 from training.video import (VideoDecodeError, open_video, read_frames, successor_indices, uniform_clip_indices,
                             train_clip_indices)
-from training.views import InputSpec, average_view_scores, decode_test_views, frames_to_views, normalize
+from training.view_decode import ViewGeometry, cut_crops, scaled_size
+from training.views import InputSpec, average_view_scores, crops_to_views, decode_test_views, normalize
 
 
 def test_train_clip_indices_interval_and_wrap():
@@ -37,18 +38,35 @@ def test_successor_at_video_end_is_the_frame_itself():
     assert successor_indices(idx, stride=7, num_frames=10).tolist() == [7, 5, 9]
 
 
+def frames_to_views(frames: np.ndarray, *, clips: int, crops: int, crop: int) -> torch.Tensor:
+    """(clips*T, H, W, 3) frames already at the test size -> views, through the decoder's crops."""
+    out = np.empty((len(frames), crops, crop, crop, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        cut_crops(frame, crop, crops, out[i])
+    g = ViewGeometry(clips=clips, crops=crops, clip_len=len(frames) // clips, interval=1,
+                     short_side=min(frames.shape[1:3]), crop=crop)
+    return crops_to_views(out, g)
+
+
+def test_scaled_size_keeps_the_aspect_ratio_and_swaps_for_rotation():
+    assert scaled_size(320, 240, 0, 256) == (341, 256)
+    assert scaled_size(3840, 2160, 0, 256) == (455, 256)
+    assert scaled_size(3840, 2160, 90, 256) == (455, 256)  # coded size; displayed 256 x 455 after rotation
+    assert scaled_size(8, 240, 0, 256) == (256, 7680)
+
+
 def test_thirty_view_geometry():
     # a horizontal ramp: a left crop must be darker than the centre, the centre than the right
     frames = np.tile(np.linspace(0, 250, 128, dtype=np.float32)[None, None, :, None], (10 * 8, 64, 1, 3)).astype(np.uint8)
     frames[:8] = 0  # clip 0 is black: checks clip-major ordering
-    views = frames_to_views(frames, clips=10, crops=3, short_side=64, crop=64)
+    views = frames_to_views(frames, clips=10, crops=3, crop=64)
     assert views.shape == (30, 3, 8, 64, 64)
     assert views[:3].abs().max() == 0 and views[3:].abs().max() > 0
     left, centre, right = views[3].mean(), views[4].mean(), views[5].mean()
     assert left < centre < right
     assert views[3, :, :, :, 0].mean() == pytest.approx(0, abs=1.5)  # left crop starts at the left edge
     assert views[5, :, :, :, -1].mean() == pytest.approx(250, abs=1.5)  # right crop ends at the right edge
-    tall = frames_to_views(np.zeros((8, 100, 50, 3), np.uint8), clips=1, crops=3, short_side=50, crop=40)
+    tall = frames_to_views(np.zeros((8, 100, 50, 3), np.uint8), clips=1, crops=3, crop=40)
     assert tall.shape == (3, 3, 8, 40, 40)
 
 
@@ -71,8 +89,8 @@ def test_decode_test_views_reads_the_sampled_frames(coded_video):
 
 
 def test_normalized_views_equal_normalizing_the_views(coded_video):
-    # the server's path (normalize the resized frames, then cut the crops) is the same model
-    # input, bit for bit, as offline evaluation's (cut the crops, then normalize)
+    # the model input of the server's path (normalized=True) is, bit for bit, normalize() of
+    # the 0-255 views offline evaluation builds
     spec = InputSpec(clip_len=4, interval=5, test_clips=3, test_crops=3, test_short_side=40, test_crop=40)
     data = coded_video.read_bytes()
     spent = {}

@@ -12,9 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from training.video import open_video, read_frames, successor_indices, uniform_clip_indices
+from training.view_decode import DecodeLimits, VideoRejected, ViewGeometry, read_view_crops
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # on 0-255 values, RGB order
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -49,66 +48,28 @@ def normalize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return (x.float() - mean) / std
 
 
-def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, 3, H, W) -> short side `size`, aspect ratio kept (bilinear, antialiased).
-
-    uint8 frames stay uint8: torch's uint8 path (fastest on channels-last memory, which frames
-    decoded as (N, H, W, 3) already have) is ~10x quicker than resizing floats on the CPU and
-    differs from the rounded float result by at most 1 grey level."""
-    h, w = frames.shape[-2:]
-    if min(h, w) == size:
-        return frames
-    scale = size / min(h, w)
-    new_hw = (max(size, round(h * scale)), max(size, round(w * scale)))
-    return F.interpolate(frames, size=new_hw, mode="bilinear", align_corners=False, antialias=True)
-
-
-def crop_offsets(length: int, crop: int, num_crops: int) -> list[int]:
-    """Start positions of `num_crops` crops along one axis: 1 = centre, 3 = start/centre/end."""
-    if num_crops == 1:
-        return [(length - crop) // 2]
-    return [round(i * (length - crop) / (num_crops - 1)) for i in range(num_crops)]
+def geometry(spec: InputSpec, *, clips: int | None = None, crops: int | None = None, quick: bool = False,
+             tg_stride: int | None = None) -> ViewGeometry:
+    """The frames and crops of a set of views: `quick` = the 1-clip centre-crop validation view
+    at `crop_size`; otherwise `clips` x `crops` views at `test_crop` (default: the spec's 10 x 3)."""
+    if quick:
+        return ViewGeometry(clips=1, crops=1, clip_len=spec.clip_len, interval=spec.interval,
+                            short_side=spec.short_side, crop=spec.crop_size, tg_stride=tg_stride)
+    return ViewGeometry(clips=spec.test_clips if clips is None else clips,
+                        crops=spec.test_crops if crops is None else crops, clip_len=spec.clip_len,
+                        interval=spec.interval, short_side=spec.test_short_side, crop=spec.test_crop,
+                        tg_stride=tg_stride)
 
 
-def spatial_crops(frames: torch.Tensor, crop: int, num_crops: int) -> torch.Tensor:
-    """(N, 3, H, W) with short side >= crop -> (num_crops, N, 3, crop, crop) along the long side."""
-    h, w = frames.shape[-2:]
-    if min(h, w) < crop:
-        raise ValueError(f"frame {h}x{w} is smaller than the crop {crop}")
-    out = []
-    if w >= h:
-        top = (h - crop) // 2
-        for left in crop_offsets(w, crop, num_crops):
-            out.append(frames[..., top : top + crop, left : left + crop])
-    else:
-        left = (w - crop) // 2
-        for top in crop_offsets(h, crop, num_crops):
-            out.append(frames[..., top : top + crop, left : left + crop])
-    return torch.stack(out)
+def crops_to_views(crops: np.ndarray, g: ViewGeometry, spec: InputSpec | None = None) -> torch.Tensor:
+    """(clips*T, crops, S, S, 3) uint8 crops -> (clips*crops, 3, T, S, S) float views with whole
+    0-255 values, or with `spec` the normalized model input (contiguous float32).
 
-
-def frames_to_views(
-    frames: np.ndarray | torch.Tensor, *, clips: int, crops: int, short_side: int, crop: int,
-    spec: InputSpec | None = None,
-) -> torch.Tensor:
-    """(clips*T, H, W, 3) uint8 frames, clip-major -> (clips*crops, 3, T, crop, crop) float with
-    whole values in 0-255, or with `spec` the normalized model input (contiguous float32).
-
-    Views are ordered clip-major: view = clip * crops + crop_index. Normalizing here, on the
-    resized frames before the (overlapping) crops are cut, gives exactly `normalize(views)`
-    element for element; measured, it halves the view time for 1x3 views of a 320x240 video and
-    is on par for 10x3 (benchmarks/results).
-    """
-    x = torch.as_tensor(frames).permute(0, 3, 1, 2)  # (clips*T, 3, H, W), channels-last memory
-    x = resize_short_side(x, short_side)
-    if spec is not None:
-        x = normalize(x.unsqueeze(2), spec).squeeze(2)  # (clips*T, 3, H, W) float32
-    x = spatial_crops(x, crop, crops)  # (crops, clips*T, 3, S, S)
-    x = x.reshape(crops, clips, -1, 3, crop, crop)  # (crops, clips, T, 3, S, S)
-    x = x.permute(1, 0, 3, 2, 4, 5)  # (clips, crops, 3, T, S, S)
-    # whole 0-255 values: the loaders ship views as uint8 and the server uses them as floats,
-    # and both must see the same pixels
-    return x.reshape(clips * crops, 3, x.shape[3], crop, crop).float()
+    Views are ordered clip-major: view = clip * crops + crop_index. The crops are cut before
+    any float work, so a very wide frame costs no more than a square one."""
+    x = torch.as_tensor(crops).reshape(g.clips, g.clip_len, g.crops, g.crop, g.crop, 3)
+    x = x.permute(0, 2, 5, 1, 3, 4).reshape(g.clips * g.crops, 3, g.clip_len, g.crop, g.crop)
+    return normalize(x, spec).contiguous() if spec is not None else x.float()
 
 
 @dataclass
@@ -128,44 +89,35 @@ def decode_test_views(
     quick: bool = False,
     normalized: bool = False,
     num_threads: int = 1,
-    name: str | None = None,
+    formats: tuple[str, ...] | None = None,
+    limits: DecodeLimits = DecodeLimits(),
     timings: dict | None = None,
 ) -> DecodedViews:
-    """Decode a video (path or bytes) into its test views.
+    """Decode a video (path or bytes) into its test views, with the decoder and crops the
+    server uses (`training.view_decode`).
 
-    `quick=True` gives the 1-clip centre-crop validation view at `crop_size`; otherwise
-    `clips` x `crops` views at `test_crop` (defaults: the spec's 10 x 3). With `tg_stride`
-    the successor frames are decoded too, so a temporal-gradient model can be evaluated.
-    `normalized=True` returns the model's input (`normalize` applied, the same values) instead
-    of 0-255 views, computed the cheaper way (see `frames_to_views`); not with `tg_stride`,
-    whose temporal gradient is taken on 0-255 values. A `timings` dict receives the seconds
-    spent decoding ("decode") and making the views ("views").
+    With `tg_stride` the successor frames are decoded too, so a temporal-gradient model can be
+    evaluated. `normalized=True` returns the model's input (`normalize` applied) instead of
+    0-255 views; not with `tg_stride`, whose temporal gradient is taken on 0-255 values.
+    `formats`: the accepted container demuxers (None: any; the server passes its allow-list).
+    A `timings` dict receives the seconds spent decoding ("decode") and making the views ("views").
     """
     if normalized and tg_stride is not None:
         raise ValueError("normalized views have no temporal gradient: take TG on 0-255 views, then normalize")
+    g = geometry(spec, clips=clips, crops=crops, quick=quick, tg_stride=tg_stride)
     t0 = time.perf_counter()
-    reader = open_video(source, num_threads=num_threads, name=name)
-    num_frames = len(reader)
-    if quick:
-        clips, crops, short, crop = 1, 1, spec.short_side, spec.crop_size
-    else:
-        clips = spec.test_clips if clips is None else clips
-        crops = spec.test_crops if crops is None else crops
-        short, crop = spec.test_short_side, spec.test_crop
-    idx = uniform_clip_indices(num_frames, clip_len=spec.clip_len, interval=spec.interval, num_clips=clips).reshape(-1)
-    wanted = idx if tg_stride is None else np.concatenate([idx, successor_indices(idx, stride=tg_stride, num_frames=num_frames)])
-    frames = read_frames(reader, wanted, name=name or "<upload>")
-    del reader  # free the decoder before the tensor work
+    try:
+        decoded = read_view_crops(source, g, limits=limits, formats=formats, threads=num_threads)
+    except VideoRejected as exc:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            raise
+        raise VideoRejected(exc.status, exc.code, f"{source}: {exc.detail}") from None  # name the file
     t1 = time.perf_counter()
-    n = len(idx)
-    views = frames_to_views(frames[:n], clips=clips, crops=crops, short_side=short, crop=crop,
-                            spec=spec if normalized else None)
-    successors = None
-    if tg_stride is not None:
-        successors = frames_to_views(frames[n:], clips=clips, crops=crops, short_side=short, crop=crop)
+    views = crops_to_views(decoded.crops, g, spec if normalized else None)
+    successors = None if decoded.successors is None else crops_to_views(decoded.successors, g)
     if timings is not None:
         timings.update(decode=t1 - t0, views=time.perf_counter() - t1)
-    return DecodedViews(views=views, successors=successors, num_frames=num_frames)
+    return DecodedViews(views=views, successors=successors, num_frames=decoded.info.num_frames)
 
 
 def average_view_scores(logits: torch.Tensor) -> torch.Tensor:
