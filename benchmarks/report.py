@@ -126,24 +126,19 @@ def serving_section(records: list[dict]) -> list[str]:
         for r in decode:
             s, v = r["stages"], r["video"]
             rows.append([f"{v['width']}×{v['height']}, {v['frames']} frames", f"{r['clips']}×{r['crops']}",
-                         f"{r['view_shape'][1]}×{r['view_shape'][2]}²", str(r["frames_decoded"]),
-                         num(s["inspect"]["median_ms"]),
-                         f"{num(s['decode']['median_ms'])} ({num(s['decode_1_thread']['median_ms'])})",
-                         f"{num(s['views_normalized']['median_ms'])} "
-                         f"({num(s['resize_crop']['median_ms'])} + {num(s['normalize']['median_ms'])})",
-                         f"**{num(r['before_model_ms'])}** ({num(r['before_model_ms_previous'])})",
-                         num(s["decode_test_views"]["median_ms"]), num(s["scores+json"]["median_ms"])])
-        threads = decode[0]["decode_threads"]
+                         f"{r['view_shape'][1]}×{r['view_shape'][2]}²", f"{r['crops_mb']:.1f} / {r['views_mb']:.1f}",
+                         f"**{num(r['before_model_ms'])}**", num(r["before_model_ms_in_process"]),
+                         num(r["isolation_overhead_ms"]), num(s["views"]["median_ms"]),
+                         num(r["before_model_ms_previous"]), num(s["scores+json"]["median_ms"])])
         lines += ["### Decode and preprocessing per video (ms, medians)", "",
-                  f"What the server does, with the path it replaced in parentheses, measured interleaved. inspect: "
-                  f"PyAV container check; decode: decord open + the sampled frames on the worker's {threads} "
-                  "thread(s) (on 1); views: resize, normalization and crops in one pass, normalizing the resized "
-                  "frames before the overlapping crops are cut (`frames_to_views(spec=...)`; before: 0-255 crops, "
-                  "then `normalize`). The whole `decode_test_views(normalized=True)` is timed too; scores+JSON is "
-                  "what follows the model.", ""]
-        lines += table(["video", "clips×crops", "view", "frames decoded", "inspect", "decode (1 thread)",
-                        "views (resize+crop + normalize)", "sum before model (before)", "decode_test_views",
-                        "scores+JSON"], rows)
+                  "Measured interleaved in one process. isolated: what the server does — the upload decoded by PyAV "
+                  "in a helper process of the worker's pool (`serving.isolation`), its uint8 crops passed back in "
+                  "shared memory and normalized by the worker; in-process: the same decoder and normalization "
+                  "without the helper (isolation costs the difference); normalize: the crops to float views alone; "
+                  "previous: the path it replaced (decord decoding in the worker, torch resize, normalization, "
+                  "crops). MB: uint8 crops that cross the process boundary / float32 views the model gets.", ""]
+        lines += table(["video", "clips×crops", "view", "MB crops / views", "isolated (server)", "in-process",
+                        "isolation cost", "normalize", "previous (decord)", "scores+JSON"], rows)
         lines.append("")
     http = [r for r in records if r["kind"] == "http"]
     if http:

@@ -1,10 +1,11 @@
 """Group 3, the serving path.
 
-- Decode and preprocess, per video: the stages a request goes through before the model, each
-  timed on its own with the functions the server calls (container check, decord decode of the
-  sampled frames with the worker's threads, resize + normalization + crops), next to the path
-  they replaced (decode on one thread; 0-255 crops, then normalization), plus the whole
-  `decode_test_views` and the stages after the model (score averaging, the JSON answer).
+- Decode and preprocess, per video: what a request goes through before the model, interleaved
+  in one process: the server's path (the upload decoded by PyAV in an isolated helper of a
+  `serving.isolation.DecodePool`, its uint8 crops normalized by the worker in shared memory),
+  the same decoder in-process (the cost of isolation is the difference), the normalization
+  alone, and the path it replaced (decord in the worker, torch resize, normalization, crops);
+  plus the stages after the model (score averaging, the JSON answer).
 - End to end through the real TorchServe on loopback (`python -m serving start`): per-request
   latency at concurrency 1, interleaved in this process with the same request answered
   in-process by `serving.core.InferenceCore` (no HTTP) and with the model alone on the same
@@ -75,27 +76,49 @@ def describe_video(path: Path) -> dict:
                 "height": stream.codec_context.height, "frames": stream.frames, "codec": stream.codec_context.name}
 
 
-def test_decode_and_preprocess(benchmark, decode_case, bench_run, manifest, profile, ucf_size_videos):
-    pytest.importorskip("decord", reason="decord is not installed: nothing to decode with here")
-    from serving.core import inspect_video, spec_from_manifest
+def previous_views(data: bytes, spec, clips: int, crops: int, threads: int) -> np.ndarray:
+    """The path the server replaced, kept here to be measured against: decord decodes the
+    sampled frames in the worker, torch resizes the short side (antialiased bilinear on uint8),
+    normalizes, and cuts the crops."""
+    import torch.nn.functional as F
+
     from training.video import open_video, read_frames, uniform_clip_indices
-    from training.views import average_view_scores, decode_test_views, frames_to_views, normalize
+    from training.view_decode import crop_offsets
+    from training.views import normalize
+
+    reader = open_video(data, num_threads=threads)
+    idx = uniform_clip_indices(len(reader), clip_len=spec.clip_len, interval=spec.interval, num_clips=clips)
+    x = torch.as_tensor(read_frames(reader, idx.reshape(-1))).permute(0, 3, 1, 2)  # (N, 3, H, W)
+    h, w = x.shape[-2:]
+    scale = spec.test_short_side / min(h, w)
+    x = F.interpolate(x, size=(max(spec.test_short_side, round(h * scale)), max(spec.test_short_side, round(w * scale))),
+                      mode="bilinear", align_corners=False, antialias=True)
+    x = normalize(x.unsqueeze(2), spec).squeeze(2)
+    h, w, s = x.shape[-2], x.shape[-1], spec.test_crop
+    if w >= h:
+        out = [x[..., (h - s) // 2 : (h - s) // 2 + s, o : o + s] for o in crop_offsets(w, s, crops)]
+    else:
+        out = [x[..., o : o + s, (w - s) // 2 : (w - s) // 2 + s] for o in crop_offsets(h, s, crops)]
+    v = torch.stack(out).reshape(crops, clips, spec.clip_len, 3, s, s).permute(1, 0, 3, 2, 4, 5)
+    return v.reshape(clips * crops, 3, spec.clip_len, s, s).contiguous().numpy()
+
+
+def test_decode_and_preprocess(benchmark, decode_case, bench_run, manifest, profile, ucf_size_videos):
+    pytest.importorskip("decord", reason="decord is not installed: the previous path cannot be measured")
+    from serving.core import spec_from_manifest
+    from serving.isolation import DecodePool
+    from training.view_decode import UPLOAD_FORMATS, read_view_crops
+    from training.views import average_view_scores, crops_to_views, geometry
 
     kind, clips, crops = decode_case
     if kind == "run":
         path, spec = run_val_video(bench_run), spec_from_manifest(manifest)
     else:
         path, spec = ucf_size_videos()[0], full_spec()
-    clips = spec.test_clips if clips is None else clips
-    crops = spec.test_crops if crops is None else crops
+    g = geometry(spec, clips=clips, crops=crops)
+    clips, crops = g.clips, g.crops
     data = path.read_bytes()
-
-    reader = open_video(data)
-    indices = uniform_clip_indices(len(reader), clip_len=spec.clip_len, interval=spec.interval,
-                                   num_clips=clips).reshape(-1)
-    del reader
-    frames = read_frames(open_video(data), indices)
-    views = frames_to_views(frames, clips=clips, crops=crops, short_side=spec.test_short_side, crop=spec.test_crop)
+    decoded = read_view_crops(data, g, formats=UPLOAD_FORMATS)
     logits = torch.randn(clips * crops, len(manifest["classes"]) if kind == "run" else 101,
                          generator=torch.Generator().manual_seed(0))
 
@@ -106,34 +129,37 @@ def test_decode_and_preprocess(benchmark, decode_case, bench_run, manifest, prof
         predictions = [{"label": str(i), "index": int(i), "score": float(scores[i])} for i in order]
         return json.dumps({"predictions": predictions, "views": {"clips": clips, "crops": crops, "count": len(logits)}})
 
-    # what the server's worker does (serving.core.InferenceCore.prepare) next to the path it
-    # replaced, interleaved: decode with the worker's threads vs one thread, and views normalized
-    # on the resized frames before the crops vs 0-255 crops normalized afterwards
+    def to_views(crop_array: np.ndarray) -> np.ndarray:
+        return crops_to_views(crop_array, g, spec).numpy()
+
+    # the helpers decode with 2 threads (serving.isolation.HelperLimits); the previous path used
+    # the worker's threads
     threads = torch.get_num_threads()
-    size = {"clips": clips, "crops": crops, "short_side": spec.test_short_side, "crop": spec.test_crop}
-    stages = {
-        "inspect": lambda: inspect_video(data),  # PyAV reads the container headers (serving.core)
-        "decode": lambda: read_frames(open_video(data, num_threads=threads), indices),  # decord, the worker's threads
-        "decode_1_thread": lambda: read_frames(open_video(data, num_threads=1), indices),
-        "views_normalized": lambda: frames_to_views(frames, spec=spec, **size),  # resize, normalize, crops
-        "resize_crop": lambda: frames_to_views(frames, **size),  # resize, crops (0-255)
-        "normalize": lambda: np.ascontiguousarray(normalize(views, spec).numpy(), dtype=np.float32),
-        "decode_test_views": lambda: decode_test_views(data, spec, clips=clips, crops=crops, normalized=True,
-                                                       num_threads=threads).views.numpy(),
-        "scores+json": answer_json,
-    }
-    samples = interleaved_rounds(benchmark, stages, profile=profile, device=CPU, min_rounds=profile.decode_rounds)
+    pool = DecodePool(2)
+    pool.wait_ready()
+    try:
+        stages = {
+            "isolated": lambda: pool.decode(data, g, to_views)[0],  # the server's path (serving.core.prepare)
+            "in_process": lambda: to_views(read_view_crops(data, g, formats=UPLOAD_FORMATS, threads=2).crops),
+            "views": lambda: to_views(decoded.crops),  # normalization of the crops alone
+            "previous": lambda: previous_views(data, spec, clips, crops, threads),  # decord in the worker
+            "scores+json": answer_json,
+        }
+        samples = interleaved_rounds(benchmark, stages, profile=profile, device=CPU, min_rounds=profile.decode_rounds)
+    finally:
+        pool.close()
     stats = {name: latency_stats(s) for name, s in samples.items()}
     ms = {name: st["median_ms"] for name, st in stats.items()}
     store(benchmark, "serving", {
         "kind": "decode", "video_kind": kind, "video": describe_video(path), "clips": clips, "crops": crops,
-        "views": clips * crops, "frames_sampled": int(len(indices)), "frames_decoded": int(len(np.unique(indices))),
+        "views": clips * crops, "frames_sampled": clips * spec.clip_len, "frames_in_video": decoded.info.num_frames,
         "view_shape": [3, spec.clip_len, spec.test_crop, spec.test_crop], "test_short_side": spec.test_short_side,
-        "decode_threads": threads, "stages": stats,
-        "before_model_ms": ms["inspect"] + ms["decode"] + ms["views_normalized"],
-        "before_model_ms_previous": ms["inspect"] + ms["decode_1_thread"] + ms["resize_crop"] + ms["normalize"],
+        "decode_threads": 2, "previous_decode_threads": threads, "crops_mb": g.nbytes / 2**20,
+        "views_mb": clips * crops * 3 * spec.clip_len * spec.test_crop**2 * 4 / 2**20, "stages": stats,
+        "before_model_ms": ms["isolated"], "before_model_ms_in_process": ms["in_process"],
+        "isolation_overhead_ms": ms["isolated"] - ms["in_process"], "before_model_ms_previous": ms["previous"],
     })
-    assert tuple(views.shape) == (clips * crops, 3, spec.clip_len, spec.test_crop, spec.test_crop)
+    assert to_views(decoded.crops).shape == (clips * crops, 3, spec.clip_len, spec.test_crop, spec.test_crop)
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +174,7 @@ def test_http_end_to_end(benchmark, served, bench_run, manifest, profile, ucf_si
         pytest.skip("TorchServe is not installed in this environment")
     if shutil.which("java") is None:
         pytest.skip("java is not installed: TorchServe needs Java 17")
-    pytest.importorskip("decord", reason="decord is not installed: the server cannot decode here")
+    pytest.importorskip("av", reason="PyAV is not installed: the server cannot decode here")
     from serving.backends import kind_of
     from serving.core import InferenceCore, load_manifest
 

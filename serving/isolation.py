@@ -308,7 +308,7 @@ def serve_job(job: dict, memfd: int, limits: HelperLimits) -> dict:
                                       threads=limits.threads)
         except VideoRejected as exc:
             return {"ok": False, "status": exc.status, "code": exc.code, "detail": exc.detail}
-        except MemoryError:
+        except (MemoryError, BlockingIOError):  # BlockingIOError: no memory for a decoder thread
             return {"ok": False, "status": 422, "code": "decode_memory_limit",
                     "detail": f"decoding the upload needed more than {limits.memory_mb} MB"}
         except Exception as exc:  # a file that breaks the decoder in a way not foreseen: that request only

@@ -119,7 +119,8 @@ def open_container(source: str | Path | bytes, formats: tuple[str, ...] | None =
     else:
         target = str(source)
     try:
-        return av.open(target, mode="r", options=options)
+        # metadata text is not ours to judge: a title in invalid UTF-8 must not refuse the video
+        return av.open(target, mode="r", options=options, metadata_errors="replace")
     except av.error.ArgumentError:  # EINVAL: the probed format is not on format_whitelist
         raise VideoRejected(415, "unsupported_format", "the file is not a video container this service accepts "
                             f"(accepted: {FORMAT_NAMES})") from None
@@ -131,10 +132,14 @@ def open_container(source: str | Path | bytes, formats: tuple[str, ...] | None =
 
 
 def video_stream(container):
-    """The first video stream that is not an attached (cover) picture."""
-    for stream in container.streams.video:
-        if not stream.disposition & av.stream.Disposition.attached_pic:
+    """The video stream to check and decode: the first one marked default, else the first
+    one, passing over attached (cover) pictures."""
+    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    for stream in streams:
+        if stream.disposition & av.stream.Disposition.default:
             return stream
+    if streams:
+        return streams[0]
     kinds = sorted({s.type for s in container.streams}) or ["no streams"]
     raise VideoRejected(422, "no_video_stream", f"the file has no video stream (it holds: {', '.join(kinds)})")
 
@@ -247,6 +252,8 @@ def decode_crops(container, stream, wanted: np.ndarray, geometry: ViewGeometry, 
             raise VideoRejected(422, "decode_timeout", f"decoding took longer than {limits.max_seconds:g} s")
         try:
             frames = stream.decode(packet)  # a size-0 packet flushes the decoder
+        except MemoryError:
+            raise
         except (av.error.FFmpegError, UnicodeDecodeError):
             errors += 1  # a corrupt packet: skip it, as players do
             continue
@@ -278,6 +285,8 @@ def read_view_crops(source: str | Path | bytes, geometry: ViewGeometry, *, limit
     with open_container(source, formats) as container:
         stream = video_stream(container)
         ctx = stream.codec_context
+        if ctx is None:  # FFmpeg knows no decoder for the stream's codec (e.g. an unknown FourCC)
+            raise VideoRejected(422, "unsupported_codec", "the video stream's codec is unknown: no decoder for it")
         check_frame_size(ctx.width, ctx.height, limits)
         num_frames = count_frames(container, stream, limits, deadline)
         info = VideoInfo(container=container.format.name.split(",")[0], codec=ctx.name or "unknown",
@@ -296,7 +305,7 @@ def read_view_crops(source: str | Path | bytes, geometry: ViewGeometry, *, limit
         try:
             info.rotation, info.width, info.height = decode_crops(container, stream, unique, geometry, frames,
                                                                   limits, deadline)
-        except MemoryError:
+        except (MemoryError, BlockingIOError):  # BlockingIOError: a decoder thread could not be created
             raise VideoRejected(422, "decode_memory_limit", "decoding the video needed more memory than allowed") from None
     rows = np.take(frames, inverse, axis=0, out=None if out is None else out.reshape(len(inverse), *frames.shape[1:]))
     n = len(idx)
