@@ -15,6 +15,7 @@ import pytest
 
 from serving.isolation import DecodePool, HelperLimits, RejectedUpload
 from tests.test_serving_core import encode
+from tests.upload_corpus import build_corpus
 from tests.videofiles import decoded_index, frame_coded
 from training.video import uniform_clip_indices
 from training.view_decode import (UPLOAD_FORMATS, DecodeLimits, VideoRejected, ViewGeometry, read_view_crops,
@@ -225,3 +226,15 @@ def test_helpers_run_under_their_limits_without_files_or_sockets(pool):
     assert proc.rlimit(psutil.RLIMIT_AS)[0] == HelperLimits().memory_mb * 2**20
     assert proc.rlimit(psutil.RLIMIT_NOFILE)[0] <= 64
     assert proc.net_connections(kind="inet") == []
+
+
+def test_portrait_phone_videos_are_turned_upright(tmp_path):
+    # the corpus draws a white band along the top of the upright picture
+    uploads = {u.name: u for u in build_corpus(tmp_path)}
+    g = ViewGeometry(clips=1, crops=3, clip_len=2, interval=1, short_side=64, crop=64)
+    for name in ("portrait_mp4", "portrait_other_way_mp4", "portrait_4k_mp4"):
+        got = read_view_crops(uploads[name].data, g)
+        assert got.info.rotation in (90, 270), name
+        top, bottom = got.crops[0, 0], got.crops[0, 2]  # portrait: the crops run top to bottom
+        assert top[:2].mean() > 200 and top[-2:].mean() < top[:2].mean() - 100, name
+        assert bottom[-2:].mean() < 200, name
