@@ -56,9 +56,10 @@ def send(server, data: bytes) -> tuple[int, dict, float]:
 def test_every_kind_of_upload_gets_its_answer_and_the_worker_survives(server, corpus):
     pid = worker_pid(server)
     peak_before = peak_rss(pid)
-    wrong = []
+    wrong, answers = [], {}
     for upload in corpus:
         status, answer, seconds = send(server, upload.data)
+        answers[upload.name] = (status, answer.get("error"))
         if upload.group == "valid":
             ok = status == 200 and len(answer["predictions"]) > 0 and answer["frames"] >= 1
         elif upload.group == "hostile":
@@ -69,6 +70,9 @@ def test_every_kind_of_upload_gets_its_answer_and_the_worker_survives(server, co
             wrong.append((upload.name, status, answer, round(seconds, 2)))
     print(f"\ncorpus: {len(corpus)} uploads; worker peak RSS {peak_before / 2**20:.0f} -> {peak_rss(pid) / 2**20:.0f} MiB")
     assert wrong == []
+    # the header that made decord abort the worker: refused by its declared duration
+    assert answers["huge_duration_mkv"] == (422, "video_too_long")
+    assert answers["sdp_text"] == (415, "unsupported_format") and answers["ffconcat"] == (415, "unsupported_format")
     assert worker_pid(server) == pid  # never restarted
     grown = (peak_rss(pid) - peak_before) / 2**20
     assert grown < WORKER_PEAK_GROWTH_MIB, f"the worker's peak RSS grew by {grown:.0f} MiB"

@@ -155,6 +155,21 @@ def check_frame_size(width: int, height: int, limits: DecodeLimits) -> None:
                             "times wider than high (or higher than wide)")
 
 
+def check_declared_duration(container, stream, limits: DecodeLimits) -> None:
+    """Refuse a header that declares a duration past the limit. The frame count never comes
+    from the header, but a file that declares years of video is malformed or hostile (such a
+    header made decord reserve fps x duration frames and abort the process)."""
+    declared = []
+    if container.duration is not None:
+        declared.append(container.duration / av.time_base)
+    if stream.duration is not None and stream.time_base is not None:
+        declared.append(float(stream.duration * stream.time_base))
+    seconds = max(declared, default=0.0)
+    if seconds > limits.max_duration_s:
+        raise VideoRejected(422, "video_too_long", f"the file declares a duration of {seconds:.3g} s, more than the "
+                            f"limit of {limits.max_duration_s:g} s")
+
+
 def count_frames(container, stream, limits: DecodeLimits, deadline: float) -> int:
     """The video stream's frame count from its packets (no decoding), checked against the
     frame and duration limits. A header's frame count or duration is never trusted."""
@@ -288,6 +303,7 @@ def read_view_crops(source: str | Path | bytes, geometry: ViewGeometry, *, limit
         if ctx is None:  # FFmpeg knows no decoder for the stream's codec (e.g. an unknown FourCC)
             raise VideoRejected(422, "unsupported_codec", "the video stream's codec is unknown: no decoder for it")
         check_frame_size(ctx.width, ctx.height, limits)
+        check_declared_duration(container, stream, limits)
         num_frames = count_frames(container, stream, limits, deadline)
         info = VideoInfo(container=container.format.name.split(",")[0], codec=ctx.name or "unknown",
                          width=ctx.width, height=ctx.height, rotation=0, num_frames=num_frames)
