@@ -90,11 +90,14 @@ RUN useradd --no-log-init --create-home --uid 10001 --user-group torchserve \
 USER 10001:10001
 WORKDIR /srv/run
 ENV PATH=/app/.venv/bin:${PATH}
-# inference and metrics; management and gRPC stay on the container's loopback
-EXPOSE 8080 8082
+# Inference only. Management, gRPC and the metrics stay on the container's loopback (metrics
+# take no key); a Prometheus outside needs `--metrics-host 0.0.0.0` after the image name and
+# `-p 127.0.0.1:8082:8082` (or a port only the scraper reaches).
+EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
     CMD ["/app/.venv/bin/python", "-m", "serving", "health", "--inference-port", "8080"]
-# Listens on every interface of the container (token authorization on), stays in the
-# foreground and stops TorchServe on SIGTERM (docker stop).
+# Inference listens on every interface of the container (with its key, as everywhere:
+# `docker exec <container> python -m serving key` prints it), stays in the foreground, renews
+# the keys before they expire and stops TorchServe on SIGTERM (docker stop).
 ENTRYPOINT ["/app/.venv/bin/python", "-m", "serving", "start", "--run", "/srv/run", "--host", "0.0.0.0", "--foreground"]
 CMD ["--model-name", "action"]

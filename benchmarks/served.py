@@ -1,6 +1,6 @@
 """What the serving benchmarks need around the real server: a TorchServe started and stopped
-with `python -m serving` on free loopback ports, an HTTP client, and a run folder that serves
-R3D-18 at the paper's width.
+with `python -m serving` on free loopback ports, an HTTP client that sends the server's
+inference key, and a run folder that serves R3D-18 at the paper's width.
 
 The full-size served model: no full-size run is trained on a CPU, so `full_size_run` writes a
 run folder in the training checkpoint format (config, classes, epoch, model) holding the
@@ -69,17 +69,32 @@ def torchserve(run: Path, *, model_name: str = "action", workers: int = 1, batch
             raise ServerError(f"`python -m serving stop` failed (exit {stop.returncode}):\n{stop.stderr[-2000:]}")
 
 
+def inference_key(port: int) -> str:
+    """The inference key of the server `torchserve` started on `port` (token authorization is
+    always on), renewed first when it is about to expire: a long benchmark outlives a key."""
+    from serving.__main__ import current_key, recorded_state
+
+    state = recorded_state(port)
+    if state is None:
+        raise ServerError(f"no server started by `python -m serving start` is recorded for port {port}")
+    return current_key(state, "inference")
+
+
 class Client:
     """One keep-alive HTTP connection posting a video as the raw body (what `curl
-    --data-binary` sends); options travel as X-Clips / X-Crops headers."""
+    --data-binary` sends) with the server's inference key; options travel as X-Clips / X-Crops
+    headers."""
 
     def __init__(self, port: int, model_name: str = "action"):
+        self.port = port
         self.conn = http.client.HTTPConnection(HOST, port, timeout=600)
         self.path = f"/predictions/{model_name}"
 
     def predict(self, video: bytes, *, clips: int, crops: int) -> tuple[int, dict, float]:
-        """(status, JSON body, seconds from sending the request to reading the whole answer)."""
-        headers = {"Content-Type": "application/octet-stream", "X-Clips": str(clips), "X-Crops": str(crops)}
+        """(status, JSON body, seconds from sending the request to reading the whole answer; the
+        key is looked up before that)."""
+        headers = {"Content-Type": "application/octet-stream", "X-Clips": str(clips), "X-Crops": str(crops),
+                   "Authorization": f"Bearer {inference_key(self.port)}"}
         t0 = time.perf_counter()
         self.conn.request("POST", self.path, body=video, headers=headers)
         response = self.conn.getresponse()

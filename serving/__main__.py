@@ -1,28 +1,37 @@
-"""`python -m serving start|stop|health`: TorchServe from this environment with a run's exported
-archive (what `make serve` / `make serve-stop` call, and the serving image's entry point and
-health check).
+"""`python -m serving start|stop|health|key`: TorchServe from this environment with a run's
+exported archive (what `make serve` / `make serve-stop` call, and the serving image's entry
+point and health check).
 
 start: writes RUN/serve/config.properties (serving/config.properties plus this start's ports,
-address and model settings), launches `torchserve --foreground` in its own session with its
-logs, temporary files and pid file under RUN/serve/, waits until the model's workers are READY
-(with a deadline), and records the server in a state file named after the inference port.
-The inference and metrics listeners bind --host (127.0.0.1 unless told); management and gRPC
-always stay on 127.0.0.1. On an address other machines can reach, TorchServe's token
-authorization is on: it writes RUN/serve/key_file.json, and inference calls need
-`Authorization: Bearer <inference key>`. With --foreground, start stays attached after
-readiness (a container's PID 1): SIGTERM/SIGINT stop the server and exit 0, a server that dies
-on its own exits 1, and the inference key is renewed before it expires.
-stop: ends that server's process tree (launcher, Java frontend, Python workers) and checks
-that none of them is left.
+addresses and model settings), launches `torchserve --foreground` in its own session with its
+logs (rotated by size: serving/log4j2.xml), temporary files and pid file under RUN/serve/,
+waits until the model's workers are READY (with a deadline), and records the server in a state
+file named after the inference port. The inference listener binds --host and the metrics
+listener --metrics-host (both 127.0.0.1 unless told); management and gRPC always stay on
+127.0.0.1. TorchServe's token authorization is always on, on loopback too: its switch covers
+inference and management, HTTP and gRPC alike, and without it any local process, or a web
+page through DNS rebinding, could scale the model to 0 workers through the management API.
+TorchServe writes the keys into RUN/serve/key_file.json (owner only); every inference call
+needs `Authorization: Bearer <inference key>`, every management call the management key.
+With --foreground, start stays attached after readiness (a container's PID 1): SIGTERM/SIGINT
+stop the server and exit 0, a server that dies on its own exits 1, and the keys are renewed
+before they expire.
+stop: ends that server's process tree (launcher, Java frontend, Python workers) by signals
+(no key needed) and checks that none of them is left.
 health: GET /ping of the recorded server (with its inference key); exit 0 only if Healthy.
+key: prints the recorded server's inference (or management) key, renewed first when it is
+about to expire, for `curl -H "Authorization: Bearer $(python -m serving key)"`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -38,11 +47,14 @@ from pathlib import Path
 import psutil
 
 from serving.backends import BACKEND_CHOICES, BackendError, select_backend
-from serving.core import load_manifest
 
-HOST = "127.0.0.1"  # management and gRPC always, inference and metrics unless --host says otherwise
+HOST = "127.0.0.1"  # management and gRPC always, inference and metrics unless --host / --metrics-host say otherwise
 KEY_FILE = "key_file.json"  # TorchServe writes it into its working directory, RUN/serve/
+KEY_KINDS = ("inference", "management")  # the keys clients use; the key file's third, "API", only renews them
+RENEW_MARGIN_S = 300.0  # keys are renewed this long (or half their lifetime, when shorter) before they expire
 TEMPLATE = Path(__file__).with_name("config.properties")
+LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
+LOG_SIZE_PATTERN = re.compile(r"^\d+ ?(KB|MB|GB)$", re.IGNORECASE)  # what log4j's SizeBasedTriggeringPolicy reads
 TORCHSERVE_MARKS = ("torchserve", "org.pytorch.serve.ModelServer", "model_service_worker")
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -56,13 +68,13 @@ def state_path(inference_port: int) -> Path:
     return Path(tempfile.gettempdir()) / "tg-action-serve" / f"{inference_port}.json"
 
 
-def parse_host(text: str) -> str:
-    """--host as a normalised IP address ('localhost' is 127.0.0.1): TorchServe's addresses are
-    URLs, and whether token authorization is needed depends on the address being loopback."""
+def parse_host(text: str, option: str = "--host") -> str:
+    """--host / --metrics-host as a normalised IP address ('localhost' is 127.0.0.1): TorchServe's
+    addresses are URLs, and the port checks bind the same address."""
     try:
         return str(ipaddress.ip_address("127.0.0.1" if text == "localhost" else text))
     except ValueError:
-        raise ServeError(f"--host {text!r} is not an IP address: give 127.0.0.1 (this machine only), "
+        raise ServeError(f"{option} {text!r} is not an IP address: give 127.0.0.1 (this machine only), "
                          "0.0.0.0 (every interface) or one of this machine's addresses") from None
 
 
@@ -91,43 +103,45 @@ def port_in_use(port: int, host: str = HOST) -> bool:
     return False
 
 
-def check_local_address(host: str) -> None:
+def check_local_address(host: str, option: str = "--host") -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, 0))
         except OSError as exc:
-            raise ServeError(f"--host {host} cannot be bound here ({exc.strerror}): it must be one of this "
+            raise ServeError(f"{option} {host} cannot be bound here ({exc.strerror}): it must be one of this "
                              "machine's addresses, 0.0.0.0 or 127.0.0.1") from None
+
+
+def listener_hosts(host: str, metrics_host: str) -> dict[str, str]:
+    """The address each of TorchServe's listeners binds, by port name."""
+    return {"inference": host, "management": HOST, "metrics": metrics_host, "grpc_inference": HOST,
+            "grpc_management": HOST}
 
 
 def write_config(path: Path, *, ports: dict, model_store: Path, model_name: str, version: str, workers: int,
                  batch_size: int, max_batch_delay: int, response_timeout: int, host: str = HOST,
-                 token_expiration_min: int | None = None) -> None:
-    """serving/config.properties with this start's ports, address and model settings replacing its
-    own; with `token_expiration_min` given, token authorization is on (the template's
-    disable_token_authorization line is left out) and keys live that many minutes."""
+                 metrics_host: str = HOST, token_expiration_min: float = 60) -> None:
+    """serving/config.properties with this start's ports, addresses, key lifetime (minutes) and
+    model settings replacing its own."""
     models = {model_name: {version: {"defaultVersion": True, "marName": "model.mar", "minWorkers": workers,
                                      "maxWorkers": workers, "batchSize": batch_size, "maxBatchDelay": max_batch_delay,
                                      "responseTimeout": response_timeout}}}
     settings = {
         "inference_address": f"http://{url_host(host)}:{ports['inference']}",
         "management_address": f"http://{HOST}:{ports['management']}",
-        "metrics_address": f"http://{url_host(host)}:{ports['metrics']}",
+        "metrics_address": f"http://{url_host(metrics_host)}:{ports['metrics']}",
         "grpc_inference_port": str(ports["grpc_inference"]),
         "grpc_management_port": str(ports["grpc_management"]),
         "model_store": str(model_store),
         "load_models": f"{model_name}=model.mar",
         "models": json.dumps(models),
+        "token_expiration_min": f"{token_expiration_min:g}",  # TorchServe reads a double
     }
-    if token_expiration_min is not None:
-        settings["token_expiration_min"] = str(token_expiration_min)
     lines = []
     for line in TEMPLATE.read_text().splitlines():
         key = line.split("=", 1)[0].strip()
         if line.lstrip().startswith("#"):
             pass
-        elif key == "disable_token_authorization" and token_expiration_min is not None:
-            continue
         elif key in settings:
             line = f"{key}={settings.pop(key)}"
         lines.append(line)
@@ -143,21 +157,61 @@ def get_json(url: str, timeout: float = 2.0, key: str | None = None):
 
 def read_keys(state: dict) -> dict:
     """TorchServe 0.12's key file: {"management": {"key", "expiration time"}, "inference": {...},
-    "API": {"key"}}; {} when token authorization is off. Raises OSError/ValueError while the file
-    is not (completely) written."""
-    if not state.get("key_file"):
-        return {}
+    "API": {"key"}} (the API key never expires). Raises OSError/ValueError while the file is not
+    (completely) written."""
     return json.loads(Path(state["key_file"]).read_text())
-
-
-def key_of(keys: dict, kind: str) -> str | None:
-    return keys[kind]["key"] if keys else None
 
 
 def expiry_of(keys: dict, kind: str) -> datetime:
     """The key's expiration time; TorchServe writes nanoseconds and a Z, which Python 3.10 does not parse."""
     text = re.sub(r"(\.\d{6})\d*", r"\1", keys[kind]["expiration time"]).replace("Z", "+00:00")
     return datetime.fromisoformat(text)
+
+
+def renew_margin_s(state: dict) -> float:
+    """How long before its expiry a key is renewed: 5 min, or half its lifetime when that is shorter."""
+    return min(RENEW_MARGIN_S, state["token_expiration_min"] * 30.0)
+
+
+@contextlib.contextmanager
+def locked_key_file(state: dict):
+    """An exclusive lock on the key file while a process reads or renews keys: `start` (readiness
+    and --foreground), `key` and `health` may run at once, and one renewal must not make the key
+    another process has just read stale, nor can anyone read the file while TorchServe rewrites
+    it for a renewal (only these renewals make it rewrite the file)."""
+    with open(state["key_file"], "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def request_new_key(state: dict, kind: str, api_key: str) -> None:
+    """TorchServe's token API: the API key asks the management listener (loopback only) for a new
+    key of `kind`, which TorchServe writes into the key file; the old key stops working."""
+    url = f"http://{HOST}:{state['ports']['management']}/token?type={kind}"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"})
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def renew_expiring_keys(state: dict, kinds: tuple[str, ...] = KEY_KINDS) -> tuple[dict, list[str]]:
+    """The server's keys, after renewing those of `kinds` that expire within the margin; returns
+    (keys, the kinds renewed). Raises OSError/ValueError when the key file cannot be read or the
+    server does not renew."""
+    with locked_key_file(state):
+        keys = read_keys(state)
+        renew_before = time.time() + renew_margin_s(state)
+        expiring = [kind for kind in kinds if expiry_of(keys, kind).timestamp() <= renew_before]
+        for kind in expiring:
+            request_new_key(state, kind, keys["API"]["key"])
+        return (read_keys(state) if expiring else keys), expiring
+
+
+def current_key(state: dict, kind: str) -> str | None:
+    """A key of `kind` ('inference' or 'management') that stays valid for at least the renewal
+    margin; None for a server recorded before token authorization was always on."""
+    if not state.get("key_file"):
+        return None
+    return renew_expiring_keys(state, (kind,))[0][kind]["key"]
 
 
 def inference_url(state: dict, path: str) -> str:
@@ -167,11 +221,10 @@ def inference_url(state: dict, path: str) -> str:
 def workers_ready(state: dict, workers: int) -> bool:
     """/ping is healthy and the model has `workers` workers in state READY."""
     try:
-        keys = read_keys(state)
-        if get_json(inference_url(state, "/ping"), key=key_of(keys, "inference")).get("status") != "Healthy":
+        if get_json(inference_url(state, "/ping"), key=current_key(state, "inference")).get("status") != "Healthy":
             return False
         described = get_json(f"http://{HOST}:{state['ports']['management']}/models/{state['model_name']}",
-                             key=key_of(keys, "management"))
+                             key=current_key(state, "management"))
     except (OSError, ValueError):  # not listening yet, no key file yet, or the model is not registered yet
         return False
     states = [w.get("status") for w in described[0].get("workers", [])] if described else []
@@ -179,11 +232,12 @@ def workers_ready(state: dict, workers: int) -> bool:
 
 
 def new_log_text(path: Path, offset: int) -> str:
-    """What was appended to a log file since it had `offset` bytes (TorchServe appends)."""
+    """What was appended to a log file since it had `offset` bytes (TorchServe appends); all of
+    it once the file is smaller than that (log4j rolled it over and started a new one)."""
     if not path.is_file():
         return ""
     with open(path, "rb") as f:
-        f.seek(offset)
+        f.seek(offset if offset <= os.fstat(f.fileno()).st_size else 0)
         return f.read().decode(errors="replace")
 
 
@@ -259,9 +313,16 @@ def stop_recorded(state_file: Path, timeout: float = 60.0) -> int:
     return len(running)
 
 
-def check_startable(args, run: Path, ports: dict, host: str) -> dict:
+def check_startable(args, run: Path, ports: dict, hosts: dict[str, str]) -> dict:
     """Everything that can be checked before launching, each with a message that says what to
     do; returns the export's manifest."""
+    from serving.core import load_manifest  # here: it loads torch (~1 s), which stop, health and key do not need
+
+    if not args.token_expiration_min > 0:
+        raise ServeError("--token-expiration-min must be more than 0")
+    if not LOG_SIZE_PATTERN.match(args.log_file_size) or args.log_backups < 1:
+        raise ServeError(f"--log-file-size {args.log_file_size!r} must be a number and KB, MB or GB (e.g. '10MB'), "
+                         "and --log-backups at least 1")
     export_dir = run / "export"
     mar = export_dir / "model.mar"
     if not mar.is_file():
@@ -269,8 +330,8 @@ def check_startable(args, run: Path, ports: dict, host: str) -> dict:
     manifest = load_manifest(export_dir)
     if not MODEL_NAME_PATTERN.match(args.model_name):
         raise ServeError(f"model name {args.model_name!r} must be letters, digits, '_', '.', '-' (it is part of the URL)")
-    if min(args.workers, args.batch_size, args.max_views, args.token_expiration_min) < 1:
-        raise ServeError("--workers, --batch-size, --max-views and --token-expiration-min must be at least 1")
+    if min(args.workers, args.batch_size, args.max_views) < 1:
+        raise ServeError("--workers, --batch-size and --max-views must be at least 1")
     try:  # the check each worker makes on load, made here once so that a failure reads plainly
         select_backend(export_dir, manifest, prefer=args.backend, threads=1, probe_views=0)
     except BackendError as exc:
@@ -291,12 +352,12 @@ def check_startable(args, run: Path, ports: dict, host: str) -> dict:
         elif recorded["run"] == str(run):
             raise ServeError(f"run {run} is already served on port {recorded['ports']['inference']} (its logs and "
                              f"unpacked model live in {run / 'serve'}): stop that server first")
-    public = ("inference", "metrics")  # the listeners that bind --host
-    taken = [f"{name.replace('_', ' ')} {port}" for name, port in ports.items()
-             if port_in_use(port, host if name in public else HOST)]
+    only_loopback = set(hosts.values()) == {HOST}
+    taken = [f"{name.replace('_', ' ')} {port}" + ("" if only_loopback else f" on {hosts[name]}")
+             for name, port in ports.items() if port_in_use(port, hosts[name])]
     if taken:
-        where = HOST if host == HOST else f"{host} (inference, metrics) or {HOST} (the others)"
-        raise ServeError(f"port(s) already in use on {where}: {', '.join(taken)}; stop the program using them "
+        where = f" on {HOST}" if only_loopback else ""
+        raise ServeError(f"port(s) already in use{where}: {', '.join(taken)}; stop the program using them "
                          "(`make serve-stop` stops a server started by `make serve`) or choose other ports")
     return manifest
 
@@ -329,25 +390,36 @@ def wait_until_ready(proc: subprocess.Popen, state: dict, args, model_log: Path,
     return None
 
 
-def renew_inference_key(state: dict) -> datetime:
-    """TorchServe's token API: the API key asks the management listener (loopback only, so no
-    client outside a container can) for a new inference key, which TorchServe writes into the
-    key file; the old key stops working. Returns the new key's expiration time."""
-    url = f"http://{HOST}:{state['ports']['management']}/token?type=inference"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key_of(read_keys(state), 'API')}"})
-    with urllib.request.urlopen(request, timeout=10):
-        pass
-    return expiry_of(read_keys(state), "inference")
+def next_renewal(state: dict) -> float:
+    """When (time.time()) the first of the server's keys enters its renewal margin."""
+    with locked_key_file(state):
+        keys = read_keys(state)
+    return min(expiry_of(keys, kind).timestamp() for kind in KEY_KINDS) - renew_margin_s(state)
 
 
-def stay_attached(proc: subprocess.Popen, state_file: Path, state: dict, caught: list[int],
-                  key_lifetime_s: float | None) -> int:
+def renew_when_due(state: dict, renew_at: float) -> float:
+    """Renew the keys that are due at `renew_at` and say so; returns the next time to look (10 s
+    later when the server did not renew, e.g. while it is busy)."""
+    if time.time() < renew_at:
+        return renew_at
+    try:
+        keys, renewed = renew_expiring_keys(state)
+        for kind in renewed:
+            print(f"renewed the {kind} key in {state['key_file']} "
+                  f"(valid until {expiry_of(keys, kind):%Y-%m-%d %H:%M:%S} UTC)")
+        return next_renewal(state)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"warning: could not renew the keys ({exc}); trying again in 10 s", file=sys.stderr)
+        return time.time() + 10
+
+
+def stay_attached(proc: subprocess.Popen, state_file: Path, state: dict, caught: list[int]) -> int:
     """--foreground after readiness: until SIGTERM/SIGINT (stop the server, exit 0) or the end of
-    TorchServe on its own (clean up what is left, exit 1). With token authorization the
-    inference key is renewed a margin before it expires (5 min, or half its lifetime when
-    shorter), so that the key file and `health` stay valid for as long as the server runs."""
-    margin = min(300.0, key_lifetime_s / 2) if key_lifetime_s else 0.0
-    renew_at = expiry_of(read_keys(state), "inference").timestamp() - margin if key_lifetime_s else None
+    TorchServe on its own (clean up what is left, exit 1). The keys are renewed a margin before
+    they expire (5 min, or half their lifetime when shorter), so that the key file and `health`
+    stay valid for as long as the server runs (`key` renews on demand too; whichever comes first
+    renews, under the key file's lock)."""
+    renew_at = next_renewal(state)
     while not caught:
         if proc.poll() is not None:
             deadline = time.monotonic() + 5  # a `python -m serving stop` still removing the state file
@@ -360,14 +432,7 @@ def stay_attached(proc: subprocess.Popen, state_file: Path, state: dict, caught:
             print(f"error: TorchServe exited on its own with code {proc.returncode} (logs: {state['logs']})",
                   file=sys.stderr)
             return 1
-        if renew_at is not None and time.time() >= renew_at:
-            try:
-                expires = renew_inference_key(state)
-                renew_at = expires.timestamp() - margin
-                print(f"renewed the inference key in {state['key_file']} (valid until {expires:%Y-%m-%d %H:%M:%S} UTC)")
-            except (OSError, ValueError, KeyError) as exc:
-                print(f"warning: could not renew the inference key ({exc}); trying again in 10 s", file=sys.stderr)
-                renew_at = time.time() + 10
+        renew_at = renew_when_due(state, renew_at)
         time.sleep(0.5)
     ended = stop_recorded(state_file)
     print(f"stopped the TorchServe on port {state['ports']['inference']} on {signal.Signals(caught[0]).name} "
@@ -375,17 +440,50 @@ def stay_attached(proc: subprocess.Popen, state_file: Path, state: dict, caught:
     return 0
 
 
+def roll_console_log(log_dir: Path, backups: int) -> Path:
+    """console.log -> console.1.log -> ... at each start, keeping `backups` old ones. The console
+    gets only what bypasses log4j (the JVM's own warnings, a crash), a few lines a start, but
+    nothing else would ever bound it."""
+    console = log_dir / "console.log"
+    for n in range(backups, 0, -1):
+        older = log_dir / (f"console.{n - 1}.log" if n > 1 else "console.log")
+        if older.is_file():
+            older.replace(log_dir / f"console.{n}.log")
+    return console
+
+
+def private_file(path: str, flags: int) -> int:
+    """open()'s opener for a file only its owner may read (a new file; an existing one keeps its mode)."""
+    return os.open(path, flags, 0o600)
+
+
+def key_command(inference_port: int, kind: str = "inference") -> str:
+    """The shell command that prints the key of the server on `inference_port`."""
+    command = f"{shlex.quote(sys.executable)} -m serving key"
+    if inference_port != 8080:
+        command += f" --inference-port {inference_port}"
+    return command + ("" if kind == "inference" else f" --kind {kind}")
+
+
+def curl_example(state: dict) -> str:
+    """A ready-to-paste request: the key comes from `serving key` when curl runs, so it is neither
+    printed here nor stale after a renewal."""
+    url = inference_url(state, f"/predictions/{state['model_name']}")
+    return (f'curl -H "Authorization: Bearer $({key_command(state["ports"]["inference"])})" '
+            f'-H "Content-Type: application/octet-stream" --data-binary @VIDEO.mp4 {url}')
+
+
 def start(args) -> int:
-    host = parse_host(args.host)
+    host, metrics_host = parse_host(args.host), parse_host(args.metrics_host, "--metrics-host")
     check_local_address(host)
+    check_local_address(metrics_host, "--metrics-host")
     run = Path(args.run).resolve()
     ports = {"inference": args.inference_port, "management": args.management_port, "metrics": args.metrics_port,
              "grpc_inference": args.grpc_inference_port, "grpc_management": args.grpc_management_port}
-    manifest = check_startable(args, run, ports, host)
-    token_auth = not is_loopback(host) and not args.no_token_auth
-    if not is_loopback(host) and not token_auth:
-        print(f"warning: token authorization is off (--no-token-auth) while the inference API listens on {host}: "
-              f"anyone who reaches {host}:{args.inference_port} can use it", file=sys.stderr)
+    manifest = check_startable(args, run, ports, listener_hosts(host, metrics_host))
+    if not is_loopback(metrics_host):
+        print(f"warning: the metrics listener on {metrics_host} needs no key: anyone who reaches "
+              f"{metrics_host}:{args.metrics_port} can read the server's metrics", file=sys.stderr)
     if args.foreground:
         sys.stdout.reconfigure(line_buffering=True)  # a container's log shows each line as it comes
 
@@ -400,26 +498,30 @@ def start(args) -> int:
     write_config(config, ports=ports, model_store=export_dir, model_name=args.model_name,
                  version=manifest["model_version"], workers=args.workers, batch_size=args.batch_size,
                  max_batch_delay=args.max_batch_delay, response_timeout=args.response_timeout, host=host,
-                 token_expiration_min=args.token_expiration_min if token_auth else None)
+                 metrics_host=metrics_host, token_expiration_min=args.token_expiration_min)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     env = dict(os.environ,
                TEMP=str(tmp_dir),  # java.io.tmpdir: unpacked models and the workers' sockets
                TMPDIR=str(tmp_dir),  # the launcher's pid file, so that other TorchServes do not collide
-               LOG_LOCATION=str(log_dir), METRICS_LOCATION=str(log_dir),
+               LOG_LOCATION=str(log_dir), METRICS_LOCATION=str(log_dir),  # read by serving/log4j2.xml
+               SERVING_LOG_FILE_SIZE=args.log_file_size, SERVING_LOG_BACKUPS=str(args.log_backups),
                SERVING_BACKEND=args.backend, SERVING_THREADS=str(threads), SERVING_MAX_VIEWS=str(args.max_views))
     model_log = log_dir / "model_log.log"
     log_offset = file_size(model_log)  # TorchServe appends to the logs of earlier starts
     cmd = [str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground", "--ts-config", str(config),
-           "--model-store", str(export_dir), "--no-config-snapshots"]
+           "--model-store", str(export_dir), "--no-config-snapshots", "--log-config", str(LOG_CONFIG)]
     caught = catch_stop_signals()
-    with open(log_dir / "console.log", "ab") as console:
+    with open(roll_console_log(log_dir, args.log_backups), "ab", opener=private_file) as console:
+        # umask 077: TorchServe creates key_file.json with the process umask and only then narrows
+        # it to 0600, so that with the usual 022 the keys are world-readable for a moment; its
+        # logs and unpacked model are the server user's alone too
         proc = subprocess.Popen(cmd, cwd=serve_dir, env=env, stdout=console, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
     state_file = state_path(args.inference_port)
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "run": str(run),
-             "model_name": args.model_name, "ports": ports, "host": host,
-             "key_file": str(key_file) if token_auth else None, "logs": str(log_dir)}
+             "model_name": args.model_name, "ports": ports, "host": host, "metrics_host": metrics_host,
+             "key_file": str(key_file), "token_expiration_min": args.token_expiration_min, "logs": str(log_dir)}
     state_file.write_text(json.dumps(state, indent=2))
 
     failure = wait_until_ready(proc, state, args, model_log, log_offset, caught)
@@ -433,24 +535,30 @@ def start(args) -> int:
         print(f"error: {failure}; last lines of {model_log}:\n{tail}\n(all logs: {log_dir})", file=sys.stderr)
         stop_recorded(state_file)
         return 1
-    stop_hint = "make serve-stop" if args.inference_port == 8080 else \
-        f"python -m serving stop --inference-port {args.inference_port}"
-    if args.foreground:
-        stop_hint = f"SIGTERM or Ctrl-C to this process, or {stop_hint}"
-    print(f"serving {manifest['model_name']} {manifest['model_version']} at "
-          f"http://{url_host(host)}:{ports['inference']}/predictions/{args.model_name}\n"
-          f"  workers {args.workers}, batch size {args.batch_size}, backend {args.backend}, {threads} threads per worker\n"
-          f"  management http://{HOST}:{ports['management']}  "
-          f"metrics http://{url_host(host)}:{ports['metrics']}/metrics\n"
-          f"  logs {log_dir}\n  stop with: {stop_hint}")
-    if token_auth:
-        renewal = "renewed before it expires while this process runs" if args.foreground else \
-            f"expires after {args.token_expiration_min} min"
-        print(f"  token authorization on: send 'Authorization: Bearer <inference key>' with the inference key from "
-              f"{key_file} ({renewal})")
+    print_started(args, state, manifest, threads)
     if not args.foreground:
         return 0
-    return stay_attached(proc, state_file, state, caught, args.token_expiration_min * 60.0 if token_auth else None)
+    return stay_attached(proc, state_file, state, caught)
+
+
+def print_started(args, state: dict, manifest: dict, threads: int) -> None:
+    ports, port = state["ports"], args.inference_port
+    stop_hint = "make serve-stop" if port == 8080 else f"python -m serving stop --inference-port {port}"
+    if args.foreground:
+        stop_hint = f"SIGTERM or Ctrl-C to this process, or {stop_hint}"
+    renewal = "renewed before they expire while this process runs" if args.foreground else \
+        f"valid {args.token_expiration_min:g} min; `serving key` renews one that is about to expire"
+    print(f"serving {manifest['model_name']} {manifest['model_version']} at "
+          f"http://{url_host(state['host'])}:{ports['inference']}/predictions/{args.model_name}\n"
+          f"  workers {args.workers}, batch size {args.batch_size}, backend {args.backend}, {threads} threads per worker\n"
+          f"  management http://{HOST}:{ports['management']} (management key)  "
+          f"metrics http://{url_host(state['metrics_host'])}:{ports['metrics']}/metrics (no key)\n"
+          f"  keys in {state['key_file']} ({renewal}): every inference and management call needs its key\n"
+          f"    inference key: {key_command(port)}\n"
+          f"    management key: {key_command(port, 'management')}\n"
+          f"  logs {state['logs']} (each file rotated at {args.log_file_size}, {args.log_backups} rotated kept)\n"
+          f"  try: {curl_example(state)}\n"
+          f"  stop with: {stop_hint}")
 
 
 def stop(args) -> int:
@@ -463,22 +571,35 @@ def stop(args) -> int:
     return 0
 
 
-def ping_failure(inference_port: int, timeout: float) -> str | None:
-    """None if the server recorded for `inference_port` answers /ping with Healthy, else why not."""
+def recorded_state(inference_port: int) -> dict | None:
+    """The state `start` recorded for `inference_port`, or None when there is none."""
     state_file = state_path(inference_port)
     if not state_file.is_file():
-        return f"no server started by `python -m serving start` is recorded for port {inference_port}"
+        return None
     state = json.loads(state_file.read_text())
     state.setdefault("host", HOST)  # recorded before --host existed
+    state.setdefault("token_expiration_min", 60)  # before it was recorded: TorchServe's default
+    return state
+
+
+def no_server(inference_port: int) -> str:
+    return f"no server started by `python -m serving start` is recorded for port {inference_port}"
+
+
+def ping_failure(inference_port: int, timeout: float) -> str | None:
+    """None if the server recorded for `inference_port` answers /ping with Healthy, else why not."""
+    state = recorded_state(inference_port)
+    if state is None:
+        return no_server(inference_port)
     url = inference_url(state, "/ping")
     try:
-        keys = read_keys(state)
-    except (OSError, ValueError) as exc:
-        return f"token authorization is on but the key file {state['key_file']} cannot be read ({exc})"
+        key = current_key(state, "inference")
+    except (OSError, ValueError, KeyError) as exc:
+        return f"no valid inference key from {state['key_file']} ({getattr(exc, 'reason', None) or exc})"
     try:
-        answer = get_json(url, timeout=timeout, key=key_of(keys, "inference"))
+        answer = get_json(url, timeout=timeout, key=key)
     except urllib.error.HTTPError as exc:
-        refused = f" (the inference key from {state['key_file']} was refused)" if keys and exc.code in (400, 401) else ""
+        refused = f" (the inference key from {state['key_file']} was refused)" if key and exc.code in (400, 401) else ""
         return f"{url} answered HTTP {exc.code}{refused}"
     except (OSError, ValueError) as exc:
         return f"no answer from {url} ({getattr(exc, 'reason', None) or exc})"
@@ -496,6 +617,25 @@ def health(args) -> int:
     return 0
 
 
+def key(args) -> int:
+    """Print the recorded server's key of --kind (alone on stdout, for $(...)), renewed first when
+    it is about to expire: the printed key is valid for at least the renewal margin."""
+    state = recorded_state(args.inference_port)
+    if state is None:
+        raise ServeError(no_server(args.inference_port))
+    try:
+        found = current_key(state, args.kind)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ServeError(f"cannot read or renew the {args.kind} key in {state['key_file']} "
+                         f"({getattr(exc, 'reason', None) or exc}); is the server on port {args.inference_port} "
+                         "still running (`python -m serving health`)?") from None
+    if found is None:
+        raise ServeError(f"the server on port {args.inference_port} was started without token authorization "
+                         "(by an older version of this command): restart it")
+    print(found)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -503,12 +643,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="run folder holding export/model.mar (make export)")
     p.add_argument("--model-name", default="action", help="the name in /predictions/<name>")
     p.add_argument("--host", default=HOST,
-                   help="address the inference and metrics listeners bind (0.0.0.0: every interface); management "
-                        "and gRPC stay on 127.0.0.1. Any address but loopback turns token authorization on")
-    p.add_argument("--no-token-auth", action="store_true",
-                   help="keep token authorization off on a non-loopback --host (anyone reaching it can infer)")
-    p.add_argument("--token-expiration-min", type=int, default=60,
-                   help="minutes a TorchServe key lives (--foreground renews the inference key before that)")
+                   help="address the inference listener binds (0.0.0.0: every interface); management and gRPC "
+                        "stay on 127.0.0.1. Token authorization is on whatever the address")
+    p.add_argument("--metrics-host", default=HOST,
+                   help="address the Prometheus metrics listener binds (it takes no key: keep it on 127.0.0.1 "
+                        "unless a scraper elsewhere needs it)")
+    p.add_argument("--token-expiration-min", type=float, default=60,
+                   help="minutes a key lives (--foreground renews the keys before that, `key` on demand)")
+    p.add_argument("--log-file-size", default="10MB",
+                   help="size at which each TorchServe log file under RUN/serve/logs is rotated (KB, MB or GB)")
+    p.add_argument("--log-backups", type=int, default=2, help="rotated files kept per log, besides the live one")
     p.add_argument("--foreground", action="store_true",
                    help="stay attached after readiness; SIGTERM/SIGINT stop the server (a container's entry point)")
     p.add_argument("--workers", type=int, default=1, help="worker processes for the model")
@@ -531,6 +675,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inference-port", type=int, default=8080)
     p.add_argument("--timeout", type=float, default=5.0, help="s to wait for the answer")
     p.set_defaults(func=health)
+    p = sub.add_parser("key", help="print the key of the server started on --inference-port, renewed first when "
+                                   "it is about to expire: curl -H \"Authorization: Bearer $(python -m serving key)\"")
+    p.add_argument("--inference-port", type=int, default=8080)
+    p.add_argument("--kind", choices=KEY_KINDS, default="inference",
+                   help="inference: /ping and /predictions; management: the management API (HTTP and gRPC)")
+    p.set_defaults(func=key)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

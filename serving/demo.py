@@ -6,6 +6,7 @@ shown as it comes:
   [2/5] export            python -m export --run RUN
   [3/5] start TorchServe  python -m serving start --run RUN --model-name NAME [ports]
   [4/5] classify          one held-out validation video of the run, POSTed over HTTP (urllib)
+                          with the server's inference key (`python -m serving key`)
   [5/5] stop TorchServe   python -m serving stop --inference-port PORT
 
 Checks that would otherwise fail late (Java, TorchServe installed, ports, disk) run before any
@@ -29,7 +30,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from serving.__main__ import HOST, port_in_use, state_path
+from serving.__main__ import HOST, current_key, port_in_use, recorded_state, state_path
 
 STAGES = 5
 MIN_JAVA = 17  # TorchServe 0.12's frontend
@@ -191,10 +192,22 @@ def held_out_video(run: Path) -> tuple[Path, str]:
     return splits.root / item.path, splits.classes[item.label]
 
 
-def classify(url: str, video: Path, timeout: float) -> dict:
+def inference_key(inference_port: int) -> str:
+    """The inference key of the server the demo started (token authorization is always on)."""
+    state = recorded_state(inference_port)
+    if state is None:
+        raise DemoError(f"no server is recorded for port {inference_port} after its start")
+    try:
+        return current_key(state, "inference")
+    except (OSError, ValueError, KeyError) as exc:
+        raise DemoError(f"cannot read the server's inference key from {state['key_file']}: {exc}") from None
+
+
+def classify(url: str, video: Path, key: str, timeout: float) -> dict:
     """POST the video as the raw body; the JSON answer, or a DemoError with the server's error."""
     request = urllib.request.Request(url, data=video.read_bytes(), method="POST",
-                                     headers={"Content-Type": "application/octet-stream"})
+                                     headers={"Content-Type": "application/octet-stream",
+                                              "Authorization": f"Bearer {key}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
@@ -259,7 +272,7 @@ def demo(args, ports: dict[str, int], stages: Stages) -> str:
         video, true_label = held_out_video(run)
     url = f"http://{HOST}:{ports['inference']}/predictions/{args.model_name}"
     print(f"  POST {url}  <- {video} ({video.stat().st_size / 1024:.0f} KiB, application/octet-stream)", flush=True)
-    answer = classify(url, video, timeout=args.request_timeout)
+    answer = classify(url, video, inference_key(ports["inference"]), timeout=args.request_timeout)
     (run / "demo_answer.json").write_text(json.dumps({"video": str(video), "true_label": true_label,
                                                       "answer": answer}, indent=2))
     show_answer(answer, true_label)
@@ -274,8 +287,9 @@ def demo(args, ports: dict[str, int], stages: Stages) -> str:
     default_ports = all(port == default for (_, default), port in zip(PORT_OPTIONS, ports.values()))
     serve = f"make serve RUN={args.run} MODEL_NAME={args.model_name}" if default_ports else \
         f"python -m serving start --run {args.run} --model-name {args.model_name} {shlex.join(port_args)}"
-    print(f"\nto serve it again: {serve}\nto ask it: curl -X POST {url} -H 'Content-Type: application/octet-stream' "
-          f"--data-binary @{shlex.quote(str(video))}")
+    key = "python -m serving key" + ("" if ports["inference"] == 8080 else f" --inference-port {ports['inference']}")
+    print(f"\nto serve it again: {serve}\nto ask it: curl -H \"Authorization: Bearer $({key})\" "
+          f"-H 'Content-Type: application/octet-stream' --data-binary @{shlex.quote(str(video))} {url}")
     best = answer["predictions"][0]
     truth = f"; true label {true_label}" if true_label is not None else ""
     return (f"demo finished in {format_seconds(time.monotonic() - stages.t0)}: the served model says "

@@ -23,7 +23,7 @@ from serving.__main__ import state_path
 from serving.core import spec_from_manifest
 from serving.demo import java_major_version
 from tests.test_serving_core import offline_scores
-from tests.test_torchserve import free_ports, port_args
+from tests.server import free_ports, port_args
 from tests.tinyrun import tiny_overrides
 
 
@@ -93,6 +93,8 @@ def test_demo_ends_with_the_served_prediction_and_leaves_nothing_running(finishe
     np.testing.assert_allclose(served, expected, atol=1e-4, rtol=0)
 
     assert "stopped the TorchServe on port" in done.stdout
+    assert f'to ask it: curl -H "Authorization: Bearer $(python -m serving key --inference-port {ports[0]})"' \
+        in done.stdout  # the key is fetched when curl runs, never printed
     assert processes_of(run) == []
     assert not any(listening(port) for port in ports)
     assert not state_path(ports[0]).exists()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_demo import listening, processes_of
-from tests.test_torchserve import free_ports
+from tests.server import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -147,7 +147,8 @@ def test_serving_image_non_root_with_health_check_java_17_and_the_archive(docker
     assert exec_form(command) == ["/app/.venv/bin/python", "-m", "serving", "health", "--inference-port", "8080"]
     assert exec_form(only(serve, "ENTRYPOINT")[-1]) == ["/app/.venv/bin/python", "-m", "serving", "start", "--run",
                                                        "/srv/run", "--host", "0.0.0.0", "--foreground"]
-    assert "8080" in only(serve, "EXPOSE")[-1].split()
+    assert only(serve, "EXPOSE")[-1].split() == ["8080"]  # metrics (no key) stay on the container's loopback
+    assert "--metrics-host" not in only(serve, "ENTRYPOINT")[-1] + only(serve, "CMD")[-1]
     serve_build = [a for a in only(by_name["serve-build"], "RUN") if "make setup" in a]
     assert len(serve_build) == 1 and "whl/cpu" in serve_build[0] and 'TORCH_VERSION="${TORCH_VERSION}+cpu"' in serve_build[0]
     assert "EXTRAS=serve" in serve_build[0].split()

@@ -5,7 +5,6 @@ a bounded load test (200 requests at concurrency 8) has no failures and no memor
 stop leaves no process behind."""
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -13,9 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,71 +22,12 @@ import pytest
 
 from serving.__main__ import state_path
 from serving.core import spec_from_manifest
+from tests.server import (Server, free_ports, multipart, port_args, post, post_video, serving_cli, start_server,
+                          stop_server, worker_pid)
 from tests.test_serving_core import bad_uploads, offline_scores, val_videos
 
 BATCH_SIZE = 4  # TorchServe batches concurrent requests into one handler call
 RSS_BOUND_MIB = 50  # worker memory growth allowed over the load test
-
-
-@dataclass
-class Server:
-    ports: list[int]  # inference, management, metrics, grpc inference, grpc management
-    run: Path
-    processes: list[psutil.Process]  # launcher, Java frontend, worker(s), recorded after start
-
-    @property
-    def port(self) -> int:
-        return self.ports[0]
-
-    def worker(self) -> psutil.Process:
-        workers = [p for p in self.processes if "model_service_worker" in " ".join(p.cmdline())]
-        assert len(workers) == 1, workers
-        return workers[0]
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def serving_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serving", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def port_args(ports: list[int]) -> list[str]:
-    names = ("inference", "management", "metrics", "grpc-inference", "grpc-management")
-    return [arg for name, port in zip(names, ports) for arg in (f"--{name}-port", str(port))]
-
-
-def post(port: int, body: bytes, headers: dict | None = None, model: str = "action") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    try:
-        conn.request("POST", f"/predictions/{model}", body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def post_video(port: int, data: bytes, **headers) -> tuple[int, dict]:
-    status, raw = post(port, data, {"Content-Type": "application/octet-stream", **headers})
-    return status, json.loads(raw)
-
-
-def multipart(fields: dict[str, bytes]) -> tuple[bytes, dict]:
-    boundary = uuid.uuid4().hex
-    body = b""
-    for name, value in fields.items():
-        file_part = '; filename="video.mp4"\r\nContent-Type: application/octet-stream' if name == "data" else ""
-        body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{file_part}\r\n\r\n'.encode()
-        body += value + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 @pytest.fixture(scope="module")
@@ -98,16 +36,10 @@ def run(tiny_export) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(run):
-    ports = free_ports(5)
-    started = serving_cli("start", "--run", str(run), "--workers", "1", "--batch-size", str(BATCH_SIZE),
-                          "--max-batch-delay", "20", "--threads", "2", "--timeout", "180", *port_args(ports))
-    assert started.returncode == 0, started.stdout + started.stderr
-    assert f"at http://127.0.0.1:{ports[0]}/predictions/action" in started.stdout
-    state = json.loads(state_path(ports[0]).read_text())
-    launcher = psutil.Process(state["pid"])
-    yield Server(ports, run, [launcher] + launcher.children(recursive=True))
-    serving_cli("stop", "--inference-port", str(ports[0]))  # no-op when the stop test already ran
+def server(run) -> Server:
+    server = start_server(run, batch_size=BATCH_SIZE)
+    yield server
+    stop_server(server)  # no-op when the stop test already ran
 
 
 @pytest.mark.slow
@@ -170,6 +102,7 @@ def test_bad_inputs_get_a_4xx_json_body_and_the_worker_keeps_serving(server, run
     got, answer = post_video(server.port, good)
     assert got == 200 and answer["views"]["count"] == 6
     assert worker.is_running() and server.worker().pid == worker.pid  # the same worker, never restarted
+    assert worker_pid(server) == worker.pid  # and TorchServe's management API (with its key) says so too
 
 
 @pytest.mark.slow
