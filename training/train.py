@@ -94,13 +94,39 @@ def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, 
 
 
 # ----------------------------------------------------------------------------- schedule
+def scaled_lr(cfg: Config, world_size: int) -> float:
+    """The base lr for this run: `optim.lr` at `lr_reference_batch` clips, scaled linearly with
+    the total batch (labeled + unlabeled clips of every process)."""
+    total_batch = world_size * (cfg.optim.batch_labeled + cfg.optim.batch_unlabeled)
+    return cfg.optim.lr * total_batch / cfg.optim.lr_reference_batch
+
+
+def steps_per_epoch(num_unlabeled: int, world_size: int, cfg: Config) -> int:
+    """Optimizer steps in one epoch (one pass over the unlabeled set, sharded over processes);
+    a set smaller than one batch per process still gives one step (SeededSampler repeats it)."""
+    bu = cfg.optim.batch_unlabeled
+    steps = max(num_unlabeled // world_size, bu) // bu
+    return min(steps, cfg.train.max_steps_per_epoch) if cfg.train.max_steps_per_epoch else steps
+
+
 def learning_rate(it: int, *, base_lr: float, steps_per_epoch: int, cfg: Config) -> float:
-    """Linear warm-up from `warmup_start_factor` x lr, then cosine to 0 (per iteration)."""
-    warm = cfg.optim.warmup_epochs * steps_per_epoch
-    total = cfg.optim.epochs * steps_per_epoch
+    """The lr of iteration `it` (0-based, counted over the whole run).
+
+    `mmcv` (the authors', MMCV's CosineAnnealing hook with warmup='linear', warmup_by_epoch):
+    the regular lr is one cosine from base_lr to 0 over the whole run, constant within an epoch;
+    during the first `warmup_epochs` epochs it is multiplied, per iteration, by the ramp
+    1 - (1 - it / W) (1 - warmup_start_factor), W the warm-up's iterations.
+    `warmup_then_cosine`: the same ramp on base_lr, then a cosine over the iterations after it."""
+    o = cfg.optim
+    warm = o.warmup_epochs * steps_per_epoch
+    f = o.warmup_start_factor
+    ramp = 1.0 - (1.0 - it / warm) * (1.0 - f) if it < warm else 1.0
+    if o.schedule == "mmcv":
+        epoch = it // steps_per_epoch
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, epoch / o.epochs))) * ramp
     if it < warm:
-        f = cfg.optim.warmup_start_factor
-        return base_lr * (f + (1.0 - f) * it / warm)
+        return base_lr * ramp
+    total = o.epochs * steps_per_epoch
     progress = (it - warm) / max(1.0, total - warm)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -338,9 +364,8 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
                           persistent_workers=False)
 
     unl_loader, lab_loader = loader(splits.unlabeled, unl_sampler, bu), loader(splits.labeled, lab_sampler, bl)
-    steps = len(unl_sampler) // bu
-    if cfg.train.max_steps_per_epoch:
-        steps = min(steps, cfg.train.max_steps_per_epoch)
+    steps = steps_per_epoch(len(splits.unlabeled), info.world_size, cfg)
+    assert steps <= len(unl_sampler) // bu
 
     # --- model (initialisation seeded: two runs of one config start from the same weights)
     torch.manual_seed(cfg.train.seed)
@@ -358,7 +383,7 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
 
     # --- optimizer: lr scaled linearly with the total batch
     total_batch = info.world_size * (bl + bu)
-    base_lr = cfg.optim.lr * total_batch / cfg.optim.lr_reference_batch
+    base_lr = scaled_lr(cfg, info.world_size)
     optimizer = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay)
     log.info("model: R3D-18 width %d x %s; %d steps/epoch; total batch %d; lr %.4g; device %s; %d process(es)",
