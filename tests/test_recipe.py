@@ -2,10 +2,14 @@
 below are computed by hand from their configs, not from this project's code (docs/RECIPE.md)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import kornia.enhance as KE
 import pytest
+import torch
 
+from training.augment import _op, op_strengths
 from training.config import load_config
 from training.train import learning_rate, scaled_lr, steps_per_epoch
 
@@ -61,3 +65,76 @@ def test_the_cpu_default_keeps_the_schedule_it_was_tuned_with():
     assert learning_rate(0, base_lr=1.0, steps_per_epoch=20, cfg=cfg) == pytest.approx(0.1)
     assert learning_rate(100, base_lr=1.0, steps_per_epoch=20, cfg=cfg) == pytest.approx(1.0)
     assert learning_rate(100 + 550, base_lr=1.0, steps_per_epoch=20, cfg=cfg) == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------- strong augmentation
+# MMAction2's Imgaug.default_transforms (mmaction/datasets/pipelines/augmentations.py:374-415 at
+# 17cc13c), cur_magnitude 9 of 10: each op's strength by hand.
+def _image(h=100, w=100, value=0.0):
+    return torch.full((1, 3, h, w), value)
+
+
+def test_paper_configs_use_the_authors_strong_view():
+    for path in PAPER_CONFIGS:
+        cfg = load_config(path)
+        assert (cfg.strong.preset, cfg.strong.magnitude, cfg.strong.num_ops) == ("mmaction", 9.0, 2), path.stem
+
+
+def test_strengths_at_the_default_magnitude():
+    s = op_strengths("mmaction", 9.0)
+    assert math.degrees(math.atanh(s.shear)) == pytest.approx(17.19 * 0.9)  # 15.47 degrees (imgaug: tanh)
+    assert s.translate == pytest.approx(0.18) and s.rotate == pytest.approx(27.0)
+    assert s.posterize_bits == 3  # max(1, int(4 * 0.9))
+    assert s.solarize_threshold * 255 == pytest.approx(230.4)  # 256 * 0.9
+    assert s.enhance == pytest.approx((1.72,))  # 1.8 * 0.9 + 0.1, never below 1
+    assert s.cutout == pytest.approx(0.18) and s.cutout_fill * 255 == pytest.approx(128) and s.affine_fill == 0.0
+
+
+def test_each_op_at_the_default_magnitude_moves_pixels_as_much_as_the_authors():
+    s = op_strengths("mmaction", 9.0)
+    # translate_x: a column at x = 50 moves by 0.18 x 100 px
+    x = _image()
+    x[..., :, 50] = 1.0
+    assert int(_op("translate_x", x, s, 1.0)[0, 0].sum(0).argmax()) == 68
+    # shear_x: a point 40 px below the centre moves sideways by tanh(15.47 deg) x 40 = 10.5 px
+    x = _image()
+    x[..., 90, 50] = 1.0
+    y = _op("shear_x", x, s, 1.0)[0, 0, 90]
+    assert float((y * torch.arange(100.0)).sum() / y.sum()) - 50 == pytest.approx(40 * s.shear, abs=0.5)
+    # rotate: a point 40 px right of the centre turns by 27 degrees
+    x = _image()
+    x[..., 50, 90] = 1.0
+    y = _op("rotate", x, s, 1.0)[0, 0]
+    ys, xs = torch.meshgrid(torch.arange(100.0), torch.arange(100.0), indexing="ij")
+    cy, cx = float((y * ys).sum() / y.sum()) - 50, float((y * xs).sum() / y.sum()) - 50
+    assert abs(math.degrees(math.atan2(cy, cx))) == pytest.approx(27.0, abs=1.0)
+    # posterize: 3 bits kept (multiples of 32)
+    x = torch.arange(256.0).view(1, 1, 16, 16).expand(1, 3, 16, 16) / 255
+    assert set((_op("posterize", x, s) * 255).round().unique().tolist()) == {32.0 * k for k in range(8)}
+    # solarize: values from 231 up are inverted, 230 is not
+    x = torch.tensor([230.0, 231.0, 255.0]).view(1, 1, 1, 3).expand(1, 3, 1, 3) / 255
+    assert (_op("solarize", x, s)[0, 0, 0] * 255).round().tolist() == [230.0, 24.0, 0.0]
+    # brightness, contrast, colour, sharpness: factor 1.72 whichever the sign
+    for sign in (1.0, -1.0):
+        assert float(_op("brightness", _image(value=0.4), s, sign).mean()) == pytest.approx(0.4 * 1.72)
+        x = _image(value=0.3)
+        x[..., 50:] = 0.5
+        y = _op("contrast", x, s, sign)
+        assert float(y[0, 0, 0, 0]) == pytest.approx(0.4 - 1.72 * 0.1, abs=1e-6)  # left half, mean 0.4
+        assert float(y[0, 0, 0, 99]) == pytest.approx(0.4 + 1.72 * 0.1, abs=1e-6)
+        x = torch.rand(2, 3, 16, 16)
+        assert torch.allclose(_op("sharpness", x, s, sign), KE.sharpness(x, 1.72).clamp(0, 1))
+        grey = KE.adjust_saturation(x, 0.0)
+        assert torch.allclose(_op("color", x, s, sign), (grey + 1.72 * (x - grey)).clamp(0, 1), atol=1e-6)
+    # cutout: one square of 0.18 x 224 = 40 px (41 rows and columns: centred on a pixel), grey 128
+    torch.manual_seed(0)
+    areas = [int((_op("cutout", _image(224, 224, 1.0), s) == 128 / 255)[0, 0].sum()) for _ in range(40)]
+    assert max(areas) == 41 * 41
+
+
+def test_the_cpu_default_keeps_its_harsher_strong_view():
+    cfg = load_config(CONFIGS / "synthetic.yaml")
+    s = op_strengths(cfg.strong.preset, cfg.strong.magnitude)
+    assert (cfg.strong.preset, cfg.strong.magnitude) == ("fixmatch", 10.0)
+    assert s.enhance == pytest.approx((0.1, 1.9)) and s.posterize_bits == 4 and s.solarize_threshold == 0.5
+    assert s.translate == pytest.approx(0.3) and int(s.cutout * 224) == 112 and s.affine_fill == 0.5

@@ -57,7 +57,7 @@ def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, 
     streams = ("rgb", "tg") if cfg.loss.streams == "both" else (cfg.loss.streams,)
     vl = make_views(batch_l["frames"].to(device, non_blocking=True), cfg.input, strong=False)
     vu = make_views(batch_u["frames"].to(device, non_blocking=True), cfg.input, strong=use_unlabeled,
-                    num_ops=cfg.strong.num_ops, magnitude=cfg.strong.magnitude)
+                    num_ops=cfg.strong.num_ops, magnitude=cfg.strong.magnitude, preset=cfg.strong.preset)
     inputs = {m: torch.cat([vl[m], vu[m]] + ([vu[m + "_strong"]] if use_unlabeled else [])) for m in streams}
     amp = device.type == "cuda" and cfg.train.amp
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
