@@ -11,6 +11,7 @@ import torch
 
 from training.augment import _op, op_strengths
 from training.config import load_config
+from training.models import BasicBlock3d, TwoStreamNet
 from training.train import learning_rate, scaled_lr, steps_per_epoch
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -138,3 +139,20 @@ def test_the_cpu_default_keeps_its_harsher_strong_view():
     assert (cfg.strong.preset, cfg.strong.magnitude) == ("fixmatch", 10.0)
     assert s.enhance == pytest.approx((0.1, 1.9)) and s.posterize_bits == 4 and s.solarize_threshold == 0.5
     assert s.translate == pytest.approx(0.3) and int(s.cutout * 224) == 112 and s.affine_fill == 0.5
+
+
+# ----------------------------------------------------------------------------- init
+def test_zero_init_residual_is_off_and_heads_start_at_normal_0_01():
+    # configs/ucf101_main/*.py:19 zero_init_residual=False; ContrastHead init_std=0.01 (normal_init)
+    for path in PAPER_CONFIGS:
+        cfg = load_config(path)
+        assert cfg.model.zero_init_residual is False and cfg.model.head_init_std == 0.01, path.stem
+    cfg = load_config(CONFIGS / "ucf101_20.yaml")
+    torch.manual_seed(0)
+    net = TwoStreamNet(101, width=8, zero_init_residual=cfg.model.zero_init_residual,
+                       head_init_std=cfg.model.head_init_std)
+    blocks = [b for b in net.modules() if isinstance(b, BasicBlock3d)]
+    assert len(blocks) == 16 and all(torch.all(b.bn2.weight == 1) for b in blocks)
+    for head in (net.proj_rgb, net.proj_tg):
+        for lin in (m for m in head.modules() if isinstance(m, torch.nn.Linear)):
+            assert lin.weight.std().item() == pytest.approx(0.01, abs=5e-4)

@@ -77,6 +77,7 @@ class ModelConfig:
     dropout: float = 0.5
     bn_eps: float = 1e-3
     zero_init_residual: bool = False  # authors' config: False (each block's last BN starts at 1)
+    head_init_std: float = 0.01  # projection heads' linears: normal(0, std) as the authors'; 0 = PyTorch's
 
 
 @dataclass

@@ -371,7 +371,8 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
     torch.manual_seed(cfg.train.seed)
     net = TwoStreamNet(num_classes, width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
                        dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps, streams=cfg.loss.streams,
-                       projection=cfg.loss.contrast).to(device)
+                       projection=cfg.loss.contrast, zero_init_residual=cfg.model.zero_init_residual,
+                       head_init_std=cfg.model.head_init_std).to(device)
     net_without_ddp = net
     if info.enabled:
         if device.type == "cuda" and cfg.train.sync_bn:
