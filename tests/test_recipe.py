@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from training.augment import _op, op_strengths
+from tests.layouts import make_ucf101_tree, write_videossl_list
 from training.config import load_config
+from training.data import resolve_splits
 from training.models import BasicBlock3d, TwoStreamNet
 from training.train import learning_rate, scaled_lr, steps_per_epoch
 
@@ -156,3 +158,21 @@ def test_zero_init_residual_is_off_and_heads_start_at_normal_0_01():
     for head in (net.proj_rgb, net.proj_tg):
         for lin in (m for m in head.modules() if isinstance(m, torch.nn.Linear)):
             assert lin.weight.std().item() == pytest.approx(0.01, abs=5e-4)
+
+
+# ----------------------------------------------------------------------------- labeled splits
+def test_a_videossl_list_loads_with_its_imbalance_intact(tmp_path):
+    """configs/ucf101_main/*.py:76 reads VideoSSL's list as is: imbalanced (UCF-101 5 %: 100 of 101
+    classes, 1-11 videos each); no class is topped up or dropped."""
+    classes = ["ApplyEyeMakeup", "Basketball", "HandstandPushups", "YoYo"]
+    entries = make_ucf101_tree(tmp_path, classes, train_per_class=6, videos=False)["train"]
+    chosen = [e for e in entries if e.startswith("ApplyEyeMakeup/")][:3] + entries[6:7] + entries[18:20]
+    write_videossl_list(tmp_path / "videossl" / "ucf101_train_5_percent_labeled_split_1_rawframes.txt", chosen, classes)
+    cfg = load_config(CONFIGS / "ucf101_5.yaml", [f"data.root={tmp_path}",
+                                                  "data.labeled_list=videossl/ucf101_train_5_percent_labeled_split_1_rawframes.txt"])
+    splits = resolve_splits(cfg.data, None)
+    counts = [sum(it.label == c for it in splits.labeled) for c in range(len(classes))]
+    assert counts == [3, 1, 0, 2]
+    assert all((tmp_path / it.path).is_file() and it.path.startswith("UCF-101/") for it in splits.labeled)
+    assert splits.source.startswith("given list") and not splits.missing
+    assert len(splits.unlabeled) == 24  # the unlabeled set is the whole training split

@@ -348,6 +348,9 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
         (run / "classes.txt").write_text("".join(c + "\n" for c in splits.classes))
     log.info("data %s: %d classes, %d labeled (%s), %d unlabeled, %d val", splits.root, num_classes,
              len(splits.labeled), splits.source, len(splits.unlabeled), len(splits.val))
+    for name, absent in splits.missing.items():
+        log.warning("%d videos of the %s list were not found under %s (they will be skipped and counted), e.g. %s",
+                    len(absent), name, splits.root, ", ".join(absent[:3]))
 
     bl, bu = cfg.optim.batch_labeled, cfg.optim.batch_unlabeled
     train_args = dict(tg_stride=cfg.tg.stride, decode_threads=cfg.data.decode_threads)
