@@ -12,7 +12,7 @@ import torch
 from training.augment import _op, op_strengths
 from tests.layouts import make_ucf101_tree, write_videossl_list
 from training.config import load_config
-from training.data import resolve_splits
+from training.data import VideoItem, resolve_splits
 from training.models import BasicBlock3d, TwoStreamNet
 from training.train import learning_rate, scaled_lr, steps_per_epoch
 
@@ -176,3 +176,68 @@ def test_a_videossl_list_loads_with_its_imbalance_intact(tmp_path):
     assert all((tmp_path / it.path).is_file() and it.path.startswith("UCF-101/") for it in splits.labeled)
     assert splits.source.startswith("given list") and not splits.missing
     assert len(splits.unlabeled) == 24  # the unlabeled set is the whole training split
+
+
+# ----------------------------------------------------------------------------- PreciseBN
+def _precise_bn_rank(rank: int, world: int, port: int, root: str, items: list, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    from training.distributed import DistInfo, gather_objects
+    from training.evaluate import precise_bn, precise_bn_loader
+    from training.models import R3D18
+    from training.views import InputSpec, normalize
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    info = DistInfo(rank=rank, world_size=world)
+    spec = InputSpec(clip_len=4, interval=2, short_side=32, crop_size=28)
+    loader = precise_bn_loader([VideoItem(*it) for it in items], Path(root), spec, batch_size=2, seed=0, info=info)
+    seen = [b["index"].tolist() for b in loader]
+    torch.manual_seed(0)
+    model = R3D18(3, width=4)
+    used = precise_bn(model, (normalize(b["views"][:, 0].float(), spec) for b in loader), num_batches=2,
+                      device=torch.device("cpu"), info=info)
+    stats = model.stem[1].running_mean.tolist()
+    everything = gather_objects({"seen": seen, "used": used, "stats": stats}, info)
+    if rank == 0:
+        Path(out).write_text(json.dumps(everything))
+    dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_precise_bn_batches_differ_across_two_ranks(tmp_path):
+    """The authors build PreciseBN's loader with dist=True (a DistributedSampler): each GPU
+    recomputes the statistics on its own clips (200 batches of 5 each: 8,000 clips on 8 GPUs)."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from tests.layouts import tiny_video
+
+    items = []
+    for i in range(8):
+        tiny_video(tmp_path / f"v{i}.mp4", seed=i)
+        items.append((f"v{i}.mp4", i % 3))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out.json"
+    mp.spawn(_precise_bn_rank, args=(2, port, str(tmp_path), items, str(out)), nprocs=2, join=True)
+    ranks = json.loads(out.read_text())
+    first, second = ({i for batch in r["seen"] for i in batch} for r in ranks)
+    assert len(first) == len(second) == 4 and not first & second  # distinct clips, 4 each
+    assert ranks[0]["used"] == ranks[1]["used"] == 2
+    assert ranks[0]["stats"] == pytest.approx(ranks[1]["stats"])  # then averaged over the ranks
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.stem for p in PAPER_CONFIGS])
+def test_precise_bn_precision_and_test_rule_of_the_paper_configs(path):
+    t = load_config(path).train
+    # precise_bn = dict(num_iters=200 (HMDB-51: 120), interval=5); videos_per_gpu_precise_bn=5
+    assert (t.precise_bn, t.precise_bn_every, t.precise_bn_batch_size) == (True, 5, 5)
+    assert t.precise_bn_batches == (120 if path.stem.startswith("hmdb51") else 200)
+    assert t.amp is False  # no fp16/bf16 in the authors' configs: fp32
+    assert t.forward_strong_in_warmup is True and t.test_average == "score"  # test_cfg average_clips='score'

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from training.augment import temporal_gradient
 from training.data import EvalClips, VideoItem, collate_skipping, worker_init
@@ -89,6 +89,18 @@ def score_videos(
     if not order:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64), skipped
     return np.stack([merged[i][0] for i in order]), np.array([merged[i][1] for i in order]), skipped
+
+
+def precise_bn_loader(items: list[VideoItem], root: Path, spec: InputSpec, *, batch_size: int, seed: int,
+                      info: DistInfo = DistInfo(), num_workers: int = 0) -> DataLoader:
+    """PreciseBN's batches: training videos with eval preprocessing (1 clip, centre crop), each
+    process its own shard of one seeded shuffle (a distributed sampler, as the authors' loader),
+    so N processes see N times as many distinct clips. The same clips every time it runs."""
+    dataset = EvalClips(items, root, spec, tg_stride=None, quick=True)
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_skipping, worker_init_fn=worker_init, drop_last=True)
 
 
 @torch.no_grad()

@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from training.augment import make_views
 from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
-from training.data import EvalClips, SeededSampler, TrainClips, collate_skipping, resolve_splits, worker_init
+from training.data import SeededSampler, TrainClips, collate_skipping, resolve_splits, worker_init
 from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
-from training.evaluate import accuracy_metrics, precise_bn, score_videos
+from training.evaluate import accuracy_metrics, precise_bn, precise_bn_loader, score_videos
 from training.losses import contrastive_loss, dense_alignment_loss, pseudo_labels, supervised_loss, unlabeled_loss
 from training.models import TwoStreamNet
 from training.views import normalize
@@ -409,10 +409,8 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
         barrier(info)
 
     def precise_bn_student() -> None:
-        ds = EvalClips(splits.unlabeled, splits.root, cfg.input, tg_stride=None, quick=True)
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        dl = DataLoader(ds, batch_size=bu, shuffle=True, generator=g, num_workers=cfg.data.num_workers,
-                        collate_fn=collate_skipping, worker_init_fn=worker_init, drop_last=True)
+        dl = precise_bn_loader(splits.unlabeled, splits.root, cfg.input, batch_size=cfg.train.precise_bn_batch_size,
+                               seed=cfg.train.seed, info=info, num_workers=cfg.data.num_workers)
         batches = (normalize(b["views"][:, 0].float(), cfg.input) for b in dl if "views" in b)
         used = precise_bn(net_without_ddp.student, batches, num_batches=cfg.train.precise_bn_batches, device=device, info=info)
         log.info("PreciseBN: student BatchNorm statistics recomputed over %d batches", used)
