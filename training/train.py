@@ -51,14 +51,17 @@ def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, 
                   device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One semi-supervised step's loss terms (and monitoring stats), before weighting.
 
-    Labeled weak, unlabeled weak and (after the supervised warm-up) unlabeled strong clips go
-    through each network in one batch, so DDP sees a single forward."""
+    Labeled weak, unlabeled weak and unlabeled strong clips go through each network in one
+    batch, so DDP sees a single forward. During the supervised warm-up (`use_unlabeled` off)
+    the strong clips still go through as in the authors' code (their BatchNorm statistics are
+    part of training from the first step) unless `train.forward_strong_in_warmup` is off."""
     bl, bu = len(batch_l["label"]), len(batch_u["label"])
     streams = ("rgb", "tg") if cfg.loss.streams == "both" else (cfg.loss.streams,)
+    with_strong = use_unlabeled or cfg.train.forward_strong_in_warmup
     vl = make_views(batch_l["frames"].to(device, non_blocking=True), cfg.input, strong=False)
-    vu = make_views(batch_u["frames"].to(device, non_blocking=True), cfg.input, strong=use_unlabeled,
+    vu = make_views(batch_u["frames"].to(device, non_blocking=True), cfg.input, strong=with_strong,
                     num_ops=cfg.strong.num_ops, magnitude=cfg.strong.magnitude, preset=cfg.strong.preset)
-    inputs = {m: torch.cat([vl[m], vu[m]] + ([vu[m + "_strong"]] if use_unlabeled else [])) for m in streams}
+    inputs = {m: torch.cat([vl[m], vu[m]] + ([vu[m + "_strong"]] if with_strong else [])) for m in streams}
     amp = device.type == "cuda" and cfg.train.amp
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
         out = net(**inputs)
@@ -207,7 +210,8 @@ def train_one_epoch(net, optimizer, unl_loader, lab_batches, *, cfg: Config, epo
         grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.clip_grad) if cfg.optim.clip_grad > 0 else None
         optimizer.step()
 
-        clips += info.world_size * n_streams * (len(batch_l["label"]) + len(batch_u["label"]) * (2 if use_unlabeled else 1))
+        strong = use_unlabeled or cfg.train.forward_strong_in_warmup
+        clips += info.world_size * n_streams * (len(batch_l["label"]) + len(batch_u["label"]) * (2 if strong else 1))
         row = {k: v for k, v in values.items() if not math.isnan(v)}  # NaN: no confident known-label clip
         for k, v in row.items():
             sums[k] = sums.get(k, 0.0) + v
