@@ -241,3 +241,17 @@ def test_precise_bn_precision_and_test_rule_of_the_paper_configs(path):
     assert t.precise_bn_batches == (120 if path.stem.startswith("hmdb51") else 200)
     assert t.amp is False  # no fp16/bf16 in the authors' configs: fp32
     assert t.forward_strong_in_warmup is True and t.test_average == "score"  # test_cfg average_clips='score'
+
+
+# ----------------------------------------------------------------------------- test-time averaging
+def test_the_test_averages_raw_scores_as_the_authors_and_offers_mean_softmax():
+    from training.views import average_view_scores
+
+    # one view very sure of class 0, two fairly sure of class 1: the rules disagree
+    logits = torch.tensor([[9.0, 0.0], [0.0, 3.0], [0.0, 3.0]])
+    assert average_view_scores(logits, "score").tolist() == [3.0, 2.0]  # average_clips='score'
+    assert int(average_view_scores(logits, "score").argmax()) == 0
+    probs = average_view_scores(logits, "prob")
+    assert probs.sum() == pytest.approx(1.0) and int(probs.argmax()) == 1  # mean softmax picks class 1
+    assert average_view_scores(logits).tolist() == probs.tolist()  # the server's default: probabilities
+    assert load_config(CONFIGS / "synthetic.yaml").train.test_average == "prob"

@@ -52,8 +52,10 @@ def score_videos(
     num_workers: int = 0,
     info: DistInfo = DistInfo(),
     perturb: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    average: str = "prob",
 ) -> tuple[np.ndarray, np.ndarray, list]:
-    """Average view scores of every video -> (scores (N, C), labels (N,), skipped videos).
+    """Average view scores of every video -> (scores (N, C), labels (N,), skipped videos);
+    `average` is the rule over views (`average_view_scores`: prob or score).
 
     RGB models see the views; TG models see the temporal gradient of the same views. Videos
     are sharded over processes and gathered back in the original order. `perturb(views,
@@ -80,7 +82,7 @@ def score_videos(
             views = temporal_gradient(views, successors)
         x = normalize(views, spec)
         logits = torch.cat([model(x[i : i + batch_views].to(device)).float().cpu() for i in range(0, len(x), batch_views)])
-        results[mine[local_i]] = (average_view_scores(logits).numpy(), items[mine[local_i]].label)
+        results[mine[local_i]] = (average_view_scores(logits, average).numpy(), items[mine[local_i]].label)
     merged = {}
     for part in gather_objects(results, info):
         merged.update(part)
@@ -177,12 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         net.to(device)
         scores, labels, skipped = score_videos(net, splits.val, splits.root, cfg.input, modality=modality,
                                                tg_stride=cfg.tg.stride, device=device, quick=args.quick,
-                                               num_workers=args.workers)
+                                               num_workers=args.workers, average=cfg.train.test_average)
         report[name] = accuracy_metrics(scores, labels, len(splits.classes))
         report[name]["skipped_videos"] = len(skipped)
         nets[name], results[name] = net, (scores, labels)
     views = "1 clip x 1 crop" if args.quick else f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops"
     report["views"] = views
+    report["score_average"] = cfg.train.test_average
     if args.robustness and "student" in nets:
         from training.robustness import evaluate_robustness
         report["robustness"] = {"student": evaluate_robustness(

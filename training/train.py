@@ -442,7 +442,8 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
                     continue
                 scores, labels, _ = score_videos(model, splits.val, splits.root, cfg.input, modality=modality,
                                                  tg_stride=cfg.tg.stride, device=device, quick=True,
-                                                 num_workers=cfg.data.num_workers, info=info)
+                                                 num_workers=cfg.data.num_workers, info=info,
+                                                 average=cfg.train.test_average)
                 row[f"val/{name}_top1"] = accuracy_metrics(scores, labels, num_classes)["top1"]
         skips.merge(info)
         history.append(row)
@@ -465,7 +466,8 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
     # --- final test: 30 views, student and teacher
     if not splits.val:
         log.warning("no validation videos: metrics.json holds no accuracy")
-    metrics = {"views": f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops", "epochs": cfg.optim.epochs,
+    metrics = {"views": f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops",
+               "score_average": cfg.train.test_average, "epochs": cfg.optim.epochs,
                "classes": num_classes, "labeled_videos": len(splits.labeled), "unlabeled_videos": len(splits.unlabeled),
                "labeled_split": splits.source, "train_time_s": round(train_time, 1), "processes": info.world_size}
     for name, modality in (("student", "rgb"), ("teacher", "tg")):
@@ -475,7 +477,8 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
         scores, labels, skipped = score_videos(model, splits.val, splits.root, cfg.input, modality=modality,
                                                tg_stride=cfg.tg.stride, device=device, quick=False,
                                                batch_views=cfg.train.eval_batch_views,
-                                               num_workers=cfg.data.num_workers, info=info)
+                                               num_workers=cfg.data.num_workers, info=info,
+                                               average=cfg.train.test_average)
         metrics[name] = accuracy_metrics(scores, labels, num_classes)
         metrics[name]["skipped_val_videos"] = [p for p, _ in skipped]
     metrics["skipped_train_videos"] = skips.summary()
