@@ -194,3 +194,21 @@ def test_labels_that_disagree_with_their_folders_are_an_error(tmp_path):
     splits = resolve_splits(DataConfig(root=str(root), labeled_list="ok.txt"), None)
     assert [it.path for it in splits.labeled][:2] == ["UCF-101/A/v_A_g01_c01.avi", "UCF-101/B/v_B_g01_c01.avi"]
     assert splits.missing == {"labeled": ["C/v_C_g02_c01"]}
+
+
+def test_slow_tg_spread_over_the_clip_as_the_authors(tmp_path):
+    """SampleFrames_WithDiff: T + 1 frames at round(linspace(first, last)) of the clip, TG between
+    neighbours; the RGB clip itself is unchanged."""
+    write_video(tmp_path / "a.mp4", frame_coded(40))
+    ds = TrainClips([VideoItem("a.mp4", 0)], tmp_path, SPEC, tg_stride=7, tg_spread=True)
+    for epoch in range(3):
+        x = ds[(0, (0, epoch, 0))]["frames"]
+        assert x.shape == (3, 3, 4, 32, 32)
+        rgb, first, second = ([decoded_index(x[k, :, t]) for t in range(4)] for k in range(3))
+        assert np.diff(rgb).tolist() == [3, 3, 3]
+        points = np.round(np.linspace(rgb[0], rgb[-1], 5)).astype(int).tolist()
+        assert first == points[:-1] and second == points[1:]
+    rgb, tg = split_modalities(x[None])
+    assert torch.equal(tg[0], (x[1].float() - x[2].float() + 255) / 2) and torch.equal(rgb[0], x[0].float())
+    offset = TrainClips([VideoItem("a.mp4", 0)], tmp_path, SPEC, tg_stride=7, tg_spread=False)[(0, (0, 0, 0))]["frames"]
+    assert offset.shape[0] == 2  # tg.slow=offset: frame t and t + 7, as before

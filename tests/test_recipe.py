@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import kornia.enhance as KE
+import numpy as np
 import pytest
 import torch
 
@@ -255,3 +256,19 @@ def test_the_test_averages_raw_scores_as_the_authors_and_offers_mean_softmax():
     assert probs.sum() == pytest.approx(1.0) and int(probs.argmax()) == 1  # mean softmax picks class 1
     assert average_view_scores(logits).tolist() == probs.tolist()  # the server's default: probabilities
     assert load_config(CONFIGS / "synthetic.yaml").train.test_average == "prob"
+
+
+# ----------------------------------------------------------------------------- slow TG
+def test_slow_tg_frames_are_spread_over_the_clip_as_the_authors():
+    """custom_temporal.py:156-158: frame_inds_diff = around(linspace(inds[0], inds[-1], clip_len + 1));
+    at 8 frames x interval 8 the TG frames are 7 apart and stay inside the clip's span."""
+    from training.video import tg_frame_pairs
+
+    idx = 10 + 8 * np.arange(8)  # a clip: frames 10, 18, ..., 66
+    first, second = tg_frame_pairs(idx, stride=7, num_frames=300, spread=True)
+    assert first.tolist() == [10 + 7 * k for k in range(8)] and second.tolist() == [17 + 7 * k for k in range(8)]
+    first, second = tg_frame_pairs(idx, stride=7, num_frames=300, spread=False)  # tg.slow=offset
+    assert first.tolist() == idx.tolist() and second.tolist() == (idx + 7).tolist()
+    first, second = tg_frame_pairs(idx, stride=1, num_frames=300, spread=True)  # fast TG: unaffected
+    assert (second - first).tolist() == [1] * 8
+    assert load_config(None, ["tg.stride=7"]).tg.slow == "spread"

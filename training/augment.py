@@ -25,8 +25,13 @@ def temporal_gradient(frames: torch.Tensor, successors: torch.Tensor) -> torch.T
 
 
 def split_modalities(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loader output (B, 2, 3, T, H, W) uint8 -> RGB and TG clips (B, 3, T, H, W), float 0-255."""
+    """Loader output (B, K, 3, T, H, W) uint8 -> RGB and TG clips (B, 3, T, H, W), float 0-255.
+
+    K = 2: the clip's frames and the frames after them (TG between the two); K = 3: the clip's
+    frames, then the two frames of each TG frame (slow TG spread over the clip)."""
     rgb = frames[:, 0].float()
+    if frames.shape[1] == 3:
+        return rgb, temporal_gradient(frames[:, 1], frames[:, 2])
     return rgb, temporal_gradient(rgb, frames[:, 1])
 
 

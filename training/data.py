@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from training.config import ConfigError, DataConfig
-from training.video import VideoDecodeError, open_video, read_frames, successor_indices, train_clip_indices
+from training.video import VideoDecodeError, open_video, read_frames, tg_frame_pairs, train_clip_indices
 from training.views import InputSpec, decode_test_views
 
 log = logging.getLogger(__name__)
@@ -380,15 +380,18 @@ def weak_geometric(frames: np.ndarray, spec: InputSpec, rng: np.random.Generator
 
 
 class TrainClips(Dataset):
-    """Training clips: each item is one random clip of a video and its TG successor frames,
-    with one weak augmentation applied to both (same frames, crop box and flip).
+    """Training clips: each item is one random clip of a video and the frames its temporal
+    gradient is taken from, with one weak augmentation applied to all (same crop box and flip).
 
-    item -> {"frames": (2, 3, T, crop, crop) uint8 [0: frames t, 1: frames t + tg_stride],
-             "label": int, "index": int, "skipped": [(path, error), ...]}."""
+    item -> {"frames": (K, 3, T, crop, crop) uint8, "label": int, "index": int, "skipped": [...]}
+    K = 2 [frames t, frames t + tg_stride] (fast TG, or slow TG with `tg_spread` off), or K = 3
+    [frames t, then the two frames of each TG frame] for slow TG spread over the clip."""
 
-    def __init__(self, items: list[VideoItem], root: Path, spec: InputSpec, *, tg_stride: int, decode_threads: int = 1):
+    def __init__(self, items: list[VideoItem], root: Path, spec: InputSpec, *, tg_stride: int, decode_threads: int = 1,
+                 tg_spread: bool = False):
         self.items, self.root, self.spec = items, Path(root), spec
         self.tg_stride, self.decode_threads = tg_stride, decode_threads
+        self.tg_spread = tg_spread and tg_stride > 1
 
     def __len__(self) -> int:
         return len(self.items)
@@ -406,18 +409,19 @@ class TrainClips(Dataset):
                 reader = open_video(path, num_threads=self.decode_threads)
                 n = len(reader)
                 idx = train_clip_indices(n, clip_len=self.spec.clip_len, interval=self.spec.interval, rng=rng,
-                                         tail=self.tg_stride)
-                nxt = successor_indices(idx, stride=self.tg_stride, num_frames=n)
-                frames = read_frames(reader, np.concatenate([idx, nxt]), name=path)
+                                         tail=0 if self.tg_spread else self.tg_stride)
+                first, second = tg_frame_pairs(idx, stride=self.tg_stride, num_frames=n, spread=self.tg_spread)
+                rows = [idx, first, second] if self.tg_spread else [idx, second]
+                frames = read_frames(reader, np.concatenate(rows), name=path)
                 break
             except VideoDecodeError as exc:
                 skipped.append((item.path, str(exc)))
         else:
             raise RuntimeError(f"{MAX_REPLACEMENTS} unreadable videos in a row near {self.items[index].path}: "
                                f"is data.root right? Last error: {skipped[-1][1]}")
-        x = weak_geometric(frames, self.spec, rng)  # (2T, 3, S, S)
+        x = weak_geometric(frames, self.spec, rng)  # (K*T, 3, S, S)
         t = self.spec.clip_len
-        x = x.view(2, t, 3, *x.shape[-2:]).permute(0, 2, 1, 3, 4).contiguous()  # (2, 3, T, S, S)
+        x = x.view(len(rows), t, 3, *x.shape[-2:]).permute(0, 2, 1, 3, 4).contiguous()  # (K, 3, T, S, S)
         return {"frames": x, "label": item.label, "index": index, "skipped": skipped}
 
 
@@ -426,9 +430,10 @@ class EvalClips(Dataset):
     and PreciseBN's batches, or the full 30 views with `quick=False`."""
 
     def __init__(self, items: list[VideoItem], root: Path, spec: InputSpec, *, tg_stride: int | None,
-                 quick: bool = True, decode_threads: int = 1):
+                 quick: bool = True, decode_threads: int = 1, tg_spread: bool = False):
         self.items, self.root, self.spec = items, Path(root), spec
         self.tg_stride, self.quick, self.decode_threads = tg_stride, quick, decode_threads
+        self.tg_spread = tg_spread
 
     def __len__(self) -> int:
         return len(self.items)
@@ -437,7 +442,7 @@ class EvalClips(Dataset):
         item = self.items[index]
         try:
             d = decode_test_views(str(self.root / item.path), self.spec, tg_stride=self.tg_stride, quick=self.quick,
-                                  num_threads=self.decode_threads)
+                                  tg_spread=self.tg_spread, num_threads=self.decode_threads)
         except VideoDecodeError as exc:
             return {"skipped": [(item.path, str(exc))]}
         out = {"views": d.views.to(torch.uint8), "label": item.label, "index": index, "skipped": []}

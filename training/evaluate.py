@@ -53,6 +53,7 @@ def score_videos(
     info: DistInfo = DistInfo(),
     perturb: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     average: str = "prob",
+    tg_spread: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list]:
     """Average view scores of every video -> (scores (N, C), labels (N,), skipped videos);
     `average` is the rule over views (`average_view_scores`: prob or score).
@@ -64,7 +65,7 @@ def score_videos(
     model.eval()
     mine = list(range(info.rank, len(items), info.world_size))
     dataset = EvalClips([items[i] for i in mine], root, spec, tg_stride=tg_stride if modality == "tg" else None,
-                        quick=quick)
+                        quick=quick, tg_spread=tg_spread)
     loader = DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=collate_skipping,
                         worker_init_fn=worker_init)
     results, skipped = {}, []
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         net.to(device)
         scores, labels, skipped = score_videos(net, splits.val, splits.root, cfg.input, modality=modality,
                                                tg_stride=cfg.tg.stride, device=device, quick=args.quick,
-                                               num_workers=args.workers, average=cfg.train.test_average)
+                                               num_workers=args.workers, average=cfg.train.test_average,
+                                               tg_spread=cfg.tg.slow == "spread")
         report[name] = accuracy_metrics(scores, labels, len(splits.classes))
         report[name]["skipped_videos"] = len(skipped)
         nets[name], results[name] = net, (scores, labels)

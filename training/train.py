@@ -357,7 +357,7 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
                     len(absent), name, splits.root, ", ".join(absent[:3]))
 
     bl, bu = cfg.optim.batch_labeled, cfg.optim.batch_unlabeled
-    train_args = dict(tg_stride=cfg.tg.stride, decode_threads=cfg.data.decode_threads)
+    train_args = dict(tg_stride=cfg.tg.stride, decode_threads=cfg.data.decode_threads, tg_spread=cfg.tg.slow == "spread")
     unl_sampler = SeededSampler(len(splits.unlabeled), rank=info.rank, world_size=info.world_size, seed=cfg.train.seed,
                                 min_per_rank=bu)
     lab_sampler = SeededSampler(len(splits.labeled), rank=info.rank, world_size=info.world_size,
@@ -443,7 +443,7 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
                 scores, labels, _ = score_videos(model, splits.val, splits.root, cfg.input, modality=modality,
                                                  tg_stride=cfg.tg.stride, device=device, quick=True,
                                                  num_workers=cfg.data.num_workers, info=info,
-                                                 average=cfg.train.test_average)
+                                                 average=cfg.train.test_average, tg_spread=cfg.tg.slow == "spread")
                 row[f"val/{name}_top1"] = accuracy_metrics(scores, labels, num_classes)["top1"]
         skips.merge(info)
         history.append(row)
@@ -478,7 +478,7 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
                                                tg_stride=cfg.tg.stride, device=device, quick=False,
                                                batch_views=cfg.train.eval_batch_views,
                                                num_workers=cfg.data.num_workers, info=info,
-                                               average=cfg.train.test_average)
+                                               average=cfg.train.test_average, tg_spread=cfg.tg.slow == "spread")
         metrics[name] = accuracy_metrics(scores, labels, num_classes)
         metrics[name]["skipped_val_videos"] = [p for p, _ in skipped]
     metrics["skipped_train_videos"] = skips.summary()
