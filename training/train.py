@@ -273,6 +273,16 @@ def parse_args(argv):
     p.add_argument("--data-root", default=None, help="dataset root; with the default config: a folder-layout dataset")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="checkpoint and stop after N epochs of this invocation (for time-limited jobs); re-run to continue")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (resolved config, data per class, missing or unreadable files, steps, lr, "
+                        "time on this machine), write nothing, train nothing; exit 1 if it finds a problem")
+    p.add_argument("--processes", type=int, default=0, metavar="N",
+                   help="dry run: plan for N training processes (default: WORLD_SIZE, else 1)")
+    p.add_argument("--probe", type=int, default=64, metavar="N",
+                   help="dry run: open N videos of each set to find unreadable ones (-1: all, 0: none)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="dry run: report listed videos that are missing without counting them as a problem")
+    p.add_argument("--no-time", action="store_true", help="dry run: skip the time estimate")
     return p.parse_args(argv)
 
 
@@ -300,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return dry_run(cfg, args)
     run = Path(args.run)
     device = torch.device("cuda" if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
                           else "cpu")
@@ -315,6 +327,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         cleanup(info)
+
+
+def dry_run(cfg: Config, args) -> int:
+    """Print the run's plan (training/plan.py); 1 when the plan lists a problem."""
+    from training.plan import build_plan, print_plan
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    processes = args.processes or int(os.environ.get("WORLD_SIZE", "1"))
+    source = " ".join([args.config or f"{DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)} (the default)"]
+                      + ([f"--data-root {args.data_root}"] if args.data_root else [])
+                      + ([f"--set {' '.join(args.set)}"] if args.set else []))
+    plan = build_plan(cfg, run=Path(args.run), processes=processes, source=source, probe=args.probe,
+                      allow_missing=args.allow_missing, estimate_time=not args.no_time)
+    print_plan(plan)
+    return 1 if plan.problems else 0
 
 
 def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *, stop_after: int = 0) -> int:
