@@ -272,3 +272,38 @@ def test_slow_tg_frames_are_spread_over_the_clip_as_the_authors():
     first, second = tg_frame_pairs(idx, stride=1, num_frames=300, spread=True)  # fast TG: unaffected
     assert (second - first).tolist() == [1] * 8
     assert load_config(None, ["tg.stride=7"]).tg.slow == "spread"
+
+
+# ----------------------------------------------------------------------------- every paper config runs
+@pytest.fixture(scope="module")
+def ucf_like_tree(tmp_path_factory) -> Path:
+    """Lists-format data every paper config can read (classes.txt, lists/{train,val}.txt)."""
+    root = tmp_path_factory.mktemp("paper")
+    make_ucf101_tree(root, ["ApplyEyeMakeup", "Basketball", "YoYo"], train_per_class=6)  # K400: 18 // 8 = 2 steps
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.stem for p in PAPER_CONFIGS])
+def test_each_paper_config_runs_two_steps_end_to_end_on_the_cpu(path, ucf_like_tree, tmp_path):
+    """The config's recipe as it is (batch, schedule, strong view, init, warm-ups, PreciseBN, test
+    rule) at a tiny size: 2 steps, PreciseBN, quick validation and the test, on 2 CPU cores."""
+    import json
+
+    from tests.tinyrun import tiny_overrides
+    from training.train import main as train_main
+
+    small = [o for o in tiny_overrides(ucf_like_tree, **{
+        "optim.epochs": 1, "train.max_steps_per_epoch": 2, "train.precise_bn_batches": 1,
+        "train.precise_bn_batch_size": 2}) if not o.startswith(("data.root", "data.synthetic", "optim.batch",
+                                                                 "optim.warmup_epochs", "optim.sup_warmup"))]
+    run = tmp_path / "run"
+    assert train_main(["--config", str(path), "--data-root", str(ucf_like_tree), "--run", str(run), "--set", *small]) == 0
+    cfg = load_config(path)
+    log = (run / "train.log").read_text()
+    assert f"2 steps/epoch; total batch {cfg.optim.batch_labeled + cfg.optim.batch_unlabeled}" in log
+    assert "PreciseBN: student BatchNorm statistics recomputed over 1 batches" in log
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["score_average"] == "score" and metrics["student"]["videos"] == 3
+    saved = load_config(run / "config.yaml")
+    assert (saved.strong.preset, saved.optim.schedule, saved.model.zero_init_residual) == ("mmaction", "mmcv", False)
