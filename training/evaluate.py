@@ -100,10 +100,13 @@ def precise_bn_loader(items: list[VideoItem], root: Path, spec: InputSpec, *, ba
     process its own shard of one seeded shuffle (a distributed sampler, as the authors' loader),
     so N processes see N times as many distinct clips. The same clips every time it runs."""
     dataset = EvalClips(items, root, spec, tg_stride=None, quick=True)
+    common = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
+                  worker_init_fn=worker_init, drop_last=True)
+    if not info.enabled:  # one process: the seeded shuffle earlier runs used, so they repeat exactly
+        return DataLoader(dataset, shuffle=True, generator=torch.Generator().manual_seed(seed), **common)
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
                                  drop_last=True)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_skipping, worker_init_fn=worker_init, drop_last=True)
+    return DataLoader(dataset, sampler=sampler, **common)
 
 
 @torch.no_grad()
