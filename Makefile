@@ -15,6 +15,8 @@ GPUS ?= 1
 # extra torchrun flags for multi-node, e.g. "--nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500"
 TORCHRUN_ARGS ?= --standalone
 PYTEST_ARGS ?=
+# DRY_RUN=1: print the plan of `make train` (config, data, steps, lr, time) and train nothing
+DRY_RUN ?=
 MODEL_NAME ?= action
 SERVE_WORKERS ?= 1
 SERVE_BATCH ?= 1
@@ -26,7 +28,7 @@ TRAIN_ARGS = --run-dir "$(RUN)" $(if $(CONFIG),--config "$(CONFIG)") $(if $(DATA
 help:
 	@echo "make demo                       the whole product on the synthetic default: data, train, export, serve, one request, stop"
 	@echo "make setup                      create $(VENV) and install everything"
-	@echo "make train [CONFIG=] [RUN=] [SET=\"k=v ...\"] [DATA_ROOT=] [GPUS=N]"
+	@echo "make train [CONFIG=] [RUN=] [SET=\"k=v ...\"] [DATA_ROOT=] [GPUS=N] [DRY_RUN=1]"
 	@echo "make evaluate RUN=runs/NAME     30-view test of a run's checkpoint"
 	@echo "make export RUN=runs/NAME       student-only ONNX (+ TensorRT where present), manifest, .mar"
 	@echo "make serve [RUN=] [MODEL_NAME=]  TorchServe on 127.0.0.1:8080 with RUN/export/model.mar"
@@ -50,7 +52,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 train: setup
-ifeq ($(GPUS),1)
+ifneq ($(filter-out 0,$(DRY_RUN)),)
+	$(BIN)/python -m training train $(TRAIN_ARGS) --dry-run --processes $(GPUS)
+else ifeq ($(GPUS),1)
 	$(BIN)/python -m training train $(TRAIN_ARGS)
 else
 	$(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node=$(GPUS) -m training train $(TRAIN_ARGS)

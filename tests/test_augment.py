@@ -1,14 +1,19 @@
 import torch
 
-from training.augment import RANDAUGMENT_OPS, _op, make_views, strong_augment
+import pytest
+
+from training.augment import RANDAUGMENT_OPS, _op, make_views, op_strengths, strong_augment
 from training.views import InputSpec
 
 
-def test_every_op_keeps_shape_and_range():
+@pytest.mark.parametrize("preset", ["mmaction", "fixmatch"])
+def test_every_op_keeps_shape_and_range(preset):
     x = torch.rand(4, 3, 24, 24)
-    for name in RANDAUGMENT_OPS:
-        y = _op(name, x, 1.0)
-        assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1, name
+    for magnitude in (0, 9, 10):
+        for sign in (1.0, -1.0, None):
+            for name in RANDAUGMENT_OPS:
+                y = _op(name, x, op_strengths(preset, magnitude), sign)
+                assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1, name
 
 
 def test_one_draw_per_clip_same_on_every_frame():

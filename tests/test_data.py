@@ -5,7 +5,7 @@ import torch
 from tests.videofiles import decoded_index, frame_coded, write_video
 from training.augment import split_modalities, temporal_gradient
 from training.config import ConfigError, DataConfig
-from training.data import (EvalClips, SeededSampler, TrainClips, VideoItem, collate_skipping, make_labeled_split,
+from training.data import (EvalClips, ListResolver, SeededSampler, TrainClips, VideoItem, collate_skipping, make_labeled_split,
                            read_folder_layout, read_video_list, resolve_splits, weak_geometric)
 from training.views import InputSpec
 
@@ -138,3 +138,77 @@ def test_seeded_sampler_shards_and_repeats_small_sets():
     assert [i for i, _ in s0] != a
     small = SeededSampler(3, seed=0, min_per_rank=8)
     assert len(list(small)) == 8 and set(i for i, _ in small) == {0, 1, 2}
+
+
+# ----------------------------------------------------------------------------- published list formats
+def test_list_formats_path_label_frames_and_extensionless(tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_text("\ufeffA/v_a 120 1\r\nB/v_b.avi 0\nC\\v_c.mp4\n")  # rawframes, videos, unlabeled (BOM, CRLF)
+    assert read_video_list(lst, num_classes=2, require_labels=False) == [
+        VideoItem("A/v_a", 1), VideoItem("B/v_b.avi", 0), VideoItem("C/v_c.mp4", -1)]
+    for bad, message in (("a 1 2 3\n", "expected 'path \\[num_frames\\] label'"), ("a 12 x\n", "frame count and a label"),
+                         ("a -3 1\n", "frame count -3")):
+        lst.write_text(bad)
+        with pytest.raises(ConfigError, match=message):
+            read_video_list(lst, num_classes=2, require_labels=False)
+
+
+def _tree(root, paths):
+    for p in paths:
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        (root / p).write_bytes(b"x")
+
+
+def test_resolver_finds_published_entries_under_the_dataset_root(tmp_path):
+    _tree(tmp_path, ["UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi", "UCF-101/YoYo/v_YoYo_g01_c01.avi",
+                     "hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",
+                     "train/air_drumming/-def456uvw_000005_000015.mkv", "val/zumba/val0000001a_000003_000013.mp4"])
+    r = ListResolver(tmp_path)
+    r.add_known(["UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi",
+                 "train/air_drumming/-def456uvw_000005_000015.mkv"])
+    assert r.resolve("UCF-101/YoYo/v_YoYo_g01_c01.avi") == "UCF-101/YoYo/v_YoYo_g01_c01.avi"  # as is
+    # VideoSSL rawframes (UCF-101): no extension, relative to the frames folder, other case
+    assert r.resolve("HandstandPushups/v_HandstandPushups_g01_c01") == "UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi"
+    # K400's _videos.txt variant: .mp4 named, .mkv on disk, under train/
+    assert r.resolve("air_drumming/-def456uvw_000005_000015.mp4") == "train/air_drumming/-def456uvw_000005_000015.mkv"
+    # not in the known list: found on disk under a top-level folder (HMDB-51, a K400 val entry)
+    assert r.resolve("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0") == "hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi"
+    assert r.resolve("zumba/val0000001a_000003_000013.mp4") == "val/zumba/val0000001a_000003_000013.mp4"
+    assert r.resolve("YoYo/v_YoYo_g99_c01") is None
+    items, missing = r.resolve_items([VideoItem("YoYo/v_YoYo_g01_c01", 2), VideoItem("YoYo/v_YoYo_g99_c01", 2)])
+    assert items == [VideoItem("UCF-101/YoYo/v_YoYo_g01_c01.avi", 2), VideoItem("YoYo/v_YoYo_g99_c01", 2)]
+    assert missing == ["YoYo/v_YoYo_g99_c01"]
+
+
+def test_labels_that_disagree_with_their_folders_are_an_error(tmp_path):
+    root = tmp_path / "d"
+    _tree(root, [f"UCF-101/{c}/v_{c}_g01_c01.avi" for c in ("A", "B", "C")])
+    (root / "classes.txt").write_text("A\nB\nC\n")
+    (root / "lists").mkdir()
+    (root / "lists/train.txt").write_text("".join(f"UCF-101/{c}/v_{c}_g01_c01.avi {i}\n" for i, c in enumerate("ABC")))
+    (root / "lists/val.txt").write_text("UCF-101/A/v_A_g01_c01.avi 0\n")
+    (root / "one_based.txt").write_text("A/v_A_g01_c01 20 1\nB/v_B_g01_c01 20 2\n")  # labels + 1
+    with pytest.raises(ConfigError, match=r"2 of 2 labels disagree.*1-based"):
+        resolve_splits(DataConfig(root=str(root), labeled_list="one_based.txt"), None)
+    (root / "ok.txt").write_text("A/v_A_g01_c01 20 0\nB/v_B_g01_c01 20 1\nC/v_C_g02_c01 20 2\n")
+    splits = resolve_splits(DataConfig(root=str(root), labeled_list="ok.txt"), None)
+    assert [it.path for it in splits.labeled][:2] == ["UCF-101/A/v_A_g01_c01.avi", "UCF-101/B/v_B_g01_c01.avi"]
+    assert splits.missing == {"labeled": ["C/v_C_g02_c01"]}
+
+
+def test_slow_tg_spread_over_the_clip_as_the_authors(tmp_path):
+    """SampleFrames_WithDiff: T + 1 frames at round(linspace(first, last)) of the clip, TG between
+    neighbours; the RGB clip itself is unchanged."""
+    write_video(tmp_path / "a.mp4", frame_coded(40))
+    ds = TrainClips([VideoItem("a.mp4", 0)], tmp_path, SPEC, tg_stride=7, tg_spread=True)
+    for epoch in range(3):
+        x = ds[(0, (0, epoch, 0))]["frames"]
+        assert x.shape == (3, 3, 4, 32, 32)
+        rgb, first, second = ([decoded_index(x[k, :, t]) for t in range(4)] for k in range(3))
+        assert np.diff(rgb).tolist() == [3, 3, 3]
+        points = np.round(np.linspace(rgb[0], rgb[-1], 5)).astype(int).tolist()
+        assert first == points[:-1] and second == points[1:]
+    rgb, tg = split_modalities(x[None])
+    assert torch.equal(tg[0], (x[1].float() - x[2].float() + 255) / 2) and torch.equal(rgb[0], x[0].float())
+    offset = TrainClips([VideoItem("a.mp4", 0)], tmp_path, SPEC, tg_stride=7, tg_spread=False)[(0, (0, 0, 0))]["frames"]
+    assert offset.shape[0] == 2  # tg.slow=offset: frame t and t + 7, as before

@@ -42,7 +42,7 @@ def test_init(full_r3d18):
     blocks = [b for b in m.modules() if isinstance(b, BasicBlock3d)]
     assert len(blocks) == 8
     for b in blocks:
-        assert torch.all(b.bn2.weight == 0)  # zero_init_residual
+        assert torch.all(b.bn2.weight == 1)  # zero_init_residual=False, the authors' config
         assert torch.all(b.bn1.weight == 1) and torch.all(b.bn1.bias == 0)
     assert sum(b.downsample is not None for b in blocks) == 3
     for bn in (x for x in m.modules() if isinstance(x, nn.BatchNorm3d)):
@@ -50,6 +50,12 @@ def test_init(full_r3d18):
     assert torch.all(m.fc.bias == 0)
     assert abs(m.fc.weight.std().item() - 0.01) < 1e-3
     assert m.dropout.p == 0.5
+
+
+def test_zero_init_residual_option():
+    model = R3D18(5, width=4, zero_init_residual=True)
+    assert all(torch.all(b.bn2.weight == 0) and torch.all(b.bn1.weight == 1)
+               for b in model.modules() if isinstance(b, BasicBlock3d))
 
 
 def test_forward_equals_classify_pool_features():
@@ -70,11 +76,18 @@ def test_in_channels_and_bn_eps():
 
 
 def test_projection_head():
-    head = ProjectionHead(16)
-    out = head(torch.randn(5, 16))
-    assert out.shape == (5, 16)
+    torch.manual_seed(0)
+    head = ProjectionHead(512)
+    out = head(torch.randn(5, 512))
+    assert out.shape == (5, 512)
     assert not head.net[-1].affine
-    assert all(not lin.bias for lin in head.net if isinstance(lin, nn.Linear))
+    linears = [m for m in head.net if isinstance(m, nn.Linear)]
+    assert len(linears) == 3 and all(lin.bias is None for lin in linears)
+    for lin in linears:  # the authors' ContrastHead: normal(0, 0.01)
+        assert abs(lin.weight.std().item() - 0.01) < 2e-4 and abs(lin.weight.mean().item()) < 2e-4
+    torch.manual_seed(0)
+    default = ProjectionHead(512, init_std=0)  # PyTorch's Kaiming-uniform: bound 1/sqrt(512)
+    assert abs(default.net[0].weight.abs().max().item() - 512 ** -0.5) < 1e-3
 
 
 @pytest.mark.parametrize(
@@ -125,8 +138,8 @@ def test_student_and_teacher_do_not_share_weights():
 def test_every_parameter_gets_a_gradient():
     torch.manual_seed(0)
     net = TwoStreamNet(5, width=4).train()
-    # zero_init_residual makes every residual branch's gradient exactly zero at step 0;
-    # give those BNs non-zero scales so the check covers the wiring of every layer
+    # BN scales drawn away from 1, so the check does not depend on the init (with
+    # zero_init_residual every residual branch's gradient would be exactly zero at step 0)
     for block in net.modules():
         if isinstance(block, BasicBlock3d):
             nn.init.uniform_(block.bn2.weight, 0.5, 1.5)

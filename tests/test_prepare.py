@@ -105,17 +105,31 @@ def test_hmdb51_lists(hmdb, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     lists = prepare.prepare("hmdb51", hmdb, out)
     assert read_lines(out / "classes.txt") == ["brush_hair", "cartwheel"]
+    # the authors' pool: every video that is not a test video (tags 1 and 0)
     assert read_lines(out / "lists/train.txt") == [
         "hmdb51/brush_hair/a_brush_hair_u_nm_np1_ba_goo_0.avi 0",
+        "hmdb51/brush_hair/c_brush_hair_u_nm_np1_ba_goo_2.avi 0",
         "hmdb51/cartwheel/e_cartwheel_f_cm_np1_le_bad_1.avi 1",
     ]
     assert read_lines(out / "lists/val.txt") == [
         "hmdb51/brush_hair/b_brush_hair_u_nm_np1_ba_goo_1.avi 0",
         "hmdb51/cartwheel/d_cartwheel_f_cm_np1_le_bad_0.avi 1",
     ]
-    assert lists.unused == 1
+    assert lists.unused == 1 and lists.unused_in_train
     assert lists.missing == {"train": ["hmdb51/cartwheel/f_cartwheel_f_cm_np1_le_bad_2.avi"], "val": []}
     assert not (hmdb / "lists").exists(), "--out given: nothing written into the dataset root"
+
+
+def test_hmdb51_official_training_list_leaves_tag_0_out(hmdb, tmp_path_factory, capsys):
+    out = tmp_path_factory.mktemp("out")
+    assert prepare.main(["hmdb51", "--root", str(hmdb), "--out", str(out), "--hmdb51-train", "official"]) == 0
+    assert read_lines(out / "lists/train.txt") == [
+        "hmdb51/brush_hair/a_brush_hair_u_nm_np1_ba_goo_0.avi 0",
+        "hmdb51/cartwheel/e_cartwheel_f_cm_np1_le_bad_1.avi 1",
+    ]
+    assert "1 annotated videos belong to neither split (tag 0) and are left out" in capsys.readouterr().out
+    assert prepare.main(["hmdb51", "--root", str(hmdb), "--out", str(out)]) == 0
+    assert "1 videos tagged 0" in capsys.readouterr().out and len(read_lines(out / "lists/train.txt")) == 3
 
 
 def test_hmdb51_class_without_split_file_names_the_expected_path(hmdb):

@@ -202,3 +202,27 @@ def test_skip_log_counts_each_event_once_across_merges():
     skips.add([("b.mp4", "b.mp4: empty file")])
     assert skips.summary()["count"] == 2 and skips.summary()["events"] == 3
     assert SkipLog(skips.state()).summary()["events"] == 3  # survives a checkpoint round trip
+
+
+@pytest.mark.parametrize("forward_strong, expected", [(True, 2 + 2 * 3), (False, 2 + 3)])
+def test_strong_views_go_through_the_networks_during_the_supervised_warm_up(forward_strong, expected):
+    """The authors' recognizer always forwards labeled + weak + strong clips (their BN sees the
+    strong ones from the first step); only the unlabeled loss waits for the warm-up to end."""
+    from training.config import load_config
+    from training.models import TwoStreamNet
+    from training.train import training_step
+
+    cfg = load_config(REPO / "configs" / "ucf101_20.yaml",
+                      ["input.clip_len=4", "input.crop_size=32", f"train.forward_strong_in_warmup={forward_strong}"])
+    torch.manual_seed(0)
+    net = TwoStreamNet(4, width=4)
+    seen = []
+    net.student.stem.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    frames = lambda n: torch.randint(0, 256, (n, 2, 3, 4, 32, 32), dtype=torch.uint8)  # noqa: E731
+    batch_l = {"frames": frames(2), "label": torch.tensor([0, 1])}
+    batch_u = {"frames": frames(3), "label": torch.tensor([-1, -1, -1])}
+    terms, _ = training_step(net, batch_l, batch_u, cfg, use_unlabeled=False, device=torch.device("cpu"))
+    assert seen == [expected] and "unsup_rgb" not in terms and "unsup_tg" not in terms
+    seen.clear()
+    terms, _ = training_step(net, batch_l, batch_u, cfg, use_unlabeled=True, device=torch.device("cpu"))
+    assert seen == [2 + 2 * 3] and "unsup_rgb" in terms

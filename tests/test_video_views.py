@@ -88,6 +88,15 @@ def test_decode_test_views_reads_the_sampled_frames(coded_video):
     assert quick.views.shape == (1, 3, 4, 32, 32)
 
 
+def test_slow_tg_test_views_spread_over_each_clip(coded_video):
+    spec = InputSpec(clip_len=4, interval=5, test_clips=2, test_crops=1, test_short_side=48, test_crop=48)
+    d = decode_test_views(str(coded_video), spec, tg_stride=7, tg_spread=True)
+    for clip, idx in enumerate(uniform_clip_indices(60, clip_len=4, interval=5, num_clips=2)):
+        points = np.round(np.linspace(idx[0], idx[-1], 5)).astype(int).tolist()
+        assert [decoded_index(d.views[clip, :, t]) for t in range(4)] == points[:-1]
+        assert [decoded_index(d.successors[clip, :, t]) for t in range(4)] == points[1:]
+
+
 def test_normalized_views_equal_normalizing_the_views(coded_video):
     # the model input of the server's path (normalized=True) is, bit for bit, normalize() of
     # the 0-255 views offline evaluation builds

@@ -15,6 +15,7 @@ def tiny_overrides(data_root: Path, **extra) -> list[str]:
         "model.width": 4, "optim.epochs": 3, "optim.batch_labeled": 2, "optim.batch_unlabeled": 4,
         "optim.warmup_epochs": 1, "optim.sup_warmup_epochs": 1,
         "train.checkpoint_every": 1, "train.eval_every": 1, "train.precise_bn_every": 2, "train.precise_bn_batches": 2,
+        "train.precise_bn_batch_size": 4,
     }
     items.update(extra)
     return [f"{k}={v}" for k, v in items.items()]

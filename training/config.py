@@ -54,13 +54,20 @@ class DataConfig:
 
 @dataclass
 class TGConfig:
-    stride: int = 1  # 1: fast TG, frame t minus frame t+1 (default); 7: the paper's slow TG
+    stride: int = 1  # 1: fast TG, frame t minus frame t+1 (default); > 1: slow TG (Table 3a)
+    # slow TG's frames: spread = the authors' SampleFrames_WithDiff (T+1 frames spread evenly from
+    # the clip's first to its last sampled frame, TG between neighbours: 7 frames apart at 8x8,
+    # whatever the stride); offset = frame t minus frame t+stride at every sampled frame
+    slow: str = "spread"
 
 
 @dataclass
 class StrongAugConfig:
     num_ops: int = 2
-    magnitude: float = 10.0  # of 10: each op at magnitude/10 of its maximum strength
+    magnitude: float = 9.0  # of 10: each op at magnitude/10 of its maximum strength (authors: 9)
+    # op strengths: mmaction = MMAction2's Imgaug default_transforms (the authors' code);
+    # fixmatch = the harsher FixMatch-style table this project used first (the CPU default's)
+    preset: str = "mmaction"
 
 
 @dataclass
@@ -69,6 +76,8 @@ class ModelConfig:
     temporal_pool: bool = True  # max-pool time after stage 1 (authors' code); off = Table 4
     dropout: float = 0.5
     bn_eps: float = 1e-3
+    zero_init_residual: bool = False  # authors' config: False (each block's last BN starts at 1)
+    head_init_std: float = 0.01  # projection heads' linears: normal(0, std) as the authors'; 0 = PyTorch's
 
 
 @dataclass
@@ -95,8 +104,13 @@ class OptimConfig:
     lr_reference_batch: int = 80  # 8 GPUs x (5 + 5) clips
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_epochs: float = 10.0
+    # lr warm-up: linear from warmup_start_factor x lr over these epochs (authors: the same
+    # epochs as the supervised warm-up, warmup_by_epoch in MMCV's CosineAnnealing hook)
+    warmup_epochs: float = 30.0
     warmup_start_factor: float = 0.1
+    # mmcv: one cosine over the whole run, by epoch, multiplied by the warm-up ramp per iteration
+    # (the authors'); warmup_then_cosine: the ramp, then a cosine over the remaining iterations
+    schedule: str = "mmcv"
     sup_warmup_epochs: int = 30  # unlabeled loss off before this epoch
     clip_grad: float = 40.0  # 0 disables
 
@@ -105,13 +119,20 @@ class OptimConfig:
 class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: bool = False  # bf16 autocast on CUDA; off = fp32, as the authors trained
     sync_bn: bool = True  # on CUDA with several processes (SyncBN has no CPU kernel)
     checkpoint_every: int = 5
     eval_every: int = 5  # quick 1-clip validation
     precise_bn_every: int = 5
-    precise_bn_batches: int = 200
+    precise_bn_batches: int = 200  # per process (authors: 200; HMDB-51 configs 120)
+    precise_bn_batch_size: int = 5  # clips per PreciseBN batch per process (authors: 5, K400 too)
     precise_bn: bool = True
+    # strong views go through both networks from the first step, as in the authors' code (their
+    # loss is off during the supervised warm-up, but BatchNorm sees them); false skips them
+    forward_strong_in_warmup: bool = True
+    # test-time average over views: score = mean of the raw logits (the authors' average_clips=
+    # 'score', which produced the paper's numbers); prob = mean of the softmax probabilities
+    test_average: str = "score"
     eval_batch_views: int = 30  # views per forward in the 30-view test
     threads: int = 0  # torch intra-op threads per process, 0 = torch's default
     max_steps_per_epoch: int = 0  # 0 = a full pass; a cap for smoke tests
@@ -138,6 +159,10 @@ CHOICES = {
     "loss.fusion": ("logits", "probs", "rgb", "tg", "self"),
     "loss.align": ("cosine", "l1", "l2", "off"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.test_average": ("score", "prob"),
+    "tg.slow": ("spread", "offset"),
+    "strong.preset": ("mmaction", "fixmatch"),
+    "optim.schedule": ("mmcv", "warmup_then_cosine"),
 }
 
 
@@ -265,6 +290,10 @@ def validate(cfg: Config) -> None:
                        ("optim.batch_unlabeled", cfg.optim.batch_unlabeled), ("model.width", cfg.model.width)):
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if cfg.train.precise_bn_batch_size < 1 or cfg.train.precise_bn_batches < 1:
+        raise ConfigError("train.precise_bn_batch_size and train.precise_bn_batches: must be >= 1")
+    if not 0.0 <= cfg.strong.magnitude <= 10.0:
+        raise ConfigError(f"strong.magnitude: must be in [0, 10], got {cfg.strong.magnitude}")
     if len(spec.mean) != 3 or len(spec.std) != 3:
         raise ConfigError("input.mean and input.std: three values each (R, G, B)")
 

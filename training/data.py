@@ -1,15 +1,22 @@
 """Datasets: list files and the folder layout, labeled-split making, and the clip datasets.
 
-List file line: `relative/path.ext label` (label = 0-based class index, -1 = unknown; an
-unlabeled list may omit it). Folder layout: ROOT/labeled/<class>/*, ROOT/unlabeled/**/*,
-ROOT/val/<class>/*, classes sorted by name.
+List file lines (label = 0-based class index, -1 = unknown; an unlabeled list may omit it):
+    relative/path.ext label              this project's lists (`prepare`) and MMAction2 video lists
+    relative/path num_frames label       MMAction2 rawframe lists: VideoSSL's published splits as
+                                         the authors use them (`Class/v_Name 120 7`)
+    relative/path                        unlabeled
+A path may come without its extension and relative to another folder than the dataset root
+(VideoSSL's `Class/v_Name` for `UCF-101/Class/v_Name.avi`): `ListResolver` finds the file.
+Folder layout: ROOT/labeled/<class>/*, ROOT/unlabeled/**/*, ROOT/val/<class>/*, classes sorted
+by name.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from training.config import ConfigError, DataConfig
-from training.video import VideoDecodeError, open_video, read_frames, successor_indices, train_clip_indices
+from training.video import VideoDecodeError, open_video, read_frames, tg_frame_pairs, train_clip_indices
 from training.views import InputSpec, decode_test_views
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,7 @@ class DataSplits:
     unlabeled: list[VideoItem]
     val: list[VideoItem]
     source: str  # how the labeled split was obtained
+    missing: dict[str, list[str]] = field(default_factory=dict)  # per set: list entries with no file
 
 
 # ----------------------------------------------------------------------------- list files
@@ -54,29 +62,129 @@ def read_classes(path: Path) -> list[str]:
 
 
 def read_video_list(path: Path, *, num_classes: int, require_labels: bool) -> list[VideoItem]:
+    """Read a list file in any of the formats above; paths are returned as written."""
     if not path.is_file():
         raise ConfigError(f"video list not found: {path}")
     items = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
-        if len(parts) > 2:
-            raise ConfigError(f"{path}:{lineno}: expected 'relative/path label', got {line!r}")
+        if len(parts) > 3:
+            raise ConfigError(f"{path}:{lineno}: expected 'path [num_frames] label', got {line!r} "
+                              "(paths with spaces and multi-label lines are not supported)")
         label = -1
-        if len(parts) == 2:
+        if len(parts) >= 2:
             try:
-                label = int(parts[1])
+                numbers = [int(p) for p in parts[1:]]
             except ValueError:
-                raise ConfigError(f"{path}:{lineno}: label {parts[1]!r} is not an integer") from None
+                raise ConfigError(f"{path}:{lineno}: {' '.join(parts[1:])!r} is not "
+                                  f"{'a label' if len(parts) == 2 else 'a frame count and a label'} (integers)") from None
+            if len(numbers) == 2 and numbers[0] < 0:
+                raise ConfigError(f"{path}:{lineno}: frame count {numbers[0]} is negative")
+            label = numbers[-1]
             if not -1 <= label < num_classes:
                 raise ConfigError(f"{path}:{lineno}: label {label} outside 0..{num_classes - 1}")
         if require_labels and label < 0:
             raise ConfigError(f"{path}:{lineno}: a label is required in this list")
-        items.append(VideoItem(parts[0], label))
+        items.append(VideoItem(parts[0].replace("\\", "/"), label))
     if not items:
         raise ConfigError(f"video list is empty: {path}")
     return items
+
+
+def _strip_video_extension(path: str) -> str:
+    stem, ext = os.path.splitext(path)
+    return stem if ext.lower() in VIDEO_EXTENSIONS else path
+
+
+class ListResolver:
+    """Finds the video file a list entry names, under the dataset root.
+
+    In order: the entry as a path relative to the root; the one known video (the training list
+    read before) whose path, without its extension and compared case-insensitively, ends with the
+    entry's (VideoSSL's `Class/v_Name` -> `UCF-101/Class/v_Name.avi`, K400's
+    `label/id.mp4` -> `train/label/id.mkv`); a file of that name, with any video extension and
+    in any case, in the entry's folder under the root or under one of its top-level folders."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._suffixes: dict[str, str | None] = {}  # lowercase path suffix without extension -> path (None: ambiguous)
+        self._listings: dict[Path, tuple[dict[str, str], dict[str, str]] | None] = {}
+        self._prefixes: list[str] | None = None
+
+    def add_known(self, paths) -> None:
+        for path in paths:
+            parts = _strip_video_extension(path).lower().split("/")
+            for i in range(len(parts)):
+                key = "/".join(parts[i:])
+                if self._suffixes.setdefault(key, path) != path:
+                    self._suffixes[key] = None
+
+    def _listing(self, folder: Path):
+        if folder not in self._listings:
+            names, stems = {}, {}
+            if folder.is_dir():
+                for name in sorted(os.listdir(folder)):
+                    names.setdefault(name.lower(), name)
+                    if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
+                        stems.setdefault(os.path.splitext(name)[0].lower(), name)
+                self._listings[folder] = (names, stems)
+            else:
+                self._listings[folder] = None
+        return self._listings[folder]
+
+    def resolve(self, entry: str) -> str | None:
+        """The path (relative to the root) of the file `entry` names, or None if there is none."""
+        entry = entry.replace("\\", "/").removeprefix("./")
+        if (self.root / entry).is_file():
+            return entry
+        known = self._suffixes.get(_strip_video_extension(entry).lower())
+        if known is not None:
+            return known
+        parent, _, base = entry.rpartition("/")
+        if self._prefixes is None:
+            self._prefixes = [""] + sorted(p.name + "/" for p in self.root.iterdir() if p.is_dir())
+        for prefix in self._prefixes:
+            listing = self._listing(self.root / (prefix + parent))
+            if listing is None:
+                continue
+            names, stems = listing
+            name = names.get(base.lower()) or stems.get(_strip_video_extension(base).lower())
+            if name is not None and (self.root / prefix / parent / name).is_file():
+                return f"{prefix}{parent}/{name}" if parent else f"{prefix}{name}"
+        return None
+
+    def resolve_items(self, items: list[VideoItem]) -> tuple[list[VideoItem], list[str]]:
+        """Items with their paths resolved, and the entries that name no file (kept as written:
+        training counts them as unreadable; the dry run lists them)."""
+        out, missing = [], []
+        for it in items:
+            path = self.resolve(it.path)
+            if path is None:
+                missing.append(it.path)
+                path = it.path
+            out.append(VideoItem(path, it.label))
+        return out, missing
+
+
+def _class_key(name: str) -> str:
+    return name.lower().replace(" ", "_")
+
+
+def check_labels_follow_folders(items: list[VideoItem], classes: list[str], list_name: str) -> None:
+    """A list whose video folders are class names must label each video with that folder's class
+    in classes.txt; anything else is a list of another class order, or 1-based (an error)."""
+    index = {_class_key(c): i for i, c in enumerate(classes)}
+    wrong = []
+    for it in items:
+        folder = it.path.rsplit("/", 2)[-2] if it.path.count("/") else ""
+        expected = index.get(_class_key(folder))
+        if expected is not None and it.label >= 0 and it.label != expected:
+            wrong.append(f"{it.path} has label {it.label}, its folder is class {expected} ({classes[expected]})")
+    if wrong:
+        raise ConfigError(f"{list_name}: {len(wrong)} of {len(items)} labels disagree with the class of their folder "
+                          f"in classes.txt (another class order, or 1-based labels?), e.g. {'; '.join(wrong[:3])}")
 
 
 def write_video_list(path: Path, items: list[VideoItem]) -> None:
@@ -150,22 +258,37 @@ def resolve_splits(cfg: DataConfig, run_dir: Path | None, *, is_main: bool = Tru
 
     classes = read_classes(root / cfg.classes)
     n = len(classes)
-    val = read_video_list(root / cfg.val_list, num_classes=n, require_labels=True) if cfg.val_list else []
-    train = read_video_list(root / cfg.train_list, num_classes=n, require_labels=False) if cfg.train_list else []
-    unlabeled = read_video_list(root / cfg.unlabeled_list, num_classes=n, require_labels=False) if cfg.unlabeled_list else train
+    resolver = ListResolver(root)
+    missing: dict[str, list[str]] = {}
+
+    def read(key: str, rel: str, *, require_labels: bool) -> list[VideoItem]:
+        items, missing[key] = resolver.resolve_items(
+            read_video_list(root / rel, num_classes=n, require_labels=require_labels))
+        check_labels_follow_folders(items, classes, f"data.{key}_list {rel}")
+        absent = set(missing[key])
+        resolver.add_known(it.path for it in items if it.path not in absent)
+        return items
+
+    train = read("train", cfg.train_list, require_labels=False) if cfg.train_list else []
+    unlabeled = read("unlabeled", cfg.unlabeled_list, require_labels=False) if cfg.unlabeled_list else train
+    if not cfg.unlabeled_list and train:
+        missing["unlabeled"] = missing["train"]
+    val = read("val", cfg.val_list, require_labels=True) if cfg.val_list else []
     if not unlabeled:
         raise ConfigError("data.train_list / data.unlabeled_list: no training videos configured")
 
     saved = run_dir / "splits" / "labeled.txt" if run_dir else None
     if cfg.labeled_list:
-        labeled = read_video_list(root / cfg.labeled_list, num_classes=n, require_labels=True)
+        labeled = read("labeled", cfg.labeled_list, require_labels=True)
         source = f"given list {cfg.labeled_list}"
     elif saved is not None and saved.is_file():
-        labeled = read_video_list(saved, num_classes=n, require_labels=True)
+        labeled = read("labeled", str(saved.resolve()), require_labels=True)
         source = f"saved split {saved}"
     elif cfg.labeled_ratio or cfg.labeled_per_class:
         labeled = make_labeled_split(train, num_classes=n, ratio=cfg.labeled_ratio,
                                      per_class=cfg.labeled_per_class, seed=cfg.split_seed)
+        absent = set(missing.get("train", []))
+        missing["labeled"] = [it.path for it in labeled if it.path in absent]
         source = (f"drawn: {cfg.labeled_per_class} per class" if cfg.labeled_per_class
                   else f"drawn: ratio {cfg.labeled_ratio}") + f", seed {cfg.split_seed}"
         if saved is not None and is_main:
@@ -175,10 +298,12 @@ def resolve_splits(cfg: DataConfig, run_dir: Path | None, *, is_main: bool = Tru
                  "train_list": cfg.train_list, "num_labeled": len(labeled), "num_train": len(train)}, indent=2))
     else:
         labeled = [it for it in train if it.label >= 0]
+        labeled_paths = {it.path for it in labeled}
+        missing["labeled"] = [p for p in missing.get("train", []) if p in labeled_paths]
         source = "every labeled video of the training list"
     if not labeled:
         raise ConfigError("no labeled training videos: set data.labeled_list, labeled_ratio or labeled_per_class")
-    return DataSplits(root, classes, labeled, unlabeled, val, source)
+    return DataSplits(root, classes, labeled, unlabeled, val, source, {k: v for k, v in missing.items() if v})
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -255,15 +380,18 @@ def weak_geometric(frames: np.ndarray, spec: InputSpec, rng: np.random.Generator
 
 
 class TrainClips(Dataset):
-    """Training clips: each item is one random clip of a video and its TG successor frames,
-    with one weak augmentation applied to both (same frames, crop box and flip).
+    """Training clips: each item is one random clip of a video and the frames its temporal
+    gradient is taken from, with one weak augmentation applied to all (same crop box and flip).
 
-    item -> {"frames": (2, 3, T, crop, crop) uint8 [0: frames t, 1: frames t + tg_stride],
-             "label": int, "index": int, "skipped": [(path, error), ...]}."""
+    item -> {"frames": (K, 3, T, crop, crop) uint8, "label": int, "index": int, "skipped": [...]}
+    K = 2 [frames t, frames t + tg_stride] (fast TG, or slow TG with `tg_spread` off), or K = 3
+    [frames t, then the two frames of each TG frame] for slow TG spread over the clip."""
 
-    def __init__(self, items: list[VideoItem], root: Path, spec: InputSpec, *, tg_stride: int, decode_threads: int = 1):
+    def __init__(self, items: list[VideoItem], root: Path, spec: InputSpec, *, tg_stride: int, decode_threads: int = 1,
+                 tg_spread: bool = False):
         self.items, self.root, self.spec = items, Path(root), spec
         self.tg_stride, self.decode_threads = tg_stride, decode_threads
+        self.tg_spread = tg_spread and tg_stride > 1
 
     def __len__(self) -> int:
         return len(self.items)
@@ -281,18 +409,19 @@ class TrainClips(Dataset):
                 reader = open_video(path, num_threads=self.decode_threads)
                 n = len(reader)
                 idx = train_clip_indices(n, clip_len=self.spec.clip_len, interval=self.spec.interval, rng=rng,
-                                         tail=self.tg_stride)
-                nxt = successor_indices(idx, stride=self.tg_stride, num_frames=n)
-                frames = read_frames(reader, np.concatenate([idx, nxt]), name=path)
+                                         tail=0 if self.tg_spread else self.tg_stride)
+                first, second = tg_frame_pairs(idx, stride=self.tg_stride, num_frames=n, spread=self.tg_spread)
+                rows = [idx, first, second] if self.tg_spread else [idx, second]
+                frames = read_frames(reader, np.concatenate(rows), name=path)
                 break
             except VideoDecodeError as exc:
                 skipped.append((item.path, str(exc)))
         else:
             raise RuntimeError(f"{MAX_REPLACEMENTS} unreadable videos in a row near {self.items[index].path}: "
                                f"is data.root right? Last error: {skipped[-1][1]}")
-        x = weak_geometric(frames, self.spec, rng)  # (2T, 3, S, S)
+        x = weak_geometric(frames, self.spec, rng)  # (K*T, 3, S, S)
         t = self.spec.clip_len
-        x = x.view(2, t, 3, *x.shape[-2:]).permute(0, 2, 1, 3, 4).contiguous()  # (2, 3, T, S, S)
+        x = x.view(len(rows), t, 3, *x.shape[-2:]).permute(0, 2, 1, 3, 4).contiguous()  # (K, 3, T, S, S)
         return {"frames": x, "label": item.label, "index": index, "skipped": skipped}
 
 
@@ -301,9 +430,10 @@ class EvalClips(Dataset):
     and PreciseBN's batches, or the full 30 views with `quick=False`."""
 
     def __init__(self, items: list[VideoItem], root: Path, spec: InputSpec, *, tg_stride: int | None,
-                 quick: bool = True, decode_threads: int = 1):
+                 quick: bool = True, decode_threads: int = 1, tg_spread: bool = False):
         self.items, self.root, self.spec = items, Path(root), spec
         self.tg_stride, self.quick, self.decode_threads = tg_stride, quick, decode_threads
+        self.tg_spread = tg_spread
 
     def __len__(self) -> int:
         return len(self.items)
@@ -312,7 +442,7 @@ class EvalClips(Dataset):
         item = self.items[index]
         try:
             d = decode_test_views(str(self.root / item.path), self.spec, tg_stride=self.tg_stride, quick=self.quick,
-                                  num_threads=self.decode_threads)
+                                  tg_spread=self.tg_spread, num_threads=self.decode_threads)
         except VideoDecodeError as exc:
             return {"skipped": [(item.path, str(exc))]}
         out = {"views": d.views.to(torch.uint8), "label": item.label, "index": index, "skipped": []}

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from training.augment import temporal_gradient
 from training.data import EvalClips, VideoItem, collate_skipping, worker_init
@@ -52,8 +52,11 @@ def score_videos(
     num_workers: int = 0,
     info: DistInfo = DistInfo(),
     perturb: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    average: str = "prob",
+    tg_spread: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list]:
-    """Average view scores of every video -> (scores (N, C), labels (N,), skipped videos).
+    """Average view scores of every video -> (scores (N, C), labels (N,), skipped videos);
+    `average` is the rule over views (`average_view_scores`: prob or score).
 
     RGB models see the views; TG models see the temporal gradient of the same views. Videos
     are sharded over processes and gathered back in the original order. `perturb(views,
@@ -62,7 +65,7 @@ def score_videos(
     model.eval()
     mine = list(range(info.rank, len(items), info.world_size))
     dataset = EvalClips([items[i] for i in mine], root, spec, tg_stride=tg_stride if modality == "tg" else None,
-                        quick=quick)
+                        quick=quick, tg_spread=tg_spread)
     loader = DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=collate_skipping,
                         worker_init_fn=worker_init)
     results, skipped = {}, []
@@ -80,7 +83,7 @@ def score_videos(
             views = temporal_gradient(views, successors)
         x = normalize(views, spec)
         logits = torch.cat([model(x[i : i + batch_views].to(device)).float().cpu() for i in range(0, len(x), batch_views)])
-        results[mine[local_i]] = (average_view_scores(logits).numpy(), items[mine[local_i]].label)
+        results[mine[local_i]] = (average_view_scores(logits, average).numpy(), items[mine[local_i]].label)
     merged = {}
     for part in gather_objects(results, info):
         merged.update(part)
@@ -89,6 +92,21 @@ def score_videos(
     if not order:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64), skipped
     return np.stack([merged[i][0] for i in order]), np.array([merged[i][1] for i in order]), skipped
+
+
+def precise_bn_loader(items: list[VideoItem], root: Path, spec: InputSpec, *, batch_size: int, seed: int,
+                      info: DistInfo = DistInfo(), num_workers: int = 0) -> DataLoader:
+    """PreciseBN's batches: training videos with eval preprocessing (1 clip, centre crop), each
+    process its own shard of one seeded shuffle (a distributed sampler, as the authors' loader),
+    so N processes see N times as many distinct clips. The same clips every time it runs."""
+    dataset = EvalClips(items, root, spec, tg_stride=None, quick=True)
+    common = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
+                  worker_init_fn=worker_init, drop_last=True)
+    if not info.enabled:  # one process: the seeded shuffle earlier runs used, so they repeat exactly
+        return DataLoader(dataset, shuffle=True, generator=torch.Generator().manual_seed(seed), **common)
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    return DataLoader(dataset, sampler=sampler, **common)
 
 
 @torch.no_grad()
@@ -165,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         net.to(device)
         scores, labels, skipped = score_videos(net, splits.val, splits.root, cfg.input, modality=modality,
                                                tg_stride=cfg.tg.stride, device=device, quick=args.quick,
-                                               num_workers=args.workers)
+                                               num_workers=args.workers, average=cfg.train.test_average,
+                                               tg_spread=cfg.tg.slow == "spread")
         report[name] = accuracy_metrics(scores, labels, len(splits.classes))
         report[name]["skipped_videos"] = len(skipped)
         nets[name], results[name] = net, (scores, labels)
     views = "1 clip x 1 crop" if args.quick else f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops"
     report["views"] = views
+    report["score_average"] = cfg.train.test_average
     if args.robustness and "student" in nets:
         from training.robustness import evaluate_robustness
         report["robustness"] = {"student": evaluate_robustness(

@@ -60,6 +60,7 @@ class R3D18(nn.Module):
         dropout: float = 0.5,
         bn_eps: float = 1e-3,
         in_channels: int = 3,
+        zero_init_residual: bool = False,
     ):
         super().__init__()
         w = width
@@ -88,19 +89,21 @@ class R3D18(nn.Module):
 
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.feature_dim, num_classes)
-        self._init_weights()
+        self._init_weights(zero_init_residual)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm3d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        # zero_init_residual: each block starts as identity, as MMAction2's ResNet3d does
-        for m in self.modules():
-            if isinstance(m, BasicBlock3d):
-                nn.init.zeros_(m.bn2.weight)
+        # zero_init_residual makes each block start as the identity; the authors' config sets it
+        # False (MMAction2 ResNet3d), so every BN starts at weight 1
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, BasicBlock3d):
+                    nn.init.zeros_(m.bn2.weight)
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
 
@@ -126,9 +129,12 @@ class R3D18(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Three-layer MLP for the contrastive loss, as in the authors' code; output not normalized."""
+    """Three-layer MLP for the contrastive loss, as in the authors' code; output not normalized.
 
-    def __init__(self, dim: int):
+    Its linear layers start from normal(0, `init_std`) as the authors' ContrastHead does
+    (init_std 0.01); `init_std=0` keeps PyTorch's default (Kaiming-uniform) init."""
+
+    def __init__(self, dim: int, init_std: float = 0.01):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(dim, dim, bias=False),
@@ -140,6 +146,10 @@ class ProjectionHead(nn.Module):
             nn.Linear(dim, dim, bias=False),
             nn.BatchNorm1d(dim, affine=False),
         )
+        if init_std > 0:
+            for m in self.net:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=init_std)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)  # (N, dim) -> (N, dim)
@@ -162,6 +172,8 @@ class TwoStreamNet(nn.Module):
         bn_eps: float = 1e-3,
         streams: str = "both",
         projection: bool = True,
+        zero_init_residual: bool = False,
+        head_init_std: float = 0.01,
     ):
         super().__init__()
         if streams not in STREAMS:
@@ -169,13 +181,14 @@ class TwoStreamNet(nn.Module):
         self.streams = streams
 
         def backbone() -> R3D18:
-            return R3D18(num_classes, width=width, temporal_pool=temporal_pool, dropout=dropout, bn_eps=bn_eps)
+            return R3D18(num_classes, width=width, temporal_pool=temporal_pool, dropout=dropout, bn_eps=bn_eps,
+                         zero_init_residual=zero_init_residual)
 
         self.student = backbone() if streams in ("both", "rgb") else None
         self.teacher = backbone() if streams in ("both", "tg") else None
         with_heads = projection and streams == "both"
-        self.proj_rgb = ProjectionHead(8 * width) if with_heads else None
-        self.proj_tg = ProjectionHead(8 * width) if with_heads else None
+        self.proj_rgb = ProjectionHead(8 * width, head_init_std) if with_heads else None
+        self.proj_tg = ProjectionHead(8 * width, head_init_std) if with_heads else None
 
     def forward(self, rgb: Tensor | None = None, tg: Tensor | None = None) -> dict[str, Tensor | list[Tensor]]:
         out: dict[str, Tensor | list[Tensor]] = {}

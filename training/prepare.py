@@ -13,6 +13,9 @@ annotation file is an error that names the path it was expected at.
     HMDB-51 (split 1-3)   ROOT/hmdb51/<class>/*.avi
                           ROOT/testTrainMulti_7030_splits/<class>_test_splitN.txt
                           lines `video.avi 1|2|0`: 1 train, 2 test (-> val), 0 unused.
+                          The training list is every video that is not a test video (tags
+                          1 and 0: 5,236 at split 1), the pool of the authors' code and of
+                          VideoSSL's published lists; --hmdb51-train official keeps tag 1 only.
     Kinetics-400          ROOT/annotations/{train,validate}.csv
                           ROOT/{train,val}/<label>/<youtube_id>_<start:06d>_<end:06d>.{mp4,mkv,webm}
                           Label folders must use underscores for spaces (list files cannot
@@ -40,7 +43,8 @@ class SplitLists:
     val: list[tuple[str, int]] = field(default_factory=list)
     missing: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in SPLIT_NAMES})
     rejected: list[str] = field(default_factory=list)  # on disk, but the path has whitespace
-    unused: int = 0  # annotated but assigned to no split (HMDB-51's `0`)
+    unused: int = 0  # HMDB-51's tag `0` (neither train nor test in the official protocol)
+    unused_in_train: bool = False  # ... and whether they went into the training list
 
     def add(self, split: str, path: str | None, label: int, expected: str) -> None:
         """Record one annotated video; `path` is None when it is not on disk."""
@@ -115,7 +119,14 @@ def read_ucf101(root: str | os.PathLike, split: int = 1) -> SplitLists:
 
 
 # ----------------------------------------------------------------------------- HMDB-51
-def read_hmdb51(root: str | os.PathLike, split: int = 1) -> SplitLists:
+HMDB51_TRAIN = ("all-but-test", "official")
+
+
+def read_hmdb51(root: str | os.PathLike, split: int = 1, train: str = "all-but-test") -> SplitLists:
+    """`train`: all-but-test = tags 1 and 0 (the authors' pool, VideoSSL's lists are drawn from
+    it); official = tag 1 only (the 70/30 protocol's 3,570 training videos at split 1)."""
+    if train not in HMDB51_TRAIN:
+        raise ValueError(f"HMDB-51 training pool {train!r}: one of {', '.join(HMDB51_TRAIN)}")
     root = Path(root)
     splits_dir = _require_dir(root / "testTrainMulti_7030_splits", "HMDB-51 split folder")
     videos_dir = _require_dir(root / "hmdb51", "HMDB-51 video folder")
@@ -130,19 +141,20 @@ def read_hmdb51(root: str | os.PathLike, split: int = 1) -> SplitLists:
                                     f"expected {splits_dir / (folder + suffix)}")
 
     classes = sorted(split_files)
-    lists = SplitLists(classes)
+    lists = SplitLists(classes, unused_in_train=train == "all-but-test")
     for label, name in enumerate(classes):
         class_dir = videos_dir / name
         present = {f.name for f in class_dir.iterdir()} if class_dir.is_dir() else set()
         for line in _lines(split_files[name]):
             video, tag = line.split()
+            if tag not in ("0", "1", "2"):
+                raise ValueError(f"{split_files[name]}: {line!r}: the split tag must be 0, 1 or 2")
             if tag == "0":
                 lists.unused += 1
-                continue
-            if tag not in ("1", "2"):
-                raise ValueError(f"{split_files[name]}: {line!r}: the split tag must be 0, 1 or 2")
+                if not lists.unused_in_train:
+                    continue
             path = f"hmdb51/{name}/{video}"
-            lists.add("train" if tag == "1" else "val", path if video in present else None, label, path)
+            lists.add("val" if tag == "2" else "train", path if video in present else None, label, path)
     return lists
 
 
@@ -222,12 +234,13 @@ def write_lists(out: str | os.PathLike, lists: SplitLists) -> list[Path]:
 DATASETS = ("ucf101", "hmdb51", "kinetics400")
 
 
-def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike | None = None, *, split: int = 1) -> SplitLists:
+def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike | None = None, *, split: int = 1,
+            hmdb51_train: str = "all-but-test") -> SplitLists:
     """Read `dataset`'s annotations under `root` and write its list files into `out` (default root)."""
     if dataset == "ucf101":
         lists = read_ucf101(root, split)
     elif dataset == "hmdb51":
-        lists = read_hmdb51(root, split)
+        lists = read_hmdb51(root, split, train=hmdb51_train)
     elif dataset == "kinetics400":
         lists = read_kinetics400(root)
     else:
@@ -245,10 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="the dataset root, as distributed (see training/prepare.py)")
     parser.add_argument("--out", help="where to write the list files (default: --root)")
     parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="UCF-101 / HMDB-51 official split")
+    parser.add_argument("--hmdb51-train", choices=HMDB51_TRAIN, default="all-but-test",
+                        help="HMDB-51 training list: every non-test video (the authors' pool, default) or the "
+                             "official protocol's tag-1 videos only")
     parser.add_argument("--show-missing", type=int, default=10, metavar="N", help="list up to N missing videos per split")
     args = parser.parse_args(argv)
     try:
-        lists = prepare(args.dataset, args.root, args.out, split=args.split)
+        lists = prepare(args.dataset, args.root, args.out, split=args.split, hmdb51_train=args.hmdb51_train)
     except (FileNotFoundError, ValueError) as exc:
         parser.exit(1, f"error: {exc}\n")
     out = Path(args.root if args.out is None else args.out)
@@ -257,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     if lists.rejected:
         print(f"  {len(lists.rejected)} videos skipped: their paths contain whitespace, which list files "
               f"cannot hold (rename them): {', '.join(lists.rejected[: args.show_missing])}")
-    if lists.unused:
+    if lists.unused and lists.unused_in_train:
+        print(f"  {lists.unused} videos tagged 0 (neither train nor test officially) are in the training list, "
+              "as in the authors' pool (--hmdb51-train official leaves them out)")
+    elif lists.unused:
         print(f"  {lists.unused} annotated videos belong to neither split (tag 0) and are left out")
     for split in SPLIT_NAMES:
         missing = lists.missing[split]

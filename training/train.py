@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from training.augment import make_views
 from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
-from training.data import EvalClips, SeededSampler, TrainClips, collate_skipping, resolve_splits, worker_init
+from training.data import SeededSampler, TrainClips, collate_skipping, resolve_splits, worker_init
 from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
-from training.evaluate import accuracy_metrics, precise_bn, score_videos
+from training.evaluate import accuracy_metrics, precise_bn, precise_bn_loader, score_videos
 from training.losses import contrastive_loss, dense_alignment_loss, pseudo_labels, supervised_loss, unlabeled_loss
 from training.models import TwoStreamNet
 from training.views import normalize
@@ -51,14 +51,17 @@ def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, 
                   device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One semi-supervised step's loss terms (and monitoring stats), before weighting.
 
-    Labeled weak, unlabeled weak and (after the supervised warm-up) unlabeled strong clips go
-    through each network in one batch, so DDP sees a single forward."""
+    Labeled weak, unlabeled weak and unlabeled strong clips go through each network in one
+    batch, so DDP sees a single forward. During the supervised warm-up (`use_unlabeled` off)
+    the strong clips still go through as in the authors' code (their BatchNorm statistics are
+    part of training from the first step) unless `train.forward_strong_in_warmup` is off."""
     bl, bu = len(batch_l["label"]), len(batch_u["label"])
     streams = ("rgb", "tg") if cfg.loss.streams == "both" else (cfg.loss.streams,)
+    with_strong = use_unlabeled or cfg.train.forward_strong_in_warmup
     vl = make_views(batch_l["frames"].to(device, non_blocking=True), cfg.input, strong=False)
-    vu = make_views(batch_u["frames"].to(device, non_blocking=True), cfg.input, strong=use_unlabeled,
-                    num_ops=cfg.strong.num_ops, magnitude=cfg.strong.magnitude)
-    inputs = {m: torch.cat([vl[m], vu[m]] + ([vu[m + "_strong"]] if use_unlabeled else [])) for m in streams}
+    vu = make_views(batch_u["frames"].to(device, non_blocking=True), cfg.input, strong=with_strong,
+                    num_ops=cfg.strong.num_ops, magnitude=cfg.strong.magnitude, preset=cfg.strong.preset)
+    inputs = {m: torch.cat([vl[m], vu[m]] + ([vu[m + "_strong"]] if with_strong else [])) for m in streams}
     amp = device.type == "cuda" and cfg.train.amp
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
         out = net(**inputs)
@@ -94,13 +97,39 @@ def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, 
 
 
 # ----------------------------------------------------------------------------- schedule
+def scaled_lr(cfg: Config, world_size: int) -> float:
+    """The base lr for this run: `optim.lr` at `lr_reference_batch` clips, scaled linearly with
+    the total batch (labeled + unlabeled clips of every process)."""
+    total_batch = world_size * (cfg.optim.batch_labeled + cfg.optim.batch_unlabeled)
+    return cfg.optim.lr * total_batch / cfg.optim.lr_reference_batch
+
+
+def steps_per_epoch(num_unlabeled: int, world_size: int, cfg: Config) -> int:
+    """Optimizer steps in one epoch (one pass over the unlabeled set, sharded over processes);
+    a set smaller than one batch per process still gives one step (SeededSampler repeats it)."""
+    bu = cfg.optim.batch_unlabeled
+    steps = max(num_unlabeled // world_size, bu) // bu
+    return min(steps, cfg.train.max_steps_per_epoch) if cfg.train.max_steps_per_epoch else steps
+
+
 def learning_rate(it: int, *, base_lr: float, steps_per_epoch: int, cfg: Config) -> float:
-    """Linear warm-up from `warmup_start_factor` x lr, then cosine to 0 (per iteration)."""
-    warm = cfg.optim.warmup_epochs * steps_per_epoch
-    total = cfg.optim.epochs * steps_per_epoch
+    """The lr of iteration `it` (0-based, counted over the whole run).
+
+    `mmcv` (the authors', MMCV's CosineAnnealing hook with warmup='linear', warmup_by_epoch):
+    the regular lr is one cosine from base_lr to 0 over the whole run, constant within an epoch;
+    during the first `warmup_epochs` epochs it is multiplied, per iteration, by the ramp
+    1 - (1 - it / W) (1 - warmup_start_factor), W the warm-up's iterations.
+    `warmup_then_cosine`: the same ramp on base_lr, then a cosine over the iterations after it."""
+    o = cfg.optim
+    warm = o.warmup_epochs * steps_per_epoch
+    f = o.warmup_start_factor
+    ramp = 1.0 - (1.0 - it / warm) * (1.0 - f) if it < warm else 1.0
+    if o.schedule == "mmcv":
+        epoch = it // steps_per_epoch
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, epoch / o.epochs))) * ramp
     if it < warm:
-        f = cfg.optim.warmup_start_factor
-        return base_lr * (f + (1.0 - f) * it / warm)
+        return base_lr * ramp
+    total = o.epochs * steps_per_epoch
     progress = (it - warm) / max(1.0, total - warm)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -181,7 +210,8 @@ def train_one_epoch(net, optimizer, unl_loader, lab_batches, *, cfg: Config, epo
         grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.clip_grad) if cfg.optim.clip_grad > 0 else None
         optimizer.step()
 
-        clips += info.world_size * n_streams * (len(batch_l["label"]) + len(batch_u["label"]) * (2 if use_unlabeled else 1))
+        strong = use_unlabeled or cfg.train.forward_strong_in_warmup
+        clips += info.world_size * n_streams * (len(batch_l["label"]) + len(batch_u["label"]) * (2 if strong else 1))
         row = {k: v for k, v in values.items() if not math.isnan(v)}  # NaN: no confident known-label clip
         for k, v in row.items():
             sums[k] = sums.get(k, 0.0) + v
@@ -243,6 +273,16 @@ def parse_args(argv):
     p.add_argument("--data-root", default=None, help="dataset root; with the default config: a folder-layout dataset")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="checkpoint and stop after N epochs of this invocation (for time-limited jobs); re-run to continue")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (resolved config, data per class, missing or unreadable files, steps, lr, "
+                        "time on this machine), write nothing, train nothing; exit 1 if it finds a problem")
+    p.add_argument("--processes", type=int, default=0, metavar="N",
+                   help="dry run: plan for N training processes (default: WORLD_SIZE, else 1)")
+    p.add_argument("--probe", type=int, default=64, metavar="N",
+                   help="dry run: open N videos of each set to find unreadable ones (-1: all, 0: none)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="dry run: report listed videos that are missing without counting them as a problem")
+    p.add_argument("--no-time", action="store_true", help="dry run: skip the time estimate")
     return p.parse_args(argv)
 
 
@@ -270,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return dry_run(cfg, args)
     run = Path(args.run)
     device = torch.device("cuda" if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
                           else "cpu")
@@ -285,6 +327,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         cleanup(info)
+
+
+def dry_run(cfg: Config, args) -> int:
+    """Print the run's plan (training/plan.py); 1 when the plan lists a problem."""
+    from training.plan import build_plan, print_plan
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    processes = args.processes or int(os.environ.get("WORLD_SIZE", "1"))
+    source = " ".join([args.config or f"{DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)} (the default)"]
+                      + ([f"--data-root {args.data_root}"] if args.data_root else [])
+                      + ([f"--set {' '.join(args.set)}"] if args.set else []))
+    plan = build_plan(cfg, run=Path(args.run), processes=processes, source=source, probe=args.probe,
+                      allow_missing=args.allow_missing, estimate_time=not args.no_time)
+    print_plan(plan)
+    return 1 if plan.problems else 0
 
 
 def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *, stop_after: int = 0) -> int:
@@ -322,9 +381,12 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
         (run / "classes.txt").write_text("".join(c + "\n" for c in splits.classes))
     log.info("data %s: %d classes, %d labeled (%s), %d unlabeled, %d val", splits.root, num_classes,
              len(splits.labeled), splits.source, len(splits.unlabeled), len(splits.val))
+    for name, absent in splits.missing.items():
+        log.warning("%d videos of the %s list were not found under %s (they will be skipped and counted), e.g. %s",
+                    len(absent), name, splits.root, ", ".join(absent[:3]))
 
     bl, bu = cfg.optim.batch_labeled, cfg.optim.batch_unlabeled
-    train_args = dict(tg_stride=cfg.tg.stride, decode_threads=cfg.data.decode_threads)
+    train_args = dict(tg_stride=cfg.tg.stride, decode_threads=cfg.data.decode_threads, tg_spread=cfg.tg.slow == "spread")
     unl_sampler = SeededSampler(len(splits.unlabeled), rank=info.rank, world_size=info.world_size, seed=cfg.train.seed,
                                 min_per_rank=bu)
     lab_sampler = SeededSampler(len(splits.labeled), rank=info.rank, world_size=info.world_size,
@@ -338,15 +400,15 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
                           persistent_workers=False)
 
     unl_loader, lab_loader = loader(splits.unlabeled, unl_sampler, bu), loader(splits.labeled, lab_sampler, bl)
-    steps = len(unl_sampler) // bu
-    if cfg.train.max_steps_per_epoch:
-        steps = min(steps, cfg.train.max_steps_per_epoch)
+    steps = steps_per_epoch(len(splits.unlabeled), info.world_size, cfg)
+    assert steps <= len(unl_sampler) // bu
 
     # --- model (initialisation seeded: two runs of one config start from the same weights)
     torch.manual_seed(cfg.train.seed)
     net = TwoStreamNet(num_classes, width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
                        dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps, streams=cfg.loss.streams,
-                       projection=cfg.loss.contrast).to(device)
+                       projection=cfg.loss.contrast, zero_init_residual=cfg.model.zero_init_residual,
+                       head_init_std=cfg.model.head_init_std).to(device)
     net_without_ddp = net
     if info.enabled:
         if device.type == "cuda" and cfg.train.sync_bn:
@@ -358,7 +420,7 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
 
     # --- optimizer: lr scaled linearly with the total batch
     total_batch = info.world_size * (bl + bu)
-    base_lr = cfg.optim.lr * total_batch / cfg.optim.lr_reference_batch
+    base_lr = scaled_lr(cfg, info.world_size)
     optimizer = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay)
     log.info("model: R3D-18 width %d x %s; %d steps/epoch; total batch %d; lr %.4g; device %s; %d process(es)",
@@ -380,10 +442,8 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
         barrier(info)
 
     def precise_bn_student() -> None:
-        ds = EvalClips(splits.unlabeled, splits.root, cfg.input, tg_stride=None, quick=True)
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        dl = DataLoader(ds, batch_size=bu, shuffle=True, generator=g, num_workers=cfg.data.num_workers,
-                        collate_fn=collate_skipping, worker_init_fn=worker_init, drop_last=True)
+        dl = precise_bn_loader(splits.unlabeled, splits.root, cfg.input, batch_size=cfg.train.precise_bn_batch_size,
+                               seed=cfg.train.seed, info=info, num_workers=cfg.data.num_workers)
         batches = (normalize(b["views"][:, 0].float(), cfg.input) for b in dl if "views" in b)
         used = precise_bn(net_without_ddp.student, batches, num_batches=cfg.train.precise_bn_batches, device=device, info=info)
         log.info("PreciseBN: student BatchNorm statistics recomputed over %d batches", used)
@@ -411,7 +471,8 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
                     continue
                 scores, labels, _ = score_videos(model, splits.val, splits.root, cfg.input, modality=modality,
                                                  tg_stride=cfg.tg.stride, device=device, quick=True,
-                                                 num_workers=cfg.data.num_workers, info=info)
+                                                 num_workers=cfg.data.num_workers, info=info,
+                                                 average=cfg.train.test_average, tg_spread=cfg.tg.slow == "spread")
                 row[f"val/{name}_top1"] = accuracy_metrics(scores, labels, num_classes)["top1"]
         skips.merge(info)
         history.append(row)
@@ -434,7 +495,8 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
     # --- final test: 30 views, student and teacher
     if not splits.val:
         log.warning("no validation videos: metrics.json holds no accuracy")
-    metrics = {"views": f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops", "epochs": cfg.optim.epochs,
+    metrics = {"views": f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops",
+               "score_average": cfg.train.test_average, "epochs": cfg.optim.epochs,
                "classes": num_classes, "labeled_videos": len(splits.labeled), "unlabeled_videos": len(splits.unlabeled),
                "labeled_split": splits.source, "train_time_s": round(train_time, 1), "processes": info.world_size}
     for name, modality in (("student", "rgb"), ("teacher", "tg")):
@@ -444,7 +506,8 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
         scores, labels, skipped = score_videos(model, splits.val, splits.root, cfg.input, modality=modality,
                                                tg_stride=cfg.tg.stride, device=device, quick=False,
                                                batch_views=cfg.train.eval_batch_views,
-                                               num_workers=cfg.data.num_workers, info=info)
+                                               num_workers=cfg.data.num_workers, info=info,
+                                               average=cfg.train.test_average, tg_spread=cfg.tg.slow == "spread")
         metrics[name] = accuracy_metrics(scores, labels, num_classes)
         metrics[name]["skipped_val_videos"] = [p for p, _ in skipped]
     metrics["skipped_train_videos"] = skips.summary()

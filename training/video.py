@@ -92,6 +92,24 @@ def successor_indices(indices: np.ndarray, *, stride: int, num_frames: int) -> n
     return np.where(nxt < num_frames, nxt, indices)
 
 
+def tg_frame_pairs(indices: np.ndarray, *, stride: int, num_frames: int, spread: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The two frames each temporal-gradient frame of a clip is taken from: (first, second), each
+    shaped like `indices` ((T,) or (clips, T)); TG_t = (first_t - second_t + 255) / 2.
+
+    Fast TG (stride 1) and slow TG with `spread` off: each sampled frame and the frame `stride`
+    after it (`successor_indices`). Slow TG with `spread` (the authors' SampleFrames_WithDiff):
+    T + 1 frames spread evenly, rounded, from the clip's first to its last sampled frame, and TG
+    between neighbours: 7 frames apart for 8 frames at interval 8, in the clip's own span."""
+    indices = np.asarray(indices)
+    if not (spread and stride > 1):
+        return indices, successor_indices(indices, stride=stride, num_frames=num_frames)
+    clips = indices.reshape(-1, indices.shape[-1])
+    t = clips.shape[1]
+    points = np.stack([np.round(np.linspace(c[0], c[-1], t + 1)).astype(np.int64) for c in clips])
+    return points[:, :-1].reshape(indices.shape), points[:, 1:].reshape(indices.shape)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__

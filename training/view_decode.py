@@ -36,7 +36,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from training.video import VideoDecodeError, successor_indices, uniform_clip_indices
+from training.video import VideoDecodeError, tg_frame_pairs, uniform_clip_indices
 
 # FFmpeg demuxer names for format_whitelist ("mov" is the demuxer of mp4/mov/3gp/m4a,
 # "matroska" that of mkv and webm)
@@ -82,7 +82,9 @@ class ViewCrops:
     """The uint8 crops of the test views, before any float conversion."""
 
     crops: np.ndarray  # (clips*T, crops, S, S, 3) uint8, frame-major: frame f of clip c at c*T + f
-    successors: np.ndarray | None  # same shape: the frames `tg_stride` later (temporal gradient)
+    # same shape: the frames `tg_stride` later (temporal gradient). With `tg_spread`, `crops` and
+    # `successors` are the first and second frames of each slow-TG frame (`tg_frame_pairs`).
+    successors: np.ndarray | None
     info: VideoInfo
 
 
@@ -97,6 +99,7 @@ class ViewGeometry:
     short_side: int
     crop: int
     tg_stride: int | None = None
+    tg_spread: bool = False  # slow TG spread over the clip (the authors'), with tg_stride > 1
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -316,8 +319,12 @@ def read_view_crops(source: str | Path | bytes, geometry: ViewGeometry, *, limit
         raise VideoRejected(422, "unsupported_codec", f"no decoder for the video codec {info.codec!r}")
     idx = uniform_clip_indices(num_frames, clip_len=geometry.clip_len, interval=geometry.interval,
                                num_clips=geometry.clips).reshape(-1)
-    wanted_rows = idx if geometry.tg_stride is None else np.concatenate(
-        [idx, successor_indices(idx, stride=geometry.tg_stride, num_frames=num_frames)])
+    if geometry.tg_stride is None:
+        wanted_rows = idx
+    else:
+        first, second = tg_frame_pairs(idx.reshape(geometry.clips, geometry.clip_len), stride=geometry.tg_stride,
+                                       num_frames=num_frames, spread=geometry.tg_spread)
+        wanted_rows = np.concatenate([first.reshape(-1), second.reshape(-1)])
     unique, inverse = np.unique(wanted_rows, return_inverse=True)
     frames = np.empty((len(unique), *geometry.shape[1:]), dtype=np.uint8)
     with open_container(source, formats) as container:  # a second pass from the start, no seeking

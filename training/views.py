@@ -49,16 +49,17 @@ def normalize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
 
 
 def geometry(spec: InputSpec, *, clips: int | None = None, crops: int | None = None, quick: bool = False,
-             tg_stride: int | None = None) -> ViewGeometry:
+             tg_stride: int | None = None, tg_spread: bool = False) -> ViewGeometry:
     """The frames and crops of a set of views: `quick` = the 1-clip centre-crop validation view
     at `crop_size`; otherwise `clips` x `crops` views at `test_crop` (default: the spec's 10 x 3)."""
     if quick:
         return ViewGeometry(clips=1, crops=1, clip_len=spec.clip_len, interval=spec.interval,
-                            short_side=spec.short_side, crop=spec.crop_size, tg_stride=tg_stride)
+                            short_side=spec.short_side, crop=spec.crop_size, tg_stride=tg_stride,
+                            tg_spread=tg_spread)
     return ViewGeometry(clips=spec.test_clips if clips is None else clips,
                         crops=spec.test_crops if crops is None else crops, clip_len=spec.clip_len,
                         interval=spec.interval, short_side=spec.test_short_side, crop=spec.test_crop,
-                        tg_stride=tg_stride)
+                        tg_stride=tg_stride, tg_spread=tg_spread)
 
 
 def crops_to_views(crops: np.ndarray, g: ViewGeometry, spec: InputSpec | None = None) -> torch.Tensor:
@@ -86,6 +87,7 @@ def decode_test_views(
     clips: int | None = None,
     crops: int | None = None,
     tg_stride: int | None = None,
+    tg_spread: bool = False,
     quick: bool = False,
     normalized: bool = False,
     num_threads: int = 1,
@@ -97,14 +99,15 @@ def decode_test_views(
     server uses (`training.view_decode`).
 
     With `tg_stride` the successor frames are decoded too, so a temporal-gradient model can be
-    evaluated. `normalized=True` returns the model's input (`normalize` applied) instead of
+    evaluated (with `tg_spread`, slow TG's frame pairs spread over each clip: `views` are then
+    the first frame of each pair). `normalized=True` returns the model's input (`normalize` applied) instead of
     0-255 views; not with `tg_stride`, whose temporal gradient is taken on 0-255 values.
     `formats`: the accepted container demuxers (None: any; the server passes its allow-list).
     A `timings` dict receives the seconds spent decoding ("decode") and making the views ("views").
     """
     if normalized and tg_stride is not None:
         raise ValueError("normalized views have no temporal gradient: take TG on 0-255 views, then normalize")
-    g = geometry(spec, clips=clips, crops=crops, quick=quick, tg_stride=tg_stride)
+    g = geometry(spec, clips=clips, crops=crops, quick=quick, tg_stride=tg_stride, tg_spread=tg_spread)
     t0 = time.perf_counter()
     try:
         decoded = read_view_crops(source, g, limits=limits, formats=formats, threads=num_threads)
@@ -120,6 +123,12 @@ def decode_test_views(
     return DecodedViews(views=views, successors=successors, num_frames=decoded.info.num_frames)
 
 
-def average_view_scores(logits: torch.Tensor) -> torch.Tensor:
-    """(V, C) view logits -> (C,) video scores: the mean of the views' softmax probabilities."""
-    return logits.float().softmax(dim=-1).mean(dim=0)
+def average_view_scores(logits: torch.Tensor, rule: str = "prob") -> torch.Tensor:
+    """(V, C) view logits -> (C,) video scores. `prob`: the mean of the views' softmax
+    probabilities (what the server answers with); `score`: the mean of the raw logits, MMAction2's
+    average_clips='score', the rule behind the paper's numbers."""
+    if rule == "prob":
+        return logits.float().softmax(dim=-1).mean(dim=0)
+    if rule == "score":
+        return logits.float().mean(dim=0)
+    raise ValueError(f"unknown view-averaging rule {rule!r}: prob or score")

@@ -1,0 +1,420 @@
+"""The plan of a training run, built without training: `python -m training train --dry-run`.
+
+`build_plan` reads what a run would read (config, class file, lists or folders) and works out
+what it would do: the data per set and class, files that are missing or cannot be opened,
+steps, the learning rate over the run and the time on this machine. `format_plan` turns it into
+the text the dry run prints. Neither writes anything: no run folder, no drawn split, no
+generated dataset. Any caller that wants a plan before a run (a dry run, a run on the user's own
+videos) builds one and prints it.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from training.config import Config, ConfigError, config_from_dict, diff_configs
+from training.data import DataSplits, VideoItem, resolve_splits
+from training.video import VideoDecodeError, open_video
+
+TIMED_STEP_LIMIT_S = 10.0  # a predicted step up to this long is timed for real; longer ones are extrapolated
+
+
+@dataclass
+class SetSummary:
+    """One set of videos (labeled, unlabeled or val) as a run would read it."""
+
+    name: str
+    count: int
+    per_class: list[int]  # videos per class index (unknown labels not counted)
+    unknown_labels: int
+    source: str
+    missing: list[str] = field(default_factory=list)  # list entries with no file
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, error) among the probed
+    probed: int = 0
+
+
+@dataclass
+class TimeEstimate:
+    method: str  # "timed step" or "FLOP count / measured rate"
+    device: str
+    step_s: float  # one optimizer step after the supervised warm-up, per process
+    warmup_step_s: float  # one step during it (no strong views when they are skipped there)
+    total_s: float  # the training steps of the whole run (no data loading, PreciseBN or tests)
+    detail: str
+
+
+@dataclass
+class TrainingPlan:
+    cfg: Config
+    source: str  # where the config came from (file and overrides)
+    run: Path | None
+    processes: int
+    data_root: str
+    classes: list[str]
+    sets: list[SetSummary]
+    steps_per_epoch: int
+    total_steps: int
+    base_lr: float
+    lr_at_epoch: list[tuple[int, float]]
+    time: TimeEstimate | None
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- building
+def build_plan(cfg: Config, *, run: Path | None = None, processes: int = 1, source: str = "", probe: int = 64,
+               allow_missing: bool = False, estimate_time: bool = True, device: torch.device | None = None,
+               seed: int = 0) -> TrainingPlan:
+    """Everything a run of `cfg` would do, found without doing it. `probe`: videos per set
+    opened with the training decoder to find unreadable files (-1: all, 0: none); `allow_missing`
+    reports missing files without counting them as problems."""
+    from training.train import learning_rate, scaled_lr, steps_per_epoch
+
+    notes: list[str] = []
+    problems: list[str] = []
+    classes: list[str] = []
+    sets: list[SetSummary] = []
+    splits = None
+    if cfg.data.synthetic and not _synthetic_ready(cfg):
+        classes, sets = _synthetic_sets(cfg)
+        notes.append(f"the synthetic dataset is not at {cfg.data.root} yet: training generates it first "
+                     "(the counts above are what it will hold)")
+    else:
+        saved = run if run is not None and (run / "splits" / "labeled.txt").is_file() else None
+        try:
+            splits = resolve_splits(cfg.data, saved, is_main=False)  # is_main=False: writes nothing
+        except ConfigError as exc:
+            problems.append(f"data: {exc}")
+        if splits is not None:
+            classes = splits.classes
+            sets = _summaries(splits, cfg)
+            rng = random.Random(seed)
+            for s, items in zip(sets, (splits.labeled, splits.unlabeled, splits.val)):
+                _probe(s, items, splits.root, probe, rng)
+    for s in sets:
+        if s.missing:
+            (notes if allow_missing else problems).append(
+                f"{s.name}: {len(s.missing)} listed videos not found under {cfg.data.root}, e.g. {', '.join(s.missing[:3])}"
+                + (" (they would be skipped and counted)" if allow_missing else ""))
+        if s.unreadable:
+            problems.append(f"{s.name}: {len(s.unreadable)} of {s.probed} probed videos cannot be opened, "
+                            f"e.g. {s.unreadable[0][1]}")
+        if s.name == "labeled" and classes:
+            absent = [classes[c] for c, n in enumerate(s.per_class) if n == 0]
+            if absent:
+                notes.append(f"labeled: {len(absent)} of {len(classes)} classes have no labeled video "
+                             f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})")
+    if splits is not None and "drawn" in splits.source and _is_paper_dataset(classes):
+        notes.append("labeled split drawn class-balanced; the paper used VideoSSL's published lists "
+                     "(point data.labeled_list at one to train on exactly those videos)")
+    if run is not None and (run / "config.yaml").is_file():
+        try:
+            changed = diff_configs(config_from_dict(yaml.safe_load((run / "config.yaml").read_text())), cfg)
+        except ConfigError as exc:
+            changed, problems = [], problems + [f"run folder {run}: its config.yaml does not load ({exc})"]
+        if changed:
+            problems.append(f"run folder {run} was started with a different config ({', '.join(changed)}): "
+                            "training would refuse it; use another --run")
+        else:
+            notes.append(f"run folder {run} exists with this config: training resumes it")
+
+    num_unlabeled = next((s.count for s in sets if s.name == "unlabeled"), 0)
+    steps = steps_per_epoch(num_unlabeled, processes, cfg) if num_unlabeled else 0
+    base_lr = scaled_lr(cfg, processes)
+    lr_at = [(e, learning_rate(e * steps, base_lr=base_lr, steps_per_epoch=steps, cfg=cfg)) for e in lr_epochs(cfg)] \
+        if steps else []
+    estimate = None
+    if estimate_time and steps and classes:
+        try:
+            estimate = estimate_training_time(cfg, len(classes), steps, device=device)
+        except (RuntimeError, MemoryError) as exc:  # e.g. out of memory at this size on this device
+            notes.append(f"time: not estimated ({str(exc).splitlines()[0][:200]})")
+    if processes > 1 and estimate is not None and estimate.device == "cpu":
+        notes.append(f"time: measured in one process on this CPU; {processes} processes would share its cores")
+    if cfg.train.precise_bn and num_unlabeled and steps:
+        available = num_unlabeled // processes // cfg.train.precise_bn_batch_size
+        if available < cfg.train.precise_bn_batches:
+            notes.append(f"PreciseBN: {available} batches per process available, fewer than the "
+                         f"{cfg.train.precise_bn_batches} asked for (it uses them all)")
+    if cfg.optim.epochs < cfg.optim.sup_warmup_epochs:
+        notes.append("the run ends before the supervised warm-up does: the unlabeled loss is never on")
+    return TrainingPlan(cfg=cfg, source=source, run=run, processes=processes, data_root=cfg.data.root, classes=classes,
+                        sets=sets, steps_per_epoch=steps, total_steps=steps * cfg.optim.epochs, base_lr=base_lr,
+                        lr_at_epoch=lr_at, time=estimate, notes=notes, problems=problems)
+
+
+def lr_epochs(cfg: Config) -> list[int]:
+    """Epochs whose starting lr the plan shows: across the warm-up and then the run by quarters."""
+    o = cfg.optim
+    picks = {0, o.epochs - 1, round(o.epochs / 4), round(o.epochs / 2), round(3 * o.epochs / 4), o.sup_warmup_epochs}
+    if o.warmup_epochs:
+        picks |= {round(o.warmup_epochs * f) for f in (1 / 6, 1 / 3, 2 / 3, 1)}
+    return sorted(e for e in picks if 0 <= e < o.epochs)
+
+
+def _is_paper_dataset(classes: list[str]) -> bool:
+    return len(classes) in (101, 51, 400)
+
+
+def _synthetic_ready(cfg: Config) -> bool:
+    root = Path(cfg.data.root)
+    return (root / cfg.data.classes).is_file() and all(
+        (root / rel).is_file() for rel in (cfg.data.train_list, cfg.data.labeled_list, cfg.data.unlabeled_list,
+                                           cfg.data.val_list) if rel)
+
+
+def _synthetic_sets(cfg: Config) -> tuple[list[str], list[SetSummary]]:
+    from training.synthetic import class_names
+
+    size = cfg.data.synthetic_size
+    classes = class_names(size.num_classes)
+    n = len(classes)
+    made = "to be generated"
+    return classes, [SetSummary("labeled", n * size.labeled_per_class, [size.labeled_per_class] * n, 0, made),
+                     SetSummary("unlabeled", n * size.train_per_class, [size.train_per_class] * n, 0, made),
+                     SetSummary("val", n * size.val_per_class, [size.val_per_class] * n, 0, made)]
+
+
+def _summaries(splits: DataSplits, cfg: Config) -> list[SetSummary]:
+    n = len(splits.classes)
+    unlabeled_source = (f"list {cfg.data.unlabeled_list}" if cfg.data.unlabeled_list else
+                        "the whole training set, labeled videos included" if cfg.data.format == "folder" else
+                        f"the whole training list {cfg.data.train_list}, labeled videos included")
+    out = []
+    for name, items, src in (("labeled", splits.labeled, splits.source), ("unlabeled", splits.unlabeled, unlabeled_source),
+                             ("val", splits.val, f"list {cfg.data.val_list}" if cfg.data.format == "lists" else "val/")):
+        per_class = [0] * n
+        for it in items:
+            if it.label >= 0:
+                per_class[it.label] += 1
+        out.append(SetSummary(name, len(items), per_class, sum(it.label < 0 for it in items), src,
+                              missing=list(splits.missing.get(name, []))))
+    return out
+
+
+def _probe(summary: SetSummary, items: list[VideoItem], root: Path, probe: int, rng: random.Random) -> None:
+    """Open up to `probe` of the set's found videos with the training decoder."""
+    absent = set(summary.missing)
+    found = sorted({it.path for it in items if it.path not in absent})
+    chosen = found if probe < 0 or probe >= len(found) else rng.sample(found, probe)
+    for path in chosen:
+        try:
+            open_video(str(root / path))
+        except VideoDecodeError as exc:
+            summary.unreadable.append((path, str(exc)))
+    summary.probed = len(chosen)
+
+
+# ----------------------------------------------------------------------------- time
+def _clips_per_step(cfg: Config, *, warmup: bool) -> int:
+    """Clips each network forwards in one step (per process)."""
+    strong = not warmup or cfg.train.forward_strong_in_warmup
+    return cfg.optim.batch_labeled + cfg.optim.batch_unlabeled * (2 if strong else 1)
+
+
+def _step_flops(cfg: Config, num_classes: int, clips: int) -> int:
+    """FLOPs of one step's forward and backward through the networks, counted on the meta
+    device (nothing is computed; 2 FLOPs per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from training.models import TwoStreamNet
+
+    s = cfg.input
+    with torch.device("meta"):
+        net = _network(cfg, num_classes, TwoStreamNet)
+        x = torch.empty(clips, 3, s.clip_len, s.crop_size, s.crop_size)
+    with FlopCounterMode(display=False) as counter:
+        out = net(**{m: x for m in _streams(cfg)})
+        sum(v.float().sum() for k, v in out.items() if not k.startswith("feats")).backward()
+    return int(counter.get_total_flops())
+
+
+def _streams(cfg: Config) -> tuple[str, ...]:
+    return ("rgb", "tg") if cfg.loss.streams == "both" else (cfg.loss.streams,)
+
+
+def _network(cfg: Config, num_classes: int, cls):
+    m = cfg.model
+    return cls(num_classes, width=m.width, temporal_pool=m.temporal_pool, dropout=m.dropout, bn_eps=m.bn_eps,
+               streams=cfg.loss.streams, projection=cfg.loss.contrast, zero_init_residual=m.zero_init_residual,
+               head_init_std=m.head_init_std)
+
+
+def _time_steps(cfg: Config, num_classes: int, device: torch.device, *, batch_labeled: int, batch_unlabeled: int,
+                use_unlabeled: bool, repeats: int = 2) -> float:
+    """Seconds of one real training step (views and strong augmentation on the device, forward,
+    backward, optimizer) on random frames: the fastest of `repeats` after one warm-up step."""
+    from training.models import TwoStreamNet
+    from training.train import total_loss, training_step
+
+    s = cfg.input
+    torch.manual_seed(0)
+    net = _network(cfg, num_classes, TwoStreamNet).to(device).train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    frames_per_clip = 3 if cfg.tg.stride > 1 and cfg.tg.slow == "spread" else 2
+
+    def batch(n: int) -> dict:
+        return {"frames": torch.randint(0, 256, (n, frames_per_clip, 3, s.clip_len, s.crop_size, s.crop_size),
+                                        dtype=torch.uint8), "label": torch.randint(0, num_classes, (n,))}
+
+    bl, bu = batch(batch_labeled), batch(batch_unlabeled)
+    times = []
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        terms, _ = training_step(net, bl, bu, cfg, use_unlabeled=use_unlabeled, device=device)
+        opt.zero_grad(set_to_none=True)
+        total_loss(terms, cfg).backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
+def estimate_training_time(cfg: Config, num_classes: int, steps_per_epoch: int, *,
+                           device: torch.device | None = None) -> TimeEstimate:
+    """The run's training time on this machine's device, per process.
+
+    A step predicted to take at most TIMED_STEP_LIMIT_S is timed for real (random frames, so
+    no decoding). Longer ones are the step's FLOP count divided by the rate a 1 + 1-clip step of
+    the same networks reaches here."""
+    if device is None:
+        use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+        device = torch.device("cuda" if use_cuda else "cpu")
+    full, warm = _clips_per_step(cfg, warmup=False), _clips_per_step(cfg, warmup=True)
+    # the rate: a step of 1 labeled + 1 unlabeled clip (2 weak clips per network, strong views off)
+    small_cfg = _with(cfg, forward_strong_in_warmup=False)
+    small_flops = _step_flops(small_cfg, num_classes, 2)
+    small_s = _time_steps(small_cfg, num_classes, device, batch_labeled=1, batch_unlabeled=1, use_unlabeled=False)
+    rate = small_flops / small_s
+    flops_full, flops_warm = _step_flops(cfg, num_classes, full), _step_flops(cfg, num_classes, warm)
+    step_s, warm_s = flops_full / rate, flops_warm / rate
+    method = "FLOP count / measured rate"
+    detail = (f"{flops_full / 1e9:.4g} GFLOP per step ({full} clips per network, forward and backward) at "
+              f"{rate / 1e9:.3g} GFLOP/s, the rate of a 1 + 1-clip step timed here ({small_s:.3g} s, best of 2)")
+    if step_s <= TIMED_STEP_LIMIT_S:
+        bl, bu = cfg.optim.batch_labeled, cfg.optim.batch_unlabeled
+        step_s = _time_steps(cfg, num_classes, device, batch_labeled=bl, batch_unlabeled=bu, use_unlabeled=True)
+        warm_s = step_s if warm == full else _time_steps(cfg, num_classes, device, batch_labeled=bl,
+                                                         batch_unlabeled=bu, use_unlabeled=False)
+        method = "timed step"
+        detail = (f"a real step of {bl} + {bu} clips timed here on random frames (best of 2 after a warm-up "
+                  f"step; {flops_full / 1e9:.4g} GFLOP, {flops_full / step_s / 1e9:.3g} GFLOP/s)")
+    warm_epochs = min(cfg.optim.sup_warmup_epochs, cfg.optim.epochs)
+    total = steps_per_epoch * (warm_epochs * warm_s + (cfg.optim.epochs - warm_epochs) * step_s)
+    return TimeEstimate(method=method, device=str(device.type if device.index is None else device), step_s=step_s,
+                        warmup_step_s=warm_s, total_s=total, detail=detail)
+
+
+def _with(cfg: Config, **train_keys) -> Config:
+    tree = cfg.to_dict()
+    tree["train"].update(train_keys)
+    return config_from_dict(tree)
+
+
+# ----------------------------------------------------------------------------- printing
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes = seconds / 60
+    if minutes < 120:
+        return f"{minutes:.0f} min"
+    hours = minutes / 60
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+def _per_class_line(s: SetSummary, classes: list[str]) -> str:
+    counts = s.per_class
+    present = sum(n > 0 for n in counts)
+    if not counts:
+        return ""
+    return (f"{present} of {len(classes)} classes; per class min {min(counts)}, "
+            f"median {statistics.median(counts):g}, max {max(counts)}")
+
+
+def format_plan(plan: TrainingPlan) -> str:
+    """The plan as text: resolved config (YAML), data, schedule, time, notes and problems."""
+    cfg, o = plan.cfg, plan.cfg.optim
+    out = ["Training plan (dry run: nothing is trained and nothing is written)"]
+    if plan.source:
+        out.append(f"config: {plan.source}")
+    if plan.run is not None:
+        out.append(f"run folder: {plan.run}")
+    out += ["", "== resolved config", yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip()]
+
+    out += ["", f"== data: {plan.data_root} ({cfg.data.format}), {len(plan.classes)} classes"]
+    for s in plan.sets:
+        extra = f", {s.unknown_labels} without a label" if s.unknown_labels else ""
+        out.append(f"{s.name:<10}{s.count:>8,} videos  {_per_class_line(s, plan.classes)}{extra}")
+        out.append(f"{'':<10}source: {s.source}")
+    labeled = next((s for s in plan.sets if s.name == "labeled"), None)
+    if labeled is not None and plan.classes:
+        pairs = list(zip(plan.classes, labeled.per_class))
+        if len(pairs) > 120:
+            ranked = sorted(pairs, key=lambda p: p[1])
+            pairs_text = ("fewest: " + ", ".join(f"{c} {n}" for c, n in ranked[:10]) + "; most: "
+                          + ", ".join(f"{c} {n}" for c, n in ranked[-5:]))
+        else:
+            pairs_text = ", ".join(f"{c} {n}" for c, n in pairs)
+        out.append("labeled videos per class:")
+        out += textwrap.wrap(pairs_text, width=100, initial_indent="  ", subsequent_indent="  ")
+    for s in plan.sets:
+        status = (s.source if s.source == "to be generated" else
+                  f"{len(s.missing):,} listed but not found" if s.missing else "all listed videos found")
+        probe = (f"; {len(s.unreadable)} of {s.probed} probed cannot be opened" if s.unreadable else
+                 f"; {s.probed} probed, all open" if s.probed else "")
+        out.append(f"files {s.name:<10}{status}{probe}")
+        for path in s.missing[:5]:
+            out.append(f"  missing: {path}")
+        for path, error in s.unreadable[:5]:
+            out.append(f"  unreadable: {error}")
+
+    bl, bu = o.batch_labeled, o.batch_unlabeled
+    out += ["", "== schedule",
+            f"{plan.processes} process(es) x ({bl} labeled + {bu} unlabeled clips); total batch "
+            f"{plan.processes * (bl + bu)}; lr {plan.base_lr:.4g} ({o.lr:g} at {o.lr_reference_batch} clips, "
+            "scaled linearly)",
+            f"steps per epoch {plan.steps_per_epoch:,} (one pass over the unlabeled set); total steps "
+            f"{plan.total_steps:,} over {o.epochs} epochs",
+            f"supervised warm-up: unlabeled loss off for epochs 0-{o.sup_warmup_epochs - 1}"
+            + ("; strong views forwarded from the first step" if cfg.train.forward_strong_in_warmup else
+               "; strong views skipped until then") if o.sup_warmup_epochs else "supervised warm-up: none"]
+    if o.warmup_epochs:
+        shape = ("one cosine over the whole run, by epoch, times the ramp (MMCV CosineAnnealing, as the authors)"
+                 if o.schedule == "mmcv" else "then a cosine over the remaining iterations")
+        out.append(f"lr warm-up: linear from {o.warmup_start_factor:g}x over epochs 0-{o.warmup_epochs - 1:g}, per "
+                   f"iteration; {shape}")
+    else:
+        out.append("lr warm-up: none; " + ("cosine over the run by epoch" if o.schedule == "mmcv" else "cosine"))
+    if plan.lr_at_epoch:
+        out.append("lr at the start of epoch: " + "  ".join(f"{e}: {lr:.4g}" for e, lr in plan.lr_at_epoch))
+    t = cfg.train
+    out.append(f"PreciseBN every {t.precise_bn_every} epochs: {t.precise_bn_batches} batches of "
+               f"{t.precise_bn_batch_size} clips per process" if t.precise_bn else "PreciseBN: off")
+    out.append(f"precision: {'bf16 autocast on CUDA' if t.amp else 'fp32'}; test: {cfg.input.test_clips} clips x "
+               f"{cfg.input.test_crops} crops, views averaged by {'raw score' if t.test_average == 'score' else 'softmax'}")
+
+    out += ["", "== time on this machine"]
+    if plan.time is None:
+        out.append("not estimated")
+    else:
+        tm = plan.time
+        out.append(f"{_duration(tm.total_s)} of training steps ({tm.method}, {tm.device}): {tm.step_s:.3g} s per step"
+                   + (f", {tm.warmup_step_s:.3g} s during the supervised warm-up" if tm.warmup_step_s != tm.step_s else ""))
+        out.append(f"  {tm.detail}; data loading, PreciseBN and evaluation not included")
+    out += ["", "== notes"] + ([f"- {n}" for n in plan.notes] or ["none"])
+    out += ["", "== problems"] + ([f"- {p}" for p in plan.problems] or ["none"])
+    return "\n".join(out) + "\n"
+
+
+def print_plan(plan: TrainingPlan, file=None) -> None:
+    print(format_plan(plan), end="", file=file)
