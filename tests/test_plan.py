@@ -118,7 +118,8 @@ def test_time_from_a_timed_step_or_from_flops_and_a_measured_rate(ucf_tree, monk
 
 
 def test_make_train_dry_run_passes_the_flag_and_the_process_count():
-    out = subprocess.run(["make", "-n", "train", "DRY_RUN=1", "GPUS=8", "CONFIG=configs/k400_10.yaml",
+    # --no-print-directory: under `make test` this make is nested and would print its directory
+    out = subprocess.run(["make", "--no-print-directory", "-n", "train", "DRY_RUN=1", "GPUS=8", "CONFIG=configs/k400_10.yaml",
                           "DATA_ROOT=/data/k400"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     line = out.stdout.strip().splitlines()[-1]
