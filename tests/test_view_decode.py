@@ -43,6 +43,12 @@ def small() -> bytes:
 
 
 @pytest.fixture(scope="module")
+def slow_to_decode(tmp_path_factory) -> bytes:
+    """20,000 tiny frames: ~1 s of decoding, far longer than the limits the pool tests set."""
+    return next(u.data for u in build_corpus(tmp_path_factory.mktemp("corpus")) if u.name == "many_tiny_frames_mp4")
+
+
+@pytest.fixture(scope="module")
 def long_gop() -> bytes:
     """640x360, 600 frames of noise in one GOP: reaching its last frames means decoding them all."""
     rng = np.random.default_rng(0)
@@ -157,26 +163,26 @@ def test_a_helper_that_died_while_idle_is_replaced_before_it_is_used(pool, small
     assert crops == GEOMETRY.shape and pool.pids() != [victim]
 
 
-def test_a_crash_during_a_job_costs_that_request_only(pool, long_gop, small):
+def test_a_crash_during_a_job_costs_that_request_only(pool, slow_to_decode, small):
     # a helper that ends mid-job (as native code does when it aborts) is seen as a crash
     victim = pool.pids()[0]
     threading.Timer(0.1, lambda: os.kill(victim, signal.SIGABRT)).start()
     with pytest.raises(RejectedUpload) as info:
-        pool.decode(long_gop, ViewGeometry(clips=10, crops=1, clip_len=8, interval=8, short_side=64, crop=64),
+        pool.decode(slow_to_decode, ViewGeometry(clips=10, crops=1, clip_len=8, interval=8, short_side=16, crop=16),
                     lambda c: c)
     assert (info.value.status, info.value.code) == (422, "decoder_crashed") and "SIGABRT" in info.value.detail
     assert pool.decode(small, GEOMETRY, lambda c: c.shape)[0] == GEOMETRY.shape
     assert pool.replaced == 1 and pool.pids() != [victim]
 
 
-def test_a_decode_past_the_wall_limit_is_killed_and_answered_422(long_gop, small):
+def test_a_decode_past_the_wall_limit_is_killed_and_answered_422(slow_to_decode, small):
     pool = DecodePool(1, limits=HelperLimits(threads=1, wall_seconds=0.05, decode=DecodeLimits(max_seconds=60)))
     try:
         pool.wait_ready()
         first = pool.pids()[0]
         t0 = time.monotonic()
         with pytest.raises(RejectedUpload) as info:
-            pool.decode(long_gop, ViewGeometry(clips=10, crops=1, clip_len=8, interval=8, short_side=64, crop=64),
+            pool.decode(slow_to_decode, ViewGeometry(clips=10, crops=1, clip_len=8, interval=8, short_side=16, crop=16),
                         lambda c: c)
         assert (info.value.status, info.value.code) == (422, "decode_timeout")
         assert time.monotonic() - t0 < 3 and first not in pool.pids()
@@ -188,7 +194,7 @@ def test_a_decode_past_the_wall_limit_is_killed_and_answered_422(long_gop, small
 def test_a_decode_over_its_time_budget_stops_itself_with_its_code(long_gop):
     with pytest.raises(VideoRejected) as info:
         read_view_crops(long_gop, ViewGeometry(clips=10, crops=1, clip_len=8, interval=8, short_side=64, crop=64),
-                        limits=DecodeLimits(max_seconds=0.2))
+                        limits=DecodeLimits(max_seconds=0.01))
     assert info.value.code == "decode_timeout"
 
 
