@@ -659,7 +659,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=1, help="requests TorchServe batches into one handler call")
     p.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill")
     p.add_argument("--response-timeout", type=int, default=300, help="s a worker may take for one batch")
-    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="auto: the fastest runtime that runs here, timed by each worker; openvino: its fastest "
+                        "precision that passed the export's parity gate (openvino-fp32, openvino-bf16: that one)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per worker (default: cores / workers)")
     p.add_argument("--max-views", type=int, default=30, help="views per model call (bounds the memory of a batch)")
     p.add_argument("--timeout", type=float, default=180.0, help="s to wait for the model's workers to be ready")

@@ -173,12 +173,12 @@ def iter_chunks(arrays: list[np.ndarray], size: int) -> Iterator[np.ndarray]:
 class InferenceCore:
     """The exported student behind a runtime backend, with the manifest's labels and input spec.
 
-    `backend` is "auto" (TensorRT > ONNX Runtime > PyTorch, whichever runs here) or one of
-    "tensorrt", "onnxruntime", "torch"; `threads` bounds the intra-op threads of ONNX Runtime
-    and torch (0 = their defaults); at most `max_views` views go through the model at once;
-    `gpu_id` is the GPU used where one is visible. Uploads are decoded in `decoder`'s isolated
-    helpers (the TorchServe handler's pool), or in this process when it is None (trusted
-    callers: tests, benchmarks), under `limits` either way.
+    `backend` is "auto" (the fastest of TensorRT, ONNX Runtime, PyTorch and OpenVINO that runs
+    here) or one of `serving.backends.BACKEND_CHOICES`; `threads` bounds the intra-op threads of
+    ONNX Runtime, torch and OpenVINO (0 = their defaults); at most `max_views` views go through
+    the model at once; `gpu_id` is the GPU used where one is visible. Uploads are decoded in
+    `decoder`'s isolated helpers (the TorchServe handler's pool), or in this process when it is
+    None (trusted callers: tests, benchmarks), under `limits` either way.
     """
 
     def __init__(self, export_dir: Path, *, backend: str = "auto", threads: int = 0,

@@ -2,12 +2,12 @@
 
 The model archive holds this file, the exported artifacts and manifest.json; the inference
 code comes from the installed `serving` package. Environment (set by `python -m serving start`):
-SERVING_BACKEND = auto | tensorrt | onnxruntime | torch, SERVING_THREADS = intra-op threads
-(0 = the runtime's default), SERVING_MAX_VIEWS = views per backend call. Uploads are decoded in
-a pool of isolated helper processes owned by the handler (`serving.isolation`):
-SERVING_DECODERS = helpers (2), SERVING_DECODE_TIMEOUT = seconds one decode may take (30),
-SERVING_DECODE_MEMORY_MB = a helper's address space (3072), SERVING_DECODE_QUEUE = seconds a
-request waits for a free helper before its 503 (10).
+SERVING_BACKEND = auto | tensorrt | onnxruntime | torch | openvino[-fp32|-bf16],
+SERVING_THREADS = intra-op threads (0 = the runtime's default), SERVING_MAX_VIEWS = views per
+backend call. Uploads are decoded in a pool of isolated helper processes owned by the handler
+(`serving.isolation`): SERVING_DECODERS = helpers (2), SERVING_DECODE_TIMEOUT = seconds one
+decode may take (30), SERVING_DECODE_MEMORY_MB = a helper's address space (3072),
+SERVING_DECODE_QUEUE = seconds a request waits for a free helper before its 503 (10).
 
 A request that fails is answered on its own with its 4xx/5xx status and a JSON
 {"error", "detail"} body; the others of the batch are answered normally.
