@@ -37,7 +37,9 @@ def run(tiny_export):
 def handler(run) -> ActionHandler:
     h = ActionHandler()
     h.initialize(make_context(run, [{}]))
-    assert h.initialized and h.core.backend.name in ("onnxruntime-cpu", "torch-cpu")  # auto: the faster here
+    # auto: the fastest here
+    assert h.initialized and h.core.backend.name in ("onnxruntime-cpu", "torch-cpu", "openvino-cpu-fp32",
+                                                     "openvino-cpu-bf16")
     return h
 
 

@@ -55,14 +55,18 @@ def test_served_answers_equal_offline_evaluation_of_the_same_onnx_model(server, 
         served = np.zeros(len(manifest["classes"]))
         for p in answer["predictions"]:
             served[p["index"]] = p["score"]
-        np.testing.assert_allclose(served, expected, atol=1e-4, rtol=0)
-        assert answer["predictions"][0]["index"] == int(expected.argmax())
-        assert answer["predictions"][0]["label"] == manifest["classes"][int(expected.argmax())]
+        # OpenVINO bf16, where it passed its gate: the scores within bf16's rounding, near-ties may flip
+        bf16 = answer["backend"] == "openvino-cpu-bf16"
+        np.testing.assert_allclose(served, expected, atol=1e-2 if bf16 else 1e-4, rtol=0)
+        if not bf16:
+            assert answer["predictions"][0]["index"] == int(expected.argmax())
+        assert answer["predictions"][0]["label"] == manifest["classes"][answer["predictions"][0]["index"]]
         assert answer["views"] == {"clips": spec.test_clips, "crops": spec.test_crops,
                                    "count": spec.test_clips * spec.test_crops}
         assert answer["frames"] == 20
     # "auto" serves with whichever CPU backend it timed faster; the answer names its artifact
-    artifact = {"onnxruntime-cpu": "model.onnx", "torch-cpu": "student.pt2"}[answer["backend"]]
+    artifact = {"onnxruntime-cpu": "model.onnx", "torch-cpu": "student.pt2", "openvino-cpu-fp32": "model.bin",
+                "openvino-cpu-bf16": "model.bin"}[answer["backend"]]
     assert answer["model"] == {"name": manifest["model_name"], "version": manifest["model_version"],
                                "sha256": manifest["sha256"][artifact]}
     assert set(answer["timings_ms"]) == {"decode", "preprocess", "inference", "total"}
