@@ -59,6 +59,12 @@ TORCHSERVE_MARKS = ("torchserve", "org.pytorch.serve.ModelServer", "model_servic
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+# `start` options -> the environment variables the handler reads (serving/handler.py)
+DECODE_OPTIONS = {"decoders": "SERVING_DECODERS", "decode_timeout": "SERVING_DECODE_TIMEOUT",
+                  "decode_memory_mb": "SERVING_DECODE_MEMORY_MB"}
+DECODE_MINIMUMS = {"decoders": 1, "decode_timeout": 0.1, "decode_memory_mb": 512}  # a helper imports in ~200 MB
+
+
 class ServeError(Exception):
     """A start or stop that cannot go on; the message says why and what to do."""
 
@@ -332,6 +338,10 @@ def check_startable(args, run: Path, ports: dict, hosts: dict[str, str]) -> dict
         raise ServeError(f"model name {args.model_name!r} must be letters, digits, '_', '.', '-' (it is part of the URL)")
     if min(args.workers, args.batch_size, args.max_views) < 1:
         raise ServeError("--workers, --batch-size and --max-views must be at least 1")
+    for option, minimum in DECODE_MINIMUMS.items():
+        value = getattr(args, option)
+        if value is not None and value < minimum:
+            raise ServeError(f"--{option.replace('_', '-')} must be at least {minimum}, got {value}")
     try:  # the check each worker makes on load, made here once so that a failure reads plainly
         select_backend(export_dir, manifest, prefer=args.backend, threads=1, probe_views=0)
     except BackendError as exc:
@@ -506,6 +516,10 @@ def start(args) -> int:
                LOG_LOCATION=str(log_dir), METRICS_LOCATION=str(log_dir),  # read by serving/log4j2.xml
                SERVING_LOG_FILE_SIZE=args.log_file_size, SERVING_LOG_BACKUPS=str(args.log_backups),
                SERVING_BACKEND=args.backend, SERVING_THREADS=str(threads), SERVING_MAX_VIEWS=str(args.max_views))
+    # the upload decoders' limits (serving/handler.py): given options win over the environment
+    for option, name in DECODE_OPTIONS.items():
+        if getattr(args, option) is not None:
+            env[name] = str(getattr(args, option))
     model_log = log_dir / "model_log.log"
     log_offset = file_size(model_log)  # TorchServe appends to the logs of earlier starts
     cmd = [str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground", "--ts-config", str(config),
@@ -664,6 +678,11 @@ def main(argv: list[str] | None = None) -> int:
                         "precision that passed the export's parity gate (openvino-fp32, openvino-bf16: that one)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per worker (default: cores / workers)")
     p.add_argument("--max-views", type=int, default=30, help="views per model call (bounds the memory of a batch)")
+    p.add_argument("--decoders", type=int, help="upload decode helpers per worker (default 2; SERVING_DECODERS)")
+    p.add_argument("--decode-timeout", type=float,
+                   help="s one upload's decode may take (default 30; SERVING_DECODE_TIMEOUT)")
+    p.add_argument("--decode-memory-mb", type=int,
+                   help="address space of a decode helper (default 3072; SERVING_DECODE_MEMORY_MB)")
     p.add_argument("--timeout", type=float, default=180.0, help="s to wait for the model's workers to be ready")
     for name, default in (("inference", 8080), ("management", 8081), ("metrics", 8082), ("grpc-inference", 7070),
                           ("grpc-management", 7071)):

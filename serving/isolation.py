@@ -45,6 +45,9 @@ from training.view_decode import UPLOAD_FORMATS, DecodeLimits, VideoRejected, Vi
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# a helper that answered these may hold memory or native state the failure left behind: it is
+# replaced rather than given the next upload
+RETIRE_AFTER = ("decode_memory_limit", "decode_failed")
 MAX_MESSAGE = 64 * 1024  # bytes of one control message (JSON)
 STARTUP_SECONDS = 60.0  # a helper's imports on a loaded machine
 
@@ -259,7 +262,10 @@ class DecodePool:
         except (EOFError, ConnectionError, ValueError, OSError):
             what = "ended"
         else:
-            self.idle.put(helper)
+            if reply.get("code") in RETIRE_AFTER:
+                self._retire(helper)
+            else:
+                self.idle.put(helper)
             return reply
         if helper.process.poll() is None:
             helper.kill()
@@ -271,6 +277,11 @@ class DecodePool:
                     "timed out" if what == "timeout" else f"ended with {helper.process.returncode}", error.code)
         self._replace(helper)
         raise error
+
+    def _retire(self, helper: Helper) -> None:
+        """Replace a helper that answered but may be left in a bad state."""
+        helper.close()
+        self._replace(helper)
 
     def close(self) -> None:
         with self.lock:

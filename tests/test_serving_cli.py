@@ -376,3 +376,11 @@ def test_config_copy_binds_host_and_metrics_host_and_never_turns_token_auth_off(
         assert "disable_token_authorization" not in config
         assert config["management_address"] == "http://127.0.0.1:2"
         assert config["grpc_inference_address"] == config["grpc_management_address"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("option,value", [("--decoders", "0"), ("--decode-timeout", "0"), ("--decode-memory-mb", "100")])
+def test_decode_limits_below_their_minimum_are_refused_before_anything_starts(tiny_export, option, value):
+    from tests.server import free_ports, port_args, serving_cli
+
+    started = serving_cli("start", "--run", str(tiny_export), option, value, *port_args(free_ports(5)))
+    assert started.returncode == 1 and f"{option} must be at least" in started.stderr, started.stderr

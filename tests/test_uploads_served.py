@@ -34,7 +34,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_export):
-    server = start_server(tiny_export, batch_size=4, extra_env={"SERVING_DECODE_TIMEOUT": str(DECODE_TIMEOUT_S)})
+    server = start_server(tiny_export, batch_size=4, options=("--decode-timeout", str(DECODE_TIMEOUT_S)))
     yield server
     stop_server(server)
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from training.video import VideoDecodeError, successor_indices, uniform_clip_indices
 
@@ -242,6 +243,9 @@ def decode_crops(container, stream, wanted: np.ndarray, geometry: ViewGeometry, 
     frames past the last decoded one (fewer frames than packets) take its crops; a video with
     no decodable frame is refused."""
     position = {int(f): i for i, f in enumerate(wanted)}
+    # one reformatter for the whole video: it keeps its swscale context between frames, where
+    # VideoFrame.reformat builds a new one per frame (measured: 5x slower for 320x240 frames)
+    reformatter = VideoReformatter()
     last_wanted = int(wanted[-1])
     index, size, rotation, last_good, errors = 0, None, 0, None, 0
 
@@ -253,7 +257,8 @@ def decode_crops(container, stream, wanted: np.ndarray, geometry: ViewGeometry, 
             size = scaled_size(frame.width, frame.height, rotation, geometry.short_side)
         elif (frame.width, frame.height) != coded:
             check_frame_size(frame.width, frame.height, limits)  # a mid-stream size change
-        rgb = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="BILINEAR").to_ndarray()
+        rgb = reformatter.reformat(frame, width=size[0], height=size[1], format="rgb24",
+                                   interpolation="BILINEAR").to_ndarray()
         if rotation:
             rgb = np.rot90(rgb, k=-rotation // 90)
         slot = position[index]
