@@ -3,10 +3,11 @@ and (where TensorRT exists) an engine, checked for parity on real validation cli
 `manifest.json` and packed into a TorchServe archive.
 
 Reads top to bottom: load the run -> take the student -> export -> show zero added cost ->
-TensorRT -> OpenVINO -> parity (and each OpenVINO precision's gate) -> manifest -> archive ->
-publish. Everything is written into a temporary folder beside `RUN/export` and renamed into
-place only when every check passed, so a failed export leaves nothing behind and keeps an older
-complete export.
+TensorRT -> OpenVINO -> parity (and each OpenVINO precision's gate) -> adaptive views' stopping
+rule (calibrated on training videos, evaluated on validation) -> manifest -> archive -> publish.
+Everything is written into a temporary folder beside `RUN/export` and renamed into place only
+when every check passed, so a failed export leaves nothing behind and keeps an older complete
+export.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from export.flops import onnx_flops, torch_flops
 from export.parity import (ONNXRUNTIME_BOUND, OPENVINO_BOUNDS, TENSORRT_FP16_BOUND, TENSORRT_FP32_BOUND, Backend,
                            Bound, Comparison, ParityError, check_parity, decoded_views, onnx_backend, onnx_session,
                            torch_backend)
-from export import openvino_ir, trt_engine
+from export import adaptive, openvino_ir, trt_engine
 from serving.backends import sha256_of  # the hash the server checks artifacts with
 from training.config import Config, ConfigError, config_from_dict
 from training.data import DataSplits, resolve_splits
@@ -226,7 +227,8 @@ def _publish(tmp: Path, final: Path) -> None:
 # ----------------------------------------------------------------------------- the export
 def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", model_name: str = "action",
                precision: str = "fp16", parity_videos: int = 16, max_views: int = 30, archive: bool = True,
-               openvino_bounds: dict[str, Bound] = OPENVINO_BOUNDS) -> Path:
+               openvino_bounds: dict[str, Bound] = OPENVINO_BOUNDS, adaptive_videos: int = adaptive.DEFAULT_VIDEOS,
+               adaptive_target: float = adaptive.DEFAULT_TARGET) -> Path:
     """Export a finished run's student into `run/export` and return that folder.
 
     tensorrt: "auto" builds an engine where TensorRT and a GPU exist, "on" requires one, "off"
@@ -234,8 +236,10 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
     a precision's gate, "off" skips it; openvino_bounds: the parity bound of each precision (a
     precision that breaks its bound is recorded as refused and never served). parity_videos:
     validation videos (all their views) for the parity check. archive: build model.mar (needs
-    serving/handler.py). Raises ExportError on bad input or a failed check, leaving no partial
-    folder behind."""
+    serving/handler.py). adaptive_videos: labeled training videos the adaptive views' stopping rule
+    is calibrated on (for a Top-1 agreement with all views of at least adaptive_target) and
+    validation videos it is evaluated on, at most this many each (0: no rule). Raises ExportError
+    on bad input or a failed check, leaving no partial folder behind."""
     run = Path(run)
     if tensorrt not in ("auto", "on", "off"):
         raise ExportError(f"tensorrt must be auto, on or off, got {tensorrt!r}")
@@ -247,6 +251,9 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
         raise ExportError(f"model name {model_name!r}: use letters, digits, '_', '-' and '.'")
     if parity_videos < 1 or max_views < 1:
         raise ExportError("parity_videos and max_views must be at least 1")
+    if adaptive_videos < 0 or not 0.0 < adaptive_target <= 1.0:
+        raise ExportError(f"adaptive_videos must be at least 0 and adaptive_target in (0, 1], got {adaptive_videos} "
+                          f"and {adaptive_target}")
     if importlib.util.find_spec("onnxscript") is None:
         raise ExportError("the ONNX exporter needs the onnxscript package (torch's dynamo exporter is built on it): "
                           "pip install onnxscript")
@@ -312,6 +319,17 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
             if openvino == "on" and not ov_record["offered"]:
                 raise ExportError(f"--openvino on: {ov_record['reason']}")
 
+        t0 = time.time()
+        # fp32 scores: OpenVINO's where it passed (the same logits to ~1e-7, 1.7x ONNX Runtime's speed at full size)
+        if "fp32" in ov_record["offered"]:
+            scorer, scored_with = ov_runners["fp32"], "openvino-cpu-fp32"
+        else:
+            scorer, scored_with = onnx_backend(onnx_session(tmp / "model.onnx")), "onnxruntime-cpu"
+        adaptive_record = adaptive.adaptive_views(splits.labeled, splits.val, splits.root, spec, scorer,
+                                                  scored_with=scored_with, videos=adaptive_videos,
+                                                  target=adaptive_target)
+        log.info("adaptive views (%.1f s): %s", time.time() - t0, adaptive.describe(adaptive_record))
+
         artifacts = (["model.onnx", "student.pt2"] + (["model.plan"] if trt_record.get("file") else [])
                      + ov_record["files"])
         manifest = {
@@ -335,6 +353,7 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
             "training": {"run": str(run.resolve()), "epoch": loaded.epoch, "metrics": loaded.metrics,
                          "config": loaded.cfg.to_dict()},
             "parity": parity,
+            "adaptive_views": adaptive_record,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if archive:
