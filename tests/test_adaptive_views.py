@@ -17,7 +17,7 @@ from serving.core import InferenceCore, Options, RequestError, parse_request
 from training.adaptive_views import (AdaptiveViews, StoppingRule, adaptive_answer, coarse_to_fine, replay,
                                      stop_reason, view_probabilities)
 from training.data import VideoItem
-from training.views import decode_test_views, normalize
+from training.views import InputSpec, decode_test_views, normalize
 
 
 # ----------------------------------------------------------------------------- the clip order
@@ -198,12 +198,11 @@ def test_make_export_records_the_calibrated_rule_and_its_validation(manifest):
     assert record["scored_with"] in ("openvino-cpu-fp32", "onnxruntime-cpu")
 
 
-def offline_adaptive(path: Path, core: InferenceCore, session: ort.InferenceSession, rule: StoppingRule):
+def offline_adaptive(path: Path, spec: InputSpec, session: ort.InferenceSession, rule: StoppingRule):
     """Offline: decode_test_views from the file + normalize + ONNX Runtime on every view +
     adaptive_answer."""
-    x = normalize(decode_test_views(str(path), core.spec).views, core.spec).numpy()
-    return adaptive_answer(session.run(None, {"clips": x})[0], rule, clips=core.spec.test_clips,
-                           crops=core.spec.test_crops)
+    x = normalize(decode_test_views(str(path), spec).views, spec).numpy()
+    return adaptive_answer(session.run(None, {"clips": x})[0], rule, clips=spec.test_clips, crops=spec.test_crops)
 
 
 @pytest.mark.parametrize("rule", [None, StoppingRule(1, 0.0), StoppingRule(1, None), StoppingRule(2, 0.0)])
@@ -216,7 +215,7 @@ def test_the_served_adaptive_answer_equals_the_offline_one(run, rule):
     session = ort.InferenceSession(str(run / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
     for path, _ in val_videos(run):
         answer = core.predict(path.read_bytes(), topk=3)
-        offline = offline_adaptive(path, core, session, core.rule)
+        offline = offline_adaptive(path, core.spec, session, core.rule)
         assert answer["views"] == {"clips": 2, "crops": 3, "count": offline.views_used, "mode": "adaptive",
                                    "clips_used": offline.used, "stop": offline.stop}
         order = np.argsort(-offline.scores, kind="stable")
