@@ -303,6 +303,10 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
         if ov_reason is None:
             t0 = time.time()
             ov_record = openvino_ir.write_ir(tmp / "model.onnx", tmp)
+            # int8 calibrated on the run's own training videos (labeled and unlabeled, each once)
+            training = list({item.path: item for item in splits.labeled + splits.unlabeled}.values())
+            calibration = openvino_ir.training_views(training, splits.root, spec)
+            ov_record = openvino_ir.quantize_int8(tmp, ov_record, calibration)
             ov_runners = openvino_ir.precision_runners(tmp, ov_record, max_views=max_views)
             log.info("OpenVINO IR written in %.1f s; precisions measured: %s", time.time() - t0,
                      ", ".join(ov_runners) or "none")
@@ -310,7 +314,8 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
             log.info("OpenVINO IR skipped: %s", ov_reason)
 
         parity = parity_check(loaded, splits, tmp, runner, trt_precision=trt_record.get("precision"),
-                              openvino_runners={p: (r, openvino_bounds[p]) for p, r in ov_runners.items()},
+                              openvino_runners={p: (r, openvino_bounds.get(p, OPENVINO_BOUNDS[p]))
+                                                for p, r in ov_runners.items()},
                               limit=parity_videos)
         if ov_reason is None:
             ov_record = openvino_ir.gate(ov_record, parity["openvino"], tmp)

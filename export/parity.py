@@ -49,7 +49,8 @@ TENSORRT_FP32_BOUND = Bound(abs_tol=1e-3, min_top1=0.99)
 # of five or more; a reduced precision is served only if it also costs at most half a point of
 # Top-1 on the videos checked.
 OPENVINO_BOUNDS = {"fp32": Bound(abs_tol=1e-3, min_top1=0.99),
-                   "bf16": Bound(abs_tol=5e-2, min_top1=0.95, max_top1_drop=0.5)}
+                   "bf16": Bound(abs_tol=5e-2, min_top1=0.95, max_top1_drop=0.5),
+                   "int8": Bound(abs_tol=0.15, min_top1=0.9, max_top1_drop=0.5)}
 
 
 class ParityError(Exception):

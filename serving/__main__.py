@@ -681,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--response-timeout", type=int, default=300, help="s a worker may take for one batch")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="auto: the fastest runtime that runs here, timed by each worker; openvino: its fastest "
-                        "precision that passed the export's parity gate (openvino-fp32, openvino-bf16: that one)")
+                        "precision that passed the export's parity gate (openvino-int8, -bf16, -fp32: that one)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per worker (default: cores / workers)")
     p.add_argument("--max-views", type=int, default=30, help="views per model call (bounds the memory of a batch)")
     p.add_argument("--adaptive-views", action="store_true",

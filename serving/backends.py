@@ -21,16 +21,18 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch", "openvino", "openvino-fp32", "openvino-bf16")
+BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch", "openvino", "openvino-fp32", "openvino-bf16",
+                   "openvino-int8")
 DEFAULT_MAX_VIEWS = 30  # one 10x3 request per forward; bounds the activations of a chunk
 # ties go to the earlier one; OpenVINO comes last, so it replaces the incumbents only when it is
 # measurably faster (AUTO_MIN_GAIN)
 AUTO_ORDER = ("tensorrt", "onnxruntime", "torch", "openvino")
 # OpenVINO precisions, fastest first (measured at full size on a 2-core AVX-512 CPU: bf16 3.4x and
-# fp32 1.7x ONNX Runtime fp32's speed), and the INFERENCE_PRECISION_HINT each is compiled with.
-# Each precision names its IR in the manifest, so a quantized IR can be added as one more.
-OPENVINO_PRECISIONS = ("bf16", "fp32")
-OPENVINO_HINTS = {"bf16": "bf16", "fp32": "f32"}
+# fp32 1.7x ONNX Runtime fp32's speed; on another, with VNNI, the NNCF int8 IR 1.6x bf16's), and
+# the INFERENCE_PRECISION_HINT each is compiled with (int8: what stays unquantized runs in fp32).
+# Each precision names its IR in the manifest (int8 its own quantized one).
+OPENVINO_PRECISIONS = ("int8", "bf16", "fp32")
+OPENVINO_HINTS = {"int8": "f32", "bf16": "bf16", "fp32": "f32"}
 # "auto" keeps an earlier backend unless a later one is at least this much faster, so that
 # timing noise between near-equal backends does not flip the choice from one start to the next
 AUTO_MIN_GAIN = 0.10
@@ -83,7 +85,8 @@ def import_openvino():
 def openvino_cpu_precisions() -> list[str]:
     """The OpenVINO precisions this CPU runs natively, fastest first. The CPU plugin lists "BF16"
     in OPTIMIZATION_CAPABILITIES only where the CPU has bf16 instructions (AVX512_BF16, AMX);
-    elsewhere a bf16 hint would run in fp32. Raises ImportError where openvino is missing."""
+    elsewhere a bf16 hint would run in fp32. It lists "INT8" on every x86 CPU it runs on (fast
+    with VNNI). Raises ImportError where openvino is missing."""
     capabilities = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return [p for p in OPENVINO_PRECISIONS if p.upper() in capabilities]
 
@@ -189,7 +192,8 @@ class TorchExportBackend:
 
 
 class OpenVinoBackend:
-    """An OpenVINO IR compiled for the CPU at one inference precision ("fp32", "bf16").
+    """An OpenVINO IR compiled for the CPU at one inference precision ("fp32", "bf16", or "int8":
+    the quantized IR, its unquantized operations in fp32).
 
     PERFORMANCE_HINT LATENCY: one stream, every thread on the one call (a request's views are one
     batch). The precision hint is always set: the CPU plugin's default is bf16 wherever the CPU has
@@ -263,8 +267,8 @@ def tensorrt_unavailable(manifest: dict) -> str | None:
 def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 0,
                  max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0):
     """Build one backend by kind ("tensorrt", "onnxruntime", "torch", "openvino" at its fastest
-    offered precision, "openvino-fp32", "openvino-bf16"); raise BackendError if it cannot run
-    here. `gpu_id` is the GPU to use where one is visible (TorchServe gives each worker one)."""
+    offered precision, "openvino-fp32", "openvino-bf16", "openvino-int8"); raise BackendError if it
+    cannot run here. `gpu_id` is the GPU to use where one is visible (TorchServe gives each worker one)."""
     if kind == "tensorrt":
         reason = tensorrt_unavailable(manifest)
         if reason:
@@ -286,7 +290,7 @@ def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 
         record = manifest.get("torch") or {}
         path = verified_artifact(export_dir, manifest, record.get("file"))
         return TorchExportBackend(path, threads=threads, max_views=max_views, gpu_id=gpu_id)
-    if kind in ("openvino", "openvino-fp32", "openvino-bf16"):
+    if kind in ("openvino", "openvino-fp32", "openvino-bf16", "openvino-int8"):
         precision = openvino_precision(manifest, kind.partition("-")[2] or None)
         record = manifest["openvino"]["precisions"][precision]
         graph = verified_artifact(export_dir, manifest, record["graph"])

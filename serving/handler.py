@@ -2,7 +2,7 @@
 
 The model archive holds this file, the exported artifacts and manifest.json; the inference
 code comes from the installed `serving` package. Environment (set by `python -m serving start`):
-SERVING_BACKEND = auto | tensorrt | onnxruntime | torch | openvino[-fp32|-bf16],
+SERVING_BACKEND = auto | tensorrt | onnxruntime | torch | openvino[-int8|-bf16|-fp32],
 SERVING_THREADS = intra-op threads (0 = the runtime's default), SERVING_MAX_VIEWS = views per
 backend call, SERVING_VIEWS = all | adaptive: the views of a request that does not choose
 (`start --adaptive-views`; adaptive needs the export's calibrated stopping rule). Uploads are decoded in a pool of isolated helper processes owned by the handler

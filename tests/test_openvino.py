@@ -1,6 +1,7 @@
-"""The OpenVINO backend: the IR the export writes and its parity gate per precision, the
-server's loading of it (sha256, the precision served), `auto` choosing it only where it is
-measurably faster, `--backend openvino`, and an environment without openvino."""
+"""The OpenVINO backend: the IR the export writes and its parity gate per precision (int8: an
+NNCF-quantized IR of its own, where nncf is installed), the server's loading of it (sha256, the
+precision served), `auto` choosing it only where it is measurably faster, `--backend openvino`,
+and an environment without openvino."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ import pytest
 
 from export.__main__ import main as export_cli
 from export.build import ExportError, export_run
+from export.openvino_ir import nncf_unavailable
 from export.parity import OPENVINO_BOUNDS, Bound
 from serving.__main__ import main as serving_cli
 from serving.backends import (AUTO_ORDER, BACKEND_CHOICES, OPENVINO_PRECISIONS, BackendError, fastest, import_openvino,
@@ -22,12 +24,17 @@ from serving.backends import (AUTO_ORDER, BACKEND_CHOICES, OPENVINO_PRECISIONS, 
 from serving.core import InferenceCore
 from tests.test_serving_core import val_videos
 
-HERE_PRECISIONS = openvino_cpu_precisions()  # fp32, and bf16 where the CPU has bf16 instructions
+# fp32, bf16 where the CPU has bf16 instructions, int8 where nncf is installed (to quantize)
+HERE_PRECISIONS = [p for p in openvino_cpu_precisions() if p != "int8" or nncf_unavailable() is None]
 FASTEST_HERE = HERE_PRECISIONS[0]
 NEVER = Bound(abs_tol=0.0, min_top1=1.0)  # no reduced or reordered arithmetic is bit-identical on every view
 # the tiny run's logits nearly tie (it trains 3 epochs), so bf16 flips a view or two of 36 (measured:
 # 34 agree) and its real gate refuses it; where a test needs bf16 served, it lets it through
-LENIENT = {"fp32": OPENVINO_BOUNDS["fp32"], "bf16": Bound(abs_tol=1.0, min_top1=0.0)}
+# int8 on the tiny run's width-4 network moves its logits by ~35 % (measured 0.17 of 0.5): refused too
+LENIENT = {"fp32": OPENVINO_BOUNDS["fp32"], "bf16": Bound(abs_tol=1.0, min_top1=0.0),
+           "int8": Bound(abs_tol=1.0, min_top1=0.0)}
+FILES = {"int8": ("model-int8.xml", "model-int8.bin"), "bf16": ("model.xml", "model.bin"),
+         "fp32": ("model.xml", "model.bin")}
 
 
 def copy_run(src: Path, dst: Path) -> Path:
@@ -61,9 +68,10 @@ def test_export_writes_an_ir_with_its_sha256_and_a_gate_per_precision(tiny_expor
     assert record["openvino_version"] == import_openvino().get_version() and record["converted_from"] == "model.onnx"
     assert list(record["precisions"]) == list(OPENVINO_PRECISIONS)
     for precision, entry in record["precisions"].items():
-        assert (entry["graph"], entry["weights"]) == ("model.xml", "model.bin")
+        assert (entry["graph"], entry["weights"]) == FILES[precision]
         if precision not in HERE_PRECISIONS:
-            assert entry["status"] == "unavailable" and "does not run bf16 natively" in entry["reason"]
+            assert entry["status"] == "unavailable"
+            assert f"does not run {precision} natively" in entry["reason"] or entry["reason"] == nncf_unavailable()
             continue
         report = manifest["parity"]["openvino"][precision]
         assert report["videos"] == 6 and report["views"] == 36 and report["labeled_videos"] == 6
@@ -76,7 +84,10 @@ def test_export_writes_an_ir_with_its_sha256_and_a_gate_per_precision(tiny_expor
     assert fp32["top1_agreement"] == 1.0 and fp32["top1_accuracy_diff"] == 0.0
     assert record["offered"] == [p for p in OPENVINO_PRECISIONS if record["precisions"][p]["status"] == "passed"]
 
-    assert record["files"] == ["model.xml", "model.bin"]
+    # the files of the offered precisions, no others (a refused int8 IR is deleted)
+    assert record["files"] == ["model.xml", "model.bin"] + (["model-int8.xml", "model-int8.bin"]
+                                                          if "int8" in record["offered"] else [])
+    assert {p.name for p in out.glob("model*.xml")} | {p.name for p in out.glob("model*.bin")} == set(record["files"])
     for name in record["files"]:
         assert sha256_of(out / name) == manifest["sha256"][name]
     with zipfile.ZipFile(out / "model.mar") as mar:  # the server unpacks the IR with the rest
@@ -88,11 +99,38 @@ def test_the_bf16_gate_records_agreement_and_accuracy_with_its_own_bound(lenient
         pytest.skip("this CPU has no bf16 instructions: OpenVINO bf16 is not measured here")
     manifest = read_manifest(lenient_run)
     bf16 = manifest["parity"]["openvino"]["bf16"]
-    assert manifest["openvino"]["offered"] == ["bf16", "fp32"]
+    assert manifest["openvino"]["offered"] == HERE_PRECISIONS
     # bf16 moves the logits far more than fp32 does, and less than its real bound allows
     assert manifest["parity"]["openvino"]["fp32"]["max_abs_diff"] < 1e-4 < bf16["max_abs_diff"] <= 5e-2
     assert bf16["top1_drop_bound"] is None and OPENVINO_BOUNDS["bf16"].max_top1_drop == 0.5
     assert 0.9 <= bf16["top1_agreement"] <= 1.0
+
+
+def test_the_int8_ir_is_quantized_on_the_runs_training_clips_with_its_own_files_and_gate(lenient_run):
+    if "int8" not in HERE_PRECISIONS:
+        pytest.skip(f"no int8 IR here: {nncf_unavailable() or 'this CPU does not run int8'}")
+    manifest = read_manifest(lenient_run)
+    entry, out = manifest["openvino"]["precisions"]["int8"], lenient_run / "export"
+    # the tiny run's 18 training videos (labeled ones among them) x the 3 crops of their centre clip
+    assert entry["status"] == "passed" and entry["calibration_views"] == 18 * 3 and entry["nncf_version"]
+    assert manifest["sha256"]["model-int8.bin"] == sha256_of(out / "model-int8.bin")
+    assert sha256_of(out / "model-int8.bin") != sha256_of(out / "model.bin")  # a model of its own
+    report = manifest["parity"]["openvino"]["int8"]
+    assert report["views"] == 36 and report["max_abs_diff"] > manifest["parity"]["openvino"]["fp32"]["max_abs_diff"]
+    assert OPENVINO_BOUNDS["int8"].max_top1_drop == 0.5  # the real gate: at most half a point of Top-1
+    assert load_backend("openvino-int8", out, manifest, threads=2).name == "openvino-cpu-int8"
+
+
+def test_without_nncf_int8_is_unavailable_and_the_rest_goes_on(tiny_export, tmp_path, monkeypatch):
+    from export.openvino_ir import quantize_int8, write_ir
+
+    monkeypatch.setitem(sys.modules, "nncf", None)  # as where nncf is not installed
+    shutil.copy(tiny_export / "export" / "model.onnx", tmp_path / "model.onnx")
+    record = write_ir(tmp_path / "model.onnx", tmp_path)
+    assert record["precisions"]["int8"]["status"] == "unavailable"
+    assert record["precisions"]["int8"]["reason"] == "nncf is not installed (pip install nncf): no int8 IR"
+    assert quantize_int8(tmp_path, record, iter(())) == record and record["files"] == ["model.xml", "model.bin"]
+    assert record["precisions"]["fp32"]["status"] == "measuring"
 
 
 def test_a_precision_that_fails_its_gate_is_refused_and_not_served(tiny_run, tmp_path):
@@ -113,7 +151,7 @@ def test_no_precision_passing_writes_no_ir_and_the_server_says_why(refused_run, 
     manifest = read_manifest(refused_run)
     record = manifest["openvino"]
     assert record["files"] == [] and record["offered"] == []
-    assert record["reason"].startswith("no precision passed its parity gate (bf16: ")
+    assert record["reason"].startswith("no precision passed its parity gate (int8: ")
     assert all(e["status"] in ("refused", "unavailable") for e in record["precisions"].values())
     assert not (refused_run / "export" / "model.xml").exists() and not (refused_run / "export" / "model.bin").exists()
     assert set(manifest["sha256"]) == {"model.onnx", "student.pt2"}
@@ -157,21 +195,23 @@ def test_the_backend_agrees_with_onnxruntime_on_real_decoded_views(lenient_run):
     for precision in HERE_PRECISIONS:
         core = InferenceCore(export_dir, backend=f"openvino-{precision}", threads=2)
         assert core.backend.name == f"openvino-cpu-{precision}"
-        assert core.model_info["sha256"] == manifest["sha256"]["model.bin"]  # the weights; model.xml is the graph
+        # the weights; model.xml is the graph
+        assert core.model_info["sha256"] == manifest["sha256"][FILES[precision][1]]
         for path, _ in val_videos(lenient_run):
             data = path.read_bytes()
             a, b = reference.predict(data), core.predict(data)
             scores_a = {p["index"]: p["score"] for p in a["predictions"]}
             scores_b = {p["index"]: p["score"] for p in b["predictions"]}
-            # fp32: the same model to rounding; bf16: its logits move by up to ~1e-2 (the gate's figures)
+            # fp32: the same model to rounding; bf16: its logits move by up to ~1e-2 (the gate's figures);
+            # int8 on the tiny width-4 network by up to ~0.2
             np.testing.assert_allclose([scores_b[i] for i in scores_a], list(scores_a.values()),
-                                       atol=1e-6 if precision == "fp32" else 1e-2)
+                                       atol={"fp32": 1e-6, "bf16": 1e-2, "int8": 0.1}[precision])
             if precision == "fp32":
                 assert a["predictions"][0]["index"] == b["predictions"][0]["index"]
 
 
 def test_backend_openvino_serves_the_fastest_precision_that_passed(lenient_run, tiny_export):
-    assert {"openvino", "openvino-fp32", "openvino-bf16"} <= set(BACKEND_CHOICES)
+    assert {"openvino", "openvino-fp32", "openvino-bf16", "openvino-int8"} <= set(BACKEND_CHOICES)
     backend = select_backend(lenient_run / "export", read_manifest(lenient_run), prefer="openvino", threads=2)
     assert backend.name == f"openvino-cpu-{FASTEST_HERE}" and backend.timings == {}
     served = read_manifest(tiny_export)["openvino"]["offered"][0]  # the real gate: fp32 where it refused bf16
@@ -215,12 +255,13 @@ def test_auto_serves_openvino_where_it_is_timed_fastest_and_names_it(lenient_run
     assert core.backend.name == expected and kind_of(core.backend.name) in BACKEND_CHOICES
     answer = core.predict(val_videos(lenient_run)[0][0].read_bytes())
     assert answer["backend"] == expected
-    artifact = "model.bin" if chosen == "openvino" else "model.onnx"
+    artifact = FILES[FASTEST_HERE][1] if chosen == "openvino" else "model.onnx"
     assert answer["model"]["sha256"] == read_manifest(lenient_run)["sha256"][artifact]
 
 
 def test_kind_of_builds_the_same_backend_again():
     assert kind_of("openvino-cpu-bf16") == "openvino-bf16" and kind_of("openvino-cpu-fp32") == "openvino-fp32"
+    assert kind_of("openvino-cpu-int8") == "openvino-int8"
     assert kind_of("onnxruntime-cpu") == "onnxruntime" and kind_of("torch-cpu") == "torch"
     with pytest.raises(ValueError, match="no backend kind"):
         kind_of("openvino-cpu-int4")
