@@ -9,8 +9,9 @@ int8 is a second IR (model-int8.xml/.bin): NNCF's post-training quantization of 
 calibrated on views of the run's own training videos (activation ranges from the clips the
 model was trained on, not from a generic set), compiled with the fp32 hint for what stays in
 floating point. Measured at full size (R3D-18, 8 x 224^2, 30 views, 2 threads, an Intel Xeon
-with AVX-512 VNNI and BF16): int8 0.62 s, bf16 1.01 s per request (1.6x); each precision must
-still pass its own parity gate.
+with AMX-INT8/BF16 and AVX-512 VNNI/BF16): int8 0.62 s, bf16 1.01 s per request (1.6x); not
+measured on a CPU without AMX (the issue's AMD EPYC), where `auto` still times it against the
+others. Each precision must still pass its own parity gate.
 
 openvino is a dependency but imported lazily, and `unavailable_reason` says in one line why an IR
 cannot be written here (like TensorRT's engine, the export goes on without it); likewise nncf for
@@ -108,7 +109,7 @@ def quantize_int8(out_dir: Path, record: dict, views: Iterable[np.ndarray]) -> d
         entry.update(status="unavailable", reason="no training clip could be decoded to calibrate int8 on")
         return record
     model = ov.Core().read_model(str(out_dir / GRAPH_FILE), str(out_dir / WEIGHTS_FILE))
-    # the default (performance) preset: symmetric int8 weights and activations, what the CPU's VNNI kernels run
+    # the default (performance) preset: symmetric int8 weights and activations, what the CPU's int8 kernels run
     quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
     ov.save_model(quantized, str(out_dir / INT8_GRAPH_FILE), compress_to_fp16=False)
     record["files"] += [INT8_GRAPH_FILE, INT8_WEIGHTS_FILE]

@@ -28,7 +28,7 @@ DEFAULT_MAX_VIEWS = 30  # one 10x3 request per forward; bounds the activations o
 # measurably faster (AUTO_MIN_GAIN)
 AUTO_ORDER = ("tensorrt", "onnxruntime", "torch", "openvino")
 # OpenVINO precisions, fastest first (measured at full size on a 2-core AVX-512 CPU: bf16 3.4x and
-# fp32 1.7x ONNX Runtime fp32's speed; on another, with VNNI, the NNCF int8 IR 1.6x bf16's), and
+# fp32 1.7x ONNX Runtime fp32's speed; on an AMX CPU, the NNCF int8 IR 1.6x bf16's), and
 # the INFERENCE_PRECISION_HINT each is compiled with (int8: what stays unquantized runs in fp32).
 # Each precision names its IR in the manifest (int8 its own quantized one).
 OPENVINO_PRECISIONS = ("int8", "bf16", "fp32")
