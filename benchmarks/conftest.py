@@ -141,6 +141,22 @@ def matmul_peak(pytestconfig, profile, device):
 
 
 @pytest.fixture(scope="session")
+def openvino_ir(tmp_path_factory):
+    """`openvino_ir(onnx_path)` -> (model.xml, model.bin) converted from that ONNX file by the
+    export stage's code, once per file in this session (never into the run's own export)."""
+    converted: dict[Path, tuple[Path, Path]] = {}
+
+    def convert(onnx_path: Path) -> tuple[Path, Path]:
+        from export.openvino_ir import convert_to_ir
+
+        if onnx_path not in converted:
+            converted[onnx_path] = convert_to_ir(onnx_path, tmp_path_factory.mktemp("openvino"))
+        return converted[onnx_path]
+
+    return convert
+
+
+@pytest.fixture(scope="session")
 def ucf_size_videos(tmp_path_factory):
     """`ucf_size_videos()` -> 4 synthetic mp4 videos at UCF-101's frame size and length, written
     on first use (real files: the data pipeline and the decode benchmarks decode them)."""

@@ -13,8 +13,8 @@ from importlib import metadata
 
 # distributions whose versions change the figures (absent ones are recorded as null)
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "CUDA_VISIBLE_DEVICES")
-LIBRARIES = ("torch", "onnxruntime-gpu", "onnxruntime", "onnx", "numpy", "decord", "av", "kornia", "tensorrt",
-             "torchserve", "torch-model-archiver", "pytest-benchmark")
+LIBRARIES = ("torch", "onnxruntime-gpu", "onnxruntime", "onnx", "openvino", "numpy", "decord", "av", "kornia",
+             "tensorrt", "torchserve", "torch-model-archiver", "pytest-benchmark")
 
 
 def cpu_model() -> str:

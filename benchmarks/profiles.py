@@ -42,7 +42,7 @@ class Profile:
     sizes: tuple[str, ...]  # "run": the exported run; "full": R3D-18 at the paper's size
     views: tuple[int, ...]  # backends group
     cost_views: tuple[int, ...]  # no_added_cost group
-    cost_backends: dict[str, tuple[str, ...]]  # per size: "onnxruntime", "torch-export"
+    cost_backends: dict[str, tuple[str, ...]]  # per size: "onnxruntime", "torch-export", "openvino-fp32", ...
     # serving group
     serving_sizes: tuple[str, ...]  # "run": the exported run; "full": width 64 at the UCF-101 config's size
     full_serving_views: tuple[int, int]  # (clips, crops) per request to the full-size model
@@ -62,25 +62,25 @@ def get_profile(name: str, device: str) -> Profile:
         raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    both_backends = ("onnxruntime", "torch-export")
+    engines = ("onnxruntime", "torch-export", "openvino-fp32", "openvino-bf16")
     decode_cases = (("run", None, None), ("ucf101", 10, 3), ("ucf101", 1, 3))
     if name == "smoke":
         return Profile(name=name, device=device, budget_s=0.05, min_rounds=2, max_rounds=3, warmup=1,
                        ratio_min_rounds=3, matmul_n=256, sizes=("run",), views=(1, 3), cost_views=(1, 3),
-                       cost_backends={"run": both_backends}, serving_sizes=("run",), full_serving_views=(1, 3),
+                       cost_backends={"run": engines}, serving_sizes=("run",), full_serving_views=(1, 3),
                        decode_cases=(("run", None, None),), serving_requests=3, serving_concurrency=(1, 2),
                        decode_rounds=2, train_steps=1, full_train_batch=None, data_clips=2)
     if device == "cpu":
         # 2 cores: the full-size 30-view forward takes ~3.5 s, so those cases get the fewest rounds
         return Profile(name=name, device=device, budget_s=3.0, min_rounds=3, max_rounds=60, warmup=1,
                        ratio_min_rounds=5, matmul_n=4096, sizes=("run", "full"), views=(1, 3, 30),
-                       cost_views=(1, 30), cost_backends={"run": both_backends, "full": both_backends},
+                       cost_views=(1, 30), cost_backends={"run": engines, "full": engines},
                        serving_sizes=("run", "full"), full_serving_views=(10, 3), decode_cases=decode_cases,
                        serving_requests=12, serving_concurrency=(1, 4), decode_rounds=5, train_steps=3,
                        full_train_batch=(1, 1), data_clips=24)
     return Profile(name=name, device=device, budget_s=5.0, min_rounds=20, max_rounds=500, warmup=3,
                    ratio_min_rounds=30, matmul_n=8192, sizes=("run", "full"), views=(1, 3, 30), cost_views=(1, 30),
-                   cost_backends={"run": both_backends, "full": both_backends}, serving_sizes=("run", "full"),
+                   cost_backends={"run": engines, "full": engines}, serving_sizes=("run", "full"),
                    full_serving_views=(10, 3), decode_cases=decode_cases, serving_requests=30,
                    serving_concurrency=(1, 4), decode_rounds=10, train_steps=10, full_train_batch=(5, 5),
                    data_clips=48)

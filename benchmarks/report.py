@@ -52,7 +52,8 @@ def header_section(results: dict) -> list[str]:
     lines = [f"# Latency benchmarks: {results['machine_slug']}, {results['created_utc'][:10]}", "",
              f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {gpu}; {m['os']}",
              f"- Versions: Python {v['python']}, torch {v['torch']}, onnxruntime {ort}, onnx {v['onnx']}, "
-             f"decord {v['decord']}, TorchServe {v['torchserve']}, TensorRT {v['tensorrt'] or 'not installed'}",
+             f"OpenVINO {v.get('openvino') or 'not installed'}, decord {v['decord']}, TorchServe {v['torchserve']}, "
+             f"TensorRT {v['tensorrt'] or 'not installed'}",
              f"- Device {results['device']}, profile `{results['profile']['name']}`, command `{results['command']}`; "
              f"load average (1 min) {load['start'][0]:.2f} at the start, {load['end'][0]:.2f} at the end",
              f"- Run under test: `{run['path']}` ({run['model_version']}): R3D-18 width {a['width']}, "
@@ -93,22 +94,29 @@ def cost_section(records: list[dict]) -> list[str]:
                     rows))
 
 
+def speedup_text(r: dict) -> str:
+    """ONNX Runtime fp32 (CPU) time over the backend's, or a dash where it was not measured."""
+    return ratio_text(r["speedup"]) if r.get("speedup") else "–"
+
+
 def backends_section(records: list[dict], results: dict) -> list[str]:
     rows, fastest = [], {}
     for r in records:
-        rows.append([SIZE_NAMES[r["size"]], r["backend"], str(r["views"]), num(r["median_ms"]), num(r["p90_ms"]),
-                     num(r["p99_ms"]), str(r["rounds"]), num(r["views_per_s"]), num(r["achieved_tflops"]),
-                     pct(r["mfu"]) + f" ({r['matmul_dtype']})"])
+        rows.append([SIZE_NAMES[r["size"]], r["backend"], r.get("precision", "–"), str(r["views"]),
+                     num(r["median_ms"]), num(r["p90_ms"]), num(r["p99_ms"]), str(r["rounds"]), num(r["views_per_s"]),
+                     speedup_text(r), num(r["achieved_tflops"]), pct(r["mfu"]) + f" ({r['matmul_dtype']})"])
         key = (r["size"], r["views"])
         if key not in fastest or r["median_ms"] < fastest[key]["median_ms"]:
             fastest[key] = r
     models = {r["size"]: model_text(r["config"]) for r in records}
     lines = (["## 2. Backends", "",
-              "Host input to host logits (what a server's model call includes). MFU = achieved FLOP/s "
-              "over the FLOP/s of the matmul above on the same device and dtype; target ≥ 50 % at 30 views.", ""]
+              "Host input to host logits (what a server's model call includes). Speedup = ONNX Runtime fp32 "
+              "time on the CPU over the backend's, per round, the two interleaved (median, 10th–90th "
+              "percentile; backends computing on the CPU). MFU = achieved FLOP/s over the FLOP/s of the "
+              "matmul above on the same device and dtype; target ≥ 50 % at 30 views.", ""]
              + [f"- {SIZE_NAMES[k]}: {v}" for k, v in models.items()] + [""]
-             + table(["size", "backend", "views", "median ms", "p90 ms", "p99 ms", "rounds", "views/s", "TFLOP/s",
-                      "MFU"], rows) + [""])
+             + table(["size", "backend", "precision", "views", "median ms", "p90 ms", "p99 ms", "rounds", "views/s",
+                      "speedup vs ONNX Runtime CPU fp32 (p10–p90)", "TFLOP/s", "MFU"], rows) + [""])
     for (size, views), r in sorted(fastest.items()):
         lines.append(f"- Fastest, {SIZE_NAMES[size]} at {views} view(s): **{r['backend']}** ({num(r['median_ms'])} ms)")
     default = results.get("serving_default", {})

@@ -10,7 +10,8 @@ cost" compares like with like. Two sizes:
   depend on its weight values.
 
 Runners take the host-side input and return host-side logits, as a server does, so
-host/device copies are part of a GPU figure (except the "resident" variant).
+host/device copies are part of a GPU figure (except the "resident" variant). OpenVINO runs the
+IR the export stage's code converts from a subject's ONNX file (the `openvino_ir` fixture).
 """
 from __future__ import annotations
 
@@ -166,6 +167,26 @@ def program_runner(path: Path, x: np.ndarray, device: torch.device) -> Runner:
         return module(host.to(device)).float().cpu()
 
     return run
+
+
+def openvino_unavailable(precision: str) -> str | None:
+    """None when OpenVINO runs `precision` natively here, else why not (one line)."""
+    from export.openvino_ir import unavailable_reason
+    from serving.backends import openvino_cpu_precisions
+
+    reason = unavailable_reason()
+    if reason is None and precision not in openvino_cpu_precisions():
+        reason = f"this CPU does not run {precision} natively (OpenVINO's OPTIMIZATION_CAPABILITIES)"
+    return reason
+
+
+def openvino_runner(ir: tuple[Path, Path], x: np.ndarray, *, precision: str, threads: int = 0) -> tuple[Runner, str]:
+    """An OpenVINO IR (model.xml, model.bin) compiled by the serving backend at `precision`
+    ("fp32", "bf16") -> (runner, "openvino-cpu-<precision>")."""
+    from serving.backends import OpenVinoBackend
+
+    backend = OpenVinoBackend(*ir, precision=precision, threads=threads, max_views=len(x))
+    return (lambda: backend(x)), backend.name
 
 
 def onnxruntime_runner(path: Path, x: np.ndarray, *, gpu: bool, threads: int = 0) -> tuple[Runner, str]:

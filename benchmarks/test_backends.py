@@ -1,9 +1,12 @@
 """Group 2, backends: the exported student's latency on each runtime at 1, 3 and 30 views
-(median, p90, p99, views/s), and its achieved FLOP/s as a fraction of what a large matmul
-achieves on the same device in this run (MFU; target >= 50 % for the 30-view forward).
+(median, p90, p99, views/s), its achieved FLOP/s as a fraction of what a large matmul achieves
+on the same device in this run (MFU; target >= 50 % for the 30-view forward), and, for every
+runtime computing on the CPU, its speedup over ONNX Runtime fp32 on the CPU (what `auto` served
+on CPUs before OpenVINO), interleaved round by round with it.
 
 A runtime that does not exist here (ONNX Runtime's CUDA provider without a GPU, TensorRT where
-it is not installed, bf16 autocast on a CPU) is skipped, and the results list why.
+it is not installed, bf16 autocast on a CPU, OpenVINO bf16 on a CPU without bf16 instructions)
+is skipped, and the results list why.
 """
 from __future__ import annotations
 
@@ -12,16 +15,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.measure import interleaved_rounds, latency_stats, store
+from benchmarks.measure import interleaved_rounds, latency_stats, ratio_stats, store
 from benchmarks.profiles import profile_from_options
-from benchmarks.subjects import ONNX_FILE, onnxruntime_runner, torch_runner
+from benchmarks.subjects import ONNX_FILE, onnxruntime_runner, openvino_runner, openvino_unavailable, torch_runner
 
 pytestmark = pytest.mark.benchmark(group="backends")
 # "-resident": input and logits stay on the GPU, the model's compute alone (its MFU); every
 # other case goes from host input to host logits, as a server's model call does
 BACKENDS = ("torch-eager-fp32", "torch-channels-last-3d", "torch-bf16-channels-last-3d",
-            "torch-bf16-channels-last-3d-resident", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt-fp16")
+            "torch-bf16-channels-last-3d-resident", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt-fp16",
+            "openvino-cpu-fp32", "openvino-cpu-bf16")
 MFU_TARGET = 0.5
+SPEEDUP_REFERENCE = "onnxruntime-cpu"  # fp32
+PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def pytest_generate_tests(metafunc):
@@ -48,7 +54,7 @@ def tensorrt_plan(s, manifest: dict, engine_dir: Path) -> Path:
     return plan
 
 
-def make_runner(backend: str, s, x, device: torch.device, manifest: dict, engine_dir):
+def make_runner(backend: str, s, x, device: torch.device, manifest: dict, engine_dir, openvino_ir):
     """(runner, the device it computes on, the dtype of its arithmetic) or pytest.skip."""
     gpu = device.type == "cuda"
     if backend == "torch-eager-fp32":
@@ -61,7 +67,7 @@ def make_runner(backend: str, s, x, device: torch.device, manifest: dict, engine
         runner = torch_runner(s.student, x, device, channels_last=True, dtype=torch.bfloat16,
                               resident=backend.endswith("resident"))
         return runner, device, torch.bfloat16
-    if backend.startswith(("onnxruntime", "tensorrt")) and not (s.student_dir / ONNX_FILE).is_file():
+    if backend.startswith(("onnxruntime", "tensorrt", "openvino")) and not (s.student_dir / ONNX_FILE).is_file():
         pytest.skip(s.onnx_missing or f"no {ONNX_FILE} in {s.student_dir}")
     if backend == "onnxruntime-cpu":
         runner, _ = onnxruntime_runner(s.student_dir / ONNX_FILE, x, gpu=False)
@@ -83,23 +89,45 @@ def make_runner(backend: str, s, x, device: torch.device, manifest: dict, engine
         engine = TensorRTBackend(tensorrt_plan(s, manifest, engine_dir), input_name="clips", output_name="logits",
                                  max_views=30)
         return (lambda: engine(x)), device, torch.float16
+    if backend in ("openvino-cpu-fp32", "openvino-cpu-bf16"):
+        precision = backend.rsplit("-", 1)[1]
+        reason = openvino_unavailable(precision)
+        if reason:
+            pytest.skip(f"OpenVINO {precision}: {reason}")
+        runner, _ = openvino_runner(openvino_ir(s.student_dir / ONNX_FILE), x, precision=precision)
+        return runner, torch.device("cpu"), torch.bfloat16 if precision == "bf16" else torch.float32
     raise ValueError(f"unknown backend {backend}")
 
 
-def test_backend_latency(benchmark, case, subject, profile, device, manifest, matmul_peak, engine_dir):
+def speedup_contenders(backend: str, runner, s, x, compute_device: torch.device) -> dict:
+    """The backend, and ONNX Runtime fp32 on the CPU beside it where the backend computes on the
+    CPU (a GPU runtime's speedup over a CPU one says nothing about the engine)."""
+    contenders = {backend: runner}
+    if compute_device.type == "cpu" and backend != SPEEDUP_REFERENCE and (s.student_dir / ONNX_FILE).is_file():
+        contenders[SPEEDUP_REFERENCE], _ = onnxruntime_runner(s.student_dir / ONNX_FILE, x, gpu=False)
+    return contenders
+
+
+def test_backend_latency(benchmark, case, subject, profile, device, manifest, matmul_peak, engine_dir, openvino_ir):
     size, backend, views = case
     s = subject(size)
     x = s.input(views)
-    runner, compute_device, dtype = make_runner(backend, s, x, device, manifest, engine_dir)
-    samples = interleaved_rounds(benchmark, {backend: runner}, profile=profile, device=device)[backend]
+    runner, compute_device, dtype = make_runner(backend, s, x, device, manifest, engine_dir, openvino_ir)
+    rounds = interleaved_rounds(benchmark, speedup_contenders(backend, runner, s, x, compute_device),
+                                profile=profile, device=device)
+    samples, reference = rounds[backend], rounds.get(SPEEDUP_REFERENCE)
     stats = latency_stats(samples)
     seconds = stats["median_ms"] / 1e3
     flops = s.cost["student_flops_per_view"] * views
     achieved = flops / seconds / 1e12
     peak = matmul_peak(dtype, compute_device)
     store(benchmark, "backends", {
-        "size": size, "backend": backend, "views": views, "config": s.config(), **stats,
+        "size": size, "backend": backend, "precision": PRECISIONS[dtype], "views": views, "config": s.config(), **stats,
         "views_per_s": views / seconds, "flops": flops, "achieved_tflops": achieved,
         "matmul_tflops": peak, "matmul_dtype": str(dtype).removeprefix("torch."), "compute_device": compute_device.type,
         "mfu": achieved / peak, "mfu_target": MFU_TARGET,
+        # ONNX Runtime fp32's time over this backend's, per round (the reference itself: 1.0)
+        "speedup": None if reference is None else ratio_stats(reference, samples),
+        "speedup_reference": f"{SPEEDUP_REFERENCE} fp32",
+        "reference_median_ms": None if reference is None else latency_stats(reference)["median_ms"],
     })

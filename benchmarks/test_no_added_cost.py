@@ -1,6 +1,7 @@
 """Group 1, no added cost: the exported student against a plain R3D-18 of the same config.
 
-Both are exported by the export stage's own code and run on the same backend with the same
+Both are exported by the export stage's own code and run on the same backend (ONNX Runtime, the
+ExportedProgram, OpenVINO at fp32 and bf16: each model's own IR, converted alike) with the same
 input, interleaved round by round in this process. Target: latency ratio 1.00 +- 0.03, and
 equal parameter counts and FLOPs (counted on the modules and on the ONNX graphs).
 """
@@ -10,7 +11,8 @@ import pytest
 
 from benchmarks.measure import interleaved_rounds, latency_stats, ratio_stats, store
 from benchmarks.profiles import profile_from_options
-from benchmarks.subjects import ONNX_FILE, PROGRAM_FILE, onnxruntime_runner, program_runner
+from benchmarks.subjects import (ONNX_FILE, PROGRAM_FILE, onnxruntime_runner, openvino_runner, openvino_unavailable,
+                                 program_runner)
 
 pytestmark = pytest.mark.benchmark(group="no_added_cost")
 TARGET = (0.97, 1.03)
@@ -35,15 +37,22 @@ def equal_cost(cost: dict) -> tuple[bool, bool]:
     return params, flops
 
 
-def test_no_added_cost(benchmark, case, subject, profile, device):
+def test_no_added_cost(benchmark, case, subject, profile, device, openvino_ir):
     size, backend, views = case
     s = subject(size)
     x = s.input(views)
+    if backend.startswith(("onnxruntime", "openvino")) and s.onnx_missing:
+        pytest.skip(s.onnx_missing)
     if backend == "onnxruntime":
-        if s.onnx_missing:
-            pytest.skip(s.onnx_missing)
         run_student, runtime = onnxruntime_runner(s.student_dir / ONNX_FILE, x, gpu=device.type == "cuda")
         run_plain, _ = onnxruntime_runner(s.plain_dir / ONNX_FILE, x, gpu=device.type == "cuda")
+    elif backend in ("openvino-fp32", "openvino-bf16"):
+        precision = backend.split("-")[1]
+        reason = openvino_unavailable(precision)
+        if reason:
+            pytest.skip(f"OpenVINO {precision}: {reason}")
+        run_student, runtime = openvino_runner(openvino_ir(s.student_dir / ONNX_FILE), x, precision=precision)
+        run_plain, _ = openvino_runner(openvino_ir(s.plain_dir / ONNX_FILE), x, precision=precision)
     else:
         run_student = program_runner(s.student_dir / PROGRAM_FILE, x, device)
         run_plain = program_runner(s.plain_dir / PROGRAM_FILE, x, device)

@@ -1,11 +1,13 @@
-"""Run folder -> `RUN/export/`: the RGB student alone as ONNX, ExportedProgram and (where
-TensorRT exists) an engine, checked for parity on real validation clips, described by
+"""Run folder -> `RUN/export/`: the RGB student alone as ONNX, ExportedProgram, an OpenVINO IR
+and (where TensorRT exists) an engine, checked for parity on real validation clips, described by
 `manifest.json` and packed into a TorchServe archive.
 
 Reads top to bottom: load the run -> take the student -> export -> show zero added cost ->
-TensorRT -> parity -> manifest -> archive -> publish. Everything is written into a temporary
-folder beside `RUN/export` and renamed into place only when every check passed, so a failed
-export leaves nothing behind and keeps an older complete export.
+TensorRT -> OpenVINO -> parity (and each OpenVINO precision's gate) -> adaptive views' stopping
+rule (calibrated on training videos, evaluated on validation) -> manifest -> archive -> publish.
+Everything is written into a temporary folder beside `RUN/export` and renamed into place only
+when every check passed, so a failed export leaves nothing behind and keeps an older complete
+export.
 """
 from __future__ import annotations
 
@@ -27,9 +29,10 @@ from torch.export import Dim
 
 from export.archive import MODEL_NAME_PATTERN, build_archive, serving_handler
 from export.flops import onnx_flops, torch_flops
-from export.parity import (ONNXRUNTIME_BOUND, TENSORRT_FP16_BOUND, TENSORRT_FP32_BOUND, Comparison, ParityError,
-                           check_parity, decoded_views, onnx_backend, onnx_session, torch_backend)
-from export import trt_engine
+from export.parity import (ONNXRUNTIME_BOUND, OPENVINO_BOUNDS, TENSORRT_FP16_BOUND, TENSORRT_FP32_BOUND, Backend,
+                           Bound, Comparison, ParityError, check_parity, decoded_views, onnx_backend, onnx_session,
+                           torch_backend)
+from export import adaptive, openvino_ir, trt_engine
 from serving.backends import sha256_of  # the hash the server checks artifacts with
 from training.config import Config, ConfigError, config_from_dict
 from training.data import DataSplits, resolve_splits
@@ -222,23 +225,35 @@ def _publish(tmp: Path, final: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the export
-def export_run(run: Path, *, tensorrt: str = "auto", model_name: str = "action", precision: str = "fp16",
-               parity_videos: int = 16, max_views: int = 30, archive: bool = True) -> Path:
+def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", model_name: str = "action",
+               precision: str = "fp16", parity_videos: int = 16, max_views: int = 30, archive: bool = True,
+               openvino_bounds: dict[str, Bound] = OPENVINO_BOUNDS, adaptive_videos: int = adaptive.DEFAULT_VIDEOS,
+               adaptive_target: float = adaptive.DEFAULT_TARGET) -> Path:
     """Export a finished run's student into `run/export` and return that folder.
 
     tensorrt: "auto" builds an engine where TensorRT and a GPU exist, "on" requires one, "off"
-    skips it. parity_videos: validation videos (all their views) for the parity check.
-    archive: build model.mar (needs serving/handler.py). Raises ExportError on bad input or a
-    failed check, leaving no partial folder behind."""
+    skips it. openvino: "auto" writes an IR where openvino imports, "on" requires one that passes
+    a precision's gate, "off" skips it; openvino_bounds: the parity bound of each precision (a
+    precision that breaks its bound is recorded as refused and never served). parity_videos:
+    validation videos (all their views) for the parity check. archive: build model.mar (needs
+    serving/handler.py). adaptive_videos: labeled training videos the adaptive views' stopping rule
+    is calibrated on (for a Top-1 agreement with all views of at least adaptive_target) and
+    validation videos it is evaluated on, at most this many each (0: no rule). Raises ExportError
+    on bad input or a failed check, leaving no partial folder behind."""
     run = Path(run)
     if tensorrt not in ("auto", "on", "off"):
         raise ExportError(f"tensorrt must be auto, on or off, got {tensorrt!r}")
+    if openvino not in ("auto", "on", "off"):
+        raise ExportError(f"openvino must be auto, on or off, got {openvino!r}")
     if precision not in ("fp16", "fp32"):
         raise ExportError(f"precision must be fp16 or fp32, got {precision!r}")
     if not MODEL_NAME_PATTERN.match(model_name):
         raise ExportError(f"model name {model_name!r}: use letters, digits, '_', '-' and '.'")
     if parity_videos < 1 or max_views < 1:
         raise ExportError("parity_videos and max_views must be at least 1")
+    if adaptive_videos < 0 or not 0.0 < adaptive_target <= 1.0:
+        raise ExportError(f"adaptive_videos must be at least 0 and adaptive_target in (0, 1], got {adaptive_videos} "
+                          f"and {adaptive_target}")
     if importlib.util.find_spec("onnxscript") is None:
         raise ExportError("the ONNX exporter needs the onnxscript package (torch's dynamo exporter is built on it): "
                           "pip install onnxscript")
@@ -249,6 +264,9 @@ def export_run(run: Path, *, tensorrt: str = "auto", model_name: str = "action",
     trt_reason = "disabled (--tensorrt off)" if tensorrt == "off" else trt_engine.unavailable_reason()
     if tensorrt == "on" and trt_reason:
         raise ExportError(f"--tensorrt on: {trt_reason}")
+    ov_reason = "disabled (--openvino off)" if openvino == "off" else openvino_ir.unavailable_reason()
+    if openvino == "on" and ov_reason:
+        raise ExportError(f"--openvino on: {ov_reason}")
 
     loaded = load_run(run)
     splits = validation_split(loaded)
@@ -281,10 +299,44 @@ def export_run(run: Path, *, tensorrt: str = "auto", model_name: str = "action",
         else:
             log.info("TensorRT engine skipped: %s", trt_reason)
 
-        parity = parity_check(loaded, splits, tmp, runner,
-                              trt_precision=trt_record.get("precision"), limit=parity_videos)
+        ov_record, ov_runners = openvino_ir.skipped(ov_reason), {}
+        if ov_reason is None:
+            t0 = time.time()
+            ov_record = openvino_ir.write_ir(tmp / "model.onnx", tmp)
+            # int8 calibrated on the run's own training videos (labeled and unlabeled, each once)
+            training = list({item.path: item for item in splits.labeled + splits.unlabeled}.values())
+            calibration = openvino_ir.training_views(training, splits.root, spec)
+            ov_record = openvino_ir.quantize_int8(tmp, ov_record, calibration)
+            ov_runners = openvino_ir.precision_runners(tmp, ov_record, max_views=max_views)
+            log.info("OpenVINO IR written in %.1f s; precisions measured: %s", time.time() - t0,
+                     ", ".join(ov_runners) or "none")
+        else:
+            log.info("OpenVINO IR skipped: %s", ov_reason)
 
-        artifacts = ["model.onnx", "student.pt2"] + (["model.plan"] if trt_record.get("file") else [])
+        parity = parity_check(loaded, splits, tmp, runner, trt_precision=trt_record.get("precision"),
+                              openvino_runners={p: (r, openvino_bounds.get(p, OPENVINO_BOUNDS[p]))
+                                                for p, r in ov_runners.items()},
+                              limit=parity_videos)
+        if ov_reason is None:
+            ov_record = openvino_ir.gate(ov_record, parity["openvino"], tmp)
+            log.info("OpenVINO precisions offered to the server: %s",
+                     ", ".join(ov_record["offered"]) or f"none, {ov_record['reason']}")
+            if openvino == "on" and not ov_record["offered"]:
+                raise ExportError(f"--openvino on: {ov_record['reason']}")
+
+        t0 = time.time()
+        # fp32 scores: OpenVINO's where it passed (the same logits to ~1e-7, 1.7x ONNX Runtime's speed at full size)
+        if "fp32" in ov_record["offered"]:
+            scorer, scored_with = ov_runners["fp32"], "openvino-cpu-fp32"
+        else:
+            scorer, scored_with = onnx_backend(onnx_session(tmp / "model.onnx")), "onnxruntime-cpu"
+        adaptive_record = adaptive.adaptive_views(splits.labeled, splits.val, splits.root, spec, scorer,
+                                                  scored_with=scored_with, videos=adaptive_videos,
+                                                  target=adaptive_target)
+        log.info("adaptive views (%.1f s): %s", time.time() - t0, adaptive.describe(adaptive_record))
+
+        artifacts = (["model.onnx", "student.pt2"] + (["model.plan"] if trt_record.get("file") else [])
+                     + ov_record["files"])
         manifest = {
             "format_version": FORMAT_VERSION,
             "model_name": model_name,
@@ -301,10 +353,12 @@ def export_run(run: Path, *, tensorrt: str = "auto", model_name: str = "action",
                      "producer": f"{onnx_model.producer_name} {onnx_model.producer_version}".strip()},
             "torch": {"file": "student.pt2", "torch_version": torch.__version__},
             "tensorrt": trt_record,
+            "openvino": ov_record,
             "sha256": {name: sha256_of(tmp / name) for name in artifacts},
             "training": {"run": str(run.resolve()), "epoch": loaded.epoch, "metrics": loaded.metrics,
                          "config": loaded.cfg.to_dict()},
             "parity": parity,
+            "adaptive_views": adaptive_record,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if archive:
@@ -325,20 +379,24 @@ def export_run(run: Path, *, tensorrt: str = "auto", model_name: str = "action",
 
 
 def parity_check(loaded: LoadedRun, splits: DataSplits, export_dir: Path, runner, *, trt_precision: str | None,
-                 limit: int) -> dict:
-    """PyTorch student vs ONNX Runtime (CPU) and TensorRT on every view of up to `limit`
-    decoded validation videos; the saved ExportedProgram is compared on the first video. Raises
-    ExportError when a bound breaks."""
+                 openvino_runners: dict[str, tuple[Backend, Bound]], limit: int) -> dict:
+    """PyTorch student vs ONNX Runtime (CPU), TensorRT and each OpenVINO precision on every view
+    of up to `limit` decoded validation videos; the saved ExportedProgram is compared on the first
+    video. Raises ExportError when a bound of ONNX Runtime, the ExportedProgram or TensorRT
+    breaks; the OpenVINO reports (under "openvino") are judged by `openvino_ir.gate`."""
     t0 = time.time()
     reference = torch_backend(loaded.student)
     onnxruntime = onnx_backend(onnx_session(export_dir / "model.onnx"))
     exported = torch_backend(torch.export.load(export_dir / "student.pt2").module())
     ort_cmp, trt_cmp, pt2_cmp = Comparison(), Comparison(), Comparison()
-    for i, (_, views) in enumerate(decoded_views(splits.val, splits.root, loaded.cfg.input, limit=limit)):
+    ov_cmp = {precision: Comparison() for precision in openvino_runners}
+    for i, (item, views) in enumerate(decoded_views(splits.val, splits.root, loaded.cfg.input, limit=limit)):
         ref = reference(views).astype("float64")
-        ort_cmp.add(ref, onnxruntime(views))
+        ort_cmp.add(ref, onnxruntime(views), item.label)
         if runner is not None:
-            trt_cmp.add(ref, runner(views))
+            trt_cmp.add(ref, runner(views), item.label)
+        for precision, (run_openvino, _) in openvino_runners.items():
+            ov_cmp[precision].add(ref, run_openvino(views), item.label)
         if i == 0:
             pt2_cmp.add(ref, exported(views))
     if ort_cmp.videos == 0:
@@ -347,7 +405,8 @@ def parity_check(loaded: LoadedRun, splits: DataSplits, export_dir: Path, runner
     parity = {"onnxruntime": ort_cmp.report(ONNXRUNTIME_BOUND),
               "exported_program": pt2_cmp.report(ONNXRUNTIME_BOUND),
               "tensorrt": None if runner is None else
-              trt_cmp.report(TENSORRT_FP16_BOUND if trt_precision == "fp16" else TENSORRT_FP32_BOUND)}
+              trt_cmp.report(TENSORRT_FP16_BOUND if trt_precision == "fp16" else TENSORRT_FP32_BOUND),
+              "openvino": {p: ov_cmp[p].report(bound) for p, (_, bound) in openvino_runners.items()}}
     try:
         for name in ("onnxruntime", "exported_program", "tensorrt"):
             if parity[name] is not None:
@@ -358,4 +417,8 @@ def parity_check(loaded: LoadedRun, splits: DataSplits, export_dir: Path, runner
     log.info("parity on %d videos / %d views in %.1f s: ONNX Runtime max |diff| %.2e (bound %.1e), top-1 agreement "
              "%.4f%s", o["videos"], o["views"], time.time() - t0, o["max_abs_diff"], o["bound"], o["top1_agreement"],
              "" if runner is None else f"; TensorRT max |diff| {parity['tensorrt']['max_abs_diff']:.2e}")
+    for precision, r in parity["openvino"].items():
+        log.info("OpenVINO %s: max |diff| %.2e (bound %.1e), top-1 agreement %.4f, Top-1 accuracy %s points vs "
+                 "PyTorch", precision, r["max_abs_diff"], r["bound"], r["top1_agreement"],
+                 "–" if r["top1_accuracy_diff"] is None else f"{r['top1_accuracy_diff']:+.2f}")
     return parity

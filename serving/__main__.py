@@ -322,7 +322,8 @@ def stop_recorded(state_file: Path, timeout: float = 60.0) -> int:
 def check_startable(args, run: Path, ports: dict, hosts: dict[str, str]) -> dict:
     """Everything that can be checked before launching, each with a message that says what to
     do; returns the export's manifest."""
-    from serving.core import load_manifest  # here: it loads torch (~1 s), which stop, health and key do not need
+    # here: it loads torch (~1 s), which stop, health and key do not need
+    from serving.core import adaptive_rule, load_manifest, unavailable_reason
 
     if not args.token_expiration_min > 0:
         raise ServeError("--token-expiration-min must be more than 0")
@@ -342,6 +343,9 @@ def check_startable(args, run: Path, ports: dict, hosts: dict[str, str]) -> dict
         value = getattr(args, option)
         if value is not None and value < minimum:
             raise ServeError(f"--{option.replace('_', '-')} must be at least {minimum}, got {value}")
+    if args.adaptive_views and adaptive_rule(manifest) is None:
+        raise ServeError(f"--adaptive-views: {export_dir} has no calibrated stopping rule "
+                         f"({unavailable_reason(manifest)}); re-export the run (make export RUN={args.run})")
     try:  # the check each worker makes on load, made here once so that a failure reads plainly
         select_backend(export_dir, manifest, prefer=args.backend, threads=1, probe_views=0)
     except BackendError as exc:
@@ -515,7 +519,8 @@ def start(args) -> int:
                TMPDIR=str(tmp_dir),  # the launcher's pid file, so that other TorchServes do not collide
                LOG_LOCATION=str(log_dir), METRICS_LOCATION=str(log_dir),  # read by serving/log4j2.xml
                SERVING_LOG_FILE_SIZE=args.log_file_size, SERVING_LOG_BACKUPS=str(args.log_backups),
-               SERVING_BACKEND=args.backend, SERVING_THREADS=str(threads), SERVING_MAX_VIEWS=str(args.max_views))
+               SERVING_BACKEND=args.backend, SERVING_THREADS=str(threads), SERVING_MAX_VIEWS=str(args.max_views),
+               SERVING_VIEWS="adaptive" if args.adaptive_views else "all")
     # the upload decoders' limits (serving/handler.py): given options win over the environment
     for option, name in DECODE_OPTIONS.items():
         if getattr(args, option) is not None:
@@ -564,7 +569,8 @@ def print_started(args, state: dict, manifest: dict, threads: int) -> None:
         f"valid {args.token_expiration_min:g} min; `serving key` renews one that is about to expire"
     print(f"serving {manifest['model_name']} {manifest['model_version']} at "
           f"http://{url_host(state['host'])}:{ports['inference']}/predictions/{args.model_name}\n"
-          f"  workers {args.workers}, batch size {args.batch_size}, backend {args.backend}, {threads} threads per worker\n"
+          f"  workers {args.workers}, batch size {args.batch_size}, backend {args.backend}, {threads} threads per "
+          f"worker, {'adaptive' if args.adaptive_views else 'all'} views by default\n"
           f"  management http://{HOST}:{ports['management']} (management key)  "
           f"metrics http://{url_host(state['metrics_host'])}:{ports['metrics']}/metrics (no key)\n"
           f"  keys in {state['key_file']} ({renewal}): every inference and management call needs its key\n"
@@ -673,9 +679,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=1, help="requests TorchServe batches into one handler call")
     p.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill")
     p.add_argument("--response-timeout", type=int, default=300, help="s a worker may take for one batch")
-    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="auto: the fastest runtime that runs here, timed by each worker; openvino: its fastest "
+                        "precision that passed the export's parity gate (openvino-int8, -bf16, -fp32: that one)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per worker (default: cores / workers)")
     p.add_argument("--max-views", type=int, default=30, help="views per model call (bounds the memory of a batch)")
+    p.add_argument("--adaptive-views", action="store_true",
+                   help="answer requests that do not choose (views=all|adaptive) with adaptive views: clips "
+                        "coarse-to-fine until the export's calibrated stopping rule holds (SERVING_VIEWS)")
     p.add_argument("--decoders", type=int, help="upload decode helpers per worker (default 2; SERVING_DECODERS)")
     p.add_argument("--decode-timeout", type=float,
                    help="s one upload's decode may take (default 30; SERVING_DECODE_TIMEOUT)")

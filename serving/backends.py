@@ -1,16 +1,19 @@
-"""Runtime backends for the exported student: ONNX Runtime, TensorRT, PyTorch (torch.export).
+"""Runtime backends for the exported student: ONNX Runtime, TensorRT, PyTorch (torch.export),
+OpenVINO.
 
 Each backend is a callable: normalized views (N, 3, T, H, W) float32 -> logits (N, C) float32,
 for N up to its `max_views` (the caller splits larger inputs into chunks). `select_backend`
 with "auto" loads every backend this machine can run from what the export manifest lists
 (TensorRT: engine present + `tensorrt` importable + CUDA; ONNX Runtime: CUDA provider where a
-GPU is visible, CPU otherwise; PyTorch ExportedProgram, channels-last), times each on a
-request's worth of views and keeps the fastest.
+GPU is visible, CPU otherwise; PyTorch ExportedProgram, channels-last; OpenVINO on the CPU at
+the fastest precision that passed the export's parity gate), times each on a request's worth
+of views and keeps the fastest.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -18,9 +21,18 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch", "openvino", "openvino-fp32", "openvino-bf16",
+                   "openvino-int8")
 DEFAULT_MAX_VIEWS = 30  # one 10x3 request per forward; bounds the activations of a chunk
-AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")  # ties go to the earlier one
+# ties go to the earlier one; OpenVINO comes last, so it replaces the incumbents only when it is
+# measurably faster (AUTO_MIN_GAIN)
+AUTO_ORDER = ("tensorrt", "onnxruntime", "torch", "openvino")
+# OpenVINO precisions, fastest first (measured at full size on a 2-core AVX-512 CPU: bf16 3.4x and
+# fp32 1.7x ONNX Runtime fp32's speed; on an AMX CPU, the NNCF int8 IR 1.6x bf16's), and
+# the INFERENCE_PRECISION_HINT each is compiled with (int8: what stays unquantized runs in fp32).
+# Each precision names its IR in the manifest (int8 its own quantized one).
+OPENVINO_PRECISIONS = ("int8", "bf16", "fp32")
+OPENVINO_HINTS = {"int8": "f32", "bf16": "bf16", "fp32": "f32"}
 # "auto" keeps an earlier backend unless a later one is at least this much faster, so that
 # timing noise between near-equal backends does not flip the choice from one start to the next
 AUTO_MIN_GAIN = 0.10
@@ -53,6 +65,30 @@ def verified_artifact(export_dir: Path, manifest: dict, name: str | None) -> Pat
     if actual != expected:
         raise BackendError(f"{path} has sha256 {actual[:12]}..., the manifest says {expected[:12]}...")
     return path
+
+
+def import_openvino():
+    """`import openvino`, lazily (importing the serving package stays fast), with its usage
+    telemetry off.
+
+    openvino 2026 sends an event to Google Analytics on import and on every conversion unless the
+    user opted out (~/intel/openvino_telemetry); an export or a server must not call out. OpenVINO
+    falls back to a no-op stub where `openvino_telemetry` does not import, so that import is
+    blocked for this process (a None entry in sys.modules makes `import` raise ImportError)."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
+def openvino_cpu_precisions() -> list[str]:
+    """The OpenVINO precisions this CPU runs natively, fastest first. The CPU plugin lists "BF16"
+    in OPTIMIZATION_CAPABILITIES only where the CPU has bf16 instructions (AVX512_BF16, AMX);
+    elsewhere a bf16 hint would run in fp32. It lists "INT8" on every x86 CPU it runs on (fast
+    with VNNI). Raises ImportError where openvino is missing."""
+    capabilities = import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return [p for p in OPENVINO_PRECISIONS if p.upper() in capabilities]
 
 
 def gpu_visible() -> bool:
@@ -155,6 +191,63 @@ class TorchExportBackend:
             return self.module(x).float().cpu().numpy()
 
 
+class OpenVinoBackend:
+    """An OpenVINO IR compiled for the CPU at one inference precision ("fp32", "bf16", or "int8":
+    the quantized IR, its unquantized operations in fp32).
+
+    PERFORMANCE_HINT LATENCY: one stream, every thread on the one call (a request's views are one
+    batch). The precision hint is always set: the CPU plugin's default is bf16 wherever the CPU has
+    it, so an IR compiled without a hint would not run in fp32 there."""
+
+    def __init__(self, graph: Path, weights: Path, *, precision: str, threads: int = 0,
+                 max_views: int = DEFAULT_MAX_VIEWS):
+        ov = import_openvino()
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision]}
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = threads  # otherwise OpenVINO's default: one per core
+        self.compiled = core.compile_model(core.read_model(str(graph), str(weights)), "CPU", config)
+        used = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if used != OPENVINO_HINTS[precision]:
+            raise BackendError(f"OpenVINO compiled {graph.name} for {used} instead of {precision} on this CPU")
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+        self.path = Path(weights)  # answers name the sha256 of the weights: model.xml is the graph alone
+        self.max_views = max_views
+        self.name = f"openvino-cpu-{precision}"
+
+    def __call__(self, views: np.ndarray) -> np.ndarray:
+        # share_inputs: the views are read in place (infer is synchronous), not copied first; the
+        # logits are copied out of the request's buffer, which the next call overwrites
+        return self.request.infer(np.ascontiguousarray(views, dtype=np.float32), share_inputs=True)[self.output]
+
+
+def openvino_precision(manifest: dict, requested: str | None) -> str:
+    """The precision to serve the export's OpenVINO IR at: `requested`, or with None the fastest
+    one offered. It must have passed the export's parity gate and run natively on this CPU;
+    otherwise BackendError says why."""
+    record = manifest.get("openvino") or {}
+    if not record.get("offered"):
+        raise BackendError(f"the export has no OpenVINO IR ({record.get('reason') or 'none was written'})")
+    try:
+        here = openvino_cpu_precisions()
+    except ImportError as exc:
+        raise BackendError("openvino is not installed") from exc
+    if requested is not None:
+        if requested not in record["offered"]:
+            entry = (record.get("precisions") or {}).get(requested) or {"status": "not measured"}
+            why = f" ({entry['reason']})" if entry.get("reason") else ""
+            raise BackendError(f"the export does not offer OpenVINO {requested}: {entry['status']} at export{why}")
+        if requested not in here:
+            raise BackendError(f"this CPU does not run OpenVINO {requested} natively")
+        return requested
+    usable = [p for p in OPENVINO_PRECISIONS if p in record["offered"] and p in here]
+    if not usable:
+        raise BackendError(f"this CPU runs none of the OpenVINO precisions the export offers "
+                           f"({', '.join(record['offered'])})")
+    return usable[0]
+
+
 def tensorrt_unavailable(manifest: dict) -> str | None:
     """None when the export's TensorRT engine can run here, else why not (one line)."""
     record = manifest.get("tensorrt") or {}
@@ -173,9 +266,9 @@ def tensorrt_unavailable(manifest: dict) -> str | None:
 
 def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 0,
                  max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0):
-    """Build one backend by kind ("tensorrt", "onnxruntime", "torch"); raise BackendError if it
-    cannot run here. `gpu_id` is the GPU to use where one is visible (TorchServe gives each
-    worker one)."""
+    """Build one backend by kind ("tensorrt", "onnxruntime", "torch", "openvino" at its fastest
+    offered precision, "openvino-fp32", "openvino-bf16", "openvino-int8"); raise BackendError if it
+    cannot run here. `gpu_id` is the GPU to use where one is visible (TorchServe gives each worker one)."""
     if kind == "tensorrt":
         reason = tensorrt_unavailable(manifest)
         if reason:
@@ -197,13 +290,21 @@ def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 
         record = manifest.get("torch") or {}
         path = verified_artifact(export_dir, manifest, record.get("file"))
         return TorchExportBackend(path, threads=threads, max_views=max_views, gpu_id=gpu_id)
+    if kind in ("openvino", "openvino-fp32", "openvino-bf16", "openvino-int8"):
+        precision = openvino_precision(manifest, kind.partition("-")[2] or None)
+        record = manifest["openvino"]["precisions"][precision]
+        graph = verified_artifact(export_dir, manifest, record["graph"])
+        weights = verified_artifact(export_dir, manifest, record["weights"])
+        return OpenVinoBackend(graph, weights, precision=precision, threads=threads, max_views=max_views)
     raise BackendError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_CHOICES)}")
 
 
 def kind_of(name: str) -> str:
-    """The `load_backend` kind of a backend's name ("onnxruntime-cpu" -> "onnxruntime")."""
-    kind = name.split("-")[0]
-    if kind not in AUTO_ORDER:
+    """The `load_backend` kind that builds a backend of this name again ("onnxruntime-cpu" ->
+    "onnxruntime", "openvino-cpu-bf16" -> "openvino-bf16")."""
+    engine = name.split("-")[0]
+    kind = f"{engine}-{name.rsplit('-', 1)[-1]}" if engine == "openvino" else engine
+    if kind not in BACKEND_CHOICES or kind == "auto":
         raise ValueError(f"no backend kind for {name!r}")
     return kind
 
@@ -235,9 +336,9 @@ def select_backend(export_dir: Path, manifest: dict, *, prefer: str = "auto", th
                    max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0, probe_views: int | None = None):
     """The backend named by `prefer`, or with "auto" the fastest of those that run here.
 
-    "auto" loads TensorRT, ONNX Runtime and PyTorch in turn (each one that cannot run is logged
-    with the reason), times each on a zero batch of `probe_views` views (default: the manifest's
-    clips x crops, one default request; at most `max_views`) and keeps the fastest
+    "auto" loads TensorRT, ONNX Runtime, PyTorch and OpenVINO in turn (each one that cannot run
+    is logged with the reason), times each on a zero batch of `probe_views` views (default: the
+    manifest's clips x crops, one default request; at most `max_views`) and keeps the fastest
     (`fastest`). The measured seconds are kept on the backend as `.timings` and logged.
     `probe_views=0` times nothing and returns the first that loads (a check that one can run)."""
     if prefer != "auto":

@@ -1,9 +1,9 @@
 """Server-agnostic inference core: uploaded video bytes -> top-k labels of the exported student.
 
 The request path, in order:
-  1. `parse_request`: the video bytes and the options (topk, clips, crops) from the fields a
-     server hands over (raw body or multipart field `data`, form fields or X-Topk/X-Clips/X-Crops
-     headers), checked against their bounds.
+  1. `parse_request`: the video bytes and the options (topk, clips, crops, views) from the
+     fields a server hands over (raw body or multipart field `data`, form fields or
+     X-Topk/X-Clips/X-Crops/X-Views headers), checked against their bounds.
   2. `InferenceCore.prepare`: the upload's bytes are parsed only by
      `training.view_decode.read_view_crops` (PyAV under the input policy; the decoder offline
      evaluation uses too), in one of the handler's isolated helper processes
@@ -11,7 +11,10 @@ The request path, in order:
      become the normalized model input with `training.views.crops_to_views`.
   3. `InferenceCore.predict_prepared`: the views of every request in a batch go through the
      runtime backend together, in chunks of at most `max_views`, and each request's view
-     scores are averaged (`average_view_scores`) into its answer.
+     scores are averaged (`average_view_scores`) into its answer. A request with adaptive views
+     (`training.adaptive_views`) sends its clips in coarse-to-fine order, a step at a time, until
+     the export's calibrated stopping rule holds; every view is decoded either way (decoding is
+     cheap next to the model), so what it saves is model time.
 Every problem with a request is a `RequestError` carrying its HTTP status and a JSON body.
 """
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 
 from serving.backends import DEFAULT_MAX_VIEWS, select_backend
 from serving.isolation import DecodePool, RejectedUpload
+from training.adaptive_views import AdaptiveViews, StoppingRule
 from training.view_decode import UPLOAD_FORMATS, DecodeLimits, VideoRejected, read_view_crops
 from training.views import InputSpec, average_view_scores, crops_to_views, geometry
 
@@ -38,8 +42,9 @@ MAX_CLIPS = 10  # or the manifest's test_clips where that is larger
 MAX_CROPS = 3  # 3 crops already cover the long side (start, centre, end)
 MAX_UPLOAD_BYTES = 100 * 2**20  # TorchServe's max_request_size refuses larger bodies before the handler
 VIDEO_FIELDS = ("body", "data")  # TorchServe: raw request body -> "body", multipart field -> its name
-OPTION_FIELDS = ("topk", "clips", "crops")
-OPTION_HEADERS = {"x-topk": "topk", "x-clips": "clips", "x-crops": "crops"}
+OPTION_FIELDS = ("topk", "clips", "crops", "views")
+OPTION_HEADERS = {"x-topk": "topk", "x-clips": "clips", "x-crops": "crops", "x-views": "views"}
+VIEW_MODES = ("all", "adaptive")  # every clip x crop view, or coarse-to-fine until the stopping rule holds
 
 
 class RequestError(Exception):
@@ -59,6 +64,7 @@ class Options:
     topk: int
     clips: int
     crops: int
+    views: str = "all"  # one of VIEW_MODES
 
 
 @dataclass
@@ -107,13 +113,14 @@ def parse_int(name: str, value, low: int, high: int) -> int:
 
 
 def parse_request(fields_: Mapping, headers: Mapping | None, *, num_classes: int, default_clips: int,
-                  default_crops: int) -> tuple[bytes, Options]:
+                  default_crops: int, default_views: str = "all") -> tuple[bytes, Options]:
     """(video bytes, options) from one request's fields and headers; RequestError when either
     is missing or out of bounds.
 
     `fields_` is what the server decoded from the body: {"body": bytes} for a raw body,
     {"data": bytes, "topk": b"3", ...} for a multipart form. Options may also come as headers
-    (X-Topk, X-Clips, X-Crops), since TorchServe drops a POST's query string; a form field wins.
+    (X-Topk, X-Clips, X-Crops, X-Views), since TorchServe drops a POST's query string; a form
+    field wins.
     """
     video_keys = [k for k in VIDEO_FIELDS if k in fields_]
     if not video_keys:
@@ -138,18 +145,40 @@ def parse_request(fields_: Mapping, headers: Mapping | None, *, num_classes: int
            if isinstance(k, str) and k.lower() in OPTION_HEADERS}
     raw.update({k: fields_[k] for k in OPTION_FIELDS if k in fields_})
     return video, parse_options(raw, num_classes=num_classes, default_clips=default_clips,
-                                       default_crops=default_crops)
+                                default_crops=default_crops, default_views=default_views)
 
 
-def parse_options(raw: Mapping, *, num_classes: int, default_clips: int, default_crops: int) -> Options:
-    """Options from {"topk"|"clips"|"crops": text or bytes}; absent ones take their defaults
-    (topk 5 capped at the number of classes, the manifest's clips and crops)."""
+def parse_options(raw: Mapping, *, num_classes: int, default_clips: int, default_crops: int,
+                  default_views: str = "all") -> Options:
+    """Options from {"topk"|"clips"|"crops"|"views": text or bytes}; absent ones take their
+    defaults (topk 5 capped at the number of classes, the manifest's clips and crops, the
+    server's views)."""
     max_clips = max(MAX_CLIPS, default_clips)
     return Options(
         topk=parse_int("topk", raw["topk"], 1, num_classes) if "topk" in raw else min(DEFAULT_TOPK, num_classes),
         clips=parse_int("clips", raw["clips"], 1, max_clips) if "clips" in raw else default_clips,
         crops=parse_int("crops", raw["crops"], 1, MAX_CROPS) if "crops" in raw else default_crops,
+        views=parse_views(raw["views"]) if "views" in raw else default_views,
     )
+
+
+def parse_views(value) -> str:
+    text = _as_text(value).strip().lower()
+    if text not in VIEW_MODES:
+        raise RequestError(400, "invalid_option", f"views must be one of {', '.join(VIEW_MODES)}, got {text[:40]!r}")
+    return text
+
+
+def adaptive_rule(manifest: dict) -> StoppingRule | None:
+    """The stopping rule `make export` calibrated for adaptive views, or None (an export
+    without one: adaptive views not calibrated, or made before they existed)."""
+    record = (manifest.get("adaptive_views") or {}).get("rule")
+    return None if record is None else StoppingRule.from_dict(record)
+
+
+def unavailable_reason(manifest: dict) -> str:
+    record = manifest.get("adaptive_views")
+    return "an export made before adaptive views" if record is None else record.get("reason") or "none recorded"
 
 
 def iter_chunks(arrays: list[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -173,23 +202,32 @@ def iter_chunks(arrays: list[np.ndarray], size: int) -> Iterator[np.ndarray]:
 class InferenceCore:
     """The exported student behind a runtime backend, with the manifest's labels and input spec.
 
-    `backend` is "auto" (TensorRT > ONNX Runtime > PyTorch, whichever runs here) or one of
-    "tensorrt", "onnxruntime", "torch"; `threads` bounds the intra-op threads of ONNX Runtime
-    and torch (0 = their defaults); at most `max_views` views go through the model at once;
-    `gpu_id` is the GPU used where one is visible. Uploads are decoded in `decoder`'s isolated
-    helpers (the TorchServe handler's pool), or in this process when it is None (trusted
-    callers: tests, benchmarks), under `limits` either way.
+    `backend` is "auto" (the fastest of TensorRT, ONNX Runtime, PyTorch and OpenVINO that runs
+    here) or one of `serving.backends.BACKEND_CHOICES`; `threads` bounds the intra-op threads of
+    ONNX Runtime, torch and OpenVINO (0 = their defaults); at most `max_views` views go through
+    the model at once; `gpu_id` is the GPU used where one is visible. Uploads are decoded in
+    `decoder`'s isolated helpers (the TorchServe handler's pool), or in this process when it is
+    None (trusted callers: tests, benchmarks), under `limits` either way. `views` is what a
+    request that does not say gets: "all" (clips x crops) or "adaptive" (the manifest's stopping
+    rule; ValueError when the export has none).
     """
 
     def __init__(self, export_dir: Path, *, backend: str = "auto", threads: int = 0,
                  max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0, decoder: DecodePool | None = None,
-                 limits: DecodeLimits = DecodeLimits()):
+                 limits: DecodeLimits = DecodeLimits(), views: str = "all"):
         if max_views < 1:
             raise ValueError(f"max_views must be at least 1, got {max_views}")
+        if views not in VIEW_MODES:
+            raise ValueError(f"views must be one of {', '.join(VIEW_MODES)}, got {views!r}")
         self.export_dir = Path(export_dir)
         self.manifest = load_manifest(self.export_dir)
         self.spec = spec_from_manifest(self.manifest)
         self.classes = list(self.manifest["classes"])
+        self.rule = adaptive_rule(self.manifest)
+        if views == "adaptive" and self.rule is None:
+            raise ValueError(f"adaptive views by default, but {self.export_dir} has no calibrated stopping rule "
+                             f"({unavailable_reason(self.manifest)}); re-export the run")
+        self.default_views = views
         if threads > 0:
             torch.set_num_threads(threads)  # the normalization in crops_to_views runs on torch
         self.decoder, self.limits = decoder, limits
@@ -198,9 +236,10 @@ class InferenceCore:
         # the sha256 of the artifact this backend runs (verified against the manifest on load)
         self.model_info = {"name": self.manifest["model_name"], "version": self.manifest["model_version"],
                            "sha256": self.manifest["sha256"][self.backend.path.name]}
-        log.info("serving %s %s with backend %s (%d classes, %dx%d views of %d frames at %d px)",
-                 self.model_info["name"], self.model_info["version"], self.backend.name, len(self.classes),
-                 self.spec.test_clips, self.spec.test_crops, self.spec.clip_len, self.spec.test_crop)
+        log.info("serving %s %s with backend %s (%d classes, %dx%d views of %d frames at %d px; %s views by default, "
+                 "adaptive rule %s)", self.model_info["name"], self.model_info["version"], self.backend.name,
+                 len(self.classes), self.spec.test_clips, self.spec.test_crops, self.spec.clip_len, self.spec.test_crop,
+                 self.default_views, self.rule)
 
     def warm_up(self) -> None:
         """One zero view through the backend, so that the first request does not pay for the
@@ -209,8 +248,13 @@ class InferenceCore:
         self.backend(np.zeros((1, 3, s.clip_len, s.test_crop, s.test_crop), dtype=np.float32))
 
     def parse(self, fields_: Mapping, headers: Mapping | None = None) -> tuple[bytes, Options]:
-        return parse_request(fields_, headers, num_classes=len(self.classes), default_clips=self.spec.test_clips,
-                             default_crops=self.spec.test_crops)
+        video, options = parse_request(fields_, headers, num_classes=len(self.classes),
+                                       default_clips=self.spec.test_clips, default_crops=self.spec.test_crops,
+                                       default_views=self.default_views)
+        if options.views == "adaptive" and self.rule is None:
+            raise RequestError(400, "adaptive_views_unavailable", "this model has no calibrated stopping rule for "
+                               f"adaptive views ({unavailable_reason(self.manifest)}); send views=all")
+        return video, options
 
     def prepare(self, video: bytes, options: Options) -> Prepared:
         """Decode and preprocess one upload; RequestError when it is not a usable video."""
@@ -242,21 +286,45 @@ class InferenceCore:
         return np.concatenate([self.backend(chunk) for chunk in iter_chunks(arrays, self.backend.max_views)])
 
     def predict_prepared(self, batch: list[Prepared]) -> list[dict]:
-        """Answers for several prepared requests whose views go through the model together."""
-        if not batch:
-            return []
-        t0 = time.perf_counter()
-        logits = self.forward([p.views for p in batch])
-        inference_ms = (time.perf_counter() - t0) * 1e3  # shared by the requests of the batch
-        answers, start = [], 0
-        for p in batch:
-            n = len(p.views)
-            answers.append(self.answer(logits[start : start + n], p, inference_ms))
-            start += n
-        return answers
+        """Answers for several prepared requests whose views go through the model together.
 
-    def answer(self, logits: np.ndarray, p: Prepared, inference_ms: float) -> dict:
-        scores = average_view_scores(torch.from_numpy(logits)).numpy()
+        In rounds: the first sends every view of each "all" request and the first step of each
+        adaptive one; each later round the next clip of every adaptive request not yet decided.
+        A request's `inference` time is that of the rounds it took part in."""
+        adaptive = [AdaptiveViews(self.rule, clips=p.options.clips, crops=p.options.crops)
+                    if p.options.views == "adaptive" else None for p in batch]
+        logits: list[np.ndarray | None] = [None] * len(batch)
+        inference_s = [0.0] * len(batch)
+        pending = list(range(len(batch)))
+        while pending:
+            rows = [batch[i].views if adaptive[i] is None else
+                    batch[i].views[adaptive[i].view_rows(adaptive[i].next_clips())] for i in pending]
+            t0 = time.perf_counter()
+            out = self.forward(rows)
+            spent = time.perf_counter() - t0
+            start, still = 0, []
+            for i, part in zip(pending, rows):
+                step, start = out[start : start + len(part)], start + len(part)
+                inference_s[i] += spent
+                if adaptive[i] is None:
+                    logits[i] = step
+                elif not adaptive[i].add(step):
+                    still.append(i)
+            pending = still
+        return [self.answer(p, logits[i], adaptive[i], inference_s[i] * 1e3) for i, p in enumerate(batch)]
+
+    def answer(self, p: Prepared, logits: np.ndarray | None, adaptive: AdaptiveViews | None,
+               inference_ms: float) -> dict:
+        """A request's answer from the logits of all its views, or from its finished adaptive
+        evaluation (the views it used, in order, and why it stopped)."""
+        views = {"clips": p.options.clips, "crops": p.options.crops}
+        if adaptive is None:
+            scores = average_view_scores(torch.from_numpy(logits)).numpy()
+            views["count"] = int(len(logits))
+        else:
+            scores = adaptive.scores
+            views.update(count=adaptive.views_used, mode="adaptive", clips_used=list(adaptive.used),
+                         stop=adaptive.stop)
         order = np.argsort(-scores, kind="stable")[: p.options.topk]
         ms = {"decode": p.decode_ms, "preprocess": p.preprocess_ms, "inference": inference_ms}
         ms["total"] = sum(ms.values())
@@ -264,14 +332,15 @@ class InferenceCore:
             "predictions": [{"label": self.classes[i], "index": int(i), "score": float(scores[i])} for i in order],
             "model": dict(self.model_info),
             "backend": self.backend.name,
-            "views": {"clips": p.options.clips, "crops": p.options.crops, "count": int(len(logits))},
+            "views": views,
             "frames": int(p.frames),
             "timings_ms": {k: round(v, 3) for k, v in ms.items()},
         }
 
     def predict(self, video: bytes, *, topk: int | None = None, clips: int | None = None,
-                crops: int | None = None) -> dict:
+                crops: int | None = None, views: str | None = None) -> dict:
         """One video's answer for in-process callers, with a request's defaults, bounds and
         errors (RequestError)."""
-        given = {k: str(v) for k, v in (("topk", topk), ("clips", clips), ("crops", crops)) if v is not None}
+        given = {k: str(v) for k, v in (("topk", topk), ("clips", clips), ("crops", crops), ("views", views))
+                 if v is not None}
         return self.predict_prepared([self.prepare(*self.parse({"body": video, **given}))])[0]

@@ -2,12 +2,13 @@
 
 The model archive holds this file, the exported artifacts and manifest.json; the inference
 code comes from the installed `serving` package. Environment (set by `python -m serving start`):
-SERVING_BACKEND = auto | tensorrt | onnxruntime | torch, SERVING_THREADS = intra-op threads
-(0 = the runtime's default), SERVING_MAX_VIEWS = views per backend call. Uploads are decoded in
-a pool of isolated helper processes owned by the handler (`serving.isolation`):
-SERVING_DECODERS = helpers (2), SERVING_DECODE_TIMEOUT = seconds one decode may take (30),
-SERVING_DECODE_MEMORY_MB = a helper's address space (3072), SERVING_DECODE_QUEUE = seconds a
-request waits for a free helper before its 503 (10).
+SERVING_BACKEND = auto | tensorrt | onnxruntime | torch | openvino[-int8|-bf16|-fp32],
+SERVING_THREADS = intra-op threads (0 = the runtime's default), SERVING_MAX_VIEWS = views per
+backend call, SERVING_VIEWS = all | adaptive: the views of a request that does not choose
+(`start --adaptive-views`; adaptive needs the export's calibrated stopping rule). Uploads are decoded in a pool of isolated helper processes owned by the handler
+(`serving.isolation`): SERVING_DECODERS = helpers (2), SERVING_DECODE_TIMEOUT = seconds one
+decode may take (30), SERVING_DECODE_MEMORY_MB = a helper's address space (3072),
+SERVING_DECODE_QUEUE = seconds a request waits for a free helper before its 503 (10).
 
 A request that fails is answered on its own with its 4xx/5xx status and a JSON
 {"error", "detail"} body; the others of the batch are answered normally.
@@ -75,6 +76,7 @@ class ActionHandler:
         self.core = InferenceCore(Path(properties["model_dir"]), decoder=self.pool,
                                   backend=os.environ.get("SERVING_BACKEND", "auto") or "auto",
                                   threads=env_int("SERVING_THREADS", 0), max_views=env_int("SERVING_MAX_VIEWS", 30),
+                                  views=os.environ.get("SERVING_VIEWS", "").strip() or "all",
                                   gpu_id=properties.get("gpu_id") or 0)  # TorchServe's GPU for this worker
         self.core.warm_up()
         self.pool.wait_ready()

@@ -22,9 +22,13 @@ from benchmarks.machine import describe_machine, library_versions, machine_slug
 from benchmarks.measure import interleaved_rounds, latency_stats, ratio_stats
 from benchmarks.profiles import get_profile
 from benchmarks.run import GROUP_FILES, main as bench_main, merge_previous
+from serving.backends import openvino_cpu_precisions
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("## 1. No added inference cost", "## 2. Backends", "## 3. The serving path", "## 4. Training throughput")
+# fp32, and bf16 where the CPU has bf16 instructions (the export's int8 IR is not in the latency suites yet)
+OPENVINO_HERE = [p for p in openvino_cpu_precisions() if p != "int8"]
+CPU_BACKENDS = ("onnxruntime-cpu", "torch-cpu", "openvino-cpu-fp32", "openvino-cpu-bf16")
 
 
 # ----------------------------------------------------------------------------- helpers on known inputs
@@ -146,7 +150,7 @@ def test_smoke_run_writes_json_markdown_and_plot(smoke):
     assert sorted(p.name for p in out.iterdir()) == [f"{stem}.json", f"{stem}.md", f"{stem}.png"]
     assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / f"{stem}.md").read_text()
-    assert all(section in md for section in SECTIONS)
+    assert all(section in md for section in SECTIONS) and "speedup vs ONNX Runtime CPU fp32" in md
     assert f"![latency per backend and view count]({stem}.png)" in md
     assert results["failed"] == []
     assert set(results["groups"]) == set(GROUP_FILES)
@@ -161,20 +165,23 @@ def test_results_record_machine_versions_and_the_run(smoke):
     manifest = json.loads((Path(results["run"]["path"]) / "export" / "manifest.json").read_text())
     assert results["run"]["model_version"] == manifest["model_version"]
     assert results["run"]["flops_per_view"] == manifest["flops_per_view"]
-    assert results["serving_default"]["backend"] in ("onnxruntime-cpu", "torch-cpu")
-    assert [m["dtype"] for m in results["matmul"]] == ["float32"] and finite_positive(results["matmul"][0]["tflops"])
-    # the reference is the fastest of the implementations timed (BLAS matmul, oneDNN 1x1 conv)
-    impls = results["matmul"][0]["implementations"]
-    assert set(impls) == {"torch.matmul", "onednn-conv1x1"}
-    assert results["matmul"][0]["tflops"] == max(v["tflops"] for v in impls.values())
+    assert results["serving_default"]["backend"] in CPU_BACKENDS
+    # fp32, and bf16 for OpenVINO bf16's MFU where the CPU runs it
+    dtypes = ["float32"] + (["bfloat16"] if "bf16" in OPENVINO_HERE else [])
+    assert [m["dtype"] for m in results["matmul"]] == dtypes
+    for matmul in results["matmul"]:
+        # the reference is the fastest of the implementations timed (BLAS matmul, oneDNN 1x1 conv)
+        impls = matmul["implementations"]
+        assert set(impls) == {"torch.matmul", "onednn-conv1x1"} and finite_positive(matmul["tflops"])
+        assert matmul["tflops"] == max(v["tflops"] for v in impls.values())
 
 
 @pytest.mark.slow
 def test_no_added_cost_records(smoke):
     _, results, _, _ = smoke
     records = results["groups"]["no_added_cost"]
-    assert {(r["backend"], r["views"]) for r in records} == {(b, v) for b in ("onnxruntime-cpu", "torch-export-cpu")
-                                                             for v in (1, 3)}
+    engines = ("onnxruntime-cpu", "torch-export-cpu", *(f"openvino-cpu-{p}" for p in OPENVINO_HERE))
+    assert {(r["backend"], r["views"]) for r in records} == {(b, v) for b in engines for v in (1, 3)}
     for r in records:
         assert r["params"]["equal"] and r["params"]["student"] == r["params"]["plain"] == 131_871
         flops = r["flops_per_view"]
@@ -189,16 +196,26 @@ def test_backends_records_and_skips(smoke):
     _, results, _, _ = smoke
     records = results["groups"]["backends"]
     measured = {(r["backend"], r["views"]) for r in records}
-    assert measured == {(b, v) for b in ("torch-eager-fp32", "torch-channels-last-3d", "onnxruntime-cpu")
-                        for v in (1, 3)}
+    backends = ("torch-eager-fp32", "torch-channels-last-3d", "onnxruntime-cpu",
+                *(f"openvino-cpu-{p}" for p in OPENVINO_HERE))
+    assert measured == {(b, v) for b in backends for v in (1, 3)}
     for r in records:
         assert r["median_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
         assert r["views_per_s"] == pytest.approx(r["views"] / (r["median_ms"] / 1e3))
         assert r["flops"] == r["views"] * r["config"]["flops_per_view"]
         assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["matmul_tflops"])
+        # every CPU runtime against ONNX Runtime fp32, interleaved with it round by round
+        speedup = r["speedup"]
+        assert r["speedup_reference"] == "onnxruntime-cpu fp32" and speedup["rounds"] == r["rounds"]
+        assert finite_positive(speedup["median"], speedup["p10"], speedup["p90"], r["reference_median_ms"])
+        assert r["precision"] == ("bf16" if r["backend"].endswith("bf16") else "fp32")
+        if r["backend"] == "onnxruntime-cpu":
+            assert speedup["median"] == 1.0
     skipped = {s["test"].split("[")[-1].rstrip("]"): s["reason"] for s in results["skipped"]}
     assert "GPU" in skipped["run-onnxruntime-cuda-1view"] and "CUDA" in skipped["run-torch-bf16-channels-last-3d-1view"]
     assert "tensorrt" in skipped["run-tensorrt-fp16-1view"].lower()
+    if "bf16" not in OPENVINO_HERE:
+        assert "bf16 natively" in skipped["run-openvino-cpu-bf16-1view"]
 
 
 @pytest.mark.slow
@@ -220,7 +237,7 @@ def test_serving_records(smoke):
     h = http[0]
     assert [lv["concurrency"] for lv in h["levels"]] == [1, 2]
     assert h["levels"][0]["requests"] == h["http"]["rounds"] == h["model"]["rounds"] >= 3
-    assert h["config"]["views"] == 6 and h["config"]["backend"] in ("onnxruntime-cpu", "torch-cpu")
+    assert h["config"]["views"] == 6 and h["config"]["backend"] in CPU_BACKENDS
     assert set(h["server_timings_ms"]) >= {"decode", "preprocess", "inference", "total"}
     assert finite_positive(h["ratio_http_to_model"]["median"], h["levels"][1]["requests_per_s"])
 

@@ -108,8 +108,10 @@ def test_export_writes_the_files_and_a_manifest_that_round_trips(exported, manif
     assert manifest["training"]["run"] == str(exported.resolve()) and manifest["training"]["epoch"] == 3
     assert manifest["training"]["metrics"] == json.loads((exported / "metrics.json").read_text())
 
-    artifacts = {"model.onnx", "student.pt2"} | ({"model.plan"} if manifest["tensorrt"]["file"] else set())
-    assert set(manifest["sha256"]) == artifacts
+    artifacts = ({"model.onnx", "student.pt2"} | ({"model.plan"} if manifest["tensorrt"]["file"] else set())
+                 | set(manifest["openvino"]["files"]))
+    assert manifest["openvino"]["files"] == ["model.xml", "model.bin"]  # fp32 passes its gate wherever openvino runs
+    assert {"model.xml", "model.bin"} <= names and set(manifest["sha256"]) == artifacts
     for name, digest in manifest["sha256"].items():
         assert sha256_of(out / name) == digest, name
     assert onnx.load(str(out / "model.onnx")).opset_import[0].version == 18
@@ -243,7 +245,7 @@ def test_model_archive_holds_the_handler_and_the_artifacts(exported, manifest):
         assert mar_manifest["model"]["modelVersion"] == manifest["model_version"]
         assert mar_manifest["model"]["handler"] == "handler.py" and "handler.py" in names
         assert mar.read("handler.py") == serving_handler().read_bytes()
-        for name in ("model.onnx", "student.pt2", "manifest.json"):
+        for name in ("model.onnx", "student.pt2", "model.xml", "model.bin", "manifest.json"):
             assert mar.read(name) == (out / name).read_bytes(), name
 
 

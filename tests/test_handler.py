@@ -37,7 +37,9 @@ def run(tiny_export):
 def handler(run) -> ActionHandler:
     h = ActionHandler()
     h.initialize(make_context(run, [{}]))
-    assert h.initialized and h.core.backend.name in ("onnxruntime-cpu", "torch-cpu")  # auto: the faster here
+    # auto: the fastest here
+    assert h.initialized and h.core.backend.name in ("onnxruntime-cpu", "torch-cpu", "openvino-cpu-fp32",
+                                                     "openvino-cpu-bf16")
     return h
 
 
@@ -134,4 +136,19 @@ def test_backend_and_threads_come_from_the_environment(run, monkeypatch):
     assert h.core.backend.name == "torch-cpu"
     monkeypatch.setenv("SERVING_THREADS", "two")
     with pytest.raises(ValueError, match="SERVING_THREADS must be an integer, got 'two'"):
+        ActionHandler().initialize(make_context(run, [{}]))
+
+
+def test_adaptive_views_by_default_from_the_environment_and_views_all_per_request(run, videos, monkeypatch):
+    monkeypatch.setenv("SERVING_VIEWS", "adaptive")  # what `python -m serving start --adaptive-views` sets
+    h = ActionHandler()
+    h.initialize(make_context(run, [{}]))
+    bodies, statuses = handle(h, run, [{"body": bytearray(videos[0])}, {"body": bytearray(videos[0])},
+                                       {"data": bytearray(videos[0]), "views": bytearray(b"all")}],
+                              [{}, {"X-Views": "all"}, {}])
+    assert [s for s, _ in statuses] == [200, 200, 200]
+    assert bodies[0]["views"]["mode"] == "adaptive" and bodies[0]["views"]["count"] in (3, 6)
+    assert bodies[1]["views"] == bodies[2]["views"] == {"clips": 2, "crops": 3, "count": 6}
+    monkeypatch.setenv("SERVING_VIEWS", "some")
+    with pytest.raises(ValueError, match="views must be one of all, adaptive"):
         ActionHandler().initialize(make_context(run, [{}]))

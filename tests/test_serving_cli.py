@@ -384,3 +384,15 @@ def test_decode_limits_below_their_minimum_are_refused_before_anything_starts(ti
 
     started = serving_cli("start", "--run", str(tiny_export), option, value, *port_args(free_ports(5)))
     assert started.returncode == 1 and f"{option} must be at least" in started.stderr, started.stderr
+
+
+def test_adaptive_views_by_default_need_an_export_with_a_calibrated_rule(tiny_export, tmp_path):
+    from tests.server import free_ports, port_args, serving_cli
+
+    run = Path(shutil.copytree(tiny_export, tmp_path / "run", ignore=shutil.ignore_patterns("serve", "logs")))
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    manifest["adaptive_views"].update(rule=None, reason="not calibrated (--adaptive-videos 0)")
+    (run / "export" / "manifest.json").write_text(json.dumps(manifest))
+    started = serving_cli("start", "--run", str(run), "--adaptive-views", *port_args(free_ports(5)))
+    assert started.returncode == 1 and "--adaptive-views" in started.stderr, started.stderr
+    assert "no calibrated stopping rule (not calibrated (--adaptive-videos 0))" in started.stderr

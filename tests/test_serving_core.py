@@ -19,7 +19,7 @@ import psutil
 import pytest
 import torch
 
-from serving.backends import BackendError, fastest, select_backend
+from serving.backends import BackendError, fastest, kind_of, select_backend
 from serving.core import MAX_CLIPS, InferenceCore, Options, RequestError, iter_chunks, parse_request
 from training.view_decode import DecodeLimits
 from training.views import InputSpec, average_view_scores, decode_test_views, normalize
@@ -268,9 +268,10 @@ def test_fastest_keeps_the_earlier_backend_unless_a_later_one_is_clearly_faster(
 
 def test_auto_backend_is_the_one_measured_fastest(run, manifest):
     backend = select_backend(run / "export", manifest, threads=1)
-    # both CPU backends run here: each was timed on one default request's views
-    assert set(backend.timings) == {"onnxruntime-cpu", "torch-cpu"}
-    kinds = {"onnxruntime-cpu": "onnxruntime", "torch-cpu": "torch"}
+    # the three CPU backends run here: each was timed on one default request's views
+    openvino = f"openvino-cpu-{manifest['openvino']['offered'][0]}"
+    assert set(backend.timings) == {"onnxruntime-cpu", "torch-cpu", openvino}
+    kinds = {name: kind_of(name).split("-")[0] for name in backend.timings}  # "openvino-bf16" -> "openvino"
     assert kinds[backend.name] == fastest({kinds[k]: v for k, v in backend.timings.items()})
     assert select_backend(run / "export", manifest, prefer="onnxruntime", threads=1).timings == {}
 
@@ -291,7 +292,8 @@ def test_torch_backend_agrees_with_onnxruntime(run, manifest):
 
 def test_auto_falls_back_to_torch_without_onnx_and_refuses_a_tampered_artifact(run, manifest, tmp_path):
     export_dir = Path(shutil.copytree(run / "export", tmp_path / "export"))
-    (export_dir / "model.onnx").unlink()
+    for name in ("model.onnx", "model.xml", "model.bin"):
+        (export_dir / name).unlink()
     assert select_backend(export_dir, manifest, threads=1).name == "torch-cpu"
     (export_dir / "student.pt2").write_bytes(b"tampered")
     with pytest.raises(BackendError, match="student.pt2 has sha256 .* the manifest says"):
