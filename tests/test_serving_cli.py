@@ -211,6 +211,10 @@ def test_loopback_logs_rotate_at_the_size_bound(loopback):
     for _ in range(10):  # access, frontend and worker lines
         assert request(HOST, loopback.port, "POST", "/predictions/action", key=loopback.key(), body=video)[0] == 200
     for name in ("access_log", "model_log", "ts_log"):  # the ones that pass 1 KB by now
+        # log4j renames the live file and then opens a new one: allow that moment to pass
+        deadline = time.monotonic() + 5
+        while not (logs / f"{name}.log").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert (logs / f"{name}.log").is_file() and (logs / f"{name}.1.log").is_file(), sorted(os.listdir(logs))
     names = sorted(p.name for p in logs.iterdir())
     rotated = {f"{name}{suffix}.log" for name in LOG4J_LOGS for suffix in ("", ".1")}
