@@ -245,3 +245,24 @@ def test_portrait_phone_videos_are_turned_upright(tmp_path):
         top, bottom = got.crops[0, 0], got.crops[0, 2]  # portrait: the crops run top to bottom
         assert top[:2].mean() > 200 and top[-2:].mean() < top[:2].mean() - 100, name
         assert bottom[-2:].mean() < 200, name
+
+
+def test_a_video_stream_after_an_audio_stream_is_found_and_decoded():
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        audio = container.add_stream("aac", rate=16000)  # stream 0: the video is stream 1, video stream 0
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for i in range(12):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            container.mux(audio.encode(frame))
+            container.mux(video.encode(av.VideoFrame.from_ndarray(moving_bar(12, 48, 64)[i], format="rgb24")))
+        container.mux(audio.encode())
+        container.mux(video.encode())
+    got = read_view_crops(buf.getvalue(), GEOMETRY)
+    assert got.crops.shape == GEOMETRY.shape and got.info.num_frames == 12 and got.info.codec == "h264"

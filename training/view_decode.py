@@ -269,7 +269,6 @@ def decode_crops(container, stream, wanted: np.ndarray, geometry: ViewGeometry, 
         last_good = slot
 
     coded = None
-    stream.thread_type = "AUTO"
     for packet in container.demux(stream):
         if time.monotonic() > deadline:
             raise VideoRejected(422, "decode_timeout", f"decoding took longer than {limits.max_seconds:g} s")
@@ -328,8 +327,8 @@ def read_view_crops(source: str | Path | bytes, geometry: ViewGeometry, *, limit
     unique, inverse = np.unique(wanted_rows, return_inverse=True)
     frames = np.empty((len(unique), *geometry.shape[1:]), dtype=np.uint8)
     with open_container(source, formats) as container:  # a second pass from the start, no seeking
-        stream = container.streams.video[video_stream(container).index]
-        stream.thread_count = max(1, threads)
+        stream = video_stream(container)  # the same choice as the first pass
+        stream.thread_type, stream.thread_count = "AUTO", max(1, threads)
         try:
             info.rotation, info.width, info.height = decode_crops(container, stream, unique, geometry, frames,
                                                                   limits, deadline)
