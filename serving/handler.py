@@ -5,7 +5,8 @@ code comes from the installed `serving` package. Environment (set by `python -m 
 SERVING_BACKEND = auto | tensorrt | onnxruntime | torch | openvino[-int8|-bf16|-fp32],
 SERVING_THREADS = intra-op threads (0 = the runtime's default), SERVING_MAX_VIEWS = views per
 backend call, SERVING_VIEWS = all | adaptive: the views of a request that does not choose
-(`start --adaptive-views`; adaptive needs the export's calibrated stopping rule). Uploads are decoded in a pool of isolated helper processes owned by the handler
+(`start --adaptive-views`; adaptive needs the export's calibrated stopping rule).
+Uploads are decoded in a pool of isolated helper processes owned by the handler
 (`serving.isolation`): SERVING_DECODERS = helpers (2), SERVING_DECODE_TIMEOUT = seconds one
 decode may take (30), SERVING_DECODE_MEMORY_MB = a helper's address space (3072),
 SERVING_DECODE_QUEUE = seconds a request waits for a free helper before its 503 (10).
