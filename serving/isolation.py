@@ -167,7 +167,7 @@ def ended_helper_error(helper: Helper, what: str) -> RejectedUpload:
     if code == -signal.SIGXCPU:
         return RejectedUpload(422, "decode_cpu_limit", f"decoding the upload used more than "
                               f"{helper.limits.cpu_seconds} s of CPU time")
-    if code == -signal.SIGKILL:  # not ours: the kernel's out-of-memory killer
+    if code == -signal.SIGKILL and not helper.killed_by_us:  # the kernel's out-of-memory killer
         return RejectedUpload(422, "decode_memory_limit", "decoding the upload needed more memory than the machine "
                               "could give")
     reason = signal.Signals(-code).name if code is not None and code < 0 else f"exit status {code}"
