@@ -233,6 +233,8 @@ def openvino_precision(manifest: dict, requested: str | None) -> str:
         here = openvino_cpu_precisions()
     except ImportError as exc:
         raise BackendError("openvino is not installed") from exc
+    except Exception as exc:  # a broken install fails while loading its native libraries
+        raise BackendError(f"openvino does not load ({(str(exc).splitlines() or [''])[0][:160]})") from exc
     if requested is not None:
         if requested not in record["offered"]:
             entry = (record.get("precisions") or {}).get(requested) or {"status": "not measured"}
@@ -291,11 +293,17 @@ def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 
         path = verified_artifact(export_dir, manifest, record.get("file"))
         return TorchExportBackend(path, threads=threads, max_views=max_views, gpu_id=gpu_id)
     if kind in ("openvino", "openvino-fp32", "openvino-bf16", "openvino-int8"):
-        precision = openvino_precision(manifest, kind.partition("-")[2] or None)
-        record = manifest["openvino"]["precisions"][precision]
-        graph = verified_artifact(export_dir, manifest, record["graph"])
-        weights = verified_artifact(export_dir, manifest, record["weights"])
-        return OpenVinoBackend(graph, weights, precision=precision, threads=threads, max_views=max_views)
+        try:
+            precision = openvino_precision(manifest, kind.partition("-")[2] or None)
+            record = manifest["openvino"]["precisions"][precision]
+            graph = verified_artifact(export_dir, manifest, record["graph"])
+            weights = verified_artifact(export_dir, manifest, record["weights"])
+            return OpenVinoBackend(graph, weights, precision=precision, threads=threads, max_views=max_views)
+        except BackendError:
+            raise
+        except Exception as exc:  # a broken install or a compile failure: a reason, not a dead worker
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise BackendError(f"OpenVINO cannot run this export here ({first})") from exc
     raise BackendError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_CHOICES)}")
 
 

@@ -265,3 +265,17 @@ def test_kind_of_builds_the_same_backend_again():
     assert kind_of("onnxruntime-cpu") == "onnxruntime" and kind_of("torch-cpu") == "torch"
     with pytest.raises(ValueError, match="no backend kind"):
         kind_of("openvino-cpu-int4")
+
+
+def test_an_openvino_that_fails_to_compile_is_a_reason_not_a_crash(monkeypatch, tmp_path):
+    from serving import backends
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp: compile failed\nmore")
+
+    monkeypatch.setattr(backends, "OpenVinoBackend", broken)
+    monkeypatch.setattr(backends, "openvino_precision", lambda manifest, requested: "fp32")
+    monkeypatch.setattr(backends, "verified_artifact", lambda export_dir, manifest, name: tmp_path / str(name))
+    manifest = {"openvino": {"offered": ["fp32"], "precisions": {"fp32": {"graph": "g.xml", "weights": "w.bin"}}}}
+    with pytest.raises(backends.BackendError, match="OpenVINO cannot run this export here .*compile failed"):
+        backends.load_backend("openvino", tmp_path, manifest)
