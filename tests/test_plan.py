@@ -45,10 +45,11 @@ def test_paper_config_with_a_videossl_list_prints_its_class_counts_and_the_autho
     assert re.search(r"unlabeled\s+24 videos", out) and re.search(r"val\s+4 videos", out)
     assert "files labeled   all listed videos found; 6 probed, all open" in out
     # the authors' warm-up: lr ramp and supervised-only phase over the same 30 epochs
-    assert "supervised warm-up: unlabeled loss off for epochs 0-29; strong views forwarded from the first step" in out
-    assert "lr warm-up: linear from 0.1x over epochs 0-29, per iteration; one cosine over the whole run" in out
+    assert ("supervised warm-up: unlabeled loss off for the first 30 epochs (120 steps); strong views forwarded "
+            "from the first step") in out
+    assert "lr warm-up: linear from 0.1x over the first 120 steps, per iteration; one cosine over the whole run" in out
     # 1 process x (5 + 5): lr 0.025; the UCF-101 values of tests/test_recipe.py scaled by 0.025 / 0.2
-    assert "steps per epoch 4" in out and "total steps 720 over 180 epochs" in out
+    assert "budget 180 epochs (optim.epochs) of 4 steps; total 720 steps" in out
     for epoch, lr in ((0, 0.0025), (5, 0.006238), (10, 0.009924), (20, 0.01697), (30, 0.02333)):
         assert f" {epoch}: {lr:.4g}" in out
     assert "== resolved config\ndata:\n  root: " + str(ucf_tree) in out  # the config as YAML
@@ -97,7 +98,7 @@ def test_the_default_config_plans_the_synthetic_data_without_generating_it(tmp_p
     code, out = dry_run(capsys, "--run", str(tmp_path / "run"), "--no-time", "--set", f"data.root={data}")
     assert code == 0, out
     assert re.search(r"labeled\s+80 videos\s+4 of 4 classes; per class min 20", out)
-    assert "steps per epoch 20" in out and "total steps 1,200 over 60 epochs" in out
+    assert "budget 1,200 steps (optim.steps): 60 epochs of 20 steps on this data; total 1,200 steps" in out
     assert "then a cosine over the remaining iterations" in out  # the CPU default's own schedule
     assert "training generates it first" in out
     assert not data.exists() and not (tmp_path / "run").exists()

@@ -14,6 +14,8 @@ def tiny_overrides(data_root: Path, **extra) -> list[str]:
         "input.test_short_side": 32, "input.test_crop": 32, "input.test_clips": 2,
         "model.width": 4, "optim.epochs": 3, "optim.batch_labeled": 2, "optim.batch_unlabeled": 4,
         "optim.warmup_epochs": 1, "optim.sup_warmup_epochs": 1,
+        # the default config's budget is in steps; these runs count epochs
+        "optim.steps": 0, "optim.warmup_steps": 0, "optim.sup_warmup_steps": 0,
         "train.checkpoint_every": 1, "train.eval_every": 1, "train.precise_bn_every": 2, "train.precise_bn_batches": 2,
         "train.precise_bn_batch_size": 4,
     }

@@ -49,6 +49,9 @@ class DataConfig:
     synthetic: bool = False  # generate the synthetic motion dataset into `root` if missing
     synthetic_size: SyntheticConfig = field(default_factory=SyntheticConfig)
     num_workers: int = 4  # data-loader processes per training process
+    # the classes keep their meaning when the video is mirrored (no "swipe left" vs "swipe
+    # right"): only then does training flip clips horizontally (the own-data default's input.flip)
+    mirror_invariant: bool = False
     decode_threads: int = 1  # decord threads per reader
 
 
@@ -98,6 +101,11 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     epochs: int = 180  # one epoch is one pass over the unlabeled set
+    # a budget in optimizer steps instead (0: `epochs` is the budget); the epochs then follow from
+    # the data size, and the two warm-ups are the `*_steps` keys below (training/schedule.py)
+    steps: int = 0
+    warmup_steps: int = 0
+    sup_warmup_steps: int = 0
     batch_labeled: int = 5  # per process
     batch_unlabeled: int = 5  # per process
     lr: float = 0.2  # at `lr_reference_batch` clips; scaled linearly with the actual total batch
@@ -136,6 +144,7 @@ class TrainConfig:
     eval_batch_views: int = 30  # views per forward in the 30-view test
     threads: int = 0  # torch intra-op threads per process, 0 = torch's default
     max_steps_per_epoch: int = 0  # 0 = a full pass; a cap for smoke tests
+    log_every: int = 200  # a progress line in train.log every N steps within an epoch (0: per epoch only)
 
 
 @dataclass
@@ -247,9 +256,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: top level must be a mapping")
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
+    _check_one_budget(tree)
     cfg = _build(Config, tree)
     validate(cfg)
     return cfg
+
+
+def _check_one_budget(tree: dict) -> None:
+    """A budget in steps and one in epochs, both stated, would leave one silently unused."""
+    optim = tree.get("optim") if isinstance(tree.get("optim"), dict) else {}
+    if optim.get("steps") and "epochs" in optim:
+        raise ConfigError(f"optim.epochs={optim['epochs']} and optim.steps={optim['steps']}: the budget is one or "
+                          "the other; set optim.steps=N (with optim.warmup_steps, optim.sup_warmup_steps), or "
+                          "optim.steps=0 with optim.epochs (and optim.warmup_epochs, optim.sup_warmup_epochs)")
 
 
 def config_from_dict(tree: dict) -> Config:
@@ -290,6 +309,14 @@ def validate(cfg: Config) -> None:
                        ("optim.batch_unlabeled", cfg.optim.batch_unlabeled), ("model.width", cfg.model.width)):
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
+    o = cfg.optim
+    if o.steps < 0 or o.warmup_steps < 0 or o.sup_warmup_steps < 0:
+        raise ConfigError("optim.steps, optim.warmup_steps and optim.sup_warmup_steps: must be >= 0")
+    if o.steps and o.warmup_steps > o.steps:
+        raise ConfigError(f"optim.warmup_steps ({o.warmup_steps}) exceeds optim.steps ({o.steps})")
+    if not o.steps and (o.warmup_steps or o.sup_warmup_steps):
+        raise ConfigError("optim.warmup_steps and optim.sup_warmup_steps: set with a budget in steps "
+                          "(optim.steps); with optim.epochs use optim.warmup_epochs and optim.sup_warmup_epochs")
     if cfg.train.precise_bn_batch_size < 1 or cfg.train.precise_bn_batches < 1:
         raise ConfigError("train.precise_bn_batch_size and train.precise_bn_batches: must be >= 1")
     if not 0.0 <= cfg.strong.magnitude <= 10.0:

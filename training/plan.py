@@ -21,9 +21,12 @@ import yaml
 
 from training.config import Config, ConfigError, config_from_dict, diff_configs
 from training.data import DataSplits, VideoItem, resolve_splits
+from training.own_data import OwnDataRecipe, VideoStats, probe_videos
+from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
 from training.video import VideoDecodeError, open_video
 
 TIMED_STEP_LIMIT_S = 10.0  # a predicted step up to this long is timed for real; longer ones are extrapolated
+FEW_LABELS_PER_CLASS = 5  # fewer labeled videos than this in a class: a warning
 
 
 @dataclass
@@ -59,29 +62,37 @@ class TrainingPlan:
     data_root: str
     classes: list[str]
     sets: list[SetSummary]
-    steps_per_epoch: int
-    total_steps: int
+    schedule: Schedule | None  # None when the unlabeled set is empty or unknown
     base_lr: float
     lr_at_epoch: list[tuple[int, float]]
     time: TimeEstimate | None
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    recipe: OwnDataRecipe | None = None  # what the own-data default chose from the data and machine
+    videos: VideoStats | None = None  # resolution, frame rate and length of a sample of the training videos
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.schedule.steps_per_epoch if self.schedule else 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedule.total_steps if self.schedule else 0
 
 
 # ----------------------------------------------------------------------------- building
 def build_plan(cfg: Config, *, run: Path | None = None, processes: int = 1, source: str = "", probe: int = 64,
                allow_missing: bool = False, estimate_time: bool = True, device: torch.device | None = None,
-               seed: int = 0) -> TrainingPlan:
+               seed: int = 0, recipe: OwnDataRecipe | None = None) -> TrainingPlan:
     """Everything a run of `cfg` would do, found without doing it. `probe`: videos per set
     opened with the training decoder to find unreadable files (-1: all, 0: none); `allow_missing`
-    reports missing files without counting them as problems."""
-    from training.train import learning_rate, scaled_lr, steps_per_epoch
-
+    reports missing files without counting them as problems; `recipe`: the own-data default's
+    choices, shown with the plan."""
     notes: list[str] = []
     problems: list[str] = []
     classes: list[str] = []
     sets: list[SetSummary] = []
-    splits = None
+    splits, videos = None, None
     if cfg.data.synthetic and not _synthetic_ready(cfg):
         classes, sets = _synthetic_sets(cfg)
         notes.append(f"the synthetic dataset is not at {cfg.data.root} yet: training generates it first "
@@ -98,6 +109,9 @@ def build_plan(cfg: Config, *, run: Path | None = None, processes: int = 1, sour
             rng = random.Random(seed)
             for s, items in zip(sets, (splits.labeled, splits.unlabeled, splits.val)):
                 _probe(s, items, splits.root, probe, rng)
+            videos = recipe.videos if recipe is not None else probe_videos(
+                splits.root, [it.path for it in splits.labeled + splits.unlabeled], probe=min(probe, 32), seed=seed) \
+                if probe else None
     for s in sets:
         if s.missing:
             (notes if allow_missing else problems).append(
@@ -111,6 +125,11 @@ def build_plan(cfg: Config, *, run: Path | None = None, processes: int = 1, sour
             if absent:
                 notes.append(f"labeled: {len(absent)} of {len(classes)} classes have no labeled video "
                              f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})")
+            few = [f"{classes[c]} {n}" for c, n in enumerate(s.per_class) if 0 < n < FEW_LABELS_PER_CLASS]
+            if few:
+                notes.append(f"warning: {len(few)} of {len(classes)} classes have fewer than {FEW_LABELS_PER_CLASS} "
+                             f"labeled videos ({', '.join(few[:8])}{', ...' if len(few) > 8 else ''}): expect a "
+                             "weaker model; a few more labeled videos per class help most")
     if splits is not None and "drawn" in splits.source and _is_paper_dataset(classes):
         notes.append("labeled split drawn class-balanced; the paper used VideoSSL's published lists "
                      "(point data.labeled_list at one to train on exactly those videos)")
@@ -126,37 +145,38 @@ def build_plan(cfg: Config, *, run: Path | None = None, processes: int = 1, sour
             notes.append(f"run folder {run} exists with this config: training resumes it")
 
     num_unlabeled = next((s.count for s in sets if s.name == "unlabeled"), 0)
-    steps = steps_per_epoch(num_unlabeled, processes, cfg) if num_unlabeled else 0
+    schedule = resolve_schedule(cfg, num_unlabeled, processes) if num_unlabeled else None
     base_lr = scaled_lr(cfg, processes)
-    lr_at = [(e, learning_rate(e * steps, base_lr=base_lr, steps_per_epoch=steps, cfg=cfg)) for e in lr_epochs(cfg)] \
-        if steps else []
+    lr_at = [(e, learning_rate(e * schedule.steps_per_epoch, base_lr=base_lr, schedule=schedule, cfg=cfg))
+             for e in lr_epochs(schedule)] if schedule else []
     estimate = None
-    if estimate_time and steps and classes:
+    if estimate_time and schedule and classes:
         try:
-            estimate = estimate_training_time(cfg, len(classes), steps, device=device)
+            estimate = estimate_training_time(cfg, len(classes), schedule, device=device)
         except (RuntimeError, MemoryError) as exc:  # e.g. out of memory at this size on this device
             notes.append(f"time: not estimated ({str(exc).splitlines()[0][:200]})")
     if processes > 1 and estimate is not None and estimate.device == "cpu":
         notes.append(f"time: measured in one process on this CPU; {processes} processes would share its cores")
-    if cfg.train.precise_bn and num_unlabeled and steps:
+    if cfg.train.precise_bn and schedule:
         available = num_unlabeled // processes // cfg.train.precise_bn_batch_size
         if available < cfg.train.precise_bn_batches:
             notes.append(f"PreciseBN: {available} batches per process available, fewer than the "
                          f"{cfg.train.precise_bn_batches} asked for (it uses them all)")
-    if cfg.optim.epochs < cfg.optim.sup_warmup_epochs:
+    if schedule and schedule.epochs <= schedule.sup_warmup_epochs:
         notes.append("the run ends before the supervised warm-up does: the unlabeled loss is never on")
     return TrainingPlan(cfg=cfg, source=source, run=run, processes=processes, data_root=cfg.data.root, classes=classes,
-                        sets=sets, steps_per_epoch=steps, total_steps=steps * cfg.optim.epochs, base_lr=base_lr,
-                        lr_at_epoch=lr_at, time=estimate, notes=notes, problems=problems)
+                        sets=sets, schedule=schedule, base_lr=base_lr, lr_at_epoch=lr_at, time=estimate, notes=notes,
+                        problems=problems, recipe=recipe, videos=videos)
 
 
-def lr_epochs(cfg: Config) -> list[int]:
+def lr_epochs(schedule: Schedule) -> list[int]:
     """Epochs whose starting lr the plan shows: across the warm-up and then the run by quarters."""
-    o = cfg.optim
-    picks = {0, o.epochs - 1, round(o.epochs / 4), round(o.epochs / 2), round(3 * o.epochs / 4), o.sup_warmup_epochs}
-    if o.warmup_epochs:
-        picks |= {round(o.warmup_epochs * f) for f in (1 / 6, 1 / 3, 2 / 3, 1)}
-    return sorted(e for e in picks if 0 <= e < o.epochs)
+    n = schedule.epochs
+    picks = {0, n - 1, round(n / 4), round(n / 2), round(3 * n / 4), schedule.sup_warmup_epochs}
+    if schedule.warmup_iters:
+        warm_epochs = schedule.warmup_iters / schedule.steps_per_epoch
+        picks |= {round(warm_epochs * f) for f in (1 / 6, 1 / 3, 2 / 3, 1)}
+    return sorted(e for e in picks if 0 <= e < n)
 
 
 def _is_paper_dataset(classes: list[str]) -> bool:
@@ -280,27 +300,33 @@ def _time_steps(cfg: Config, num_classes: int, device: torch.device, *, batch_la
     return min(times[1:])
 
 
-def estimate_training_time(cfg: Config, num_classes: int, steps_per_epoch: int, *,
+def estimate_training_time(cfg: Config, num_classes: int, schedule: Schedule, *,
                            device: torch.device | None = None) -> TimeEstimate:
     """The run's training time on this machine's device, per process.
 
     A step predicted to take at most TIMED_STEP_LIMIT_S is timed for real (random frames, so
-    no decoding). Longer ones are the step's FLOP count divided by the rate a 1 + 1-clip step of
-    the same networks reaches here."""
+    no decoding). Longer ones are extrapolated from steps of 1 + 1 and 2 + 2 clips of the same
+    networks timed here: a fixed cost per step (augmentation, launch overheads) plus the step's
+    FLOP count at the marginal rate between the two. A small step is mostly fixed cost, so its
+    rate alone would overestimate a full step many times over."""
     if device is None:
         use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
         device = torch.device("cuda" if use_cuda else "cpu")
     full, warm = _clips_per_step(cfg, warmup=False), _clips_per_step(cfg, warmup=True)
-    # the rate: a step of 1 labeled + 1 unlabeled clip (2 weak clips per network, strong views off)
+    # weak clips only (strong views off) in the two small steps
     small_cfg = _with(cfg, forward_strong_in_warmup=False)
-    small_flops = _step_flops(small_cfg, num_classes, 2)
-    small_s = _time_steps(small_cfg, num_classes, device, batch_labeled=1, batch_unlabeled=1, use_unlabeled=False)
-    rate = small_flops / small_s
+    points = [(_step_flops(small_cfg, num_classes, 2 * n),
+               _time_steps(small_cfg, num_classes, device, batch_labeled=n, batch_unlabeled=n, use_unlabeled=False))
+              for n in (1, 2)]
+    (f1, t1), (f2, t2) = points
+    rate = (f2 - f1) / (t2 - t1) if t2 > t1 else f2 / t2  # timing noise: fall back to the larger step's rate
+    fixed = max(0.0, t1 - f1 / rate)
     flops_full, flops_warm = _step_flops(cfg, num_classes, full), _step_flops(cfg, num_classes, warm)
-    step_s, warm_s = flops_full / rate, flops_warm / rate
+    step_s, warm_s = fixed + flops_full / rate, fixed + flops_warm / rate
     method = "FLOP count / measured rate"
     detail = (f"{flops_full / 1e9:.4g} GFLOP per step ({full} clips per network, forward and backward) at "
-              f"{rate / 1e9:.3g} GFLOP/s, the rate of a 1 + 1-clip step timed here ({small_s:.3g} s, best of 2)")
+              f"{rate / 1e9:.3g} GFLOP/s plus {fixed:.3g} s per step, from steps of 1 + 1 and 2 + 2 clips timed "
+              f"here ({t1:.3g} s, {t2:.3g} s, best of 2)")
     if step_s <= TIMED_STEP_LIMIT_S:
         bl, bu = cfg.optim.batch_labeled, cfg.optim.batch_unlabeled
         step_s = _time_steps(cfg, num_classes, device, batch_labeled=bl, batch_unlabeled=bu, use_unlabeled=True)
@@ -309,8 +335,8 @@ def estimate_training_time(cfg: Config, num_classes: int, steps_per_epoch: int, 
         method = "timed step"
         detail = (f"a real step of {bl} + {bu} clips timed here on random frames (best of 2 after a warm-up "
                   f"step; {flops_full / 1e9:.4g} GFLOP, {flops_full / step_s / 1e9:.3g} GFLOP/s)")
-    warm_epochs = min(cfg.optim.sup_warmup_epochs, cfg.optim.epochs)
-    total = steps_per_epoch * (warm_epochs * warm_s + (cfg.optim.epochs - warm_epochs) * step_s)
+    warm_epochs = min(schedule.sup_warmup_epochs, schedule.epochs)
+    total = schedule.steps_per_epoch * (warm_epochs * warm_s + (schedule.epochs - warm_epochs) * step_s)
     return TimeEstimate(method=method, device=str(device.type if device.index is None else device), step_s=step_s,
                         warmup_step_s=warm_s, total_s=total, detail=detail)
 
@@ -341,15 +367,21 @@ def _per_class_line(s: SetSummary, classes: list[str]) -> str:
             f"median {statistics.median(counts):g}, max {max(counts)}")
 
 
-def format_plan(plan: TrainingPlan) -> str:
-    """The plan as text: resolved config (YAML), data, schedule, time, notes and problems."""
+def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
+    """The plan as text: resolved config (YAML; before a real run only where it will be saved),
+    the own-data recipe's choices, data, schedule, time, notes and problems."""
     cfg, o = plan.cfg, plan.cfg.optim
-    out = ["Training plan (dry run: nothing is trained and nothing is written)"]
+    out = ["Training plan" + (" (dry run: nothing is trained and nothing is written)" if dry_run else "")]
     if plan.source:
         out.append(f"config: {plan.source}")
     if plan.run is not None:
         out.append(f"run folder: {plan.run}")
-    out += ["", "== resolved config", yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip()]
+    if dry_run:
+        out += ["", "== resolved config", yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip()]
+    elif plan.run is not None:
+        out.append(f"resolved config: {plan.run / 'config.yaml'}")
+    if plan.recipe is not None:
+        out += ["", "== recipe chosen from the data and this machine"] + [f"  {line}" for line in plan.recipe.describe()]
 
     out += ["", f"== data: {plan.data_root} ({cfg.data.format}), {len(plan.classes)} classes"]
     for s in plan.sets:
@@ -377,22 +409,21 @@ def format_plan(plan: TrainingPlan) -> str:
             out.append(f"  missing: {path}")
         for path, error in s.unreadable[:5]:
             out.append(f"  unreadable: {error}")
+    if plan.videos is not None:
+        out.append(f"videos    {plan.videos.summary()}")
 
     bl, bu = o.batch_labeled, o.batch_unlabeled
     out += ["", "== schedule",
             f"{plan.processes} process(es) x ({bl} labeled + {bu} unlabeled clips); total batch "
             f"{plan.processes * (bl + bu)}; lr {plan.base_lr:.4g} ({o.lr:g} at {o.lr_reference_batch} clips, "
             "scaled linearly)",
-            f"steps per epoch {plan.steps_per_epoch:,} (one pass over the unlabeled set); total steps "
-            f"{plan.total_steps:,} over {o.epochs} epochs",
-            f"supervised warm-up: unlabeled loss off for epochs 0-{o.sup_warmup_epochs - 1}"
-            + ("; strong views forwarded from the first step" if cfg.train.forward_strong_in_warmup else
-               "; strong views skipped until then") if o.sup_warmup_epochs else "supervised warm-up: none"]
-    if o.warmup_epochs:
+            *_schedule_lines(plan)]
+    sched = plan.schedule
+    if sched and sched.warmup_iters:
         shape = ("one cosine over the whole run, by epoch, times the ramp (MMCV CosineAnnealing, as the authors)"
                  if o.schedule == "mmcv" else "then a cosine over the remaining iterations")
-        out.append(f"lr warm-up: linear from {o.warmup_start_factor:g}x over epochs 0-{o.warmup_epochs - 1:g}, per "
-                   f"iteration; {shape}")
+        out.append(f"lr warm-up: linear from {o.warmup_start_factor:g}x over the first {sched.warmup_iters:,.0f} steps, "
+                   f"per iteration; {shape}")
     else:
         out.append("lr warm-up: none; " + ("cosine over the run by epoch" if o.schedule == "mmcv" else "cosine"))
     if plan.lr_at_epoch:
@@ -416,5 +447,18 @@ def format_plan(plan: TrainingPlan) -> str:
     return "\n".join(out) + "\n"
 
 
-def print_plan(plan: TrainingPlan, file=None) -> None:
-    print(format_plan(plan), end="", file=file)
+def _schedule_lines(plan: TrainingPlan) -> list[str]:
+    s, o = plan.schedule, plan.cfg.optim
+    if s is None:
+        return ["steps: unknown (no unlabeled videos found)"]
+    budget = (f"budget {o.steps:,} steps (optim.steps): {s.epochs} epochs of {s.steps_per_epoch:,} steps on this data"
+              if s.budget == "steps" else f"budget {s.epochs} epochs (optim.epochs) of {s.steps_per_epoch:,} steps")
+    warm = (f"supervised warm-up: unlabeled loss off for the first {s.sup_warmup_epochs} epochs "
+            f"({s.sup_warmup_epochs * s.steps_per_epoch:,} steps)"
+            + ("; strong views forwarded from the first step" if plan.cfg.train.forward_strong_in_warmup else
+               "; strong views skipped until then")) if s.sup_warmup_epochs else "supervised warm-up: none"
+    return [f"{budget}; total {s.total_steps:,} steps (an epoch is one pass over the unlabeled set)", warm]
+
+
+def print_plan(plan: TrainingPlan, file=None, *, dry_run: bool = True) -> None:
+    print(format_plan(plan, dry_run=dry_run), end="", file=file)

@@ -28,6 +28,7 @@ from training.data import SeededSampler, TrainClips, collate_skipping, resolve_s
 from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
 from training.evaluate import accuracy_metrics, precise_bn, precise_bn_loader, score_videos
 from training.losses import contrastive_loss, dense_alignment_loss, pseudo_labels, supervised_loss, unlabeled_loss
+from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
 from training.models import TwoStreamNet
 from training.views import normalize
 
@@ -96,44 +97,7 @@ def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, 
     return terms, stats
 
 
-# ----------------------------------------------------------------------------- schedule
-def scaled_lr(cfg: Config, world_size: int) -> float:
-    """The base lr for this run: `optim.lr` at `lr_reference_batch` clips, scaled linearly with
-    the total batch (labeled + unlabeled clips of every process)."""
-    total_batch = world_size * (cfg.optim.batch_labeled + cfg.optim.batch_unlabeled)
-    return cfg.optim.lr * total_batch / cfg.optim.lr_reference_batch
-
-
-def steps_per_epoch(num_unlabeled: int, world_size: int, cfg: Config) -> int:
-    """Optimizer steps in one epoch (one pass over the unlabeled set, sharded over processes);
-    a set smaller than one batch per process still gives one step (SeededSampler repeats it)."""
-    bu = cfg.optim.batch_unlabeled
-    steps = max(num_unlabeled // world_size, bu) // bu
-    return min(steps, cfg.train.max_steps_per_epoch) if cfg.train.max_steps_per_epoch else steps
-
-
-def learning_rate(it: int, *, base_lr: float, steps_per_epoch: int, cfg: Config) -> float:
-    """The lr of iteration `it` (0-based, counted over the whole run).
-
-    `mmcv` (the authors', MMCV's CosineAnnealing hook with warmup='linear', warmup_by_epoch):
-    the regular lr is one cosine from base_lr to 0 over the whole run, constant within an epoch;
-    during the first `warmup_epochs` epochs it is multiplied, per iteration, by the ramp
-    1 - (1 - it / W) (1 - warmup_start_factor), W the warm-up's iterations.
-    `warmup_then_cosine`: the same ramp on base_lr, then a cosine over the iterations after it."""
-    o = cfg.optim
-    warm = o.warmup_epochs * steps_per_epoch
-    f = o.warmup_start_factor
-    ramp = 1.0 - (1.0 - it / warm) * (1.0 - f) if it < warm else 1.0
-    if o.schedule == "mmcv":
-        epoch = it // steps_per_epoch
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, epoch / o.epochs))) * ramp
-    if it < warm:
-        return base_lr * ramp
-    total = o.epochs * steps_per_epoch
-    progress = (it - warm) / max(1.0, total - warm)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
+# ----------------------------------------------------------------------------- loop
 def cycle_batches(loader: DataLoader, sampler: SeededSampler, epoch: int):
     """The labeled loader cycles within an epoch; each pass is reshuffled deterministically."""
     passes = 0
@@ -176,13 +140,16 @@ class SkipLog:
                 "videos": dict(list(self.paths.items())[:100])}
 
 
-def train_one_epoch(net, optimizer, unl_loader, lab_batches, *, cfg: Config, epoch: int, steps: int,
-                    base_lr: float, first_it: int, device, info: DistInfo, writer, skips: SkipLog) -> dict:
+def train_one_epoch(net, optimizer, unl_loader, lab_batches, *, cfg: Config, epoch: int, schedule: Schedule,
+                    base_lr: float, device, info: DistInfo, writer, skips: SkipLog) -> dict:
     net.train()
-    use_unlabeled = epoch >= cfg.optim.sup_warmup_epochs
+    use_unlabeled = epoch >= schedule.sup_warmup_epochs
+    steps, first_it = schedule.steps_per_epoch, epoch * schedule.steps_per_epoch
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not info.is_main,
+    # a progress bar on a terminal only; a log file gets a line every `train.log_every` steps
+    on_terminal = sys.stdout.isatty()
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{schedule.epochs}", disable=not (info.is_main and on_terminal),
                dynamic_ncols=True, leave=False, file=sys.stdout)
     t0 = time.time()
     clips = 0
@@ -193,7 +160,7 @@ def train_one_epoch(net, optimizer, unl_loader, lab_batches, *, cfg: Config, epo
         batch_l = next(lab_batches)
         skips.add(batch_u["skipped"] + batch_l["skipped"])
         it = first_it + step
-        lr = learning_rate(it, base_lr=base_lr, steps_per_epoch=steps, cfg=cfg)
+        lr = learning_rate(it, base_lr=base_lr, schedule=schedule, cfg=cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -227,6 +194,10 @@ def train_one_epoch(net, optimizer, unl_loader, lab_batches, *, cfg: Config, epo
             mask = values.get("pseudo/mask_rate_rgb", values.get("pseudo/mask_rate_tg", 0.0))
             bar.set_postfix(loss=f"{values['loss/total']:.3f}", mask=f"{mask:.2f}", lr=f"{lr:.4f}", clips_s=f"{rate:.1f}")
             bar.update(1)
+            every = cfg.train.log_every
+            if not on_terminal and every and (step + 1) % every == 0 and step + 1 < steps:
+                log.info("epoch %d/%d  step %d/%d  loss=%.3f  mask=%.2f  lr=%.4g  clips/s=%.1f", epoch + 1,
+                         schedule.epochs, step + 1, steps, values["loss/total"], mask, lr, rate)
     bar.close()
     # one gather of (sums, counts): a key may be missing on some processes (e.g. no confident
     # pseudo-label with a known label), so per-key collectives could pair up wrongly
@@ -279,20 +250,33 @@ def parse_args(argv):
     p.add_argument("--processes", type=int, default=0, metavar="N",
                    help="dry run: plan for N training processes (default: WORLD_SIZE, else 1)")
     p.add_argument("--probe", type=int, default=64, metavar="N",
-                   help="dry run: open N videos of each set to find unreadable ones (-1: all, 0: none)")
+                   help="plan: open N videos of each set to find unreadable ones (-1: all, 0: none)")
     p.add_argument("--allow-missing", action="store_true",
                    help="dry run: report listed videos that are missing without counting them as a problem")
-    p.add_argument("--no-time", action="store_true", help="dry run: skip the time estimate")
+    p.add_argument("--no-time", action="store_true", help="skip the plan's time estimate")
+    p.add_argument("--no-plan", action="store_true", help="start a new run without printing its plan first")
     return p.parse_args(argv)
 
 
-def resolve_config(args) -> Config:
-    overrides = list(args.set)
-    if args.data_root:
-        overrides.append(f"data.root={args.data_root}")
-        if args.config is None:  # the user's own videos in the folder layout, default recipe
-            overrides += ["data.format=folder", "data.synthetic=false"]
-    return load_config(args.config or DEFAULT_CONFIG, overrides)
+def resolve_config(args):
+    """The run's config, and the own-data recipe behind it (None with a config file or the
+    synthetic default). A data root without a config is the user's own videos in the folder
+    layout: the recipe follows from the data and the machine (training/own_data.py)."""
+    if args.data_root and args.config is None:
+        from training.own_data import resolve_own_data
+        return resolve_own_data(args.data_root, list(args.set))
+    overrides = list(args.set) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    return load_config(args.config or DEFAULT_CONFIG, overrides), None
+
+
+def config_source(args) -> str:
+    """Where the config came from, as the plan names it."""
+    if args.data_root and args.config is None:
+        head = f"the own-data default for --data-root {args.data_root}"
+    else:
+        head = args.config or f"{DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)} (the default)"
+        head += f" --data-root {args.data_root}" if args.data_root else ""
+    return head + (f" --set {' '.join(args.set)}" if args.set else "")
 
 
 def setup_logging(run: Path, info: DistInfo) -> None:
@@ -306,13 +290,15 @@ def setup_logging(run: Path, info: DistInfo) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = resolve_config(args)
+        cfg, recipe = resolve_config(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        return dry_run(cfg, args)
+        return dry_run(cfg, args, recipe)
     run = Path(args.run)
+    if not args.no_plan and not (run / "config.yaml").is_file() and int(os.environ.get("RANK", "0")) == 0:
+        print_plan_before_run(cfg, args, recipe)
     device = torch.device("cuda" if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     info = init_distributed(device.type)
@@ -329,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         cleanup(info)
 
 
-def dry_run(cfg: Config, args) -> int:
+def dry_run(cfg: Config, args, recipe) -> int:
     """Print the run's plan (training/plan.py); 1 when the plan lists a problem."""
     from training.plan import build_plan, print_plan
 
@@ -337,13 +323,24 @@ def dry_run(cfg: Config, args) -> int:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     processes = args.processes or int(os.environ.get("WORLD_SIZE", "1"))
-    source = " ".join([args.config or f"{DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)} (the default)"]
-                      + ([f"--data-root {args.data_root}"] if args.data_root else [])
-                      + ([f"--set {' '.join(args.set)}"] if args.set else []))
-    plan = build_plan(cfg, run=Path(args.run), processes=processes, source=source, probe=args.probe,
-                      allow_missing=args.allow_missing, estimate_time=not args.no_time)
+    plan = build_plan(cfg, run=Path(args.run), processes=processes, source=config_source(args), probe=args.probe,
+                      allow_missing=args.allow_missing, estimate_time=not args.no_time, recipe=recipe)
     print_plan(plan)
     return 1 if plan.problems else 0
+
+
+def print_plan_before_run(cfg: Config, args, recipe) -> None:
+    """A new run prints its plan first (the dry run's, without the config dump); what it calls
+    problems (e.g. unreadable videos) training skips and counts, so they do not stop it."""
+    from training.plan import build_plan, print_plan
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    plan = build_plan(cfg, run=Path(args.run), processes=processes, source=config_source(args), probe=args.probe,
+                      allow_missing=True, estimate_time=not args.no_time, recipe=recipe)
+    print_plan(plan, dry_run=False)
+    sys.stdout.flush()
 
 
 def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *, stop_after: int = 0) -> int:
@@ -360,7 +357,7 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
     setup_logging(run, info)
     ckpt_path, metrics_path = run / "last.pt", run / "metrics.json"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.is_file() else None
-    if ckpt and ckpt["epoch"] >= cfg.optim.epochs and metrics_path.is_file():
+    if ckpt and metrics_path.is_file() and ckpt["epoch"] >= ckpt.get("schedule", {}).get("epochs", cfg.optim.epochs):
         log.info("run %s is complete (%d epochs); metrics: %s", run, ckpt["epoch"], metrics_path)
         log.info(metrics_path.read_text())
         return 0
@@ -397,11 +394,11 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
         return DataLoader(TrainClips(items, splits.root, cfg.input, **train_args), batch_size=batch, sampler=sampler,
                           num_workers=workers, collate_fn=collate_skipping, drop_last=True, worker_init_fn=worker_init,
                           pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-                          persistent_workers=False)
+                          persistent_workers=workers > 0)  # workers live for the whole run
 
     unl_loader, lab_loader = loader(splits.unlabeled, unl_sampler, bu), loader(splits.labeled, lab_sampler, bl)
-    steps = steps_per_epoch(len(splits.unlabeled), info.world_size, cfg)
-    assert steps <= len(unl_sampler) // bu
+    schedule = resolve_schedule(cfg, len(splits.unlabeled), info.world_size)
+    steps = schedule.steps_per_epoch
 
     # --- model (initialisation seeded: two runs of one config start from the same weights)
     torch.manual_seed(cfg.train.seed)
@@ -423,8 +420,9 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
     base_lr = scaled_lr(cfg, info.world_size)
     optimizer = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay)
-    log.info("model: R3D-18 width %d x %s; %d steps/epoch; total batch %d; lr %.4g; device %s; %d process(es)",
-             cfg.model.width, cfg.loss.streams, steps, total_batch, base_lr, device, info.world_size)
+    log.info("model: R3D-18 width %d x %s; %d steps/epoch x %d epochs = %d steps (budget in %s); total batch %d; "
+             "lr %.4g; device %s; %d process(es)", cfg.model.width, cfg.loss.streams, steps, schedule.epochs,
+             schedule.total_steps, schedule.budget, total_batch, base_lr, device, info.world_size)
 
     # --- resume
     start_epoch, history, skips = 0, [], SkipLog()
@@ -433,11 +431,14 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, history, skips = ckpt["epoch"], list(ckpt.get("history", [])), SkipLog(ckpt.get("skipped"))
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+        if ckpt.get("schedule", schedule.to_dict()) != schedule.to_dict():
+            log.warning("the unlabeled set changed size since this run started: its schedule was %s, now %s",
+                        ckpt["schedule"], schedule.to_dict())
 
     def checkpoint(epoch: int) -> None:
         if info.is_main:
             save_checkpoint(ckpt_path, {"config": cfg.to_dict(), "classes": splits.classes, "epoch": epoch,
-                                        "model": model_state(net_without_ddp), "optimizer": optimizer.state_dict(),
+                                        "model": model_state(net_without_ddp), "optimizer": optimizer.state_dict(), "schedule": schedule.to_dict(),
                                         "history": history, "skipped": skips.state()})
         barrier(info)
 
@@ -453,18 +454,18 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(run / "logs"))
     t_start = time.time()
-    for epoch in range(start_epoch, cfg.optim.epochs):
+    for epoch in range(start_epoch, schedule.epochs):
         torch.manual_seed(cfg.train.seed * 100_003 + epoch * 1_009 + info.rank)  # strong-aug draws and dropout
         unl_sampler.set_epoch(epoch)
         means = train_one_epoch(net, optimizer, iter(unl_loader), cycle_batches(lab_loader, lab_sampler, epoch),
-                                cfg=cfg, epoch=epoch, steps=steps, base_lr=base_lr, first_it=epoch * steps,
+                                cfg=cfg, epoch=epoch, schedule=schedule, base_lr=base_lr,
                                 device=device, info=info, writer=writer, skips=skips)
         done = epoch + 1
         if cfg.train.precise_bn and net_without_ddp.student is not None and (
-                done % cfg.train.precise_bn_every == 0 or done == cfg.optim.epochs):
+                done % cfg.train.precise_bn_every == 0 or done == schedule.epochs):
             precise_bn_student()
         row = {"epoch": done, **means}
-        if cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == cfg.optim.epochs) and splits.val:
+        if cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == schedule.epochs) and splits.val:
             for name, modality in (("student", "rgb"), ("teacher", "tg")):
                 model = getattr(net_without_ddp, name)
                 if model is None:
@@ -480,10 +481,10 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
             for k, v in row.items():
                 if k != "epoch" and k.startswith("val/"):
                     writer.add_scalar(k, v, done)
-            log.info("epoch %d/%d  %s", done, cfg.optim.epochs,
+            log.info("epoch %d/%d  %s", done, schedule.epochs,
                      "  ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in row.items() if k != "epoch"))
-        stopping = stop_after and done - start_epoch >= stop_after and done < cfg.optim.epochs
-        if done % cfg.train.checkpoint_every == 0 or done == cfg.optim.epochs or stopping:
+        stopping = stop_after and done - start_epoch >= stop_after and done < schedule.epochs
+        if done % cfg.train.checkpoint_every == 0 or done == schedule.epochs or stopping:
             checkpoint(done)
         if stopping:
             log.info("stopped after %d epoch(s) as asked; run the same command again to continue", stop_after)
@@ -496,7 +497,8 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
     if not splits.val:
         log.warning("no validation videos: metrics.json holds no accuracy")
     metrics = {"views": f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops",
-               "score_average": cfg.train.test_average, "epochs": cfg.optim.epochs,
+               "score_average": cfg.train.test_average, "epochs": schedule.epochs, "steps": schedule.total_steps,
+               "schedule": schedule.to_dict(),
                "classes": num_classes, "labeled_videos": len(splits.labeled), "unlabeled_videos": len(splits.unlabeled),
                "labeled_split": splits.source, "train_time_s": round(train_time, 1), "processes": info.world_size}
     for name, modality in (("student", "rgb"), ("teacher", "tg")):
