@@ -107,7 +107,10 @@ def dataset_root(base: Config, user_sets: list[str]) -> list[str]:
     is kept as is."""
     if not base.data.synthetic or any(s.split("=", 1)[0].strip() == "data.root" for s in user_sets):
         return []
-    size = json.dumps(base.to_dict()["data"]["synthetic_size"], sort_keys=True)
+    size = base.to_dict()["data"]["synthetic_size"]
+    if not size["family"]:  # the key postdates the first datasets: leaving it out keeps their folders
+        del size["family"]
+    size = json.dumps(size, sort_keys=True)
     digest = hashlib.sha1(size.encode()).hexdigest()[:8]
     return [f"data.root={base.data.root.rstrip('/')}-{digest}"]
 
