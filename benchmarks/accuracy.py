@@ -441,8 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     device = training_device(runs[0].config)
     slug = machine_slug(machine, device)
     created = datetime.now(timezone.utc)
-    prefix = "accuracy-" + ("" if config.resolve() == DEFAULT_CONFIG else f"{config.stem}-")
-    stem = f"{prefix}{slug}-{created:%Y-%m-%d}"
+    stem = results_stem("accuracy-" + ("" if config.resolve() == DEFAULT_CONFIG else f"{config.stem}-"), slug, created)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
@@ -468,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     print(f"wrote {json_path} and {md_path}")
     return 0
+
+
+def results_stem(prefix: str, slug: str, created: datetime) -> str:
+    """The name of a benchmark's result files: what ran, where (benchmarks/machine.py) and when."""
+    return f"{prefix}{slug}-{created:%Y-%m-%d}"
 
 
 def training_device(cfg: Config) -> str:
