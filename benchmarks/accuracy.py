@@ -107,7 +107,10 @@ def dataset_root(base: Config, user_sets: list[str]) -> list[str]:
     is kept as is."""
     if not base.data.synthetic or any(s.split("=", 1)[0].strip() == "data.root" for s in user_sets):
         return []
-    size = json.dumps(base.to_dict()["data"]["synthetic_size"], sort_keys=True)
+    size = base.to_dict()["data"]["synthetic_size"]
+    if not size["family"]:  # the key postdates the first datasets: leaving it out keeps their folders
+        del size["family"]
+    size = json.dumps(size, sort_keys=True)
     digest = hashlib.sha1(size.encode()).hexdigest()[:8]
     return [f"data.root={base.data.root.rstrip('/')}-{digest}"]
 
@@ -438,8 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     device = training_device(runs[0].config)
     slug = machine_slug(machine, device)
     created = datetime.now(timezone.utc)
-    prefix = "accuracy-" + ("" if config.resolve() == DEFAULT_CONFIG else f"{config.stem}-")
-    stem = f"{prefix}{slug}-{created:%Y-%m-%d}"
+    stem = results_stem("accuracy-" + ("" if config.resolve() == DEFAULT_CONFIG else f"{config.stem}-"), slug, created)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
@@ -465,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     print(f"wrote {json_path} and {md_path}")
     return 0
+
+
+def results_stem(prefix: str, slug: str, created: datetime) -> str:
+    """The name of a benchmark's result files: what ran, where (benchmarks/machine.py) and when."""
+    return f"{prefix}{slug}-{created:%Y-%m-%d}"
 
 
 def training_device(cfg: Config) -> str:

@@ -32,6 +32,7 @@ class SyntheticConfig:
     height: int = 72
     seed: int = 0
     clutter: bool = True  # distractors, camera jitter and pixel noise on top of random appearance
+    family: str = ""  # "": the first num_classes motions; a motion family (its first num_classes, 0 = all)
 
 
 @dataclass
@@ -164,6 +165,7 @@ class Config:
 
 CHOICES = {
     "data.format": ("lists", "folder"),
+    "data.synthetic_size.family": ("", "directions", "turns", "paths", "speeds", "periodic", "accelerating", "combined"),
     "loss.streams": ("both", "rgb", "tg"),
     "loss.fusion": ("logits", "probs", "rgb", "tg", "self"),
     "loss.align": ("cosine", "l1", "l2", "off"),

@@ -1,11 +1,22 @@
 """The embedded default dataset: synthetic videos whose classes differ only by motion.
 
-Each class is one motion of a main object (move right/left/up/down, rotate clockwise/counter-
-clockwise, zoom in/out, horizontal oscillation, vertical bounce). Everything else is drawn at
-random per video and independently of the class: the object's shape, size, orientation,
-position, colours and texture, the background colour and texture, 1-3 distractors that drift
-and wander, camera jitter and pixel noise. A single frame therefore says nothing about the
-class; only how frames change does, which is the regime where temporal gradient helps.
+Each class is one motion of a main object. Everything else is drawn at random per video and
+independently of the class: the object's shape, size, orientation, position, colours and
+texture, the background colour and texture, 1-3 distractors that drift and wander, camera
+jitter and pixel noise. A single frame therefore says nothing about the class; only how frames
+change does, which is the regime where temporal gradient helps.
+
+The motions come in families (`FAMILIES`) of 4 classes that a dataset can be made of:
+    directions    move right / left / up / down
+    turns         rotate clockwise / counter-clockwise, zoom in / out
+    paths         circle clockwise / counter-clockwise, a straight diagonal, a zigzag
+    speeds        one direction (right) at four speed bands
+    periodic      horizontal oscillation, vertical bounce, pulsating size, swinging angle
+    accelerating  translation speeding up / slowing down, spin speeding up / slowing down
+    combined      moving right while rotating cw / ccw or zooming in / out
+Without a family a dataset takes the first `num_classes` of `MOTIONS` (the first 10 are the
+original classes: directions, turns, oscillation and bounce). Families whose classes are
+mirror images of each other (directions, turns, paths, combined) need horizontal flips off.
 
 Motion is visible in any window of the video: translation wraps around the frame (the world
 is a torus), and the other motions are periodic, so the object never simply leaves the frame.
@@ -46,7 +57,37 @@ MOTIONS = (
     "zoom_out",
     "oscillate_horizontal",
     "bounce_vertical",
+    # Appended, never inserted: a video's generator is seeded with its motion's index here.
+    "circle_cw",
+    "circle_ccw",
+    "move_down_left",
+    "zigzag_right",
+    "move_right_speed1",
+    "move_right_speed2",
+    "move_right_speed3",
+    "move_right_speed4",
+    "pulsate",
+    "swing",
+    "accelerate_right",
+    "decelerate_right",
+    "spin_up_cw",
+    "spin_down_cw",
+    "move_right_rotate_cw",
+    "move_right_rotate_ccw",
+    "move_right_zoom_in",
+    "move_right_zoom_out",
 )
+# Datasets of one kind of motion: within a family the classes differ only by motion, and the
+# static draws (appearance, start position, orientation, size) are the same for all of them.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "directions": ("move_right", "move_left", "move_up", "move_down"),  # what the default recipe was tuned on
+    "turns": ("rotate_cw", "rotate_ccw", "zoom_in", "zoom_out"),
+    "paths": ("circle_cw", "circle_ccw", "move_down_left", "zigzag_right"),
+    "speeds": ("move_right_speed1", "move_right_speed2", "move_right_speed3", "move_right_speed4"),
+    "periodic": ("oscillate_horizontal", "bounce_vertical", "pulsate", "swing"),
+    "accelerating": ("accelerate_right", "decelerate_right", "spin_up_cw", "spin_down_cw"),
+    "combined": ("move_right_rotate_cw", "move_right_rotate_ccw", "move_right_zoom_in", "move_right_zoom_out"),
+}
 SHAPES = ("square", "disc", "triangle", "cross")
 FPS = 25
 SPLIT_IDS = {"train": 0, "val": 1}
@@ -61,11 +102,23 @@ MOTION_SCALE = 1.6
 SCALE_MIN, SCALE_MAX = 0.6, 1.5
 
 
-def class_names(num_classes: int) -> list[str]:
-    """The class names of a dataset with `num_classes` motions, sorted (label = position)."""
-    if not 1 <= num_classes <= len(MOTIONS):
-        raise ValueError(f"num_classes must be in 1..{len(MOTIONS)}, got {num_classes}")
-    return sorted(MOTIONS[:num_classes])
+def class_names(num_classes: int, family: str = "") -> list[str]:
+    """The class names of a dataset, sorted (label = position).
+
+    family "": the first `num_classes` motions of MOTIONS. A family name: that family's
+    motions, all of them when num_classes is 0, else its first `num_classes`.
+    """
+    if not family:
+        if not 1 <= num_classes <= len(MOTIONS):
+            raise ValueError(f"num_classes must be in 1..{len(MOTIONS)}, got {num_classes}")
+        return sorted(MOTIONS[:num_classes])
+    if family not in FAMILIES:
+        raise ValueError(f"unknown motion family {family!r}; known: {', '.join(FAMILIES)}")
+    motions = FAMILIES[family]
+    if not 0 <= num_classes <= len(motions):
+        raise ValueError(f"family {family!r} has {len(motions)} motions ({', '.join(motions)}): num_classes must be "
+                         f"0 (all of them) or 1..{len(motions)} (its first N), got {num_classes}")
+    return sorted(motions[:num_classes or len(motions)])
 
 
 def video_rng(seed: int, split: str, motion: str, index: int) -> np.random.Generator:
@@ -190,9 +243,112 @@ def _trajectory(motion: str, rng: np.random.Generator, t: np.ndarray, width: int
     elif motion == "bounce_vertical":
         amplitude, period = rng.uniform(0.25, 0.4) * size, rng.uniform(20, 36)
         cy = cy - amplitude * np.abs(np.sin(np.pi * t / period + rng.uniform(0, np.pi)))
+    elif motion in MOTIONS:
+        # The later motions take one draw here and their parameters from a child generator, so
+        # one `rng` gives all of them the same object, background and first frame.
+        dx, dy, turn, log_scale = _later_motion(motion, np.random.default_rng(rng.integers(2**63)), t, size,
+                                                log_scale)
+        cx, cy, angle = cx + dx, cy + dy, angle + turn
     else:
         raise ValueError(f"unknown motion {motion!r}; known: {', '.join(MOTIONS)}")
     return cx, cy, angle, np.exp(log_scale)
+
+
+def _since_start(values: np.ndarray) -> np.ndarray:
+    """Change since frame 0, exactly 0 there: the first frame stays the static draw."""
+    return values - values[0]
+
+
+def _integrate(rate: np.ndarray) -> np.ndarray:
+    """Displacement since frame 0 of a per-frame rate (the rate of frame t moves t to t+1)."""
+    return np.concatenate([np.zeros(1, rate.dtype), np.cumsum(rate[:-1])])
+
+
+def _ramped_rate(rng: np.random.Generator, t: np.ndarray, low: float, high: float, rising: bool) -> np.ndarray:
+    """A per-frame rate that grows (or shrinks) steadily in log space between `low` and
+    `high`, then starts over; random phase. 4-5.5 % a frame doubles (halves) it within a
+    15-frame clip; a sweep of 4-5x lasts 25-40 frames, so a clip holds at most one restart,
+    a jump the other way that is nothing like the steady change."""
+    span = np.log(high / low)
+    ramp = np.remainder(rng.uniform(0, span) + rng.uniform(0.04, 0.055) * t, span)
+    return np.exp(np.log(low) + ramp) if rising else np.exp(np.log(high) - ramp)
+
+
+def _triangle(s: np.ndarray, half: float) -> np.ndarray:
+    """A triangle wave of slope ±1 that turns every `half` frames."""
+    return np.abs(np.remainder(s, 2 * half) - half)
+
+
+def _reflect_log_scale(log_scale: np.ndarray) -> np.ndarray:
+    """Fold a log-size back into the size range at its ends (values inside are kept exactly)."""
+    lo, hi = np.log(SCALE_MIN), np.log(SCALE_MAX)
+    y = np.remainder(log_scale - lo, 2 * (hi - lo))
+    folded = lo + np.where(y > hi - lo, 2 * (hi - lo) - y, y)
+    return np.where((log_scale >= lo) & (log_scale <= hi), log_scale, folded).astype(log_scale.dtype)
+
+
+def _wrapped_zoom(log_scale: np.ndarray, change: np.ndarray, grow: bool) -> np.ndarray:
+    """Steady zoom from the static size by `change` (>= 0, log units) that restarts at the other
+    end of the size range; exact at frame 0, where change is 0."""
+    lo, hi = np.log(SCALE_MIN), np.log(SCALE_MAX)
+    span = hi - lo
+    if grow:
+        value = log_scale + change
+        return value - span * np.maximum(0, np.floor((value - hi) / span) + 1)
+    value = log_scale - change
+    return value + span * np.maximum(0, np.floor((lo - value) / span) + 1)
+
+
+def _later_motion(motion: str, rng: np.random.Generator, t: np.ndarray, size: float, log_scale: np.ndarray):
+    """Offsets of x, y and angle since frame 0 and the log-size per frame of a motion after the
+    original ten. Every offset is 0 at frame 0, so the first frame is the static draw of
+    `_trajectory` whatever the motion. Rates stay in the original motions' ranges: speeds up to
+    0.056 x size px/frame, turns up to 16°/frame (under 45° between frames sampled 2 apart,
+    where 90°-symmetric shapes would alias)."""
+    zero = np.zeros_like(t)
+    dx, dy, turn = zero, zero, zero
+    if motion in ("circle_cw", "circle_ccw"):
+        radius, period, phase = rng.uniform(0.12, 0.2) * size, rng.uniform(24, 36), rng.uniform(0, 2 * np.pi)
+        # With y pointing down, a growing angle goes clockwise on screen; a 15-frame clip
+        # covers 40-60 % of a turn, so its curvature (hence its sense) always shows.
+        theta = phase + (1 if motion == "circle_cw" else -1) * 2 * np.pi * t / period
+        dx, dy = radius * _since_start(np.cos(theta)), radius * _since_start(np.sin(theta))
+    elif motion == "move_down_left":
+        step = rng.uniform(0.024, 0.048) * size / np.sqrt(2)  # along each axis
+        dx, dy = -step * t, step * t
+    elif motion == "zigzag_right":
+        vx, vy = rng.uniform(0.015, 0.025) * size, rng.uniform(0.025, 0.035) * size
+        half = rng.uniform(5, 7)  # frames per leg: any 15-frame clip turns at least twice
+        dx, dy = vx * t, vy * _since_start(_triangle(t + rng.uniform(0, 2 * half), half))
+    elif motion.startswith("move_right_speed"):
+        # Bands e^0.5 apart and 1.2 wide, so neighbours never overlap (1.37x between them);
+        # band 4 is as fast as the fastest move_right.
+        band = int(motion.removeprefix("move_right_speed")) - 1
+        dx = rng.uniform(0.009, 0.0108) * np.exp(0.5 * band) * size * t
+    elif motion == "pulsate":
+        # Sizes change at 0.07 log units per frame on average (zoom: 0.056-0.096); the peak to
+        # peak of 0.6-0.9 spans most of the size range, folded back at its ends.
+        amplitude, period, phase = rng.uniform(0.3, 0.45), rng.uniform(18, 28), rng.uniform(0, 2 * np.pi)
+        log_scale = _reflect_log_scale(log_scale + amplitude * _since_start(np.sin(2 * np.pi * t / period + phase)))
+    elif motion == "swing":
+        amplitude, period, phase = np.deg2rad(rng.uniform(30, 50)), rng.uniform(20, 32), rng.uniform(0, 2 * np.pi)
+        turn = amplitude * _since_start(np.sin(2 * np.pi * t / period + phase))
+    elif motion in ("accelerate_right", "decelerate_right"):
+        dx = _integrate(_ramped_rate(rng, t, 0.012 * size, 0.056 * size, motion == "accelerate_right"))
+    elif motion in ("spin_up_cw", "spin_down_cw"):
+        turn = _integrate(_ramped_rate(rng, t, np.deg2rad(4), np.deg2rad(16), motion == "spin_up_cw"))
+    elif motion in ("move_right_rotate_cw", "move_right_rotate_ccw"):
+        dx = rng.uniform(0.02, 0.035) * size * t
+        omega = MOTION_SCALE * np.deg2rad(rng.uniform(4.0, 10.0))  # as rotate_cw / rotate_ccw
+        turn = (omega if motion == "move_right_rotate_cw" else -omega) * t
+    elif motion in ("move_right_zoom_in", "move_right_zoom_out"):
+        dx = rng.uniform(0.02, 0.035) * size * t
+        rate = MOTION_SCALE * rng.uniform(0.035, 0.06)  # as zoom_in / zoom_out
+        log_scale = _wrapped_zoom(log_scale, rate * t, grow=motion == "move_right_zoom_in")
+    else:
+        raise ValueError(f"no trajectory for motion {motion!r}")
+    return (dx.astype(np.float32), dy.astype(np.float32), turn.astype(np.float32),
+            log_scale.astype(np.float32))
 
 
 def _jitter(rng: np.random.Generator, frames: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -351,12 +507,13 @@ def _remove_stale_partials(root: Path) -> None:
             continue  # not ours to judge: a foreign name, or a live process of another user
 
 
-def generate(root: str | os.PathLike, *, num_classes: int = 10, train_per_class: int = 40,
+def generate(root: str | os.PathLike, *, num_classes: int = 10, family: str = "", train_per_class: int = 40,
              labeled_per_class: int = 4, val_per_class: int = 10, frames: int = 48, width: int = 96,
              height: int = 72, seed: int = 0, clutter: bool = True, workers: int = 1) -> dict:
     """Write the synthetic motion dataset under `root` (idempotent); return a summary.
 
-    Re-running with the same arguments on a complete dataset does nothing. A dataset made
+    The classes are `class_names(num_classes, family)`: the first `num_classes` motions, or
+    with a family its motions (num_classes 0: all of them). Re-running with the same arguments on a complete dataset does nothing. A dataset made
     with other arguments raises ValueError. clutter=False leaves out the distractors, camera
     jitter and pixel noise; object and background colours, textures and shapes stay random. The dataset is built in a temporary sibling folder
     and renamed into place, so an interrupted run never leaves a half dataset at `root`.
@@ -365,7 +522,7 @@ def generate(root: str | os.PathLike, *, num_classes: int = 10, train_per_class:
     (False when the dataset was already there), seconds.
     """
     start = time.perf_counter()
-    classes = class_names(num_classes)
+    classes = class_names(num_classes, family)
     if not 1 <= labeled_per_class <= train_per_class:
         raise ValueError(f"need 1 <= labeled_per_class <= train_per_class, got {labeled_per_class}, {train_per_class}")
     if val_per_class < 1:
@@ -383,9 +540,11 @@ def generate(root: str | os.PathLike, *, num_classes: int = 10, train_per_class:
                      generator_version=GENERATOR_VERSION)
     if not clutter:  # only when off, so datasets generated before this option keep their identity
         arguments["clutter"] = False
+    if family:  # likewise only when set; num_classes 0 and the family's size make the same dataset
+        arguments.update(num_classes=len(classes), family=family)
     videos = _plan(classes, train_per_class, labeled_per_class, val_per_class)
     train = [v for v in videos if v[2] == "train"]
-    summary = dict(root=str(root), classes=classes, train=len(train), labeled=num_classes * labeled_per_class,
+    summary = dict(root=str(root), classes=classes, train=len(train), labeled=len(classes) * labeled_per_class,
                    unlabeled=len(train), val=len(videos) - len(train))
 
     if (root / "synthetic.json").is_file():
@@ -450,7 +609,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training generate",
                                      description="Write the synthetic motion-video dataset (idempotent).")
     parser.add_argument("--root", required=True, help="dataset folder to create")
-    parser.add_argument("--num-classes", type=int, default=10, help=f"1..{len(MOTIONS)} motions")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help=f"the first N motions, 1..{len(MOTIONS)} (default 10); with --family: its first N "
+                             "(default 0: all of them)")
+    parser.add_argument("--family", default="", choices=["", *FAMILIES], metavar="NAME",
+                        help="a dataset of one motion family: " + "; ".join(
+                            f"{name} ({', '.join(motions)})" for name, motions in FAMILIES.items()))
     parser.add_argument("--train-per-class", type=int, default=40)
     parser.add_argument("--labeled-per-class", type=int, default=4)
     parser.add_argument("--val-per-class", type=int, default=10)
@@ -464,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="processes rendering videos (default: all CPU cores); output does not depend on it")
     args = parser.parse_args(argv)
     try:
-        summary = generate(args.root, num_classes=args.num_classes, train_per_class=args.train_per_class,
+        num_classes = args.num_classes if args.num_classes is not None else 0 if args.family else 10
+        summary = generate(args.root, num_classes=num_classes, family=args.family, train_per_class=args.train_per_class,
                            labeled_per_class=args.labeled_per_class, val_per_class=args.val_per_class,
                            frames=args.frames, width=args.width, height=args.height, seed=args.seed,
                            clutter=args.clutter, workers=args.workers)
