@@ -95,8 +95,9 @@ def setting_overrides(name: str, base: Config) -> list[str]:
         if base.data.format != "lists" or not base.data.train_list:
             raise BenchmarkError("the 'supervised' reference needs a list-file dataset with a train list "
                                  "(data.format=lists, data.train_list); leave it out with --configs")
-        # every training video labeled; the unlabeled loss never starts (epoch < sup_warmup_epochs)
+        # every training video labeled; the unlabeled loss never starts (its warm-up lasts the whole run)
         items += [f"data.labeled_list={base.data.train_list}", "data.labeled_ratio=0", "data.labeled_per_class=0",
+                  f"optim.sup_warmup_steps={base.optim.steps}" if base.optim.steps else
                   f"optim.sup_warmup_epochs={base.optim.epochs}"]
     return items
 
@@ -125,13 +126,13 @@ class Run:
 
 
 def plan_runs(config: Path, names: list[str], seeds: list[int], root: Path, *, user_sets: list[str],
-              epochs: int | None) -> tuple[list[Run], list[str]]:
+              epochs: int | None = None, steps: int | None = None) -> tuple[list[Run], list[str]]:
     """Resolve every run's config up front, so a bad combination fails before any training.
     Returns the runs and the overrides common to all of them."""
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         raise BenchmarkError(f"unknown configs: {', '.join(unknown)} (known: {', '.join(SETTINGS)})")
-    common = list(user_sets) + ([f"optim.epochs={epochs}"] if epochs else [])
+    common = list(user_sets) + ([f"optim.epochs={epochs}"] if epochs else []) + ([f"optim.steps={steps}"] if steps else [])
     base = load_config(config, common)
     common += dataset_root(base, user_sets)
     runs = []
@@ -159,7 +160,7 @@ def finished(run: Run) -> bool:
         raise BenchmarkError(f"{run.folder} holds a run with different settings ({', '.join(changed)}): "
                              "pass another --root, or delete that folder")
     metrics = run.folder / "metrics.json"
-    return metrics.is_file() and json.loads(metrics.read_text()).get("epochs") == run.config.optim.epochs
+    return metrics.is_file()  # written once, when the run's last epoch and its test are done
 
 
 def _call(args: list[str], what: str) -> None:
@@ -288,7 +289,7 @@ def markdown(results: dict) -> str:
              f"{results['train_time_s'] / 60:.1f} min; wall time of this invocation "
              f"{results['wall_time_s'] / 60:.1f} min (finished runs are reused, not redone)",
              f"- Command: `{results['command']}`",
-             f"- Config `{results['config']}` with the overrides in the command; {results['epochs']} epochs for "
+             f"- Config `{results['config']}` with the overrides in the command; {results.get('budget') or str(results['epochs']) + ' epochs'} for "
              f"every run; seeds {', '.join(map(str, results['seeds']))} (`train.seed`)",
              f"- Data: {data['classes']} classes, {data['labeled_videos']} labeled of {data['unlabeled_videos']} "
              f"training videos ({data['labeled_split']}), {data['val_videos']} validation videos; "
@@ -383,7 +384,10 @@ def parse_args(argv):
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), metavar="NAME",
                    help=f"table rows to run (default: {' '.join(DEFAULT_CONFIGS)}; also: fused)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per config: train.seed = 0 .. N-1 (default 2)")
-    p.add_argument("--epochs", type=int, default=None, help="budget of every run (default: the config's optim.epochs)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="budget of every run in epochs, for a config whose budget is in epochs (the paper configs)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="budget of every run in optimizer steps, for a config whose budget is in steps (the default)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     p.add_argument("--root", default="runs/accuracy", help="parent folder of the run folders")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where the JSON/markdown go")
@@ -404,16 +408,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         runs, common = plan_runs(config, names, list(range(args.seeds)), Path(args.root), user_sets=args.set,
-                                 epochs=args.epochs)
+                                 epochs=args.epochs, steps=args.steps)
     except (BenchmarkError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    epochs = runs[0].config.optim.epochs
-    print(f"accuracy benchmark: {len(names)} configs x {args.seeds} seeds = {len(runs)} runs of {epochs} epochs "
+    o = runs[0].config.optim
+    budget, warm = (o.steps, o.sup_warmup_steps) if o.steps else (o.epochs, o.sup_warmup_epochs)
+    unit = "steps" if o.steps else "epochs"
+    print(f"accuracy benchmark: {len(names)} configs x {args.seeds} seeds = {len(runs)} runs of {budget} {unit} "
           f"under {args.root}", flush=True)
-    if runs[0].config.optim.sup_warmup_epochs >= epochs:
-        print(f"warning: optim.sup_warmup_epochs ({runs[0].config.optim.sup_warmup_epochs}) >= epochs ({epochs}): "
-              "the unlabeled loss never starts, every semi-supervised row is supervised only", flush=True)
+    if warm >= budget:
+        print(f"warning: the supervised warm-up ({warm} {unit}) is as long as the run ({budget}): the unlabeled loss "
+              "never starts, every semi-supervised row is supervised only", flush=True)
     if args.dry_run:
         for run in runs:
             print(f"  {run.folder}: --set {' '.join(run.overrides)}")
@@ -451,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine_slug": slug, "device": device,
         "command": "python -m benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
         "config": _shown(config), "common_overrides": common,
-        "epochs": epochs, "seeds": list(range(args.seeds)), "configs": names,
+        "epochs": None if o.steps else o.epochs, "steps": o.steps or None, "budget": f"{budget} {unit}",
+        "seeds": list(range(args.seeds)), "configs": names,
         "dataset": dataset_summary(runs[0].folder), "table": table, "verdict": verdict(table),
         "runs": {n: {s: {"folder": r["folder"], "metrics": r["metrics"], "robustness": r["eval"].get("robustness")}
                      for s, r in by.items()} for n, by in results_by_run.items()},

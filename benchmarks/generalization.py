@@ -17,7 +17,7 @@ resumes when the benchmark is run again. The target, per family: the method's RG
 twice chance on the mean. The table says plainly where it is not met within the budget.
 
 Results: benchmarks/results/generalization-<machine>-<date>.json and .md.
-    python -m benchmarks.generalization --set optim.epochs=60        # the budget, for every run
+    python -m benchmarks.generalization --set optim.steps=600         # the budget, for every run
 """
 from __future__ import annotations
 
@@ -31,9 +31,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 from benchmarks.accuracy import (REPO, SETTINGS, BenchmarkError, Run, _call, _pm, _shown, _yes, finished, results_stem,
                                  spread, training_device)
-from training.config import Config, ConfigError
+from training.config import Config, ConfigError, config_from_dict, load_config
 from training.synthetic import FAMILIES
 
 TUNED_FAMILY = "directions"  # the family the default recipe was chosen on
@@ -77,10 +79,20 @@ def train_argv(data: Path, folder: Path, seed: int, arm: str, user_sets: list[st
 
 
 def resolve(argv: list[str]) -> Config:
-    """The config `python -m training <argv>` trains, resolved here by the trainer's own code."""
+    """The config `python -m training <argv>` trains, resolved here by the trainer's own code.
+    Before its dataset exists (the recipe reads the data) the keys are checked against the
+    recipe's base; the run folder's config.yaml is the one reported."""
+    from training.own_data import CPU_BASE
     from training.train import parse_args, resolve_config
 
-    return resolve_config(parse_args(argv[1:]))
+    args = parse_args(argv[1:])
+    if not Path(args.data_root).is_dir():
+        return load_config(CPU_BASE, [f"data.root={args.data_root}", *args.set])
+    return resolve_config(args)[0]
+
+
+def saved_config(run: FamilyRun) -> Config:
+    return config_from_dict(yaml.safe_load((run.folder / "config.yaml").read_text()))
 
 
 def plan_runs(families: list[str], seeds: list[int], root: Path, user_sets: list[str]) -> list[FamilyRun]:
@@ -133,9 +145,9 @@ def run_steps(metrics: dict, cfg: Config) -> int:
     """Optimizer steps of a finished run (recorded by the trainer, else from its epochs)."""
     if "steps" in metrics:
         return int(metrics["steps"])
-    from training.train import steps_per_epoch
+    from training.schedule import resolve_schedule
 
-    return cfg.optim.epochs * steps_per_epoch(metrics["unlabeled_videos"], metrics.get("processes", 1), cfg)
+    return resolve_schedule(cfg, metrics["unlabeled_videos"], metrics.get("processes", 1)).total_steps
 
 
 # ----------------------------------------------------------------------------- summary
@@ -195,7 +207,7 @@ def overall(table: dict) -> dict:
 def budget(runs: list[FamilyRun], metrics: dict[Path, dict]) -> dict:
     steps = sorted({run_steps(metrics[r.folder], r.config) for r in runs})
     minutes = [metrics[r.folder].get("train_time_s", 0.0) / 60 for r in runs]
-    return {"steps": steps[0] if len(steps) == 1 else steps, "epochs": runs[0].config.optim.epochs,
+    return {"steps": steps[0] if len(steps) == 1 else steps, "epochs": metrics[runs[0].folder].get("epochs"),
             "train_minutes_per_run": spread(minutes), "train_minutes_total": sum(minutes),
             "batch": [runs[0].config.optim.batch_labeled, runs[0].config.optim.batch_unlabeled],
             "flip": runs[0].config.input.flip}
@@ -218,7 +230,7 @@ def markdown(results: dict) -> str:
              f"- Method: the own-data default, `python -m training train --data-root DATA --run RUN --set "
              f"train.seed=K{''.join(' ' + s for s in results['user_sets'])}` (no --config); FixMatch-RGB adds "
              f"`{' '.join(ARMS[BASELINE])}`",
-             f"- Budget of every run: {b['steps']} steps (optim.epochs={b['epochs']}), batch {b['batch'][0]} labeled + "
+             f"- Budget of every run: {b['steps']} steps ({b['epochs']} epochs on this data), batch {b['batch'][0]} labeled + "
              f"{b['batch'][1]} unlabeled clips; training {per_run['mean']:.1f} min per run on average "
              f"(max {per_run['max']:.1f}), {b['train_minutes_total']:.0f} min in all; wall time of this invocation "
              f"{results['wall_time_s'] / 60:.1f} min (finished runs are reused)",
@@ -270,7 +282,7 @@ def parse_args(argv):
                         f"{TUNED_FAMILY} is the one the recipe was tuned on)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per family and arm: train.seed = 0 .. N-1 (default 2)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides for every run, e.g. the budget (optim.epochs=60)")
+                   help="overrides for every run, e.g. the budget (optim.steps=600)")
     p.add_argument("--root", default="runs/generalization", help="datasets and run folders: ROOT/<family>/...")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where the JSON/markdown go")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (default 1)")
@@ -313,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             make_dataset(root, family, shape, args.workers)
         with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait
             metrics = dict(zip((r.folder for r in runs), pool.map(train, runs)))
+        for run in runs:
+            run.config = saved_config(run)  # what the recipe chose on the generated data
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

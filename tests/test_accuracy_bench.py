@@ -114,8 +114,8 @@ def test_score_videos_applies_the_perturbation_to_every_video_before_normalizati
 
 # ----------------------------------------------------------------------------- the plan
 def test_every_setting_is_a_valid_config_with_its_switches(tmp_path):
-    runs, common = plan_runs(DEFAULT_CONFIG, list(SETTINGS), [0, 3], tmp_path, user_sets=[], epochs=5)
-    assert len(runs) == 2 * len(SETTINGS) - 1 and "optim.epochs=5" in common  # the reference: one seed
+    runs, common = plan_runs(DEFAULT_CONFIG, list(SETTINGS), [0, 3], tmp_path, user_sets=[], steps=100)
+    assert len(runs) == 2 * len(SETTINGS) - 1 and "optim.steps=100" in common  # the reference: one seed
     assert [r.seed for r in runs if r.name == "supervised"] == [0]
     by = {(r.name, r.seed): r.config for r in runs}
     assert by[("fixmatch-rgb", 0)].loss.streams == "rgb" and by[("fixmatch-tg", 0)].loss.streams == "tg"
@@ -125,10 +125,10 @@ def test_every_setting_is_a_valid_config_with_its_switches(tmp_path):
     assert (contrast.loss.align, contrast.loss.contrast) == ("off", True)
     assert full.train.seed == 3 and by[("full", 0)].train.seed == 0
     sup = by[("supervised", 0)]
-    assert sup.data.labeled_list == sup.data.train_list and sup.optim.sup_warmup_epochs == 5
+    assert sup.data.labeled_list == sup.data.train_list and sup.optim.sup_warmup_steps == 100
     # matched budget: only the switches above differ between rows
     for cfg in by.values():
-        assert cfg.optim.epochs == 5 and cfg.optim.batch_unlabeled == full.optim.batch_unlabeled
+        assert cfg.optim.steps == 100 and cfg.optim.batch_unlabeled == full.optim.batch_unlabeled
         assert cfg.data.root == full.data.root and cfg.data.root.startswith(load_config(DEFAULT_CONFIG).data.root + "-")
     assert runs[0].folder == tmp_path / "fixmatch-rgb-seed0"
 
@@ -147,11 +147,11 @@ def test_each_synthetic_setting_gets_its_own_data_root_unless_one_is_given(tmp_p
 def test_a_run_folder_with_other_settings_is_refused_with_a_clear_message(tmp_path):
     from training.config import save_config
 
-    runs, _ = plan_runs(DEFAULT_CONFIG, ["full"], [0], tmp_path, user_sets=[], epochs=4)
-    other, _ = plan_runs(DEFAULT_CONFIG, ["full"], [0], tmp_path, user_sets=[], epochs=6)
+    runs, _ = plan_runs(DEFAULT_CONFIG, ["full"], [0], tmp_path, user_sets=[], steps=400)
+    other, _ = plan_runs(DEFAULT_CONFIG, ["full"], [0], tmp_path, user_sets=[], steps=600)
     runs[0].folder.mkdir(parents=True)
     save_config(other[0].config, runs[0].folder / "config.yaml")
-    with pytest.raises(BenchmarkError, match=r"different settings \(optim.epochs\).*--root"):
+    with pytest.raises(BenchmarkError, match=r"different settings \(optim.steps\).*--root"):
         finished(runs[0])
     save_config(runs[0].config, runs[0].folder / "config.yaml")
     assert not finished(runs[0])  # same settings, no metrics yet: train (resume) it

@@ -10,7 +10,7 @@ from benchmarks.generalization import (ARMS, BASELINE, METHOD, family_verdict, m
 from training.synthetic import FAMILIES
 
 # A few seconds per run: the smoke budget plus a small input and model.
-TINY_SETS = ["optim.epochs=1", "train.max_steps_per_epoch=2", "train.eval_every=0", "train.precise_bn=false",
+TINY_SETS = ["optim.steps=2", "optim.warmup_steps=0", "optim.sup_warmup_steps=0", "train.max_steps_per_epoch=2", "train.eval_every=0", "train.precise_bn=false",
              "data.num_workers=0", "model.width=4", "input.short_side=32", "input.crop_size=28",
              "input.test_short_side=32", "input.test_crop=32", "input.test_clips=2", "optim.batch_labeled=2",
              "optim.batch_unlabeled=4"]
@@ -20,14 +20,14 @@ TINY_DATA = ["--width", "32", "--height", "24", "--frames", "16", "--train-per-c
 
 # ----------------------------------------------------------------------------- the plan
 def test_runs_are_the_users_command_line_with_only_the_arms_switches_added(tmp_path):
-    runs = plan_runs(["paths", "periodic"], [0, 1], tmp_path, ["optim.epochs=7"])
+    runs = plan_runs(["paths", "periodic"], [0, 1], tmp_path, ["optim.steps=700"])
     assert len(runs) == 2 * 2 * len(ARMS)
     for run in runs:
         assert "--config" not in run.argv and run.argv[:3] == ["train", "--data-root", str(tmp_path / run.family / "data")]
         assert run.folder == tmp_path / run.family / f"{run.name}-seed{run.seed}"
-        assert run.overrides == ["optim.epochs=7", f"train.seed={run.seed}", *ARMS[run.name]]
+        assert run.overrides == ["optim.steps=700", f"train.seed={run.seed}", *ARMS[run.name]]
         cfg = run.config
-        assert cfg.data.format == "folder" and not cfg.data.synthetic and cfg.optim.epochs == 7
+        assert cfg.data.format == "folder" and not cfg.data.synthetic and cfg.optim.steps == 700
         assert cfg.train.seed == run.seed
         assert cfg.loss.streams == ("both" if run.name == METHOD else "rgb")
     method, baseline = ([r.config for r in runs if r.name == arm and r.seed == 0 and r.family == "paths"][0]
@@ -76,7 +76,7 @@ def hand_made_results(student: dict[int, float], baseline: dict[int, float]) -> 
                          "fixmatch_rgb": spread(list(baseline.values())), "verdict": family_verdict(4, s, baseline)}
     return {"table": table, "overall": overall(table), "machine_slug": "amd-epyc-2c", "created_utc": "2026-01-02T03:04:05",
             "machine": {"cpu": "AMD EPYC", "cores": 2, "gpu": None}, "device": "cpu", "command": "python -m ...",
-            "user_sets": ["optim.epochs=60"], "seeds": [0, 1], "views": "10 clips x 3 crops",
+            "user_sets": ["optim.steps=600"], "seeds": [0, 1], "views": "10 clips x 3 crops",
             "dataset": {"width": 128, "height": 96, "frames": 48, "train_per_class": 16, "labeled_per_class": 4,
                         "val_per_class": 8, "seed": 0},
             "budget": {"steps": 480, "epochs": 60, "batch": [8, 8], "flip": False, "train_minutes_total": 40.0,

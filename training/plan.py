@@ -194,7 +194,7 @@ def _synthetic_sets(cfg: Config) -> tuple[list[str], list[SetSummary]]:
     from training.synthetic import class_names
 
     size = cfg.data.synthetic_size
-    classes = class_names(size.num_classes)
+    classes = class_names(size.num_classes, size.family)
     n = len(classes)
     made = "to be generated"
     return classes, [SetSummary("labeled", n * size.labeled_per_class, [size.labeled_per_class] * n, 0, made),
