@@ -324,7 +324,10 @@ def backend_parity(out: Path, manifest: dict, views: np.ndarray, ref: np.ndarray
     from serving.backends import OnnxRuntimeBackend, TorchExportBackend, onnxruntime_cuda_unavailable, torch_tf32
     from serving.devices import cuda_unavailable
 
-    result, problems = {}, []
+    from export.parity import onnx_backend, onnx_session
+
+    result = {"onnxruntime-cpu": compare(ref, onnx_backend(onnx_session(out / "model.onnx"))(views),
+                                         CUDA_FP32_BOUND.abs_tol)}
     for tf32 in (False, True):
         bound = (TENSORRT_TF32_BOUND if tf32 else CUDA_FP32_BOUND).abs_tol
         backend = TorchExportBackend(out / "student.pt2", tf32=tf32)
@@ -362,6 +365,20 @@ def tensorrt_record(out: Path) -> dict:
                                        opt_views=LATENCY_VIEWS, max_views=LATENCY_VIEWS)
     except trt_engine.EngineBuildError as exc:
         return {"file": None, "reason": str(exc)}
+
+
+def record_parity(manifest: dict, parity: dict) -> None:
+    """What was compared here, under the manifest keys the server reads (`auto` then logs a
+    warning only for a backend this run did not compare)."""
+    from serving.backends import PARITY_KEYS
+    from serving.devices import cuda_device_name
+
+    manifest["parity"]["machine"] = {"gpu": cuda_device_name(0)}
+    for name, report in parity.items():
+        if isinstance(report, dict) and report.get("within"):
+            manifest["parity"][PARITY_KEYS.get(name, name)] = report
+        if name.startswith("tensorrt") and isinstance(report, dict) and report.get("within"):
+            manifest["parity"]["tensorrt"] = report
 
 
 def auto_choice(out: Path, manifest: dict) -> dict:
@@ -431,8 +448,9 @@ def backend_checks(check: Check) -> None:
         views = np.random.default_rng(0).standard_normal((LATENCY_VIEWS, *clip_shape)).astype(np.float32)
         with torch.inference_mode():
             ref = student(torch.from_numpy(views[:PARITY_VIEWS])).double().numpy()  # the CPU reference
-        check.run(f"backends vs the CPU reference ({PARITY_VIEWS} full-size views)",
-                  lambda: backend_parity(out, manifest, views[:PARITY_VIEWS], ref))
+        parity = check.run(f"backends vs the CPU reference ({PARITY_VIEWS} full-size views)",
+                           lambda: backend_parity(out, manifest, views[:PARITY_VIEWS], ref))
+        record_parity(manifest, parity or {})
         check.run("auto's choice", lambda: auto_choice(out, manifest))
         check.run(f"latency ({LATENCY_VIEWS} views)", lambda: latency(out, manifest, views))
 

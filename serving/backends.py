@@ -322,8 +322,8 @@ def tensorrt_unavailable(manifest: dict) -> str | None:
     import torch
 
     if not torch.cuda.is_available():
-        return ("the TensorRT backend uses torch CUDA tensors as its buffers and this torch is CPU-only "
-                "(the serving image: build it with --build-arg SERVE_TORCH=cuda)")
+        return ("the TensorRT backend uses torch CUDA tensors as its buffers and this torch is CPU-only (the "
+                "default serving image: its SERVE_* build arguments add CUDA torch and TensorRT, README \"Docker\")")
     return None
 
 
