@@ -635,8 +635,11 @@ def health(args) -> int:
     if failure:
         print(f"unhealthy: {failure}", file=sys.stderr)
         return 1
-    state = recorded_state(args.inference_port)
-    serving = worker_summary(Path(state["run"]) / "serve") if state else ""
+    try:  # what serves is extra information: a missing or unreadable record never makes it unhealthy
+        state = recorded_state(args.inference_port)
+        serving = worker_summary(Path(state["run"]) / "serve") if state else ""
+    except (OSError, ValueError, KeyError):
+        serving = ""
     print(f"healthy: the TorchServe on port {args.inference_port}" + (f"; {serving}" if serving else ""))
     return 0
 
