@@ -2,6 +2,7 @@
 # Two images from one file (README, "Docker"):
 #   train  CUDA PyTorch, decord, TensorRT; runs `make train` / `make export` (docker build --target train)
 #   serve  TorchServe, Java 17, ONNX Runtime GPU, CPU PyTorch, one model archive; the default target
+#          (SERVE_* build arguments: CUDA PyTorch and TensorRT as well, for the TensorRT backend)
 # Both install the project with the Makefile's own `make setup`, so the images run the commands
 # the test suite runs outside Docker. Versions are build arguments; the defaults are one
 # consistent CUDA 13 set (ONNX Runtime GPU 1.2x+ and the cu130 PyTorch wheels need CUDA 13 + cuDNN 9).
@@ -66,10 +67,17 @@ CMD ["train"]
 FROM python AS serve-build
 ARG PYTHON_VERSION
 ARG TORCH_VERSION
-# The server runs the model in ONNX Runtime; PyTorch only averages scores, so its CPU wheel
-# (~200 MB) stands in for the CUDA one (several GB).
-RUN PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu \
-    make setup PYTHON="$(uv python find "${PYTHON_VERSION}")" TORCH_VERSION="${TORCH_VERSION}+cpu" EXTRAS=serve
+# By default the server runs the model in ONNX Runtime, on the GPU where the container has one
+# (ONNX Runtime GPU finds it through the driver); PyTorch only preprocesses and averages scores,
+# so its CPU wheel (~200 MB) stands in for the CUDA one (several GB). The TensorRT backend
+# needs CUDA PyTorch (its buffers are torch CUDA tensors) and TensorRT:
+#   --build-arg SERVE_TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
+#   --build-arg SERVE_TORCH_VERSION=2.13.0 --build-arg SERVE_EXTRAS=serve,tensorrt
+ARG SERVE_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG SERVE_TORCH_VERSION=${TORCH_VERSION}+cpu
+ARG SERVE_EXTRAS=serve
+RUN PIP_EXTRA_INDEX_URL="${SERVE_TORCH_INDEX_URL}" \
+    make setup PYTHON="$(uv python find "${PYTHON_VERSION}")" TORCH_VERSION="${SERVE_TORCH_VERSION}" EXTRAS="${SERVE_EXTRAS}"
 
 # ---------------------------------------------------------------- serve: the default target
 FROM python AS serve

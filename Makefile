@@ -90,3 +90,12 @@ test: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# What only a GPU settles, in one run of a few minutes (benchmarks/gpu_check.py): environment,
+# bf16 vs fp32 training step at full size, NCCL + SyncBN, the CUDA backends against the CPU
+# reference (TF32 on and off), auto's choice and memory, 30-view latency -> benchmarks/results/.
+# Without a GPU it prints the environment, names what it skipped, writes nothing and exits 0.
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check: setup
+	$(BIN)/python -m benchmarks.gpu_check $(GPU_CHECK_ARGS)

@@ -200,7 +200,10 @@ def onnxruntime_runner(path: Path, x: np.ndarray, *, gpu: bool, threads: int = 0
     options.inter_op_num_threads = 1
     providers = ["CPUExecutionProvider"]
     if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+        from serving.backends import cuda_provider_options
+
+        # as the server runs it: fp32 with TF32 off
+        providers.insert(0, ("CUDAExecutionProvider", cuda_provider_options(0)))
     session = ort.InferenceSession(str(path), options, providers=providers)
     used = "onnxruntime-cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "onnxruntime-cpu"
     name = session.get_inputs()[0].name

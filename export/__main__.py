@@ -22,7 +22,8 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--model-name", default="action", help="TorchServe model name (URL /predictions/<name>)")
     p.add_argument("--tensorrt", choices=("auto", "on", "off"), default="auto",
                    help="auto: build an engine where TensorRT and a GPU exist; on: require one; off: skip")
-    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16", help="TensorRT engine precision")
+    p.add_argument("--precision", choices=("fp16", "tf32", "fp32"), default="fp16",
+                   help="TensorRT engine precision (fp32: TF32 off; fp16 on TensorRT 11: the graph converted to fp16)")
     p.add_argument("--openvino", choices=("auto", "on", "off"), default="auto",
                    help="auto: write an OpenVINO IR where openvino imports; on: require one that passes a precision's "
                         "parity gate; off: skip")
@@ -50,7 +51,11 @@ def export_main(argv: list[str]) -> int:
     print(f"  {manifest['params']:,} parameters, {manifest['flops_per_view'] / 1e9:.3g} GFLOPs per view "
           "(equal to a plain R3D-18 of this config)")
     trt = manifest["tensorrt"]
-    print(f"  TensorRT: {trt['file']} ({trt['precision']})" if trt["file"] else f"  TensorRT: skipped, {trt['reason']}")
+    print(f"  TensorRT: {trt['file']} ({trt['precision']}, {trt['typing']} typing, on {trt['gpu']})" if trt["file"]
+          else f"  TensorRT: skipped, {trt['reason']}")
+    checked = manifest["parity"].get("machine", {}).get("cuda_backends") or []
+    print(f"  CUDA backends checked for parity: {', '.join(checked)} on {manifest['parity']['machine']['gpu']}"
+          if checked else "  CUDA backends checked for parity: none (no GPU here)")
     print(openvino_summary(manifest))
     print(f"  adaptive views: {describe(manifest['adaptive_views'])}")
     print(f"  parity vs PyTorch on {o['videos']} videos / {o['views']} views: ONNX Runtime max |diff| "

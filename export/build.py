@@ -23,17 +23,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from torch.export import Dim
 
 from export.archive import MODEL_NAME_PATTERN, build_archive, serving_handler
 from export.flops import onnx_flops, torch_flops
-from export.parity import (ONNXRUNTIME_BOUND, OPENVINO_BOUNDS, TENSORRT_FP16_BOUND, TENSORRT_FP32_BOUND, Backend,
-                           Bound, Comparison, ParityError, check_parity, decoded_views, onnx_backend, onnx_session,
+from export.parity import (CUDA_FP32_BOUND, ONNXRUNTIME_BOUND, OPENVINO_BOUNDS, Backend, Bound, Comparison,
+                           ParityError, check_parity, decoded_views, onnx_backend, onnx_session, tensorrt_bound,
                            torch_backend)
 from export import adaptive, openvino_ir, trt_engine
-from serving.backends import sha256_of  # the hash the server checks artifacts with
+from serving.backends import (OnnxRuntimeBackend, TorchExportBackend, onnxruntime_cuda_unavailable,  # what serves
+                              sha256_of)
+from serving.devices import cuda_device_name, cuda_unavailable
 from training.config import Config, ConfigError, config_from_dict
 from training.data import DataSplits, resolve_splits
 from training.models import R3D18, count_parameters
@@ -231,8 +235,10 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
                adaptive_target: float = adaptive.DEFAULT_TARGET) -> Path:
     """Export a finished run's student into `run/export` and return that folder.
 
-    tensorrt: "auto" builds an engine where TensorRT and a GPU exist, "on" requires one, "off"
-    skips it. openvino: "auto" writes an IR where openvino imports, "on" requires one that passes
+    tensorrt: "auto" builds an engine where TensorRT and a GPU exist (an engine that fails to
+    build is logged with the reason and left out), "on" requires one, "off" skips it; precision:
+    the engine's, fp16, tf32 or fp32 (TF32 off).
+    openvino: "auto" writes an IR where openvino imports, "on" requires one that passes
     a precision's gate, "off" skips it; openvino_bounds: the parity bound of each precision (a
     precision that breaks its bound is recorded as refused and never served). parity_videos:
     validation videos (all their views) for the parity check. archive: build model.mar (needs
@@ -245,8 +251,8 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
         raise ExportError(f"tensorrt must be auto, on or off, got {tensorrt!r}")
     if openvino not in ("auto", "on", "off"):
         raise ExportError(f"openvino must be auto, on or off, got {openvino!r}")
-    if precision not in ("fp16", "fp32"):
-        raise ExportError(f"precision must be fp16 or fp32, got {precision!r}")
+    if precision not in trt_engine.PRECISIONS:
+        raise ExportError(f"precision must be one of {', '.join(trt_engine.PRECISIONS)}, got {precision!r}")
     if not MODEL_NAME_PATTERN.match(model_name):
         raise ExportError(f"model name {model_name!r}: use letters, digits, '_', '-' and '.'")
     if parity_videos < 1 or max_views < 1:
@@ -288,14 +294,8 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
         trt_record: dict = {"file": None, "reason": trt_reason}
         runner = None
         if trt_reason is None:
-            t0 = time.time()
-            try:
-                trt_record = trt_engine.build_engine(tmp / "model.onnx", tmp / "model.plan", precision=precision,
-                                                     opt_views=min(30, max_views), max_views=max_views)
-                runner = trt_engine.engine_runner(tmp / "model.plan", max_views=max_views)
-            except RuntimeError as exc:
-                raise ExportError(f"TensorRT engine: {exc}") from exc
-            log.info("TensorRT %s engine built in %.1f s", trt_record["precision"], time.time() - t0)
+            trt_record, runner = tensorrt_engine(tmp, precision=precision, max_views=max_views,
+                                                 required=tensorrt == "on")
         else:
             log.info("TensorRT engine skipped: %s", trt_reason)
 
@@ -314,6 +314,7 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
             log.info("OpenVINO IR skipped: %s", ov_reason)
 
         parity = parity_check(loaded, splits, tmp, runner, trt_precision=trt_record.get("precision"),
+                              max_views=max_views,
                               openvino_runners={p: (r, openvino_bounds.get(p, OPENVINO_BOUNDS[p]))
                                                 for p, r in ov_runners.items()},
                               limit=parity_videos)
@@ -378,17 +379,68 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
     return final
 
 
+def tensorrt_engine(out: Path, *, precision: str, max_views: int, required: bool) -> tuple[dict, Backend | None]:
+    """(the manifest's "tensorrt" record, a runner for the parity check) for an engine built in
+    `out`. A failed build is an ExportError when TensorRT was asked for (`required`), otherwise a
+    logged reason and no engine: the rest of the export does not depend on it."""
+    t0 = time.time()
+    try:
+        record = trt_engine.build_engine(out / "model.onnx", out / "model.plan", precision=precision,
+                                         opt_views=min(30, max_views), max_views=max_views)
+        runner = trt_engine.engine_runner(out / "model.plan", max_views=max_views, precision=record["precision"])
+    except Exception as exc:  # EngineBuildError, or the runtime failing to load what was built
+        reason = f"the {precision} engine could not be built here: {_first_lines(exc, 1)}"
+        if required:
+            raise ExportError(f"--tensorrt on: {reason}") from exc
+        log.warning("TensorRT engine left out: %s", reason)
+        (out / "model.plan").unlink(missing_ok=True)
+        return {"file": None, "reason": reason}, None
+    log.info("TensorRT %s engine (%s typing) built in %.1f s", record["precision"], record["typing"], time.time() - t0)
+    return record, runner
+
+
+def cuda_backends(export_dir: Path, max_views: int) -> tuple[dict[str, Backend], dict]:
+    """The CUDA backends the server may run this export with here ({parity key: runner}), each
+    through the server's own backend class, and the machine they were checked on."""
+    found: dict[str, Backend] = {}
+    reason = onnxruntime_cuda_unavailable(ort.get_available_providers(), cuda_unavailable())
+    if reason is None:
+        ort_cuda = OnnxRuntimeBackend(export_dir / "model.onnx", input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+                                      max_views=max_views)
+        if ort_cuda.name == "onnxruntime-cuda":
+            found["onnxruntime-cuda"] = chunked(ort_cuda, max_views)
+        reason = ort_cuda.cuda_reason
+    if reason:
+        log.info("ONNX Runtime CUDA not checked: %s", reason)
+    if torch.cuda.is_available():
+        found["exported_program-cuda"] = chunked(TorchExportBackend(export_dir / "student.pt2", max_views=max_views),
+                                                 max_views)
+    else:
+        log.info("ExportedProgram on CUDA not checked: torch has no CUDA GPU here")
+    return found, {"gpu": cuda_device_name(0), "cuda_backends": sorted(found)}
+
+
+def chunked(backend, max_views: int) -> Backend:
+    """A backend that takes any number of views, `max_views` at a time (as the server sends them)."""
+    return lambda views: np.concatenate([backend(views[i : i + max_views]) for i in range(0, len(views), max_views)])
+
+
 def parity_check(loaded: LoadedRun, splits: DataSplits, export_dir: Path, runner, *, trt_precision: str | None,
-                 openvino_runners: dict[str, tuple[Backend, Bound]], limit: int) -> dict:
-    """PyTorch student vs ONNX Runtime (CPU), TensorRT and each OpenVINO precision on every view
-    of up to `limit` decoded validation videos; the saved ExportedProgram is compared on the first
-    video. Raises ExportError when a bound of ONNX Runtime, the ExportedProgram or TensorRT
-    breaks; the OpenVINO reports (under "openvino") are judged by `openvino_ir.gate`."""
+                 openvino_runners: dict[str, tuple[Backend, Bound]], limit: int, max_views: int = 30) -> dict:
+    """PyTorch student vs every backend the manifest offers that runs here: ONNX Runtime (CPU,
+    and CUDA where present), TensorRT and each OpenVINO precision on every view of up to `limit`
+    decoded validation videos; the saved ExportedProgram (CPU, and CUDA where torch has it) on the
+    first video. Raises ExportError when a bound of ONNX Runtime, an ExportedProgram or TensorRT
+    breaks; the OpenVINO reports (under "openvino") are judged by `openvino_ir.gate`. The report
+    records the machine (`machine`: CPU, GPU, the CUDA backends compared) so that a server can
+    tell whether its backend was checked."""
     t0 = time.time()
     reference = torch_backend(loaded.student)
     onnxruntime = onnx_backend(onnx_session(export_dir / "model.onnx"))
     exported = torch_backend(torch.export.load(export_dir / "student.pt2").module())
+    on_cuda, machine = cuda_backends(export_dir, max_views)
     ort_cmp, trt_cmp, pt2_cmp = Comparison(), Comparison(), Comparison()
+    cuda_cmp = {key: Comparison() for key in on_cuda}
     ov_cmp = {precision: Comparison() for precision in openvino_runners}
     for i, (item, views) in enumerate(decoded_views(splits.val, splits.root, loaded.cfg.input, limit=limit)):
         ref = reference(views).astype("float64")
@@ -397,18 +449,22 @@ def parity_check(loaded: LoadedRun, splits: DataSplits, export_dir: Path, runner
             trt_cmp.add(ref, runner(views), item.label)
         for precision, (run_openvino, _) in openvino_runners.items():
             ov_cmp[precision].add(ref, run_openvino(views), item.label)
+        for key, run_cuda in on_cuda.items():
+            if key == "onnxruntime-cuda" or i == 0:  # the ExportedProgram on the first video, as on the CPU
+                cuda_cmp[key].add(ref, run_cuda(views), item.label)
         if i == 0:
             pt2_cmp.add(ref, exported(views))
     if ort_cmp.videos == 0:
         raise ExportError(f"none of the run's {len(splits.val)} validation videos could be decoded "
                           f"(under {splits.root}): no clips for the parity check")
-    parity = {"onnxruntime": ort_cmp.report(ONNXRUNTIME_BOUND),
+    parity = {"machine": machine,
+              "onnxruntime": ort_cmp.report(ONNXRUNTIME_BOUND),
               "exported_program": pt2_cmp.report(ONNXRUNTIME_BOUND),
-              "tensorrt": None if runner is None else
-              trt_cmp.report(TENSORRT_FP16_BOUND if trt_precision == "fp16" else TENSORRT_FP32_BOUND),
+              **{key: cmp.report(CUDA_FP32_BOUND) for key, cmp in cuda_cmp.items()},
+              "tensorrt": None if runner is None else trt_cmp.report(tensorrt_bound(trt_precision)),
               "openvino": {p: ov_cmp[p].report(bound) for p, (_, bound) in openvino_runners.items()}}
     try:
-        for name in ("onnxruntime", "exported_program", "tensorrt"):
+        for name in ("onnxruntime", "exported_program", *cuda_cmp, "tensorrt"):
             if parity[name] is not None:
                 check_parity(name, parity[name])
     except ParityError as exc:
@@ -417,6 +473,9 @@ def parity_check(loaded: LoadedRun, splits: DataSplits, export_dir: Path, runner
     log.info("parity on %d videos / %d views in %.1f s: ONNX Runtime max |diff| %.2e (bound %.1e), top-1 agreement "
              "%.4f%s", o["videos"], o["views"], time.time() - t0, o["max_abs_diff"], o["bound"], o["top1_agreement"],
              "" if runner is None else f"; TensorRT max |diff| {parity['tensorrt']['max_abs_diff']:.2e}")
+    for key in cuda_cmp:
+        log.info("%s on %s: max |diff| %.2e (bound %.1e)", key, machine["gpu"], parity[key]["max_abs_diff"],
+                 parity[key]["bound"])
     for precision, r in parity["openvino"].items():
         log.info("OpenVINO %s: max |diff| %.2e (bound %.1e), top-1 agreement %.4f, Top-1 accuracy %s points vs "
                  "PyTorch", precision, r["max_abs_diff"], r["bound"], r["top1_agreement"],

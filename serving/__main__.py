@@ -508,6 +508,8 @@ def start(args) -> int:
     tmp_dir.mkdir(parents=True)
     key_file = serve_dir / KEY_FILE
     key_file.unlink(missing_ok=True)  # an earlier start's keys: readiness and health must wait for this one's
+    for stale in serve_dir.glob("worker-*.json"):  # an earlier start's workers
+        stale.unlink(missing_ok=True)
     config = serve_dir / "config.properties"
     write_config(config, ports=ports, model_store=export_dir, model_name=args.model_name,
                  version=manifest["model_version"], workers=args.workers, batch_size=args.batch_size,
@@ -520,7 +522,7 @@ def start(args) -> int:
                LOG_LOCATION=str(log_dir), METRICS_LOCATION=str(log_dir),  # read by serving/log4j2.xml
                SERVING_LOG_FILE_SIZE=args.log_file_size, SERVING_LOG_BACKUPS=str(args.log_backups),
                SERVING_BACKEND=args.backend, SERVING_THREADS=str(threads), SERVING_MAX_VIEWS=str(args.max_views),
-               SERVING_VIEWS="adaptive" if args.adaptive_views else "all")
+               SERVING_VIEWS="adaptive" if args.adaptive_views else "all", SERVING_STATUS_DIR=str(serve_dir))
     # the upload decoders' limits (serving/handler.py): given options win over the environment
     for option, name in DECODE_OPTIONS.items():
         if getattr(args, option) is not None:
@@ -633,8 +635,31 @@ def health(args) -> int:
     if failure:
         print(f"unhealthy: {failure}", file=sys.stderr)
         return 1
-    print(f"healthy: the TorchServe on port {args.inference_port}")
+    try:  # what serves is extra information: a missing or unreadable record never makes it unhealthy
+        state = recorded_state(args.inference_port)
+        serving = worker_summary(Path(state["run"]) / "serve") if state else ""
+    except (OSError, ValueError, KeyError):
+        serving = ""
+    print(f"healthy: the TorchServe on port {args.inference_port}" + (f"; {serving}" if serving else ""))
     return 0
+
+
+def worker_summary(serve_dir: Path) -> str:
+    """What the live workers serve with and on which device, e.g. "1 worker: onnxruntime-cuda on
+    cuda:0 (NVIDIA H200)", from the records they write once ready; "" before any is ready."""
+    seen: dict[str, int] = {}
+    for path in sorted(serve_dir.glob("worker-*.json")):
+        try:
+            status = json.loads(path.read_text())
+        except (OSError, ValueError):  # being replaced right now
+            continue
+        if not psutil.pid_exists(int(status.get("pid", -1))):
+            continue
+        line = f"{status['backend']} on {status['device']}" + ("" if status.get("parity_checked", True)
+                                                               else " (parity not checked at export)")
+        seen[line] = seen.get(line, 0) + 1
+    count = sum(seen.values())
+    return f"{count} worker{'s' if count != 1 else ''}: " + ", ".join(seen) if seen else ""
 
 
 def key(args) -> int:

@@ -4,13 +4,21 @@ OpenVINO.
 Each backend is a callable: normalized views (N, 3, T, H, W) float32 -> logits (N, C) float32,
 for N up to its `max_views` (the caller splits larger inputs into chunks). `select_backend`
 with "auto" loads every backend this machine can run from what the export manifest lists
-(TensorRT: engine present + `tensorrt` importable + CUDA; ONNX Runtime: CUDA provider where a
-GPU is visible, CPU otherwise; PyTorch ExportedProgram, channels-last; OpenVINO on the CPU at
-the fastest precision that passed the export's parity gate), times each on a request's worth
-of views and keeps the fastest.
+(TensorRT: engine present + `tensorrt` importable + a GPU + CUDA torch for its buffers; ONNX
+Runtime: CUDA provider where the onnxruntime build has it and the driver reports a GPU, CPU
+otherwise; PyTorch ExportedProgram, channels-last, on CUDA where torch has it; OpenVINO on the
+CPU at the fastest precision that passed the export's parity gate), times each on a request's
+worth of views, keeps the fastest and releases the others.
+
+Whether a GPU is there is asked of the CUDA driver (`serving.devices`), not of torch: the
+serving image runs the model in ONNX Runtime or TensorRT and has a CPU-only torch. Every
+backend's `name` says the runtime, the device and, where it is not fp32, the precision
+(`onnxruntime-cuda`, `torch-cpu`, `tensorrt-cuda-fp16`, `openvino-cpu-bf16`); CUDA backends
+run in true fp32 (TF32 off), the precision the export's parity gate held them to.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import sys
@@ -18,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from serving.devices import cuda_device_name, cuda_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -91,35 +101,67 @@ def openvino_cpu_precisions() -> list[str]:
     return [p for p in OPENVINO_PRECISIONS if p.upper() in capabilities]
 
 
-def gpu_visible() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+def onnxruntime_cuda_unavailable(available_providers: list[str], driver_reason: str | None) -> str | None:
+    """None when ONNX Runtime should be asked for its CUDA provider, else why not.
+
+    onnxruntime-gpu lists the CUDA provider even on machines without a GPU and then logs an
+    error while falling back, so the driver must report a GPU as well (`driver_reason` None)."""
+    if "CUDAExecutionProvider" not in available_providers:
+        return "this onnxruntime build has no CUDA provider (the CPU package, not onnxruntime-gpu)"
+    return driver_reason
+
+
+def cuda_provider_options(gpu_id: int, *, tf32: bool = False) -> dict:
+    """The CUDA provider's options: TF32 off unless asked for (ONNX Runtime turns it on by
+    default, which would make "fp32" a label only); cuDNN's exhaustive algorithm search, whose
+    cost is paid once per input shape (`InferenceCore.warm_up` pays it for the usual ones)."""
+    return {"device_id": gpu_id, "use_tf32": int(tf32), "cudnn_conv_algo_search": "EXHAUSTIVE"}
+
+
+def torch_tf32(enabled: bool) -> None:
+    """TF32 for torch's fp32 convolutions and matmuls on CUDA, process-wide (a worker serves one
+    model). cuDNN convolutions run in TF32 by default in torch; the server's "fp32" must be fp32."""
+    import torch
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9's precision API
+        conv.fp32_precision = "tf32" if enabled else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = enabled
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+
+
+def device_label(gpu_id: int) -> str:
+    """"cuda:N (GPU name)" as the driver names it."""
+    return f"cuda:{gpu_id} ({cuda_device_name(gpu_id) or 'unknown GPU'})"
 
 
 class OnnxRuntimeBackend:
-    """ONNX Runtime session on the CUDA provider where a GPU is visible, else on the CPU.
-
-    onnxruntime-gpu lists the CUDA provider even on machines without a GPU and then logs an
-    error while falling back, so CUDA is requested only when torch sees a GPU; the backend's
-    name comes from the provider the session actually uses."""
+    """ONNX Runtime session on the CUDA provider where this onnxruntime build has it and the
+    driver reports a GPU, else on the CPU; the backend's name comes from the provider the
+    session actually uses. `tf32` only for measurements (`make gpu-check`): the server runs fp32."""
 
     def __init__(self, path: Path, *, input_name: str, output_name: str, threads: int = 0,
-                 max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0):
+                 max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0, tf32: bool = False):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0 = ONNX Runtime's default (one per core)
         options.inter_op_num_threads = 1
         providers: list = ["CPUExecutionProvider"]
-        if gpu_visible() and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu_id}))
+        self.cuda_reason = onnxruntime_cuda_unavailable(ort.get_available_providers(), cuda_unavailable())
+        if self.cuda_reason is None:
+            providers.insert(0, ("CUDAExecutionProvider", cuda_provider_options(gpu_id, tf32=tf32)))
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         used = self.session.get_providers()[0]
-        self.name = "onnxruntime-cuda" if used == "CUDAExecutionProvider" else "onnxruntime-cpu"
+        on_cuda = used == "CUDAExecutionProvider"
+        if self.cuda_reason is None and not on_cuda:
+            self.cuda_reason = "ONNX Runtime could not start its CUDA provider (CUDA or cuDNN libraries missing?)"
+            log.warning("onnxruntime: %s; running on the CPU", self.cuda_reason)
+        self.name = ("onnxruntime-cuda" + ("-tf32" if tf32 else "")) if on_cuda else "onnxruntime-cpu"
+        self.device = device_label(gpu_id) if on_cuda else "cpu"
         self.input_name, self.output_name = input_name, output_name
         self.max_views = max_views
 
@@ -128,11 +170,13 @@ class OnnxRuntimeBackend:
 
 
 class TensorRTBackend:
-    """A serialized TensorRT 10 engine, run with torch CUDA tensors as its device buffers.
+    """A serialized TensorRT 10 or 11 engine, run with torch CUDA tensors as its device buffers;
+    `precision` is the one the manifest records it was built in.
 
     Inputs above the engine profile's `max_views` must be split by the caller."""
 
-    def __init__(self, path: Path, *, input_name: str, output_name: str, max_views: int, gpu_id: int = 0):
+    def __init__(self, path: Path, *, input_name: str, output_name: str, max_views: int, gpu_id: int = 0,
+                 precision: str = "fp16"):
         import tensorrt as trt  # optional: GPU machines only
         import torch
 
@@ -149,7 +193,8 @@ class TensorRTBackend:
         self.num_classes = int(self.engine.get_tensor_shape(output_name)[-1])
         self.stream = torch.cuda.Stream()  # TensorRT synchronizes extra on the default stream
         self.max_views = max_views
-        self.name = "tensorrt"
+        self.name = f"tensorrt-cuda-{precision}"
+        self.device = device_label(gpu_id)
 
     def __call__(self, views: np.ndarray) -> np.ndarray:
         torch = self.torch
@@ -169,25 +214,32 @@ class TensorRTBackend:
 class TorchExportBackend:
     """The student as a torch.export ExportedProgram, weights and input in channels-last 3D
     memory (oneDNN's and cuDNN's fast layout for 3D convolutions: 1.3-1.4x fewer ms than the
-    default layout for 30 full-size views on the CPU, benchmarks/results). Uses CUDA when torch sees a GPU."""
+    default layout for 30 full-size views on the CPU, benchmarks/results). Uses CUDA when torch
+    has it (torch is the runtime here, so its own answer is the one that counts), in fp32 with
+    TF32 off unless `tf32` (measurements only)."""
 
-    def __init__(self, path: Path, *, threads: int = 0, max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0):
+    def __init__(self, path: Path, *, threads: int = 0, max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0,
+                 tf32: bool = False):
         import torch
 
         self.torch = torch
         if threads > 0:
             torch.set_num_threads(threads)
         self.path = Path(path)
-        self.device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() else "cpu")
-        module = torch.export.load(str(path)).module().to(self.device)
+        on_cuda = torch.cuda.is_available()
+        self.torch_device = torch.device(f"cuda:{gpu_id}" if on_cuda else "cpu")
+        if on_cuda:
+            torch_tf32(tf32)
+        module = torch.export.load(str(path)).module().to(self.torch_device)
         self.module = module.to(memory_format=torch.channels_last_3d)
         self.max_views = max_views
-        self.name = f"torch-{self.device.type}"
+        self.name = f"torch-{self.torch_device.type}" + ("-tf32" if on_cuda and tf32 else "")
+        self.device = device_label(gpu_id) if on_cuda else "cpu"
 
     def __call__(self, views: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            x = torch.from_numpy(views).to(self.device).contiguous(memory_format=torch.channels_last_3d)
+            x = torch.from_numpy(views).to(self.torch_device).contiguous(memory_format=torch.channels_last_3d)
             return self.module(x).float().cpu().numpy()
 
 
@@ -215,6 +267,7 @@ class OpenVinoBackend:
         self.path = Path(weights)  # answers name the sha256 of the weights: model.xml is the graph alone
         self.max_views = max_views
         self.name = f"openvino-cpu-{precision}"
+        self.device = "cpu"
 
     def __call__(self, views: np.ndarray) -> np.ndarray:
         # share_inputs: the views are read in place (infer is synchronous), not copied first; the
@@ -255,15 +308,43 @@ def tensorrt_unavailable(manifest: dict) -> str | None:
     record = manifest.get("tensorrt") or {}
     if not record.get("file"):
         return f"the export has no TensorRT engine ({record.get('reason', 'none was built')})"
+    if not (manifest.get("parity") or {}).get("tensorrt"):
+        return "the manifest has no parity report for its TensorRT engine: it was never compared with PyTorch"
     try:
         import tensorrt  # noqa: F401
     except ImportError:
         return "tensorrt is not installed"
     except Exception as exc:  # a broken install fails while loading its native libraries
         return f"tensorrt does not load ({str(exc).splitlines()[0][:160]})"
-    if not gpu_visible():
-        return "no CUDA GPU is visible"
+    reason = cuda_unavailable()
+    if reason:
+        return reason
+    import torch
+
+    if not torch.cuda.is_available():
+        return ("the TensorRT backend uses torch CUDA tensors as its buffers and this torch is CPU-only (the "
+                "default serving image: its SERVE_* build arguments add CUDA torch and TensorRT, README \"Docker\")")
     return None
+
+
+# manifest["parity"] keys of the reports that cover each backend name
+PARITY_KEYS = {"onnxruntime-cpu": "onnxruntime", "onnxruntime-cuda": "onnxruntime-cuda",
+               "torch-cpu": "exported_program", "torch-cuda": "exported_program-cuda"}
+
+
+def parity_unchecked(manifest: dict, name: str) -> str | None:
+    """None when the export's parity gate compared this backend (runtime and device) with
+    PyTorch, else a sentence saying it did not. TensorRT engines and OpenVINO precisions are
+    gated where they are loaded; this covers the ONNX Runtime and PyTorch backends."""
+    key = PARITY_KEYS.get(name)
+    if key is None:
+        return None
+    parity = manifest.get("parity") or {}
+    if parity.get(key):
+        return None
+    gpu = (parity.get("machine") or {}).get("gpu")
+    where = f"on {gpu}, where {name} did not run" if gpu else "on a machine without a GPU"
+    return f"{name}: the export's parity gate ran {where}; this backend's results were never compared with PyTorch"
 
 
 def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 0,
@@ -277,8 +358,14 @@ def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 
             raise BackendError(reason)
         record = manifest["tensorrt"]
         path = verified_artifact(export_dir, manifest, record["file"])
-        return TensorRTBackend(path, input_name=manifest["onnx"]["input"], output_name=manifest["onnx"]["output"],
-                               max_views=min(max_views, int(record["max_views"])), gpu_id=gpu_id)
+        backend = TensorRTBackend(path, input_name=manifest["onnx"]["input"], output_name=manifest["onnx"]["output"],
+                                  max_views=min(max_views, int(record["max_views"])), gpu_id=gpu_id,
+                                  precision=record.get("precision", "fp16"))
+        built_on, here = record.get("gpu"), cuda_device_name(gpu_id)
+        if built_on and here and built_on != here:  # an engine is tuned for (and usually tied to) its GPU model
+            log.warning("the TensorRT engine was built and parity-checked on %s; this worker runs it on %s", built_on,
+                        here)
+        return backend
     if kind == "onnxruntime":
         try:
             import onnxruntime  # noqa: F401
@@ -286,12 +373,13 @@ def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 
             raise BackendError("onnxruntime is not installed") from exc
         record = manifest.get("onnx") or {}
         path = verified_artifact(export_dir, manifest, record.get("file"))
-        return OnnxRuntimeBackend(path, input_name=record["input"], output_name=record["output"], threads=threads,
-                                  max_views=max_views, gpu_id=gpu_id)
+        return warn_unchecked(manifest, OnnxRuntimeBackend(path, input_name=record["input"],
+                                                           output_name=record["output"], threads=threads,
+                                                           max_views=max_views, gpu_id=gpu_id))
     if kind == "torch":
         record = manifest.get("torch") or {}
         path = verified_artifact(export_dir, manifest, record.get("file"))
-        return TorchExportBackend(path, threads=threads, max_views=max_views, gpu_id=gpu_id)
+        return warn_unchecked(manifest, TorchExportBackend(path, threads=threads, max_views=max_views, gpu_id=gpu_id))
     if kind in ("openvino", "openvino-fp32", "openvino-bf16", "openvino-int8"):
         try:
             precision = openvino_precision(manifest, kind.partition("-")[2] or None)
@@ -305,6 +393,16 @@ def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise BackendError(f"OpenVINO cannot run this export here ({first})") from exc
     raise BackendError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+
+
+def warn_unchecked(manifest: dict, backend):
+    """The backend, its parity status kept on it (`parity_checked`) and logged when the export
+    never compared it: an export made on a CPU machine still serves on a GPU, but says so."""
+    reason = parity_unchecked(manifest, backend.name)
+    backend.parity_checked = reason is None
+    if reason:
+        log.warning("%s", reason)
+    return backend
 
 
 def kind_of(name: str) -> str:
@@ -370,6 +468,26 @@ def select_backend(export_dir: Path, manifest: dict, *, prefer: str = "auto", th
     timings = {kind: time_backend(b, views) for kind, b in loaded.items()} if len(loaded) > 1 and probe_views else {}
     chosen = loaded[fastest(timings)] if timings else next(iter(loaded.values()))
     chosen.timings = {loaded[k].name: round(v * 1e3, 3) for k, v in timings.items()}
-    log.info("backend %s chosen (ms per %d views: %s)", chosen.name, n,
+    log.info("backend %s on %s chosen (ms per %d views: %s)", chosen.name, chosen.device, n,
              ", ".join(f"{k} {v:.1f}" for k, v in chosen.timings.items()) or "the only one that runs here")
+    release_others(loaded, chosen)
     return chosen
+
+
+def release_others(loaded: dict, chosen) -> None:
+    """Drop every loaded backend but `chosen`, and hand the CUDA memory torch cached for them
+    back to the driver: a losing torch backend would otherwise keep its weights' and
+    activations' blocks reserved in every worker."""
+    losers = [b for b in loaded.values() if b is not chosen]
+    on_cuda = any(str(getattr(b, "device", "")).startswith("cuda") for b in losers)
+    loaded.clear()
+    del losers
+    if not on_cuda:
+        return
+    gc.collect()  # the losers' modules and sessions hold the memory until they are collected
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        log.info("CUDA memory reserved by torch after releasing the other backends: %.0f MiB",
+                 torch.cuda.memory_reserved() / 2**20)

@@ -236,16 +236,28 @@ class InferenceCore:
         # the sha256 of the artifact this backend runs (verified against the manifest on load)
         self.model_info = {"name": self.manifest["model_name"], "version": self.manifest["model_version"],
                            "sha256": self.manifest["sha256"][self.backend.path.name]}
-        log.info("serving %s %s with backend %s (%d classes, %dx%d views of %d frames at %d px; %s views by default, "
-                 "adaptive rule %s)", self.model_info["name"], self.model_info["version"], self.backend.name,
-                 len(self.classes), self.spec.test_clips, self.spec.test_crops, self.spec.clip_len, self.spec.test_crop,
-                 self.default_views, self.rule)
+        log.info("serving %s %s with backend %s on %s (%d classes, %dx%d views of %d frames at %d px; %s views by "
+                 "default, adaptive rule %s)", self.model_info["name"], self.model_info["version"], self.backend.name,
+                 self.backend.device, len(self.classes), self.spec.test_clips, self.spec.test_crops,
+                 self.spec.clip_len, self.spec.test_crop, self.default_views, self.rule)
+
+    def status(self) -> dict:
+        """What serves and where: the worker's record for `python -m serving health`."""
+        return {"model": dict(self.model_info), "backend": self.backend.name, "device": self.backend.device,
+                "parity_checked": getattr(self.backend, "parity_checked", True),
+                "timings_ms": dict(getattr(self.backend, "timings", {}))}
 
     def warm_up(self) -> None:
-        """One zero view through the backend, so that the first request does not pay for the
-        runtime's lazy initialization."""
+        """Zero views through the backend, so that the first request does not pay for the
+        runtime's lazy initialization: one view, and on a GPU also the batch sizes the usual
+        requests send (an adaptive step's crops, a default request's views up to `max_views`),
+        since ONNX Runtime's cuDNN algorithm search runs again for each new batch size."""
         s = self.spec
-        self.backend(np.zeros((1, 3, s.clip_len, s.test_crop, s.test_crop), dtype=np.float32))
+        sizes = {1}
+        if str(getattr(self.backend, "device", "cpu")).startswith("cuda"):
+            sizes |= {min(n, self.backend.max_views) for n in (s.test_crops, s.test_clips * s.test_crops)}
+        for n in sorted(sizes):
+            self.backend(np.zeros((n, 3, s.clip_len, s.test_crop, s.test_crop), dtype=np.float32))
 
     def parse(self, fields_: Mapping, headers: Mapping | None = None) -> tuple[bytes, Options]:
         video, options = parse_request(fields_, headers, num_classes=len(self.classes),

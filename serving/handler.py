@@ -10,6 +10,8 @@ Uploads are decoded in a pool of isolated helper processes owned by the handler
 (`serving.isolation`): SERVING_DECODERS = helpers (2), SERVING_DECODE_TIMEOUT = seconds one
 decode may take (30), SERVING_DECODE_MEMORY_MB = a helper's address space (3072),
 SERVING_DECODE_QUEUE = seconds a request waits for a free helper before its 503 (10).
+SERVING_STATUS_DIR = where each worker records its backend and device (`worker-<pid>.json`,
+read by `python -m serving health`).
 
 A request that fails is answered on its own with its 4xx/5xx status and a JSON
 {"error", "detail"} body; the others of the batch are answered normally.
@@ -17,6 +19,7 @@ A request that fails is answered on its own with its 4xx/5xx status and a JSON
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +63,16 @@ def upload_size(request: dict) -> int:
     return 0
 
 
+def write_status(folder: str, status: dict) -> None:
+    """This worker's status as `folder/worker-<pid>.json` (written whole, then renamed)."""
+    if not folder:
+        return
+    path = Path(folder) / f"worker-{os.getpid()}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**status, "pid": os.getpid()}))
+    tmp.replace(path)
+
+
 class ActionHandler:
     """initialize -> (preprocess -> inference -> postprocess) per batch."""
 
@@ -81,6 +94,7 @@ class ActionHandler:
                                   gpu_id=properties.get("gpu_id") or 0)  # TorchServe's GPU for this worker
         self.core.warm_up()
         self.pool.wait_ready()
+        write_status(os.environ.get("SERVING_STATUS_DIR", "").strip(), self.core.status())
         self.initialized = True
 
     def prepare_one(self, request: dict, headers) -> Prepared | RequestError:

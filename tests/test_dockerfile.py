@@ -150,8 +150,12 @@ def test_serving_image_non_root_with_health_check_java_17_and_the_archive(docker
     assert only(serve, "EXPOSE")[-1].split() == ["8080"]  # metrics (no key) stay on the container's loopback
     assert "--metrics-host" not in only(serve, "ENTRYPOINT")[-1] + only(serve, "CMD")[-1]
     serve_build = [a for a in only(by_name["serve-build"], "RUN") if "make setup" in a]
-    assert len(serve_build) == 1 and "whl/cpu" in serve_build[0] and 'TORCH_VERSION="${TORCH_VERSION}+cpu"' in serve_build[0]
-    assert "EXTRAS=serve" in serve_build[0].split()
+    assert len(serve_build) == 1 and 'PIP_EXTRA_INDEX_URL="${SERVE_TORCH_INDEX_URL}"' in serve_build[0]
+    assert 'TORCH_VERSION="${SERVE_TORCH_VERSION}"' in serve_build[0] and 'EXTRAS="${SERVE_EXTRAS}"' in serve_build[0]
+    # by default a CPU torch (the model runs in ONNX Runtime GPU); the build arguments add CUDA torch and TensorRT
+    serve_args = only(by_name["serve-build"], "ARG")
+    assert {"SERVE_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu", "SERVE_TORCH_VERSION=${TORCH_VERSION}+cpu",
+            "SERVE_EXTRAS=serve"} <= set(serve_args)
 
 
 # ----------------------------------------------------------------------------- make calls

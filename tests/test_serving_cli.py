@@ -312,7 +312,9 @@ def test_attached_start_exits_1_when_torchserve_dies_and_health_follows(run):
         read_until(server, r"^  stop with: SIGTERM or Ctrl-C")
         assert refused(request(HOST, ports[0], "GET", "/ping"))  # on loopback too
         up = health(ports[0])
-        assert (up.returncode, up.stdout) == (0, f"healthy: the TorchServe on port {ports[0]}\n")
+        assert up.returncode == 0  # and it names what the ready worker serves with, and where
+        assert re.fullmatch(rf"healthy: the TorchServe on port {ports[0]}; 1 worker: [a-z0-9-]+ on cpu\n", up.stdout), \
+            up.stdout
 
         processes = psutil.Process(server.pid).children(recursive=True)
         frontend = [p for p in processes if "org.pytorch.serve.ModelServer" in " ".join(p.cmdline())]

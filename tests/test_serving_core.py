@@ -322,7 +322,7 @@ def test_tensorrt_backend_matches_onnxruntime(run, core, manifest):
     if not torch.cuda.is_available() or not (manifest.get("tensorrt") or {}).get("file"):
         pytest.skip("needs a CUDA GPU and an export with a TensorRT engine")
     trt_core = InferenceCore(run / "export", backend="tensorrt")
-    assert trt_core.backend.name == "tensorrt"
+    assert trt_core.backend.name.startswith("tensorrt-cuda-")
     for path, _ in val_videos(run):
         a, b = core.predict(path.read_bytes()), trt_core.predict(path.read_bytes())
         assert a["predictions"][0]["index"] == b["predictions"][0]["index"]
