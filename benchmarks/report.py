@@ -221,6 +221,18 @@ def training_section(records: list[dict]) -> list[str]:
                   "the method's step clips/s on this machine ÷ clips/s per worker.", ""]
         lines += table(["size", "videos", "clip", "clips/s per worker", "ms per batch", "batch",
                         "workers needed here"], rows)
+    for r in (r for r in records if r["kind"] == "loader_passes"):
+        rows = [[name.replace("_", ", "), str(r["videos"][name.split("_")[0]]), num(r[name]["median_ms"]),
+                 num(r[name]["clips_per_s"])]
+                for name in ("small_persistent", "large_persistent", "small_respawned", "large_respawned")]
+        lines += ["", "### Loader passes: small and large sets", "",
+                  f"{r['batches_per_round']} batches of {r['batch']} clips from `make_loader` (one worker), a small "
+                  "set passed over every 2 batches and the run's whole unlabeled set, with workers that live for "
+                  "the run (what training does) and respawned on every pass, interleaved.", ""]
+        lines += table(["set, workers", "videos", "ms per round", "clips/s"], rows) + [""]
+        lines += [f"- small / large time: persistent {ratio_text(r['small_over_large_time']['persistent'])}, "
+                  f"respawned {ratio_text(r['small_over_large_time']['respawned'])}",
+                  f"- persistent workers on the small set: {ratio_text(r['persistent_speedup_small'])} faster"]
     return lines
 
 

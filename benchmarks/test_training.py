@@ -189,3 +189,53 @@ def test_data_pipeline(benchmark, size, bench_run, profile, ucf_size_videos):
     })
     assert tuple(out["frames"].shape) == (batch, 2, 3, spec.clip_len, spec.crop_size, spec.crop_size)
     assert not out["skipped"], f"unreadable videos: {out['skipped']}"
+
+
+def test_loader_passes(benchmark, size, bench_run, profile):
+    """Clips/s of the training loaders as `run_training` builds them (`make_loader`, one worker),
+    consuming the same number of batches from a small set (a pass every 2 batches, as a small
+    labeled set) and from the run's whole unlabeled set, with workers that live for the run
+    (what training does) and with workers respawned on every pass (`persistent_workers` off),
+    interleaved in one process."""
+    pytest.importorskip("decord", reason="decord is not installed: the loaders cannot decode here")
+    if size != "run":
+        pytest.skip("measured on the run's own videos")
+    from training.data import SeededSampler, resolve_splits
+    from training.train import cycle_batches, make_loader
+
+    tree = run_config(bench_run).to_dict()
+    tree["data"]["num_workers"] = 1
+    cfg = config_from_dict(tree)
+    splits = resolve_splits(cfg.data, None, is_main=False)
+    batch, batches = cfg.optim.batch_unlabeled, 24
+    sets = {"small": splits.unlabeled[: 2 * batch], "large": splits.unlabeled}
+    if len(sets["large"]) < batches * batch:
+        pytest.skip(f"the run has {len(sets['large'])} unlabeled videos, fewer than {batches} batches")
+
+    def contender(items, persistent: bool):
+        sampler = SeededSampler(len(items), seed=0, min_per_rank=batch)
+        loader = make_loader(items, splits.root, cfg, sampler, batch, persistent=persistent)
+        state = {"epoch": 0}
+
+        def consume() -> int:
+            state["epoch"] += 1
+            stream = cycle_batches(loader, sampler, state["epoch"])
+            return sum(len(next(stream)["label"]) for _ in range(batches))
+        return consume
+
+    contenders = {f"{name}_{'persistent' if persistent else 'respawned'}": contender(items, persistent)
+                  for name, items in sets.items() for persistent in (True, False)}
+    samples = interleaved_rounds(benchmark, contenders, profile=profile, device=torch.device("cpu"), min_rounds=3,
+                                 warmup=1)
+    clips = batches * batch
+    record = {"kind": "loader_passes", "size": size, "batches_per_round": batches, "batch": batch, "workers": 1,
+              "videos": {name: len(items) for name, items in sets.items()}}
+    for name, series in samples.items():
+        stats = latency_stats(series)
+        record[name] = {**stats, "clips_per_s": clips / (stats["median_ms"] / 1e3)}
+    record["small_over_large_time"] = {
+        "persistent": ratio_stats(samples["small_persistent"], samples["large_persistent"]),
+        "respawned": ratio_stats(samples["small_respawned"], samples["large_respawned"])}
+    record["persistent_speedup_small"] = ratio_stats(samples["small_respawned"], samples["small_persistent"])
+    store(benchmark, "training", record)
+    assert all(c() == clips for c in contenders.values())

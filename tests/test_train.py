@@ -106,10 +106,13 @@ def test_unreadable_training_videos_are_counted_in_metrics(tmp_path, data_root):
 
 
 @pytest.mark.slow
-def test_kill_minus_nine_then_rerun_continues(tmp_path, data_root):
+def test_kill_minus_nine_then_rerun_continues_to_the_same_weights(tmp_path, data_root):
+    # loader worker processes that live for the whole run (data.num_workers=1) and are killed with it
+    overrides = tiny_overrides(data_root, **{"optim.epochs": 6, "train.eval_every": 0, "data.num_workers": 1})
     run = tmp_path / "run"
-    overrides = tiny_overrides(data_root, **{"optim.epochs": 6, "train.eval_every": 0})
     cmd = [sys.executable, "-m", "training", "train", "--run", str(run), "--set", *overrides]
+    straight = [*cmd[:cmd.index("--run") + 1], str(tmp_path / "straight"), *cmd[cmd.index("--run") + 2:]]
+    assert subprocess.run(straight, cwd=REPO, capture_output=True, timeout=300).returncode == 0
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -125,6 +128,11 @@ def test_kill_minus_nine_then_rerun_continues(tmp_path, data_root):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert f"resumed from {run / 'last.pt'} at epoch {epoch_at_kill}" in out.stdout
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 6 and (run / "metrics.json").is_file()
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    b = torch.load(run / "last.pt", weights_only=True)["model"]
+    for part in a:
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
 
 
 def _tiny_video(path: Path, seed: int) -> None:

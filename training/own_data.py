@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from training.config import Config, load_config, parse_overrides
+from training.config import Config, ConfigError, load_config, parse_overrides
 from training.data import resolve_splits
 from training.schedule import resolve_schedule
 from training.video import VideoDecodeError, open_video
@@ -184,7 +184,11 @@ def resolve_own_data(data_root: str, user_sets: list[str], *, probe: int = 32) -
     device = training_device(first)
     base_path = GPU_BASE if device == "cuda" else CPU_BASE
     base = load_config(base_path, root_set + user_sets)
-    splits = resolve_splits(base.data, None, is_main=False)  # reads the folders, writes nothing
+    try:
+        splits = resolve_splits(base.data, None, is_main=False)  # reads the folders, writes nothing
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (a data root without a config is read in the folder layout; for list files "
+                          "pass a config, e.g. CONFIG=configs/ucf101_20.yaml)") from exc
     videos = probe_videos(splits.root, [it.path for it in splits.labeled + splits.unlabeled], probe=probe,
                           seed=base.data.split_seed)
 

@@ -98,6 +98,26 @@ def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, 
 
 
 # ----------------------------------------------------------------------------- loop
+def make_loader(items, root, cfg: Config, sampler: SeededSampler, batch: int, *, pin_memory: bool = False,
+                persistent: bool = True) -> DataLoader:
+    """A training loader. Its worker processes live for the whole run (`persistent`): a small
+    labeled set is passed over every few steps, and respawning workers (each importing torch and
+    opening its videos) on every pass cost more than the steps themselves (measured in the
+    training benchmark group). Samples draw their augmentation from per-sample seeds
+    (SeededSampler), so long-lived workers do not change what is trained. The workers' base
+    seed comes from the loader's own generator, not torch's global one: a DataLoader draws it
+    when it starts its workers, which long-lived workers do once per run (not once per pass), and
+    that draw would shift the global stream that the strong views and dropout use, so a resumed
+    run would diverge from an uninterrupted one."""
+    workers = cfg.data.num_workers
+    dataset = TrainClips(items, root, cfg.input, tg_stride=cfg.tg.stride, decode_threads=cfg.data.decode_threads,
+                         tg_spread=cfg.tg.slow == "spread")
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate_skipping,
+                      drop_last=True, worker_init_fn=worker_init, pin_memory=pin_memory,
+                      prefetch_factor=4 if workers else None, persistent_workers=persistent and workers > 0,
+                      generator=torch.Generator().manual_seed(cfg.train.seed))
+
+
 def cycle_batches(loader: DataLoader, sampler: SeededSampler, epoch: int):
     """The labeled loader cycles within an epoch; each pass is reshuffled deterministically."""
     passes = 0
@@ -383,20 +403,13 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
                     len(absent), name, splits.root, ", ".join(absent[:3]))
 
     bl, bu = cfg.optim.batch_labeled, cfg.optim.batch_unlabeled
-    train_args = dict(tg_stride=cfg.tg.stride, decode_threads=cfg.data.decode_threads, tg_spread=cfg.tg.slow == "spread")
     unl_sampler = SeededSampler(len(splits.unlabeled), rank=info.rank, world_size=info.world_size, seed=cfg.train.seed,
                                 min_per_rank=bu)
     lab_sampler = SeededSampler(len(splits.labeled), rank=info.rank, world_size=info.world_size,
                                 seed=cfg.train.seed + 1, min_per_rank=bl)
 
-    def loader(items, sampler, batch):
-        workers = cfg.data.num_workers
-        return DataLoader(TrainClips(items, splits.root, cfg.input, **train_args), batch_size=batch, sampler=sampler,
-                          num_workers=workers, collate_fn=collate_skipping, drop_last=True, worker_init_fn=worker_init,
-                          pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-                          persistent_workers=workers > 0)  # workers live for the whole run
-
-    unl_loader, lab_loader = loader(splits.unlabeled, unl_sampler, bu), loader(splits.labeled, lab_sampler, bl)
+    unl_loader = make_loader(splits.unlabeled, splits.root, cfg, unl_sampler, bu, pin_memory=device.type == "cuda")
+    lab_loader = make_loader(splits.labeled, splits.root, cfg, lab_sampler, bl, pin_memory=device.type == "cuda")
     schedule = resolve_schedule(cfg, len(splits.unlabeled), info.world_size)
     steps = schedule.steps_per_epoch
 

@@ -1,0 +1,143 @@
+"""Training on the user's own videos: the recipe chosen from the data and the machine, the budget
+in steps, the plan printed before the run, and the training log."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.videofiles import write_video
+from training.config import ConfigError, load_config
+from training.own_data import CPU_BASE, confidence_threshold, resolve_own_data
+from training.schedule import learning_rate, resolve_schedule
+from training.train import main as train_main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_folder_dataset(root: Path, classes=("swipe_left", "swipe_right", "wave"), *, labeled=2, unlabeled=4, val=1,
+                        frames=20, width=40, height=32, fps=25) -> Path:
+    rng = np.random.default_rng(0)
+
+    def video(path: Path) -> None:
+        write_video(path, rng.integers(0, 255, (frames, height, width, 3), dtype=np.uint8), fps=fps)
+
+    for c in classes:
+        for i in range(labeled):
+            video(root / "labeled" / c / f"{c}_{i}.mp4")
+        for i in range(val):
+            video(root / "val" / c / f"{c}_v{i}.mp4")
+    for i in range(unlabeled):
+        video(root / "unlabeled" / f"u{i}.mp4")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_folder_dataset(tmp_path_factory.mktemp("own") / "data")
+
+
+# ----------------------------------------------------------------------------- the recipe
+def test_threshold_runs_from_the_measured_four_class_value_to_the_papers():
+    assert confidence_threshold(4) == 0.8 and confidence_threshold(101) == 0.3
+    assert confidence_threshold(400) == 0.3 and confidence_threshold(2) == pytest.approx(0.91)
+    values = [confidence_threshold(n) for n in (2, 3, 5, 10, 20, 51, 101)]
+    assert values == sorted(values, reverse=True) and all(0.3 <= v <= 0.95 for v in values)
+    # log-linear: 20 classes sit where ln(20/4) / ln(101/4) puts them
+    assert confidence_threshold(20) == pytest.approx(0.8 - 0.5 * np.log(5) / np.log(101 / 4), abs=0.005)
+
+
+def test_recipe_follows_the_data_and_says_why(folder):
+    cfg, recipe = resolve_own_data(str(folder), [])
+    assert recipe.device == "cpu" and recipe.base == CPU_BASE and recipe.classes == 3
+    assert cfg.loss.threshold == confidence_threshold(3) and cfg.input.flip is False
+    # 40 x 32 videos: trained at their own 32 px short side, not upscaled to the recipe's 64
+    assert (cfg.input.short_side, cfg.input.crop_size, cfg.input.test_short_side, cfg.input.test_crop) == (32, 28, 32, 32)
+    # 20 frames hold a clip of 8 at interval 2 (15 frames): the recipe's interval at 25 fps stays
+    assert cfg.input.interval == 2 and cfg.optim.steps == 1200 and cfg.data.format == "folder"
+    # 10 unlabeled videos (labeled ones included) in batches of 8: 1 step per epoch, 1200 epochs
+    assert resolve_schedule(cfg, 10, 1).epochs == 1200
+    assert (cfg.train.eval_every, cfg.train.precise_bn_every, cfg.train.checkpoint_every) == (60, 120, 30)
+    text = "\n".join(recipe.describe())
+    assert "loss.threshold = 0.84: 3 classes" in text and "input.flip = False: off: a mirrored video may change class" in text
+    assert "median short side is 32 px" in text and recipe.videos.opened == 10
+
+
+def test_mirror_invariant_turns_flip_on_and_the_users_keys_win(folder):
+    cfg, recipe = resolve_own_data(str(folder), ["data.mirror_invariant=true", "loss.threshold=0.5"])
+    assert cfg.input.flip is True and cfg.loss.threshold == 0.5
+    text = "\n".join(recipe.describe())
+    assert "loss.threshold = 0.5 (your --set; the recipe would choose 0.84" in text
+    assert "input.flip = True: data.mirror_invariant=true" in text
+
+
+def test_interval_scales_with_the_frame_rate_and_fits_short_videos(tmp_path):
+    fast = make_folder_dataset(tmp_path / "fast", classes=("a", "b"), labeled=1, unlabeled=1, frames=40, fps=50)
+    assert resolve_own_data(str(fast), [])[0].input.interval == 4  # 2 at 25 fps = 4 at 50 fps
+    short = make_folder_dataset(tmp_path / "short", classes=("a", "b"), labeled=1, unlabeled=1, frames=10)
+    cfg, recipe = resolve_own_data(str(short), [])
+    assert cfg.input.interval == 1  # 8 frames at interval 1 fit in 10 frames, at 2 they would not
+    assert "the median video has 10 frames" in "\n".join(recipe.describe())
+
+
+def test_a_dataset_without_labeled_folders_is_a_config_error(tmp_path):
+    (tmp_path / "empty" / "unlabeled").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="labeled"):
+        resolve_own_data(str(tmp_path / "empty"), [])
+
+
+# ----------------------------------------------------------------------------- the budget
+def test_a_budget_in_steps_becomes_epochs_of_the_data():
+    cfg = load_config(CPU_BASE)
+    small, large = resolve_schedule(cfg, 61, 1), resolve_schedule(cfg, 8000, 1)
+    assert (small.steps_per_epoch, small.epochs, small.total_steps) == (7, 171, 1197)
+    assert (large.steps_per_epoch, large.epochs) == (1000, 1)  # a pass longer than the budget is cut to it
+    assert small.warmup_iters == 100 and small.sup_warmup_epochs == 29  # first epoch boundary at or after 200 steps
+    # the lr ramp is the same 100 iterations however the steps fall into epochs
+    for sched in (small, resolve_schedule(cfg, 160, 1)):
+        assert learning_rate(0, base_lr=1.0, schedule=sched, cfg=cfg) == pytest.approx(0.1)
+        assert learning_rate(100, base_lr=1.0, schedule=sched, cfg=cfg) == pytest.approx(1.0)
+
+
+def test_steps_and_epochs_both_stated_is_an_error_that_names_them():
+    with pytest.raises(ConfigError, match=r"optim.epochs=3 and optim.steps=1200: the budget is one or the other"):
+        load_config(REPO / "configs" / "synthetic.yaml", ["optim.epochs=3"])
+    with pytest.raises(ConfigError, match="optim.warmup_steps"):
+        load_config(None, ["optim.warmup_steps=5"])  # an epoch budget has no warm-up in steps
+    with pytest.raises(ConfigError, match=r"optim.warmup_steps \(50\) exceeds optim.steps \(10\)"):
+        load_config(None, ["optim.steps=10", "optim.warmup_steps=50"])
+    cfg = load_config(REPO / "configs" / "synthetic.yaml", ["optim.steps=0", "optim.warmup_steps=0",
+                                                            "optim.sup_warmup_steps=0", "optim.epochs=3"])
+    assert resolve_schedule(cfg, 160, 1).budget == "epochs"
+
+
+# ----------------------------------------------------------------------------- a run
+TINY = ["model.width=4", "input.clip_len=4", "input.test_clips=2", "optim.batch_labeled=2", "optim.batch_unlabeled=4",
+        "optim.steps=5", "optim.warmup_steps=1", "optim.sup_warmup_steps=2", "train.precise_bn_batches=1",
+        "train.precise_bn_batch_size=4", "data.num_workers=1", "train.log_every=1"]
+
+
+@pytest.mark.slow
+def test_the_default_command_prints_the_plan_trains_by_steps_and_logs_one_line_per_step_group(folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["--data-root", str(folder), "--run", str(run), "--set", *TINY]) == 0
+    out = capsys.readouterr().out
+    plan = out[: out.index("== problems")]
+    assert out.startswith("Training plan\n") and f"resolved config: {run / 'config.yaml'}" in plan
+    assert "== recipe chosen from the data and this machine" in plan and "loss.threshold = 0.84: 3 classes" in plan
+    assert "budget 5 steps (optim.steps): 2 epochs of 2 steps on this data" in plan  # 10 unlabeled / 4 per batch
+    assert "warning: 3 of 3 classes have fewer than 5 labeled videos" in plan
+    assert "videos    10 of 10 probed: 40x32 median" in plan and "== time on this machine" in plan
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["loss"]["threshold"] == 0.84 and saved["input"]["flip"] is False and saved["optim"]["steps"] == 5
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["epochs"] == 2 and metrics["schedule"]["budget"] == "steps"
+    log = (run / "train.log").read_text()
+    assert "\r" not in log and "it/s" not in log  # no progress bar in a file
+    assert log.count("epoch 1/2  step 1/2") == 1 and "epoch 1/2  align=" in log and "epoch 2/2  align=" in log
+    # a second invocation finds the run complete and prints no plan
+    assert train_main(["--data-root", str(folder), "--run", str(run), "--set", *TINY]) == 0
+    assert "Training plan" not in capsys.readouterr().out
