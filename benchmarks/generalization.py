@@ -237,7 +237,9 @@ def markdown(results: dict) -> str:
              f"- Data per family: {shape['width']}x{shape['height']}, {shape['frames']} frames, "
              f"{shape['train_per_class']} training videos per class ({shape['labeled_per_class']} labeled), "
              f"{shape['val_per_class']} validation videos per class; clutter on; generator seed {shape['seed']}",
-             f"- Seeds: {', '.join(map(str, results['seeds']))} (`train.seed`); test: {results['views']}", "",
+             f"- Seeds: {', '.join(map(str, results['seeds']))} (`train.seed`)"
+             + ("; fewer for the families with runs listed as not run below (per-seed values in brackets)"
+                if results.get("not_run") else "") + f"; test: {results['views']}", "",
              "## Top-1 per family (%, mean ± sample std over seeds, per seed in brackets)", "",
              "| Family | classes | chance | RGB student (method) | TG teacher (method) | FixMatch-RGB "
              "| student > FixMatch-RGB: mean / every seed | student ≥ 2× chance | target |",
@@ -268,6 +270,10 @@ def markdown(results: dict) -> str:
     for r in results["runs"]:
         top1 = [f"{r[k]:.1f}" if r[k] is not None else "–" for k in ("student_top1", "teacher_top1")]
         lines.append(f"| `{r['folder']}` | {r['steps']} | {r['train_minutes']:.1f} | {top1[0]} | {top1[1]} |")
+    missing = results.get("not_run") or []
+    if missing:
+        lines += ["", f"Not run within this machine's time ({len(missing)} runs; the table holds the seeds whose two "
+                  "arms finished): " + ", ".join(f"{m['family']}/{m['arm']}-seed{m['seed']}" for m in missing) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -292,7 +298,16 @@ def parse_args(argv):
                        help=f"dataset of each family (default {getattr(shape, name)})")
     p.add_argument("--data-seed", type=int, default=shape.seed, help="seed of the generated datasets (default 0)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their command lines, run nothing")
+    p.add_argument("--finished-only", action="store_true",
+                   help="train nothing: report the seeds whose two arms have finished, and name the runs left out")
     return p.parse_args(argv)
+
+
+def finished_pairs(runs: list[FamilyRun]) -> tuple[list[FamilyRun], list[FamilyRun]]:
+    """The runs of every (family, seed) whose two arms have finished, and the runs left out."""
+    done = {(r.family, r.seed, r.name) for r in runs if finished(r)}
+    keep = [r for r in runs if all((r.family, r.seed, arm) in done for arm in ARMS)]
+    return keep, [r for r in runs if r not in keep]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,9 +335,16 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.machine import describe_machine, machine_slug
 
     machine = describe_machine()
+    left_out: list[FamilyRun] = []
     try:
-        for family in families:
-            make_dataset(root, family, shape, args.workers)
+        if args.finished_only:
+            runs, left_out = finished_pairs(runs)
+            if not runs:
+                raise BenchmarkError(f"no family has both arms of a seed finished under {root}")
+            families = list(dict.fromkeys(r.family for r in runs))
+        else:
+            for family in families:
+                make_dataset(root, family, shape, args.workers)
         with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait
             metrics = dict(zip((r.folder for r in runs), pool.map(train, runs)))
         for run in runs:
@@ -353,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                   "student_top1": metrics[r.folder].get("student", {}).get("top1"),
                   "teacher_top1": metrics[r.folder].get("teacher", {}).get("top1")} for r in runs],
         "json": _shown(json_path), "markdown": _shown(md_path), "wall_time_s": round(time.time() - started, 1),
+        "not_run": [{"family": r.family, "arm": r.name, "seed": r.seed, "folder": _shown(r.folder)} for r in left_out],
     }
     text = markdown(results)
     json_path.write_text(json.dumps(results, indent=2) + "\n")

@@ -136,3 +136,21 @@ def test_tiny_benchmark_writes_the_table_and_reuses_finished_runs(tmp_path, caps
     assert bench_main(args) == 0  # everything is done: nothing is generated or trained again
     out = capsys.readouterr().out
     assert "present already" in out and out.count("trained already") == 2 and "$ -m training" not in out
+
+
+def test_finished_only_keeps_the_seeds_whose_two_arms_finished(tmp_path):
+    from benchmarks.generalization import finished_pairs
+    from training.config import save_config
+
+    runs = plan_runs(["paths", "periodic"], [0, 1], tmp_path, ["optim.steps=700"])
+    done = {("paths", 0, "method"), ("paths", 0, "fixmatch-rgb"), ("paths", 1, "method"),
+            ("periodic", 0, "method"), ("periodic", 0, "fixmatch-rgb")}
+    for r in runs:
+        if (r.family, r.seed, r.name) in done:
+            r.folder.mkdir(parents=True)
+            save_config(r.config, r.folder / "config.yaml")
+            (r.folder / "metrics.json").write_text("{}")
+    keep, left = finished_pairs(runs)
+    assert sorted((r.family, r.seed) for r in keep) == [("paths", 0)] * 2 + [("periodic", 0)] * 2
+    assert sorted((r.family, r.seed, r.name) for r in left) == [
+        ("paths", 1, "fixmatch-rgb"), ("paths", 1, "method"), ("periodic", 1, "fixmatch-rgb"), ("periodic", 1, "method")]
