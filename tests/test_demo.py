@@ -82,7 +82,10 @@ def test_demo_ends_with_the_served_prediction_and_leaves_nothing_running(finishe
     assert len(answer["predictions"]) == 3  # top-5 capped at the 3 classes
     assert answer["model"]["name"] == "tiny" and answer["views"]["count"] == 2 * 3
 
-    # the served scores are offline evaluation of the same ONNX model on that file
+    # the served scores are offline evaluation of the same ONNX model on that file: to fp32
+    # rounding where `auto` chose an fp32 backend, within a reduced precision's rounding (and the
+    # same ranking) where it chose OpenVINO bf16, which it does where that is fastest
+    reduced = any(p in answer["backend"] for p in ("bf16", "int8", "fp16"))
     export_dir = run / "export"
     manifest = json.loads((export_dir / "manifest.json").read_text())
     session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -90,7 +93,8 @@ def test_demo_ends_with_the_served_prediction_and_leaves_nothing_running(finishe
     served = np.zeros(len(classes))
     for p in answer["predictions"]:
         served[p["index"]] = p["score"]
-    np.testing.assert_allclose(served, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(served, expected, atol=1e-2 if reduced else 1e-4, rtol=0)
+    assert int(np.argmax(served)) == int(np.argmax(expected))
 
     assert "stopped the TorchServe on port" in done.stdout
     assert f'to ask it: curl -H "Authorization: Bearer $(python -m serving key --inference-port {ports[0]})"' \

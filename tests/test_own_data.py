@@ -3,6 +3,8 @@ in steps, the plan printed before the run, and the training log."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,6 @@ from tests.videofiles import write_video
 from training.config import ConfigError, load_config
 from training.own_data import CPU_BASE, confidence_threshold, resolve_own_data
 from training.schedule import learning_rate, resolve_schedule
-from training.train import main as train_main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,11 +121,19 @@ TINY = ["model.width=4", "input.clip_len=4", "input.test_clips=2", "optim.batch_
         "train.precise_bn_batch_size=4", "data.num_workers=1", "train.log_every=1"]
 
 
+def train_cli(folder: Path, run: Path) -> str:
+    """`python -m training train --data-root FOLDER` as a user runs it (its own process: loader
+    workers are forked from a process that imported only what training imports)."""
+    cmd = [sys.executable, "-m", "training", "train", "--data-root", str(folder), "--run", str(run), "--set", *TINY]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
 @pytest.mark.slow
-def test_the_default_command_prints_the_plan_trains_by_steps_and_logs_one_line_per_step_group(folder, tmp_path, capsys):
+def test_the_default_command_prints_the_plan_trains_by_steps_and_logs_one_line_per_step_group(folder, tmp_path):
     run = tmp_path / "run"
-    assert train_main(["--data-root", str(folder), "--run", str(run), "--set", *TINY]) == 0
-    out = capsys.readouterr().out
+    out = train_cli(folder, run)
     plan = out[: out.index("== problems")]
     assert out.startswith("Training plan\n") and f"resolved config: {run / 'config.yaml'}" in plan
     assert "== recipe chosen from the data and this machine" in plan and "loss.threshold = 0.84: 3 classes" in plan
@@ -139,5 +148,4 @@ def test_the_default_command_prints_the_plan_trains_by_steps_and_logs_one_line_p
     assert "\r" not in log and "it/s" not in log  # no progress bar in a file
     assert log.count("epoch 1/2  step 1/2") == 1 and "epoch 1/2  align=" in log and "epoch 2/2  align=" in log
     # a second invocation finds the run complete and prints no plan
-    assert train_main(["--data-root", str(folder), "--run", str(run), "--set", *TINY]) == 0
-    assert "Training plan" not in capsys.readouterr().out
+    assert "Training plan" not in train_cli(folder, run)
