@@ -22,6 +22,7 @@ so. The resolved config is saved in the run folder like any other.
 from __future__ import annotations
 
 import math
+import os
 import random
 import statistics
 from dataclasses import dataclass, field
@@ -199,7 +200,8 @@ def resolve_own_data(data_root: str, user_sets: list[str], *, probe: int = 32) -
                       "data.mirror_invariant=true: the classes survive a mirror" if base.data.mirror_invariant else
                       "off: a mirrored video may change class (say data.mirror_invariant=true if it never does)")]
     choices += _size_choices(base, videos) + _interval_choice(base, videos)
-    epochs = resolve_schedule(base, len(splits.unlabeled), 1).epochs
+    # the processes torchrun starts (WORLD_SIZE): each takes a shard, so epochs are shorter
+    epochs = resolve_schedule(base, len(splits.unlabeled), int(os.environ.get("WORLD_SIZE", "1"))).epochs
     choices += _cadence_choices(base, epochs)
 
     user = dict(parse_overrides(user_sets))
