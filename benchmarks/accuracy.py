@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from training.distributed import training_device
 from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {run.folder}: --set {' '.join(run.overrides)}")
         return 0
 
-    from benchmarks.machine import describe_machine, machine_slug
+    from benchmarks.machine import describe_machine
 
     machine = describe_machine()
     results_by_run: dict[str, dict[int, dict]] = {}
@@ -444,13 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
-    device = training_device(runs[0].config)
-    slug = machine_slug(machine, device)
-    created = datetime.now(timezone.utc)
-    stem = results_stem("accuracy-" + ("" if config.resolve() == DEFAULT_CONFIG else f"{config.stem}-"), slug, created)
+    prefix = "accuracy-" + ("" if config.resolve() == DEFAULT_CONFIG else f"{config.stem}-")
+    device, slug, created, json_path, md_path = results_files(prefix, machine, runs[0].config, args.out)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     table = summarize(results_by_run)
     results = {
         "benchmark": "accuracy", "created_utc": created.isoformat(timespec="seconds"), "machine": machine,
@@ -466,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_time_s": round(time.time() - started, 1),
         "train_time_s": round(sum(r["metrics"].get("train_time_s", 0.0)
                                   for by in results_by_run.values() for r in by.values()), 1),
-        "figures": copy_figures(runs, out / f"{stem}-figures"),
+        "figures": copy_figures(runs, out / f"{json_path.stem}-figures"),
     }
     text = markdown(results)
     json_path.write_text(json.dumps(results, indent=2) + "\n")
@@ -481,13 +478,18 @@ def results_stem(prefix: str, slug: str, created: datetime) -> str:
     return f"{prefix}{slug}-{created:%Y-%m-%d}"
 
 
-def training_device(cfg: Config) -> str:
-    """"cuda" or "cpu": what `python -m training train` trains this config on here."""
-    if cfg.train.device != "auto":
-        return cfg.train.device
-    import torch
+def results_files(prefix: str, machine: dict, cfg: Config, out: str | Path):
+    """(device, machine slug, creation time, JSON path, markdown path) of a training benchmark's
+    results, for runs of `cfg` on this machine; creates `out`."""
+    from benchmarks.machine import machine_slug
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    device = training_device(cfg.train.device)
+    slug = machine_slug(machine, device)
+    created = datetime.now(timezone.utc)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = results_stem(prefix, slug, created)
+    return device, slug, created, out / f"{stem}.json", out / f"{stem}.md"
 
 
 def dataset_summary(run_folder: Path) -> dict:

@@ -28,13 +28,12 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
-from benchmarks.accuracy import (REPO, SETTINGS, BenchmarkError, Run, _call, _pm, _shown, _yes, finished, results_stem,
-                                 spread, training_device)
+from benchmarks.accuracy import (REPO, SETTINGS, BenchmarkError, Run, _call, _pm, _shown, _yes, finished, results_files,
+                                 spread)
 from training.config import Config, ConfigError, config_from_dict, load_config
 from training.synthetic import FAMILIES
 
@@ -332,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             print("  python -m training " + " ".join(run.argv))
         return 0
 
-    from benchmarks.machine import describe_machine, machine_slug
+    from benchmarks.machine import describe_machine
 
     machine = describe_machine()
     left_out: list[FamilyRun] = []
@@ -353,13 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
-    device = training_device(runs[0].config)
-    slug = machine_slug(machine, device)
-    created = datetime.now(timezone.utc)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = results_stem("generalization-", slug, created)
-    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    device, slug, created, json_path, md_path = results_files("generalization-", machine, runs[0].config, args.out)
     table = summarize(runs, metrics)
     first = metrics[runs[0].folder]
     results = {

@@ -52,3 +52,10 @@ def gather_objects(obj, info: DistInfo) -> list:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def training_device(device_setting: str) -> str:
+    """"cuda" or "cpu": where `train.device` (auto, cpu, cuda) trains on this machine."""
+    if device_setting != "auto":
+        return device_setting
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -28,10 +28,10 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from training.config import Config, ConfigError, load_config, parse_overrides
 from training.data import resolve_splits
+from training.distributed import training_device
 from training.schedule import resolve_schedule
 from training.video import VideoDecodeError, open_video
 
@@ -132,10 +132,6 @@ def confidence_threshold(num_classes: int) -> float:
     return round(min(max(t, THRESHOLD_RANGE[0]), THRESHOLD_RANGE[1]), 2)
 
 
-def training_device(cfg: Config) -> str:
-    return "cuda" if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
-
-
 def _size_choices(base: Config, videos: VideoStats) -> list[Choice]:
     """The input size: the base recipe's, or the videos' own when they are smaller."""
     spec = base.input
@@ -182,7 +178,7 @@ def resolve_own_data(data_root: str, user_sets: list[str], *, probe: int = 32) -
     """The config of a run on the folder dataset at `data_root`, and what it chose and why."""
     root_set = [f"data.root={data_root}"]
     first = load_config(CPU_BASE, root_set + user_sets)
-    device = training_device(first)
+    device = training_device(first.train.device)
     base_path = GPU_BASE if device == "cuda" else CPU_BASE
     base = load_config(base_path, root_set + user_sets)
     try:

@@ -21,6 +21,7 @@ import yaml
 
 from training.config import Config, ConfigError, config_from_dict, diff_configs
 from training.data import DataSplits, VideoItem, resolve_splits
+from training.distributed import training_device
 from training.own_data import OwnDataRecipe, VideoStats, probe_videos
 from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
 from training.video import VideoDecodeError, open_video
@@ -310,8 +311,7 @@ def estimate_training_time(cfg: Config, num_classes: int, schedule: Schedule, *,
     FLOP count at the marginal rate between the two. A small step is mostly fixed cost, so its
     rate alone would overestimate a full step many times over."""
     if device is None:
-        use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
-        device = torch.device("cuda" if use_cuda else "cpu")
+        device = torch.device(training_device(cfg.train.device))
     full, warm = _clips_per_step(cfg, warmup=False), _clips_per_step(cfg, warmup=True)
     # weak clips only (strong views off) in the two small steps
     small_cfg = _with(cfg, forward_strong_in_warmup=False)

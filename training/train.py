@@ -25,7 +25,7 @@ from tqdm import tqdm
 from training.augment import make_views
 from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
 from training.data import SeededSampler, TrainClips, collate_skipping, resolve_splits, worker_init
-from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
+from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed, training_device
 from training.evaluate import accuracy_metrics, precise_bn, precise_bn_loader, score_videos
 from training.losses import contrastive_loss, dense_alignment_loss, pseudo_labels, supervised_loss, unlabeled_loss
 from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
@@ -319,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     if not args.no_plan and not (run / "config.yaml").is_file() and int(os.environ.get("RANK", "0")) == 0:
         print_plan_before_run(cfg, args, recipe)
-    device = torch.device("cuda" if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = torch.device(training_device(cfg.train.device))
     info = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
