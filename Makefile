@@ -23,7 +23,7 @@ SERVE_BATCH ?= 1
 
 TRAIN_ARGS = --run-dir "$(RUN)" $(if $(CONFIG),--config "$(CONFIG)") $(if $(DATA_ROOT),--data-root "$(DATA_ROOT)") $(if $(SET),--set $(SET))
 
-.PHONY: demo setup train evaluate export serve serve-stop bench bench-accuracy bench-generalization test clean-venv help
+.PHONY: demo setup train evaluate export serve serve-stop bench bench-accuracy bench-engines bench-generalization test clean-venv help
 
 help:
 	@echo "make demo                       the whole product on the synthetic default: data, train, export, serve, one request, stop"
@@ -35,6 +35,7 @@ help:
 	@echo "make serve-stop                  stop it"
 	@echo "make bench [BENCH_GROUPS=...]    latency suites -> benchmarks/results/"
 	@echo "make bench-accuracy             Table 1 in miniature on the synthetic data"
+	@echo "make bench-engines              each engine and precision's accuracy on runs not at 100 % -> benchmarks/results/"
 	@echo "make bench-generalization [SET=]  the own-data default vs FixMatch-RGB on motion families it was not tuned on"
 	@echo "make gpu-check                  what only a GPU settles (environment, bf16 step, CUDA parity, latency)"
 	@echo "make test                       the test suite (what CI runs)"
@@ -81,6 +82,10 @@ bench: setup
 
 bench-accuracy: setup
 	$(BIN)/python -m benchmarks.accuracy
+
+# accuracy and speed of every inference engine and precision on runs not at 100 %
+bench-engines: setup
+	$(BIN)/python -m benchmarks.engines
 
 # the own-data default against FixMatch-RGB on motion families it was not tuned on
 bench-generalization: setup

@@ -12,6 +12,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,6 +21,9 @@ from benchmarks.measure import matmul_flops_per_s
 from benchmarks.profiles import PROFILES, UCF_FRAMES, UCF_HEIGHT, UCF_WIDTH, Profile, profile_from_options
 from benchmarks.subjects import Subject, full_subject, run_subject
 
+# views the latency subjects' int8 IRs are calibrated on (the export uses 300 of the run's own
+# training clips; at full size 300 views would hold 1.4 GB in memory for no change in speed)
+INT8_LATENCY_CALIBRATION_VIEWS = 30
 SKIPS = pytest.StashKey[list]()
 FAILS = pytest.StashKey[list]()
 PEAKS = pytest.StashKey[dict]()
@@ -142,16 +146,26 @@ def matmul_peak(pytestconfig, profile, device):
 
 @pytest.fixture(scope="session")
 def openvino_ir(tmp_path_factory):
-    """`openvino_ir(onnx_path)` -> (model.xml, model.bin) converted from that ONNX file by the
-    export stage's code, once per file in this session (never into the run's own export)."""
-    converted: dict[Path, tuple[Path, Path]] = {}
+    """`openvino_ir(onnx_path, int8=False)` -> (graph, weights) converted from that ONNX file by
+    the export stage's code, once per file in this session (never into the run's own export);
+    with `int8`, that IR quantized by the export's NNCF step, calibrated on seeded N(0, 1) views
+    of the ONNX file's input shape (a latency subject: the cost of the int8 graph does not
+    depend on the activation ranges it was calibrated on)."""
+    converted: dict[tuple[Path, bool], tuple[Path, Path]] = {}
 
-    def convert(onnx_path: Path) -> tuple[Path, Path]:
-        from export.openvino_ir import convert_to_ir
+    def convert(onnx_path: Path, int8: bool = False) -> tuple[Path, Path]:
+        from export.openvino_ir import INT8_GRAPH_FILE, INT8_WEIGHTS_FILE, convert_to_ir, quantize_int8
+        import onnx
 
-        if onnx_path not in converted:
-            converted[onnx_path] = convert_to_ir(onnx_path, tmp_path_factory.mktemp("openvino"))
-        return converted[onnx_path]
+        if (onnx_path, False) not in converted:
+            converted[onnx_path, False] = convert_to_ir(onnx_path, tmp_path_factory.mktemp("openvino"))
+        if int8 and (onnx_path, True) not in converted:
+            folder = converted[onnx_path, False][0].parent
+            shape = [d.dim_value for d in onnx.load(str(onnx_path)).graph.input[0].type.tensor_type.shape.dim][1:]
+            views = np.random.default_rng(0).standard_normal((INT8_LATENCY_CALIBRATION_VIEWS, *shape), dtype=np.float32)
+            quantize_int8(folder, {"files": [], "precisions": {"int8": {"status": "calibrating"}}}, views)
+            converted[onnx_path, True] = folder / INT8_GRAPH_FILE, folder / INT8_WEIGHTS_FILE
+        return converted[onnx_path, int8]
 
     return convert
 

@@ -178,6 +178,25 @@ def serving_section(records: list[dict]) -> list[str]:
                          f"{num(t['inference'])}; video {c['video']['width']}×{c['video']['height']}, "
                          f"{c['video']['frames']} frames; {c['workers']} worker, batch size {c['batch_size']}, "
                          f"{c['threads']} threads; TorchServe ready {r['server_start_s']:.1f} s after start")
+    speedups = [r for r in records if r["kind"] == "http_speedup"]
+    if speedups:
+        lines += ["", "### End to end: the server's choice against ONNX Runtime fp32", "",
+                  "Two servers of the same export on loopback, `--backend auto` and `--backend onnxruntime` (fp32, "
+                  "what `auto` served on CPUs before OpenVINO), sent the same default request in turn (and, where "
+                  "the export has a stopping rule, the auto server's adaptive views). Speedup: ONNX Runtime's request "
+                  "time over the other's, per round (median, 10th–90th percentile). Target: ≥ 3 at full size.", ""]
+        rows = []
+        for r in speedups:
+            c, lat = r["config"], r["latency"]
+            adaptive = ("–" if r["speedup_adaptive"] is None else
+                        f"{num(lat['auto_adaptive']['median_ms'])} ms, {r['adaptive_mean_views']:.1f} views, "
+                        f"{ratio_text(r['speedup_adaptive'])}")
+            rows.append([f"{SIZE_NAMES[r['size']]}: width {c['width']}, {c['view_shape'][1]}×{c['view_shape'][2]}² "
+                         f"({c['weights']} weights)", f"{c['clips']}×{c['crops']}",
+                         num(lat["onnxruntime"]["median_ms"]), r["backends"]["auto"], num(lat["auto"]["median_ms"]),
+                         f"**{ratio_text(r['speedup'])}**", adaptive, "yes" if r["within_target"] else "no"])
+        lines += table(["model", "clips×crops", "ONNX Runtime fp32 ms", "auto serves", "auto ms",
+                        "speedup (p10–p90)", "adaptive: ms, views, speedup", "≥ 3"], rows)
     return lines
 
 

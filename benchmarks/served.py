@@ -47,12 +47,13 @@ def free_ports(count: int) -> list[int]:
 
 @contextlib.contextmanager
 def torchserve(run: Path, *, model_name: str = "action", workers: int = 1, batch_size: int = 1,
-               timeout: float = 240.0):
-    """A TorchServe serving RUN/export/model.mar on free ports (`python -m serving start`);
-    yields (inference port, start seconds) and stops the server (`python -m serving stop`)."""
+               timeout: float = 240.0, backend: str = "auto"):
+    """A TorchServe serving RUN/export/model.mar on free ports (`python -m serving start`, with
+    `--backend`); yields (inference port, start seconds) and stops the server (`python -m serving stop`)."""
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES))))
     cmd = [sys.executable, "-m", "serving", "start", "--run", str(run), "--model-name", model_name,
-           "--workers", str(workers), "--batch-size", str(batch_size), "--timeout", str(timeout)]
+           "--workers", str(workers), "--batch-size", str(batch_size), "--timeout", str(timeout),
+           "--backend", backend]
     for name, port in ports.items():
         cmd += [f"--{name}-port", str(port)]
     t0 = time.perf_counter()
@@ -83,18 +84,18 @@ def inference_key(port: int) -> str:
 class Client:
     """One keep-alive HTTP connection posting a video as the raw body (what `curl
     --data-binary` sends) with the server's inference key; options travel as X-Clips / X-Crops
-    headers."""
+    (and X-Views) headers."""
 
     def __init__(self, port: int, model_name: str = "action"):
         self.port = port
         self.conn = http.client.HTTPConnection(HOST, port, timeout=600)
         self.path = f"/predictions/{model_name}"
 
-    def predict(self, video: bytes, *, clips: int, crops: int) -> tuple[int, dict, float]:
+    def predict(self, video: bytes, *, clips: int, crops: int, views: str = "all") -> tuple[int, dict, float]:
         """(status, JSON body, seconds from sending the request to reading the whole answer; the
-        key is looked up before that)."""
+        key is looked up before that). `views`: "all" or "adaptive"."""
         headers = {"Content-Type": "application/octet-stream", "X-Clips": str(clips), "X-Crops": str(crops),
-                   "Authorization": f"Bearer {inference_key(self.port)}"}
+                   "X-Views": views, "Authorization": f"Bearer {inference_key(self.port)}"}
         t0 = time.perf_counter()
         self.conn.request("POST", self.path, body=video, headers=headers)
         response = self.conn.getresponse()

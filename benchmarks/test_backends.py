@@ -6,7 +6,8 @@ on CPUs before OpenVINO), interleaved round by round with it.
 
 A runtime that does not exist here (ONNX Runtime's CUDA provider without a GPU, TensorRT where
 it is not installed, bf16 autocast on a CPU, OpenVINO bf16 on a CPU without bf16 instructions)
-is skipped, and the results list why.
+is skipped, and the results list why. OpenVINO int8 runs the subject's IR quantized by the
+export's NNCF step (its MFU is counted against the fp32 matmul).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 
 from benchmarks.measure import interleaved_rounds, latency_stats, ratio_stats, store
 from benchmarks.profiles import profile_from_options
+from export.openvino_ir import nncf_unavailable
 from benchmarks.subjects import ONNX_FILE, onnxruntime_runner, openvino_runner, openvino_unavailable, torch_runner
 
 pytestmark = pytest.mark.benchmark(group="backends")
@@ -24,10 +26,13 @@ pytestmark = pytest.mark.benchmark(group="backends")
 # other case goes from host input to host logits, as a server's model call does
 BACKENDS = ("torch-eager-fp32", "torch-channels-last-3d", "torch-bf16-channels-last-3d",
             "torch-bf16-channels-last-3d-resident", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt-fp16",
-            "openvino-cpu-fp32", "openvino-cpu-bf16")
+            "openvino-cpu-fp32", "openvino-cpu-bf16", "openvino-cpu-int8")
 MFU_TARGET = 0.5
 SPEEDUP_REFERENCE = "onnxruntime-cpu"  # fp32
 PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# the dtype whose matmul peak an OpenVINO precision's MFU is measured against: int8 has no torch
+# matmul to compare with, so its MFU is against fp32 (the speedup is the figure to read)
+ARITHMETIC = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
 
 
 def pytest_generate_tests(metafunc):
@@ -89,13 +94,14 @@ def make_runner(backend: str, s, x, device: torch.device, manifest: dict, engine
         engine = TensorRTBackend(tensorrt_plan(s, manifest, engine_dir), input_name="clips", output_name="logits",
                                  max_views=30)
         return (lambda: engine(x)), device, torch.float16
-    if backend in ("openvino-cpu-fp32", "openvino-cpu-bf16"):
+    if backend in ("openvino-cpu-fp32", "openvino-cpu-bf16", "openvino-cpu-int8"):
         precision = backend.rsplit("-", 1)[1]
-        reason = openvino_unavailable(precision)
+        reason = openvino_unavailable(precision) or (precision == "int8" and nncf_unavailable())
         if reason:
             pytest.skip(f"OpenVINO {precision}: {reason}")
-        runner, _ = openvino_runner(openvino_ir(s.student_dir / ONNX_FILE), x, precision=precision)
-        return runner, torch.device("cpu"), torch.bfloat16 if precision == "bf16" else torch.float32
+        ir = openvino_ir(s.student_dir / ONNX_FILE, int8=precision == "int8")
+        runner, _ = openvino_runner(ir, x, precision=precision)
+        return runner, torch.device("cpu"), ARITHMETIC[precision]
     raise ValueError(f"unknown backend {backend}")
 
 
@@ -122,7 +128,7 @@ def test_backend_latency(benchmark, case, subject, profile, device, manifest, ma
     achieved = flops / seconds / 1e12
     peak = matmul_peak(dtype, compute_device)
     store(benchmark, "backends", {
-        "size": size, "backend": backend, "precision": PRECISIONS[dtype], "views": views, "config": s.config(), **stats,
+        "size": size, "backend": backend, "precision": "int8" if backend.endswith("int8") else PRECISIONS[dtype], "views": views, "config": s.config(), **stats,
         "views_per_s": views / seconds, "flops": flops, "achieved_tflops": achieved,
         "matmul_tflops": peak, "matmul_dtype": str(dtype).removeprefix("torch."), "compute_device": compute_device.type,
         "mfu": achieved / peak, "mfu_target": MFU_TARGET,

@@ -36,6 +36,8 @@ from benchmarks.served import Client, concurrent_requests, full_size_run, torchs
 pytestmark = pytest.mark.benchmark(group="serving")
 REPO = Path(__file__).resolve().parent.parent
 E2E_TARGET = 1.15
+# end to end, the server's `auto` choice against the same server on ONNX Runtime fp32 (full size)
+SPEEDUP_TARGET = 3.0
 # measured here: a request sent right after an in-process forward took ~1.6x as long on 2 cores
 # (this process's spinning thread pools); after a 0.3 s pause it took as long as alone
 SETTLE_S = 0.3
@@ -169,19 +171,28 @@ def full_served_run(tmp_path_factory, profile, ucf_size_videos) -> Path:
                          config_file=REPO / FULL_TRAIN_CONFIG, clips=clips, crops=crops)
 
 
-def test_http_end_to_end(benchmark, served, bench_run, manifest, profile, ucf_size_videos, request, tmp_path):
+def require_server() -> None:
+    """Skip where the real server cannot run."""
     if not (Path(sys.executable).parent / "torchserve").is_file():
         pytest.skip("TorchServe is not installed in this environment")
     if shutil.which("java") is None:
         pytest.skip("java is not installed: TorchServe needs Java 17")
     pytest.importorskip("av", reason="PyAV is not installed: the server cannot decode here")
+
+
+def served_run(served: str, bench_run: Path, ucf_size_videos, request) -> tuple[Path, Path]:
+    """(run folder, the video each request uploads) of the served size."""
+    if served == "run":
+        return bench_run, run_val_video(bench_run)
+    return request.getfixturevalue("full_served_run"), ucf_size_videos()[0]
+
+
+def test_http_end_to_end(benchmark, served, bench_run, manifest, profile, ucf_size_videos, request, tmp_path):
+    require_server()
     from serving.backends import kind_of
     from serving.core import InferenceCore, load_manifest
 
-    if served == "run":
-        run, video = bench_run, run_val_video(bench_run)
-    else:
-        run, video = request.getfixturevalue("full_served_run"), ucf_size_videos()[0]
+    run, video = served_run(served, bench_run, ucf_size_videos, request)
     # the server runs from a copy of the export, so that its folder (RUN/serve) never touches the
     # run under test, where a `make serve` of the same run may be live
     export_dir = shutil.copytree(run / "export", tmp_path / "run" / "export")
@@ -244,3 +255,60 @@ def test_http_end_to_end(benchmark, served, bench_run, manifest, profile, ucf_si
     assert np.allclose([p["score"] for p in served_answer["predictions"]], [p["score"] for p in local["predictions"]],
                        atol=1e-5)
     assert served_answer["views"]["count"] == clips * crops
+
+
+def test_http_speedup(benchmark, served, bench_run, profile, ucf_size_videos, request, tmp_path):
+    """Two servers of the same export on loopback, `--backend auto` and `--backend onnxruntime`
+    (fp32, what `auto` served on CPUs before OpenVINO), each sent the same default request in
+    turn; where the export has a calibrated stopping rule, the auto server's adaptive views too.
+    The speedup is ONNX Runtime's request time over the other's, per round."""
+    require_server()
+    from serving.core import load_manifest
+
+    run, video = served_run(served, bench_run, ucf_size_videos, request)
+    data = video.read_bytes()
+    exports = {name: shutil.copytree(run / "export", tmp_path / name / "export") for name in ("auto", "onnxruntime")}
+    served_manifest = load_manifest(exports["auto"])
+    spec = served_manifest["input"]
+    clips, crops = spec["test_clips"], spec["test_crops"]
+    adaptive = (served_manifest.get("adaptive_views") or {}).get("rule") is not None
+    bodies: dict[str, list[dict]] = {"onnxruntime": [], "auto": [], "auto_adaptive": []}
+
+    def sender(client: Client, name: str, views: str = "all"):
+        def send():
+            status, body, _ = client.predict(data, clips=clips, crops=crops, views=views)
+            assert status == 200, f"{name}: HTTP {status}: {body}"
+            bodies[name].append(body)
+        return send
+
+    with torchserve(exports["auto"].parent) as (auto_port, _), \
+            torchserve(exports["onnxruntime"].parent, backend="onnxruntime") as (ort_port, _):
+        auto, ort = Client(auto_port), Client(ort_port)
+        contenders = {"onnxruntime": sender(ort, "onnxruntime"), "auto": sender(auto, "auto")}
+        if adaptive:
+            contenders["auto_adaptive"] = sender(auto, "auto_adaptive", "adaptive")
+        samples = interleaved_rounds(benchmark, contenders, profile=profile, device=CPU,
+                                     min_rounds=profile.ratio_min_rounds, settle_s=SETTLE_S)
+        auto.close()
+        ort.close()
+
+    top = {name: [b["predictions"][0]["label"] for b in got] for name, got in bodies.items() if got}
+    speedup = ratio_stats(samples["onnxruntime"], samples["auto"])
+    arch = served_manifest["architecture"]
+    store(benchmark, "serving", {
+        "kind": "http_speedup", "size": served,
+        "config": {"model_version": served_manifest["model_version"], "weights": "trained" if served == "run" else
+                   "initial (a latency benchmark model)", "width": arch["width"], "num_classes": arch["num_classes"],
+                   "view_shape": [3, spec["clip_len"], spec["test_crop"], spec["test_crop"]],
+                   "clips": clips, "crops": crops, "views": clips * crops, "workers": 1, "batch_size": 1,
+                   "video": describe_video(video), "flops_per_view": served_manifest["flops_per_view"]},
+        "backends": {name: got[0]["backend"] for name, got in bodies.items() if got},
+        "latency": {name: latency_stats(s) for name, s in samples.items()},
+        "speedup": speedup,
+        "speedup_adaptive": ratio_stats(samples["onnxruntime"], samples["auto_adaptive"]) if adaptive else None,
+        "adaptive_mean_views": float(np.mean([b["views"]["count"] for b in bodies["auto_adaptive"]])) if adaptive
+        else None,
+        "same_top1_as_onnxruntime": {name: labels == top["onnxruntime"][:len(labels)] for name, labels in top.items()},
+        "target": SPEEDUP_TARGET, "within_target": speedup["median"] >= SPEEDUP_TARGET,
+    })
+    assert all(b["views"]["count"] == clips * crops for b in bodies["auto"] + bodies["onnxruntime"])

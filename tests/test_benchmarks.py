@@ -7,6 +7,7 @@ consistency (equal costs, counts, FLOP relations) and finiteness only.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -28,7 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("## 1. No added inference cost", "## 2. Backends", "## 3. The serving path", "## 4. Training throughput")
 # fp32, and bf16 where the CPU has bf16 instructions (the export's int8 IR is not in the latency suites yet)
 OPENVINO_HERE = [p for p in openvino_cpu_precisions() if p != "int8"]
-CPU_BACKENDS = ("onnxruntime-cpu", "torch-cpu", "openvino-cpu-fp32", "openvino-cpu-bf16")
+CPU_BACKENDS = ("onnxruntime-cpu", "torch-cpu", "openvino-cpu-fp32", "openvino-cpu-bf16", "openvino-cpu-int8")
+# the backends group quantizes its subjects itself, wherever the CPU runs int8 and NNCF is installed
+INT8_HERE = "int8" in openvino_cpu_precisions() and importlib.util.find_spec("nncf") is not None
 
 
 # ----------------------------------------------------------------------------- helpers on known inputs
@@ -197,7 +200,7 @@ def test_backends_records_and_skips(smoke):
     records = results["groups"]["backends"]
     measured = {(r["backend"], r["views"]) for r in records}
     backends = ("torch-eager-fp32", "torch-channels-last-3d", "onnxruntime-cpu",
-                *(f"openvino-cpu-{p}" for p in OPENVINO_HERE))
+                *(f"openvino-cpu-{p}" for p in OPENVINO_HERE), *(["openvino-cpu-int8"] if INT8_HERE else []))
     assert measured == {(b, v) for b in backends for v in (1, 3)}
     for r in records:
         assert r["median_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
@@ -208,7 +211,7 @@ def test_backends_records_and_skips(smoke):
         speedup = r["speedup"]
         assert r["speedup_reference"] == "onnxruntime-cpu fp32" and speedup["rounds"] == r["rounds"]
         assert finite_positive(speedup["median"], speedup["p10"], speedup["p90"], r["reference_median_ms"])
-        assert r["precision"] == ("bf16" if r["backend"].endswith("bf16") else "fp32")
+        assert r["precision"] == next((p for p in ("bf16", "int8") if r["backend"].endswith(p)), "fp32")
         if r["backend"] == "onnxruntime-cpu":
             assert speedup["median"] == 1.0
     skipped = {s["test"].split("[")[-1].rstrip("]"): s["reason"] for s in results["skipped"]}
@@ -234,6 +237,12 @@ def test_serving_records(smoke):
     if not http:  # TorchServe or Java missing here: the skip must say so
         assert any("TorchServe" in s["reason"] or "java" in s["reason"] for s in results["skipped"])
         return
+    # the server's choice against the same export served by ONNX Runtime fp32, end to end
+    speedup = next(r for r in records if r["kind"] == "http_speedup")
+    assert speedup["backends"]["onnxruntime"] == "onnxruntime-cpu" and speedup["backends"]["auto"] in CPU_BACKENDS
+    assert speedup["speedup"]["rounds"] == speedup["latency"]["auto"]["rounds"] >= 3
+    assert finite_positive(speedup["speedup"]["median"], speedup["latency"]["onnxruntime"]["median_ms"])
+    assert speedup["within_target"] == (speedup["speedup"]["median"] >= 3.0)
     h = http[0]
     assert [lv["concurrency"] for lv in h["levels"]] == [1, 2]
     assert h["levels"][0]["requests"] == h["http"]["rounds"] == h["model"]["rounds"] >= 3
