@@ -35,12 +35,15 @@ BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch", "openvino", "open
                    "openvino-int8")
 DEFAULT_MAX_VIEWS = 30  # one 10x3 request per forward; bounds the activations of a chunk
 # ties go to the earlier one; OpenVINO comes last, so it replaces the incumbents only when it is
-# measurably faster (AUTO_MIN_GAIN)
+# measurably faster (AUTO_MIN_GAIN). "openvino" stands for each precision the export offers and
+# this CPU runs, timed on its own (`openvino_kinds`).
 AUTO_ORDER = ("tensorrt", "onnxruntime", "torch", "openvino")
-# OpenVINO precisions, fastest first (measured at full size on a 2-core AVX-512 CPU: bf16 3.4x and
-# fp32 1.7x ONNX Runtime fp32's speed; on an AMX CPU, the NNCF int8 IR 1.6x bf16's), and
-# the INFERENCE_PRECISION_HINT each is compiled with (int8: what stays unquantized runs in fp32).
-# Each precision names its IR in the manifest (int8 its own quantized one).
+# OpenVINO precisions, in the order of the manifest's "offered" list (fastest where measured: at
+# full size on a 2-core AVX-512 CPU bf16 3.4x and fp32 1.7x ONNX Runtime fp32's speed; on an AMX
+# CPU the NNCF int8 IR 1.6x bf16's), and the INFERENCE_PRECISION_HINT each is compiled with (int8:
+# what stays unquantized runs in fp32). Each precision names its IR in the manifest (int8 its
+# own quantized one). Which is fastest depends on the CPU (with the same CPU's AMX units switched
+# off, bf16 ran slower than fp32), so the server times them rather than trusting this order.
 OPENVINO_PRECISIONS = ("int8", "bf16", "fp32")
 OPENVINO_HINTS = {"int8": "f32", "bf16": "bf16", "fp32": "f32"}
 # "auto" keeps an earlier backend unless a later one is at least this much faster, so that
@@ -303,6 +306,20 @@ def openvino_precision(manifest: dict, requested: str | None) -> str:
     return usable[0]
 
 
+def openvino_kinds(manifest: dict) -> list[str]:
+    """The backend kinds of the OpenVINO precisions to time against each other: each one the
+    export offers and this CPU runs natively, least reduced first (fp32, bf16, int8), so that a
+    lower precision replaces a higher one only when it is measurably faster. Where none can run,
+    ["openvino"], whose loading then says why."""
+    record = manifest.get("openvino") or {}
+    try:
+        here = openvino_cpu_precisions()
+    except Exception:  # not installed or broken: load_backend("openvino") gives the reason
+        return ["openvino"]
+    usable = [f"openvino-{p}" for p in reversed(OPENVINO_PRECISIONS) if p in (record.get("offered") or []) and p in here]
+    return usable or ["openvino"]
+
+
 def tensorrt_unavailable(manifest: dict) -> str | None:
     """None when the export's TensorRT engine can run here, else why not (one line)."""
     record = manifest.get("tensorrt") or {}
@@ -438,21 +455,33 @@ def fastest(timings: dict[str, float], *, min_gain: float = AUTO_MIN_GAIN) -> st
     return choice
 
 
+def candidate_kinds(prefer: str, manifest: dict) -> list[str]:
+    """The kinds `select_backend` loads and times for `prefer`: every runtime in AUTO_ORDER for
+    "auto", the export's OpenVINO precisions for "openvino", else the one named."""
+    if prefer == "auto":
+        return [k for kind in AUTO_ORDER for k in (openvino_kinds(manifest) if kind == "openvino" else [kind])]
+    if prefer == "openvino":
+        return openvino_kinds(manifest)
+    return [prefer]
+
+
 def select_backend(export_dir: Path, manifest: dict, *, prefer: str = "auto", threads: int = 0,
                    max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0, probe_views: int | None = None):
     """The backend named by `prefer`, or with "auto" the fastest of those that run here.
 
-    "auto" loads TensorRT, ONNX Runtime, PyTorch and OpenVINO in turn (each one that cannot run
-    is logged with the reason), times each on a zero batch of `probe_views` views (default: the
-    manifest's clips x crops, one default request; at most `max_views`) and keeps the fastest
-    (`fastest`). The measured seconds are kept on the backend as `.timings` and logged.
+    "auto" loads TensorRT, ONNX Runtime, PyTorch and each OpenVINO precision the export offers in
+    turn (each one that cannot run is logged with the reason), times each on a zero batch of
+    `probe_views` views (default: the manifest's clips x crops, one default request; at most
+    `max_views`) and keeps the fastest (`fastest`); "openvino" does the same among the OpenVINO
+    precisions. The measured seconds are kept on the backend as `.timings` and logged.
     `probe_views=0` times nothing and returns the first that loads (a check that one can run)."""
-    if prefer != "auto":
-        backend = load_backend(prefer, export_dir, manifest, threads=threads, max_views=max_views, gpu_id=gpu_id)
+    kinds = candidate_kinds(prefer, manifest)
+    if len(kinds) == 1:
+        backend = load_backend(kinds[0], export_dir, manifest, threads=threads, max_views=max_views, gpu_id=gpu_id)
         backend.timings = {}
         return backend
     reasons, loaded = [], {}
-    for kind in AUTO_ORDER:
+    for kind in kinds:
         try:
             loaded[kind] = load_backend(kind, export_dir, manifest, threads=threads, max_views=max_views, gpu_id=gpu_id)
         except BackendError as exc:
