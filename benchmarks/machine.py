@@ -12,7 +12,11 @@ import sys
 from importlib import metadata
 
 # distributions whose versions change the figures (absent ones are recorded as null)
-THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "CUDA_VISIBLE_DEVICES")
+# oneDNN's (torch's and OpenVINO's) instruction-set cap: set, the CPU is measured as one without
+# the instructions above the cap (e.g. AVX512_CORE_BF16: an AVX-512 CPU without AMX)
+ISA_CAP = "ONEDNN_MAX_CPU_ISA"
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "CUDA_VISIBLE_DEVICES",
+              ISA_CAP)
 LIBRARIES = ("torch", "onnxruntime-gpu", "onnxruntime", "onnx", "openvino", "numpy", "decord", "av", "kornia",
              "tensorrt", "torchserve", "torch-model-archiver", "pytest-benchmark")
 
@@ -94,5 +98,8 @@ def machine_slug(machine: dict, device: str) -> str:
         text = machine["gpu"]["name"]
     else:
         text = f"{machine['cpu']} {machine['cores']}c"
+        cap = (machine.get("env") or {}).get(ISA_CAP)
+        if cap:  # figures under an instruction-set cap are another machine's
+            text += f" max isa {cap}"
     text = re.sub(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@.*?ghz", " ", text.lower())
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "machine"

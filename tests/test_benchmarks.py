@@ -75,6 +75,10 @@ def test_machine_slug_names_the_device():
     gpu_machine = {"cpu": "Intel(R) Xeon(R) Platinum 8480C", "cores": 16, "gpu": {"name": "NVIDIA H200"}}
     assert machine_slug(gpu_machine, "cuda") == "nvidia-h200"
     assert machine_slug(gpu_machine, "cpu") == "intel-xeon-platinum-8480c-16c"  # CPU figures on a GPU machine
+    # under oneDNN's instruction-set cap the CPU is measured as another one (here: without AMX)
+    capped = {"cpu": "Intel(R) Xeon(R) Processor", "cores": 2, "gpu": None,
+              "env": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}}
+    assert machine_slug(capped, "cpu") == "intel-xeon-2c-max-isa-avx512-core-bf16"
 
 
 def test_machine_record_and_versions():
