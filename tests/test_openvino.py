@@ -84,7 +84,13 @@ def test_export_writes_an_ir_with_its_sha256_and_a_gate_per_precision(tiny_expor
     fp32 = manifest["parity"]["openvino"]["fp32"]
     assert record["precisions"]["fp32"]["status"] == "passed" and fp32["max_abs_diff"] < 1e-4
     assert fp32["top1_agreement"] == 1.0 and fp32["top1_accuracy_diff"] == 0.0
-    assert record["offered"] == [p for p in OPENVINO_PRECISIONS if record["precisions"][p]["status"] == "passed"]
+    # what the gate passed is what a server loads; what it refused, a server refuses with the gate's reason
+    for precision, entry in record["precisions"].items():
+        if entry["status"] == "passed":
+            assert load_backend(f"openvino-{precision}", out, manifest, threads=1).name == f"openvino-cpu-{precision}"
+        elif entry["status"] == "refused":
+            with pytest.raises(BackendError, match=f"does not offer OpenVINO {precision}: refused at export"):
+                load_backend(f"openvino-{precision}", out, manifest, threads=1)
 
     # the files of the offered precisions, no others (a refused int8 IR is deleted)
     assert record["files"] == ["model.xml", "model.bin"] + (["model-int8.xml", "model-int8.bin"]
