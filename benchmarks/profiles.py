@@ -42,7 +42,7 @@ class Profile:
     sizes: tuple[str, ...]  # "run": the exported run; "full": R3D-18 at the paper's size
     views: tuple[int, ...]  # backends group
     cost_views: tuple[int, ...]  # no_added_cost group
-    cost_backends: dict[str, tuple[str, ...]]  # per size: "onnxruntime", "torch-export", "openvino-fp32", ...
+    cost_backends: dict[str, tuple[str, ...]]  # per size: "onnxruntime", "torch-export", "openvino-int8", ...
     # serving group
     serving_sizes: tuple[str, ...]  # "run": the exported run; "full": width 64 at the UCF-101 config's size
     full_serving_views: tuple[int, int]  # (clips, crops) per request to the full-size model
@@ -62,7 +62,7 @@ def get_profile(name: str, device: str) -> Profile:
         raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    engines = ("onnxruntime", "torch-export", "openvino-fp32", "openvino-bf16")
+    engines = ("onnxruntime", "torch-export", "openvino-fp32", "openvino-bf16", "openvino-int8")
     decode_cases = (("run", None, None), ("ucf101", 10, 3), ("ucf101", 1, 3))
     if name == "smoke":
         return Profile(name=name, device=device, budget_s=0.05, min_rounds=2, max_rounds=3, warmup=1,

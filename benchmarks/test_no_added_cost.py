@@ -1,7 +1,8 @@
 """Group 1, no added cost: the exported student against a plain R3D-18 of the same config.
 
 Both are exported by the export stage's own code and run on the same backend (ONNX Runtime, the
-ExportedProgram, OpenVINO at fp32 and bf16: each model's own IR, converted alike) with the same
+ExportedProgram, OpenVINO at fp32 and bf16: each model's own IR, converted alike; OpenVINO int8:
+each model's IR quantized alike by the export's NNCF step) with the same
 input, interleaved round by round in this process. Target: latency ratio 1.00 +- 0.03, and
 equal parameter counts and FLOPs (counted on the modules and on the ONNX graphs).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from export.openvino_ir import nncf_unavailable
 from benchmarks.measure import interleaved_rounds, latency_stats, ratio_stats, store
 from benchmarks.profiles import profile_from_options
 from benchmarks.subjects import (ONNX_FILE, PROGRAM_FILE, onnxruntime_runner, openvino_runner, openvino_unavailable,
@@ -46,13 +48,14 @@ def test_no_added_cost(benchmark, case, subject, profile, device, openvino_ir):
     if backend == "onnxruntime":
         run_student, runtime = onnxruntime_runner(s.student_dir / ONNX_FILE, x, gpu=device.type == "cuda")
         run_plain, _ = onnxruntime_runner(s.plain_dir / ONNX_FILE, x, gpu=device.type == "cuda")
-    elif backend in ("openvino-fp32", "openvino-bf16"):
+    elif backend in ("openvino-fp32", "openvino-bf16", "openvino-int8"):
         precision = backend.split("-")[1]
-        reason = openvino_unavailable(precision)
+        reason = openvino_unavailable(precision) or (precision == "int8" and nncf_unavailable())
         if reason:
             pytest.skip(f"OpenVINO {precision}: {reason}")
-        run_student, runtime = openvino_runner(openvino_ir(s.student_dir / ONNX_FILE), x, precision=precision)
-        run_plain, _ = openvino_runner(openvino_ir(s.plain_dir / ONNX_FILE), x, precision=precision)
+        int8 = precision == "int8"
+        run_student, runtime = openvino_runner(openvino_ir(s.student_dir / ONNX_FILE, int8=int8), x, precision=precision)
+        run_plain, _ = openvino_runner(openvino_ir(s.plain_dir / ONNX_FILE, int8=int8), x, precision=precision)
     else:
         run_student = program_runner(s.student_dir / PROGRAM_FILE, x, device)
         run_plain = program_runner(s.plain_dir / PROGRAM_FILE, x, device)

@@ -187,7 +187,8 @@ def test_results_record_machine_versions_and_the_run(smoke):
 def test_no_added_cost_records(smoke):
     _, results, _, _ = smoke
     records = results["groups"]["no_added_cost"]
-    engines = ("onnxruntime-cpu", "torch-export-cpu", *(f"openvino-cpu-{p}" for p in OPENVINO_HERE))
+    engines = ("onnxruntime-cpu", "torch-export-cpu", *(f"openvino-cpu-{p}" for p in OPENVINO_HERE),
+               *(["openvino-cpu-int8"] if INT8_HERE else []))
     assert {(r["backend"], r["views"]) for r in records} == {(b, v) for b in engines for v in (1, 3)}
     for r in records:
         assert r["params"]["equal"] and r["params"]["student"] == r["params"]["plain"] == 131_871
