@@ -27,14 +27,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import ipaddress
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,9 +44,11 @@ from pathlib import Path
 
 import psutil
 
+from serving.addresses import (DEFAULT_PORTS, HOST, check_local_address, connect_host, is_loopback, listener_hosts,
+                               parse_host, taken_ports, url_host)
 from serving.backends import BACKEND_CHOICES, BackendError, select_backend
+from serving.errors import ServeError
 
-HOST = "127.0.0.1"  # management and gRPC always, inference and metrics unless --host / --metrics-host say otherwise
 KEY_FILE = "key_file.json"  # TorchServe writes it into its working directory, RUN/serve/
 KEY_KINDS = ("inference", "management")  # the keys clients use; the key file's third, "API", only renews them
 RENEW_MARGIN_S = 300.0  # keys are renewed this long (or half their lifetime, when shorter) before they expire
@@ -65,63 +65,9 @@ DECODE_OPTIONS = {"decoders": "SERVING_DECODERS", "decode_timeout": "SERVING_DEC
 DECODE_MINIMUMS = {"decoders": 1, "decode_timeout": 0.1, "decode_memory_mb": 512}  # a helper imports in ~200 MB
 
 
-class ServeError(Exception):
-    """A start or stop that cannot go on; the message says why and what to do."""
-
-
 def state_path(inference_port: int) -> Path:
     """Where a started server is recorded, so that `stop` finds it without being told the run."""
     return Path(tempfile.gettempdir()) / "tg-action-serve" / f"{inference_port}.json"
-
-
-def parse_host(text: str, option: str = "--host") -> str:
-    """--host / --metrics-host as a normalised IP address ('localhost' is 127.0.0.1): TorchServe's
-    addresses are URLs, and the port checks bind the same address."""
-    try:
-        return str(ipaddress.ip_address("127.0.0.1" if text == "localhost" else text))
-    except ValueError:
-        raise ServeError(f"{option} {text!r} is not an IP address: give 127.0.0.1 (this machine only), "
-                         "0.0.0.0 (every interface) or one of this machine's addresses") from None
-
-
-def is_loopback(host: str) -> bool:
-    return ipaddress.ip_address(host).is_loopback
-
-
-def url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def connect_host(host: str) -> str:
-    """Where a local client reaches a listener bound to `host` (0.0.0.0 and :: are no destination)."""
-    if ipaddress.ip_address(host).is_unspecified:
-        return "::1" if ":" in host else HOST
-    return host
-
-
-def port_in_use(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed socket in TIME_WAIT is no obstacle
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def check_local_address(host: str, option: str = "--host") -> None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, 0))
-        except OSError as exc:
-            raise ServeError(f"{option} {host} cannot be bound here ({exc.strerror}): it must be one of this "
-                             "machine's addresses, 0.0.0.0 or 127.0.0.1") from None
-
-
-def listener_hosts(host: str, metrics_host: str) -> dict[str, str]:
-    """The address each of TorchServe's listeners binds, by port name."""
-    return {"inference": host, "management": HOST, "metrics": metrics_host, "grpc_inference": HOST,
-            "grpc_management": HOST}
 
 
 def write_config(path: Path, *, ports: dict, model_store: Path, model_name: str, version: str, workers: int,
@@ -367,8 +313,8 @@ def check_startable(args, run: Path, ports: dict, hosts: dict[str, str]) -> dict
             raise ServeError(f"run {run} is already served on port {recorded['ports']['inference']} (its logs and "
                              f"unpacked model live in {run / 'serve'}): stop that server first")
     only_loopback = set(hosts.values()) == {HOST}
-    taken = [f"{name.replace('_', ' ')} {port}" + ("" if only_loopback else f" on {hosts[name]}")
-             for name, port in ports.items() if port_in_use(port, hosts[name])]
+    taken = [f"{name.replace('_', ' ')} {ports[name]}" + ("" if only_loopback else f" on {hosts[name]}")
+             for name in taken_ports(ports, hosts)]
     if taken:
         where = f" on {HOST}" if only_loopback else ""
         raise ServeError(f"port(s) already in use{where}: {', '.join(taken)}; stop the program using them "
@@ -492,8 +438,7 @@ def start(args) -> int:
     check_local_address(host)
     check_local_address(metrics_host, "--metrics-host")
     run = Path(args.run).resolve()
-    ports = {"inference": args.inference_port, "management": args.management_port, "metrics": args.metrics_port,
-             "grpc_inference": args.grpc_inference_port, "grpc_management": args.grpc_management_port}
+    ports = {name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS}
     manifest = check_startable(args, run, ports, listener_hosts(host, metrics_host))
     if not is_loopback(metrics_host):
         print(f"warning: the metrics listener on {metrics_host} needs no key: anyone who reaches "
@@ -718,9 +663,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-memory-mb", type=int,
                    help="address space of a decode helper (default 3072; SERVING_DECODE_MEMORY_MB)")
     p.add_argument("--timeout", type=float, default=180.0, help="s to wait for the model's workers to be ready")
-    for name, default in (("inference", 8080), ("management", 8081), ("metrics", 8082), ("grpc-inference", 7070),
-                          ("grpc-management", 7071)):
-        p.add_argument(f"--{name}-port", type=int, default=default)
+    for name, default in DEFAULT_PORTS.items():
+        p.add_argument(f"--{name.replace('_', '-')}-port", type=int, default=default)
     p.set_defaults(func=start)
     p = sub.add_parser("stop", help="stop the server started on --inference-port, and all its processes")
     p.add_argument("--inference-port", type=int, default=8080)

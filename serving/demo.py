@@ -30,7 +30,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from serving.__main__ import HOST, current_key, port_in_use, recorded_state, state_path
+from serving.__main__ import current_key, recorded_state, state_path
+from serving.addresses import HOST, port_in_use
 
 STAGES = 5
 MIN_JAVA = 17  # TorchServe 0.12's frontend

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from serving.__main__ import HOST, current_key, recorded_state, state_path
+from serving.__main__ import current_key, recorded_state, state_path
+from serving.addresses import HOST
 
 PORT_NAMES = ("inference", "management", "metrics", "grpc-inference", "grpc-management")
 
