@@ -30,8 +30,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from serving.__main__ import current_key, recorded_state, state_path
+from serving.__main__ import recorded_state, state_path
 from serving.addresses import HOST, port_in_use
+from serving.tokens import current_key
 
 STAGES = 5
 MIN_JAVA = 17  # TorchServe 0.12's frontend
