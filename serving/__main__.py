@@ -33,7 +33,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -45,12 +44,13 @@ from serving.addresses import (DEFAULT_PORTS, HOST, check_local_address, connect
                                parse_host, taken_ports, url_host)
 from serving.backends import BACKEND_CHOICES, BackendError, select_backend
 from serving.errors import ServeError
+from serving.server_records import (alive, no_server, record_server, recorded_state, server_processes, state_path,
+                                    stop_recorded)
 from serving.tokens import KEY_FILE, KEY_KINDS, current_key, next_renewal, renew_when_due
 
 TEMPLATE = Path(__file__).with_name("config.properties")
 LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
 LOG_SIZE_PATTERN = re.compile(r"^\d+ ?(KB|MB|GB)$", re.IGNORECASE)  # what log4j's SizeBasedTriggeringPolicy reads
-TORCHSERVE_MARKS = ("torchserve", "org.pytorch.serve.ModelServer", "model_service_worker")
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -58,11 +58,6 @@ MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DECODE_OPTIONS = {"decoders": "SERVING_DECODERS", "decode_timeout": "SERVING_DECODE_TIMEOUT",
                   "decode_memory_mb": "SERVING_DECODE_MEMORY_MB"}
 DECODE_MINIMUMS = {"decoders": 1, "decode_timeout": 0.1, "decode_memory_mb": 512}  # a helper imports in ~200 MB
-
-
-def state_path(inference_port: int) -> Path:
-    """Where a started server is recorded, so that `stop` finds it without being told the run."""
-    return Path(tempfile.gettempdir()) / "tg-action-serve" / f"{inference_port}.json"
 
 
 def write_config(path: Path, *, ports: dict, model_store: Path, model_name: str, version: str, workers: int,
@@ -131,74 +126,6 @@ def new_log_text(path: Path, offset: int) -> str:
 
 def file_size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
-
-
-def server_processes(state: dict) -> list[psutil.Process]:
-    """The processes of the session `start` created for the server recorded in `state`: the
-    launcher, the Java frontend and its Python workers (found by process group, so that a
-    frontend whose launcher died is found too)."""
-    found = []
-    for p in psutil.process_iter(["create_time"]):
-        try:
-            if os.getpgid(p.pid) != state["pid"] or p.info["create_time"] < state["create_time"] - 1.0:
-                continue
-            if any(mark in " ".join(p.cmdline()) for mark in TORCHSERVE_MARKS):  # not a reused process id
-                found.append(p)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return found
-
-
-def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
-def end_processes(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Stop the Java frontend first (it shuts its workers down), then whatever is left:
-    SIGTERM, then SIGKILL after `timeout`. Returns the processes still alive (none, normally)."""
-    frontend = [p for p in alive(procs) if "org.pytorch.serve.ModelServer" in " ".join(_cmdline(p))]
-    for group in (frontend, procs):
-        for p in alive(group):
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive(group), timeout=timeout)
-    for p in alive(procs):
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive(procs), timeout=10)
-    return alive(procs)
-
-
-def _cmdline(p: psutil.Process) -> list[str]:
-    try:
-        return p.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return []
-
-
-def stop_recorded(state_file: Path, timeout: float = 60.0) -> int:
-    """Stop the server recorded in `state_file`; returns how many processes were ended."""
-    state = json.loads(state_file.read_text())
-    procs = server_processes(state)
-    running = alive(procs)
-    left = end_processes(procs, timeout)
-    if left:
-        raise ServeError("these TorchServe processes did not stop: " + ", ".join(str(p.pid) for p in left))
-    if state.get("key_file"):
-        Path(state["key_file"]).unlink(missing_ok=True)  # as `torchserve --stop` does: the keys die with the server
-    state_file.unlink(missing_ok=True)
-    return len(running)
 
 
 def check_startable(args, run: Path, ports: dict, hosts: dict[str, str]) -> dict:
@@ -396,12 +323,9 @@ def start(args) -> int:
         # logs and unpacked model are the server user's alone too
         proc = subprocess.Popen(cmd, cwd=serve_dir, env=env, stdout=console, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
-    state_file = state_path(args.inference_port)
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "run": str(run),
-             "model_name": args.model_name, "ports": ports, "host": host, "metrics_host": metrics_host,
-             "key_file": str(key_file), "token_expiration_min": args.token_expiration_min, "logs": str(log_dir)}
-    state_file.write_text(json.dumps(state, indent=2))
+    state_file, state = record_server(proc.pid, run=str(run), model_name=args.model_name, ports=ports, host=host,
+                                      metrics_host=metrics_host, key_file=str(key_file),
+                                      token_expiration_min=args.token_expiration_min, logs=str(log_dir))
 
     failure = wait_until_ready(proc, state, args, model_log, log_offset, caught)
     if failure and caught:
@@ -449,21 +373,6 @@ def stop(args) -> int:
     ended = stop_recorded(state_file, timeout=args.timeout)
     print(f"stopped the TorchServe on port {args.inference_port} ({ended} processes)")
     return 0
-
-
-def recorded_state(inference_port: int) -> dict | None:
-    """The state `start` recorded for `inference_port`, or None when there is none."""
-    state_file = state_path(inference_port)
-    if not state_file.is_file():
-        return None
-    state = json.loads(state_file.read_text())
-    state.setdefault("host", HOST)  # recorded before --host existed
-    state.setdefault("token_expiration_min", 60)  # before it was recorded: TorchServe's default
-    return state
-
-
-def no_server(inference_port: int) -> str:
-    return f"no server started by `python -m serving start` is recorded for port {inference_port}"
 
 
 def ping_failure(inference_port: int, timeout: float) -> str | None:

@@ -30,8 +30,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from serving.__main__ import recorded_state, state_path
 from serving.addresses import HOST, port_in_use
+from serving.server_records import recorded_state, state_path
 from serving.tokens import current_key
 
 STAGES = 5

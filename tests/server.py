@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from serving.__main__ import recorded_state, state_path
 from serving.addresses import HOST
+from serving.server_records import recorded_state, state_path
 from serving.tokens import current_key
 
 PORT_NAMES = ("inference", "management", "metrics", "grpc-inference", "grpc-management")
