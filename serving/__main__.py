@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from serving.addresses import (DEFAULT_PORTS, HOST, check_local_address, is_loopback, listener_hosts, parse_host,
@@ -44,48 +45,10 @@ from serving.probes import inference_url, ping_failure, serving_summary, workers
 from serving.server_records import (alive, no_server, record_server, recorded_state, server_processes, state_path,
                                     stop_recorded)
 from serving.tokens import KEY_FILE, KEY_KINDS, current_key, next_renewal, renew_when_due
+from serving.torchserve_config import (DECODE_MINIMUMS, LOG_SIZE_PATTERN, StartOptions, server_environment,
+                                       torchserve_command, torchserve_executable, write_config)
 
-TEMPLATE = Path(__file__).with_name("config.properties")
-LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
-LOG_SIZE_PATTERN = re.compile(r"^\d+ ?(KB|MB|GB)$", re.IGNORECASE)  # what log4j's SizeBasedTriggeringPolicy reads
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-# `start` options -> the environment variables the handler reads (serving/handler.py)
-DECODE_OPTIONS = {"decoders": "SERVING_DECODERS", "decode_timeout": "SERVING_DECODE_TIMEOUT",
-                  "decode_memory_mb": "SERVING_DECODE_MEMORY_MB"}
-DECODE_MINIMUMS = {"decoders": 1, "decode_timeout": 0.1, "decode_memory_mb": 512}  # a helper imports in ~200 MB
-
-
-def write_config(path: Path, *, ports: dict, model_store: Path, model_name: str, version: str, workers: int,
-                 batch_size: int, max_batch_delay: int, response_timeout: int, host: str = HOST,
-                 metrics_host: str = HOST, token_expiration_min: float = 60) -> None:
-    """serving/config.properties with this start's ports, addresses, key lifetime (minutes) and
-    model settings replacing its own."""
-    models = {model_name: {version: {"defaultVersion": True, "marName": "model.mar", "minWorkers": workers,
-                                     "maxWorkers": workers, "batchSize": batch_size, "maxBatchDelay": max_batch_delay,
-                                     "responseTimeout": response_timeout}}}
-    settings = {
-        "inference_address": f"http://{url_host(host)}:{ports['inference']}",
-        "management_address": f"http://{HOST}:{ports['management']}",
-        "metrics_address": f"http://{url_host(metrics_host)}:{ports['metrics']}",
-        "grpc_inference_port": str(ports["grpc_inference"]),
-        "grpc_management_port": str(ports["grpc_management"]),
-        "model_store": str(model_store),
-        "load_models": f"{model_name}=model.mar",
-        "models": json.dumps(models),
-        "token_expiration_min": f"{token_expiration_min:g}",  # TorchServe reads a double
-    }
-    lines = []
-    for line in TEMPLATE.read_text().splitlines():
-        key = line.split("=", 1)[0].strip()
-        if line.lstrip().startswith("#"):
-            pass
-        elif key in settings:
-            line = f"{key}={settings.pop(key)}"
-        lines.append(line)
-    lines += ["", "# added by python -m serving start"] + [f"{k}={v}" for k, v in settings.items()]
-    path.write_text("\n".join(lines) + "\n")
 
 
 def new_log_text(path: Path, offset: int) -> str:
@@ -102,42 +65,44 @@ def file_size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
 
-def check_startable(args, run: Path, ports: dict, hosts: dict[str, str]) -> dict:
+def check_startable(options: StartOptions, run: Path, hosts: dict[str, str]) -> dict:
     """Everything that can be checked before launching, each with a message that says what to
     do; returns the export's manifest."""
     # here: it loads torch (~1 s), which stop, health and key do not need
     from serving.core import adaptive_rule, load_manifest, unavailable_reason
 
-    if not args.token_expiration_min > 0:
+    if not options.token_expiration_min > 0:
         raise ServeError("--token-expiration-min must be more than 0")
-    if not LOG_SIZE_PATTERN.match(args.log_file_size) or args.log_backups < 1:
-        raise ServeError(f"--log-file-size {args.log_file_size!r} must be a number and KB, MB or GB (e.g. '10MB'), "
+    if not LOG_SIZE_PATTERN.match(options.log_file_size) or options.log_backups < 1:
+        raise ServeError(f"--log-file-size {options.log_file_size!r} must be a number and KB, MB or GB (e.g. '10MB'), "
                          "and --log-backups at least 1")
     export_dir = run / "export"
     mar = export_dir / "model.mar"
     if not mar.is_file():
-        raise ServeError(f"no model archive at {mar}: export the run first (make export RUN={args.run})")
+        raise ServeError(f"no model archive at {mar}: export the run first (make export RUN={options.run})")
     manifest = load_manifest(export_dir)
-    if not MODEL_NAME_PATTERN.match(args.model_name):
-        raise ServeError(f"model name {args.model_name!r} must be letters, digits, '_', '.', '-' (it is part of the URL)")
-    if min(args.workers, args.batch_size, args.max_views) < 1:
+    if not MODEL_NAME_PATTERN.match(options.model_name):
+        raise ServeError(f"model name {options.model_name!r} must be letters, digits, '_', '.', '-' "
+                         "(it is part of the URL)")
+    if min(options.workers, options.batch_size, options.max_views) < 1:
         raise ServeError("--workers, --batch-size and --max-views must be at least 1")
     for option, minimum in DECODE_MINIMUMS.items():
-        value = getattr(args, option)
+        value = getattr(options, option)
         if value is not None and value < minimum:
             raise ServeError(f"--{option.replace('_', '-')} must be at least {minimum}, got {value}")
-    if args.adaptive_views and adaptive_rule(manifest) is None:
+    if options.adaptive_views and adaptive_rule(manifest) is None:
         raise ServeError(f"--adaptive-views: {export_dir} has no calibrated stopping rule "
-                         f"({unavailable_reason(manifest)}); re-export the run (make export RUN={args.run})")
+                         f"({unavailable_reason(manifest)}); re-export the run (make export RUN={options.run})")
     try:  # the check each worker makes on load, made here once so that a failure reads plainly
-        select_backend(export_dir, manifest, prefer=args.backend, threads=1, probe_views=0)
+        select_backend(export_dir, manifest, prefer=options.backend, threads=1, probe_views=0)
     except BackendError as exc:
         raise ServeError(f"the model in {export_dir} cannot be served here: {exc}") from exc
-    if not (Path(sys.executable).parent / "torchserve").is_file():
+    if not torchserve_executable().is_file():
         raise ServeError(f"torchserve is not installed beside {sys.executable} (make setup installs .[dev,serve])")
     if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
         raise ServeError("java not found: TorchServe needs Java 17 (set JAVA_HOME or put java on PATH)")
 
+    ports = options.ports
     state_file = state_path(ports["inference"])
     for recorded_file in state_file.parent.glob("*.json"):
         recorded = json.loads(recorded_file.read_text())
@@ -169,12 +134,12 @@ def catch_stop_signals() -> list[int]:
     return caught
 
 
-def wait_until_ready(proc: subprocess.Popen, state: dict, args, model_log: Path, log_offset: int,
+def wait_until_ready(proc: subprocess.Popen, state: dict, options: StartOptions, model_log: Path, log_offset: int,
                      caught: list[int]) -> str | None:
     """None once the model's workers are READY, else why not. TorchServe restarts a worker that
     fails to load forever, so the first failure in the model log ends the wait."""
-    deadline = time.monotonic() + args.timeout
-    while not workers_ready(state, args.workers):
+    deadline = time.monotonic() + options.timeout
+    while not workers_ready(state, options.workers):
         if caught:
             return f"interrupted by {signal.Signals(caught[0]).name}"
         if proc.poll() is not None:
@@ -182,7 +147,7 @@ def wait_until_ready(proc: subprocess.Popen, state: dict, args, model_log: Path,
         if "Backend worker process died" in new_log_text(model_log, log_offset):
             return "the model's worker failed to load"
         if time.monotonic() > deadline:
-            return f"the model was not ready within {args.timeout:.0f} s"
+            return f"the model was not ready within {options.timeout:.0f} s"
         time.sleep(0.5)
     return None
 
@@ -247,17 +212,25 @@ def curl_example(state: dict) -> str:
             f'-H "Content-Type: application/octet-stream" --data-binary @VIDEO.mp4 {url}')
 
 
+def start_options(args: argparse.Namespace) -> StartOptions:
+    """The start command's options as the library takes them (each field is the option's dest)."""
+    ports = {name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS}
+    return StartOptions(ports=ports, **{f.name: getattr(args, f.name) for f in fields(StartOptions)
+                                        if f.name != "ports"})
+
+
 def start(args) -> int:
-    host, metrics_host = parse_host(args.host), parse_host(args.metrics_host, "--metrics-host")
+    options = start_options(args)
+    host, metrics_host = parse_host(options.host), parse_host(options.metrics_host, "--metrics-host")
     check_local_address(host)
     check_local_address(metrics_host, "--metrics-host")
-    run = Path(args.run).resolve()
-    ports = {name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS}
-    manifest = check_startable(args, run, ports, listener_hosts(host, metrics_host))
+    run = Path(options.run).resolve()
+    ports = options.ports
+    manifest = check_startable(options, run, listener_hosts(host, metrics_host))
     if not is_loopback(metrics_host):
         print(f"warning: the metrics listener on {metrics_host} needs no key: anyone who reaches "
-              f"{metrics_host}:{args.metrics_port} can read the server's metrics", file=sys.stderr)
-    if args.foreground:
+              f"{metrics_host}:{options.ports['metrics']} can read the server's metrics", file=sys.stderr)
+    if options.foreground:
         sys.stdout.reconfigure(line_buffering=True)  # a container's log shows each line as it comes
 
     export_dir, serve_dir = run / "export", run / "serve"
@@ -270,71 +243,61 @@ def start(args) -> int:
     for stale in serve_dir.glob("worker-*.json"):  # an earlier start's workers
         stale.unlink(missing_ok=True)
     config = serve_dir / "config.properties"
-    write_config(config, ports=ports, model_store=export_dir, model_name=args.model_name,
-                 version=manifest["model_version"], workers=args.workers, batch_size=args.batch_size,
-                 max_batch_delay=args.max_batch_delay, response_timeout=args.response_timeout, host=host,
-                 metrics_host=metrics_host, token_expiration_min=args.token_expiration_min)
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    env = dict(os.environ,
-               TEMP=str(tmp_dir),  # java.io.tmpdir: unpacked models and the workers' sockets
-               TMPDIR=str(tmp_dir),  # the launcher's pid file, so that other TorchServes do not collide
-               LOG_LOCATION=str(log_dir), METRICS_LOCATION=str(log_dir),  # read by serving/log4j2.xml
-               SERVING_LOG_FILE_SIZE=args.log_file_size, SERVING_LOG_BACKUPS=str(args.log_backups),
-               SERVING_BACKEND=args.backend, SERVING_THREADS=str(threads), SERVING_MAX_VIEWS=str(args.max_views),
-               SERVING_VIEWS="adaptive" if args.adaptive_views else "all", SERVING_STATUS_DIR=str(serve_dir))
-    # the upload decoders' limits (serving/handler.py): given options win over the environment
-    for option, name in DECODE_OPTIONS.items():
-        if getattr(args, option) is not None:
-            env[name] = str(getattr(args, option))
+    write_config(config, ports=ports, model_store=export_dir, model_name=options.model_name,
+                 version=manifest["model_version"], workers=options.workers, batch_size=options.batch_size,
+                 max_batch_delay=options.max_batch_delay, response_timeout=options.response_timeout, host=host,
+                 metrics_host=metrics_host, token_expiration_min=options.token_expiration_min)
+    threads = options.threads or max(1, (os.cpu_count() or 1) // options.workers)
+    env = server_environment(options, threads=threads, serve_dir=serve_dir, log_dir=log_dir, tmp_dir=tmp_dir)
     model_log = log_dir / "model_log.log"
     log_offset = file_size(model_log)  # TorchServe appends to the logs of earlier starts
-    cmd = [str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground", "--ts-config", str(config),
-           "--model-store", str(export_dir), "--no-config-snapshots", "--log-config", str(LOG_CONFIG)]
+    cmd = torchserve_command(config, export_dir)
     caught = catch_stop_signals()
-    with open(roll_console_log(log_dir, args.log_backups), "ab", opener=private_file) as console:
+    with open(roll_console_log(log_dir, options.log_backups), "ab", opener=private_file) as console:
         # umask 077: TorchServe creates key_file.json with the process umask and only then narrows
         # it to 0600, so that with the usual 022 the keys are world-readable for a moment; its
         # logs and unpacked model are the server user's alone too
         proc = subprocess.Popen(cmd, cwd=serve_dir, env=env, stdout=console, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
-    state_file, state = record_server(proc.pid, run=str(run), model_name=args.model_name, ports=ports, host=host,
+    state_file, state = record_server(proc.pid, run=str(run), model_name=options.model_name, ports=ports, host=host,
                                       metrics_host=metrics_host, key_file=str(key_file),
-                                      token_expiration_min=args.token_expiration_min, logs=str(log_dir))
+                                      token_expiration_min=options.token_expiration_min, logs=str(log_dir))
 
-    failure = wait_until_ready(proc, state, args, model_log, log_offset, caught)
+    failure = wait_until_ready(proc, state, options, model_log, log_offset, caught)
     if failure and caught:
         stop_recorded(state_file)
-        print(f"stopped the TorchServe on port {args.inference_port} before it was ready: {failure}", file=sys.stderr)
-        return 0 if args.foreground else 128 + caught[0]
+        print(f"stopped the TorchServe on port {options.ports['inference']} before it was ready: {failure}",
+              file=sys.stderr)
+        return 0 if options.foreground else 128 + caught[0]
     if failure:
         lines = new_log_text(model_log, log_offset).splitlines()[-40:]
         tail = "\n".join(line.split(" MODEL_LOG - ", 1)[-1] for line in lines)  # without the log4j prefixes
         print(f"error: {failure}; last lines of {model_log}:\n{tail}\n(all logs: {log_dir})", file=sys.stderr)
         stop_recorded(state_file)
         return 1
-    print_started(args, state, manifest, threads)
-    if not args.foreground:
+    print_started(options, state, manifest, threads)
+    if not options.foreground:
         return 0
     return stay_attached(proc, state_file, state, caught)
 
 
-def print_started(args, state: dict, manifest: dict, threads: int) -> None:
-    ports, port = state["ports"], args.inference_port
+def print_started(options: StartOptions, state: dict, manifest: dict, threads: int) -> None:
+    ports, port = state["ports"], options.ports["inference"]
     stop_hint = "make serve-stop" if port == 8080 else f"python -m serving stop --inference-port {port}"
-    if args.foreground:
+    if options.foreground:
         stop_hint = f"SIGTERM or Ctrl-C to this process, or {stop_hint}"
-    renewal = "renewed before they expire while this process runs" if args.foreground else \
-        f"valid {args.token_expiration_min:g} min; `serving key` renews one that is about to expire"
+    renewal = "renewed before they expire while this process runs" if options.foreground else \
+        f"valid {options.token_expiration_min:g} min; `serving key` renews one that is about to expire"
     print(f"serving {manifest['model_name']} {manifest['model_version']} at "
-          f"http://{url_host(state['host'])}:{ports['inference']}/predictions/{args.model_name}\n"
-          f"  workers {args.workers}, batch size {args.batch_size}, backend {args.backend}, {threads} threads per "
-          f"worker, {'adaptive' if args.adaptive_views else 'all'} views by default\n"
+          f"http://{url_host(state['host'])}:{ports['inference']}/predictions/{options.model_name}\n"
+          f"  workers {options.workers}, batch size {options.batch_size}, backend {options.backend}, "
+          f"{threads} threads per worker, {'adaptive' if options.adaptive_views else 'all'} views by default\n"
           f"  management http://{HOST}:{ports['management']} (management key)  "
           f"metrics http://{url_host(state['metrics_host'])}:{ports['metrics']}/metrics (no key)\n"
           f"  keys in {state['key_file']} ({renewal}): every inference and management call needs its key\n"
           f"    inference key: {key_command(port)}\n"
           f"    management key: {key_command(port, 'management')}\n"
-          f"  logs {state['logs']} (each file rotated at {args.log_file_size}, {args.log_backups} rotated kept)\n"
+          f"  logs {state['logs']} (each file rotated at {options.log_file_size}, {options.log_backups} rotated kept)\n"
           f"  try: {curl_example(state)}\n"
           f"  stop with: {stop_hint}")
 
