@@ -25,9 +25,7 @@ about to expire, for `curl -H "Authorization: Bearer $(python -m serving key)"`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -37,18 +35,14 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from serving.addresses import (DEFAULT_PORTS, HOST, check_local_address, is_loopback, listener_hosts, parse_host,
-                               taken_ports, url_host)
-from serving.backends import BACKEND_CHOICES, BackendError, select_backend
+from serving.addresses import DEFAULT_PORTS, HOST, is_loopback, listener_hosts, url_host
+from serving.backends import BACKEND_CHOICES
 from serving.errors import ServeError
+from serving.preflight import check_hosts, check_startable
 from serving.probes import inference_url, ping_failure, serving_summary, workers_ready
-from serving.server_records import (alive, no_server, record_server, recorded_state, server_processes, state_path,
-                                    stop_recorded)
+from serving.server_records import no_server, record_server, recorded_state, state_path, stop_recorded
 from serving.tokens import KEY_FILE, KEY_KINDS, current_key, next_renewal, renew_when_due
-from serving.torchserve_config import (DECODE_MINIMUMS, LOG_SIZE_PATTERN, StartOptions, server_environment,
-                                       torchserve_command, torchserve_executable, write_config)
-
-MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+from serving.torchserve_config import StartOptions, server_environment, torchserve_command, write_config
 
 
 def new_log_text(path: Path, offset: int) -> str:
@@ -63,65 +57,6 @@ def new_log_text(path: Path, offset: int) -> str:
 
 def file_size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
-
-
-def check_startable(options: StartOptions, run: Path, hosts: dict[str, str]) -> dict:
-    """Everything that can be checked before launching, each with a message that says what to
-    do; returns the export's manifest."""
-    # here: it loads torch (~1 s), which stop, health and key do not need
-    from serving.core import adaptive_rule, load_manifest, unavailable_reason
-
-    if not options.token_expiration_min > 0:
-        raise ServeError("--token-expiration-min must be more than 0")
-    if not LOG_SIZE_PATTERN.match(options.log_file_size) or options.log_backups < 1:
-        raise ServeError(f"--log-file-size {options.log_file_size!r} must be a number and KB, MB or GB (e.g. '10MB'), "
-                         "and --log-backups at least 1")
-    export_dir = run / "export"
-    mar = export_dir / "model.mar"
-    if not mar.is_file():
-        raise ServeError(f"no model archive at {mar}: export the run first (make export RUN={options.run})")
-    manifest = load_manifest(export_dir)
-    if not MODEL_NAME_PATTERN.match(options.model_name):
-        raise ServeError(f"model name {options.model_name!r} must be letters, digits, '_', '.', '-' "
-                         "(it is part of the URL)")
-    if min(options.workers, options.batch_size, options.max_views) < 1:
-        raise ServeError("--workers, --batch-size and --max-views must be at least 1")
-    for option, minimum in DECODE_MINIMUMS.items():
-        value = getattr(options, option)
-        if value is not None and value < minimum:
-            raise ServeError(f"--{option.replace('_', '-')} must be at least {minimum}, got {value}")
-    if options.adaptive_views and adaptive_rule(manifest) is None:
-        raise ServeError(f"--adaptive-views: {export_dir} has no calibrated stopping rule "
-                         f"({unavailable_reason(manifest)}); re-export the run (make export RUN={options.run})")
-    try:  # the check each worker makes on load, made here once so that a failure reads plainly
-        select_backend(export_dir, manifest, prefer=options.backend, threads=1, probe_views=0)
-    except BackendError as exc:
-        raise ServeError(f"the model in {export_dir} cannot be served here: {exc}") from exc
-    if not torchserve_executable().is_file():
-        raise ServeError(f"torchserve is not installed beside {sys.executable} (make setup installs .[dev,serve])")
-    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
-        raise ServeError("java not found: TorchServe needs Java 17 (set JAVA_HOME or put java on PATH)")
-
-    ports = options.ports
-    state_file = state_path(ports["inference"])
-    for recorded_file in state_file.parent.glob("*.json"):
-        recorded = json.loads(recorded_file.read_text())
-        if not alive(server_processes(recorded)):
-            recorded_file.unlink()  # a server that is gone (machine restarted, processes killed)
-        elif recorded_file == state_file:
-            raise ServeError(f"a server started by `python -m serving start` already runs on port {ports['inference']} "
-                             f"(pid {recorded['pid']}, run {recorded['run']}): stop it with `make serve-stop` first")
-        elif recorded["run"] == str(run):
-            raise ServeError(f"run {run} is already served on port {recorded['ports']['inference']} (its logs and "
-                             f"unpacked model live in {run / 'serve'}): stop that server first")
-    only_loopback = set(hosts.values()) == {HOST}
-    taken = [f"{name.replace('_', ' ')} {ports[name]}" + ("" if only_loopback else f" on {hosts[name]}")
-             for name in taken_ports(ports, hosts)]
-    if taken:
-        where = f" on {HOST}" if only_loopback else ""
-        raise ServeError(f"port(s) already in use{where}: {', '.join(taken)}; stop the program using them "
-                         "(`make serve-stop` stops a server started by `make serve`) or choose other ports")
-    return manifest
 
 
 def catch_stop_signals() -> list[int]:
@@ -221,9 +156,7 @@ def start_options(args: argparse.Namespace) -> StartOptions:
 
 def start(args) -> int:
     options = start_options(args)
-    host, metrics_host = parse_host(options.host), parse_host(options.metrics_host, "--metrics-host")
-    check_local_address(host)
-    check_local_address(metrics_host, "--metrics-host")
+    host, metrics_host = check_hosts(options)
     run = Path(options.run).resolve()
     ports = options.ports
     manifest = check_startable(options, run, listener_hosts(host, metrics_host))
