@@ -21,6 +21,11 @@ stop: ends that server's process tree (launcher, Java frontend, Python workers) 
 health: GET /ping of the recorded server (with its inference key); exit 0 only if Healthy.
 key: prints the recorded server's inference (or management) key, renewed first when it is
 about to expire, for `curl -H "Authorization: Bearer $(python -m serving key)"`.
+
+This module is only the command line: starting is serving/lifecycle.py (after the checks of
+serving/preflight.py), the recorded servers and their processes serving/server_records.py,
+readiness and health serving/probes.py, keys serving/tokens.py, the addresses and ports
+serving/addresses.py, and what TorchServe is given serving/torchserve_config.py.
 """
 from __future__ import annotations
 
@@ -45,11 +50,11 @@ def start_options(args: argparse.Namespace) -> StartOptions:
                                         if f.name != "ports"})
 
 
-def start(args) -> int:
+def start(args: argparse.Namespace) -> int:
     return lifecycle.start(start_options(args))
 
 
-def stop(args) -> int:
+def stop(args: argparse.Namespace) -> int:
     state_file = state_path(args.inference_port)
     if not state_file.is_file():
         print(no_server(args.inference_port))
@@ -59,7 +64,7 @@ def stop(args) -> int:
     return 0
 
 
-def health(args) -> int:
+def health(args: argparse.Namespace) -> int:
     """The serving image's HEALTHCHECK: exit 0 only if /ping says Healthy, else one line on why."""
     failure = ping_failure(args.inference_port, args.timeout)
     if failure:
@@ -70,7 +75,7 @@ def health(args) -> int:
     return 0
 
 
-def key(args) -> int:
+def key(args: argparse.Namespace) -> int:
     """Print the recorded server's key of --kind (alone on stdout, for $(...)), renewed first when
     it is about to expire: the printed key is valid for at least the renewal margin."""
     state = recorded_state(args.inference_port)
@@ -90,8 +95,25 @@ def key(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ServeError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    add_start_command(sub)
+    add_stop_command(sub)
+    add_health_command(sub)
+    add_key_command(sub)
+    return parser
+
+
+def add_start_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("start", help="serve RUN/export/model.mar with TorchServe (on 127.0.0.1 unless --host)")
     p.add_argument("--run", required=True, help="run folder holding export/model.mar (make export)")
     p.add_argument("--model-name", default="action", help="the name in /predictions/<name>")
@@ -108,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-backups", type=int, default=2, help="rotated files kept per log, besides the live one")
     p.add_argument("--foreground", action="store_true",
                    help="stay attached after readiness; SIGTERM/SIGINT stop the server (a container's entry point)")
+    add_model_options(p)
+    p.add_argument("--timeout", type=float, default=180.0, help="s to wait for the model's workers to be ready")
+    for name, default in DEFAULT_PORTS.items():
+        p.add_argument(f"--{name.replace('_', '-')}-port", type=int, default=default)
+    p.set_defaults(func=start)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """How the model is served: workers, batching, backend, views and the upload decoders' limits."""
     p.add_argument("--workers", type=int, default=1, help="worker processes for the model")
     p.add_argument("--batch-size", type=int, default=1, help="requests TorchServe batches into one handler call")
     p.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill")
@@ -125,31 +156,29 @@ def main(argv: list[str] | None = None) -> int:
                    help="s one upload's decode may take (default 30; SERVING_DECODE_TIMEOUT)")
     p.add_argument("--decode-memory-mb", type=int,
                    help="address space of a decode helper (default 3072; SERVING_DECODE_MEMORY_MB)")
-    p.add_argument("--timeout", type=float, default=180.0, help="s to wait for the model's workers to be ready")
-    for name, default in DEFAULT_PORTS.items():
-        p.add_argument(f"--{name.replace('_', '-')}-port", type=int, default=default)
-    p.set_defaults(func=start)
+
+
+def add_stop_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stop", help="stop the server started on --inference-port, and all its processes")
     p.add_argument("--inference-port", type=int, default=8080)
     p.add_argument("--timeout", type=float, default=60.0, help="s to wait before killing what did not stop")
     p.set_defaults(func=stop)
+
+
+def add_health_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("health", help="exit 0 if the server started on --inference-port answers /ping with Healthy")
     p.add_argument("--inference-port", type=int, default=8080)
     p.add_argument("--timeout", type=float, default=5.0, help="s to wait for the answer")
     p.set_defaults(func=health)
+
+
+def add_key_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("key", help="print the key of the server started on --inference-port, renewed first when "
                                    "it is about to expire: curl -H \"Authorization: Bearer $(python -m serving key)\"")
     p.add_argument("--inference-port", type=int, default=8080)
     p.add_argument("--kind", choices=KEY_KINDS, default="inference",
                    help="inference: /ping and /predictions; management: the management API (HTTP and gRPC)")
     p.set_defaults(func=key)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ServeError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
