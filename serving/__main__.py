@@ -21,648 +21,61 @@ stop: ends that server's process tree (launcher, Java frontend, Python workers) 
 health: GET /ping of the recorded server (with its inference key); exit 0 only if Healthy.
 key: prints the recorded server's inference (or management) key, renewed first when it is
 about to expire, for `curl -H "Authorization: Bearer $(python -m serving key)"`.
+
+This module is only the command line: starting is serving/lifecycle.py (after the checks of
+serving/preflight.py), the recorded servers and their processes serving/server_records.py,
+readiness and health serving/probes.py, keys serving/tokens.py, the addresses and ports
+serving/addresses.py, and what TorchServe is given serving/torchserve_config.py.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import ipaddress
-import json
-import os
-import re
-import shlex
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from datetime import datetime
-from pathlib import Path
+from dataclasses import fields
 
-import psutil
+from serving import lifecycle
+from serving.addresses import DEFAULT_PORTS, HOST
+from serving.backends import BACKEND_CHOICES
+from serving.errors import ServeError
+from serving.probes import ping_failure, serving_summary
+from serving.server_records import no_server, recorded_state, state_path, stop_recorded
+from serving.tokens import KEY_KINDS, current_key
+from serving.torchserve_config import StartOptions
 
-from serving.backends import BACKEND_CHOICES, BackendError, select_backend
 
-HOST = "127.0.0.1"  # management and gRPC always, inference and metrics unless --host / --metrics-host say otherwise
-KEY_FILE = "key_file.json"  # TorchServe writes it into its working directory, RUN/serve/
-KEY_KINDS = ("inference", "management")  # the keys clients use; the key file's third, "API", only renews them
-RENEW_MARGIN_S = 300.0  # keys are renewed this long (or half their lifetime, when shorter) before they expire
-TEMPLATE = Path(__file__).with_name("config.properties")
-LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
-LOG_SIZE_PATTERN = re.compile(r"^\d+ ?(KB|MB|GB)$", re.IGNORECASE)  # what log4j's SizeBasedTriggeringPolicy reads
-TORCHSERVE_MARKS = ("torchserve", "org.pytorch.serve.ModelServer", "model_service_worker")
-MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+def start_options(args: argparse.Namespace) -> StartOptions:
+    """The start command's options as the library takes them (each field is the option's dest)."""
+    ports = {name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS}
+    return StartOptions(ports=ports, **{f.name: getattr(args, f.name) for f in fields(StartOptions)
+                                        if f.name != "ports"})
 
 
-# `start` options -> the environment variables the handler reads (serving/handler.py)
-DECODE_OPTIONS = {"decoders": "SERVING_DECODERS", "decode_timeout": "SERVING_DECODE_TIMEOUT",
-                  "decode_memory_mb": "SERVING_DECODE_MEMORY_MB"}
-DECODE_MINIMUMS = {"decoders": 1, "decode_timeout": 0.1, "decode_memory_mb": 512}  # a helper imports in ~200 MB
+def start(args: argparse.Namespace) -> int:
+    return lifecycle.start(start_options(args))
 
 
-class ServeError(Exception):
-    """A start or stop that cannot go on; the message says why and what to do."""
-
-
-def state_path(inference_port: int) -> Path:
-    """Where a started server is recorded, so that `stop` finds it without being told the run."""
-    return Path(tempfile.gettempdir()) / "tg-action-serve" / f"{inference_port}.json"
-
-
-def parse_host(text: str, option: str = "--host") -> str:
-    """--host / --metrics-host as a normalised IP address ('localhost' is 127.0.0.1): TorchServe's
-    addresses are URLs, and the port checks bind the same address."""
-    try:
-        return str(ipaddress.ip_address("127.0.0.1" if text == "localhost" else text))
-    except ValueError:
-        raise ServeError(f"{option} {text!r} is not an IP address: give 127.0.0.1 (this machine only), "
-                         "0.0.0.0 (every interface) or one of this machine's addresses") from None
-
-
-def is_loopback(host: str) -> bool:
-    return ipaddress.ip_address(host).is_loopback
-
-
-def url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def connect_host(host: str) -> str:
-    """Where a local client reaches a listener bound to `host` (0.0.0.0 and :: are no destination)."""
-    if ipaddress.ip_address(host).is_unspecified:
-        return "::1" if ":" in host else HOST
-    return host
-
-
-def port_in_use(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed socket in TIME_WAIT is no obstacle
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def check_local_address(host: str, option: str = "--host") -> None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, 0))
-        except OSError as exc:
-            raise ServeError(f"{option} {host} cannot be bound here ({exc.strerror}): it must be one of this "
-                             "machine's addresses, 0.0.0.0 or 127.0.0.1") from None
-
-
-def listener_hosts(host: str, metrics_host: str) -> dict[str, str]:
-    """The address each of TorchServe's listeners binds, by port name."""
-    return {"inference": host, "management": HOST, "metrics": metrics_host, "grpc_inference": HOST,
-            "grpc_management": HOST}
-
-
-def write_config(path: Path, *, ports: dict, model_store: Path, model_name: str, version: str, workers: int,
-                 batch_size: int, max_batch_delay: int, response_timeout: int, host: str = HOST,
-                 metrics_host: str = HOST, token_expiration_min: float = 60) -> None:
-    """serving/config.properties with this start's ports, addresses, key lifetime (minutes) and
-    model settings replacing its own."""
-    models = {model_name: {version: {"defaultVersion": True, "marName": "model.mar", "minWorkers": workers,
-                                     "maxWorkers": workers, "batchSize": batch_size, "maxBatchDelay": max_batch_delay,
-                                     "responseTimeout": response_timeout}}}
-    settings = {
-        "inference_address": f"http://{url_host(host)}:{ports['inference']}",
-        "management_address": f"http://{HOST}:{ports['management']}",
-        "metrics_address": f"http://{url_host(metrics_host)}:{ports['metrics']}",
-        "grpc_inference_port": str(ports["grpc_inference"]),
-        "grpc_management_port": str(ports["grpc_management"]),
-        "model_store": str(model_store),
-        "load_models": f"{model_name}=model.mar",
-        "models": json.dumps(models),
-        "token_expiration_min": f"{token_expiration_min:g}",  # TorchServe reads a double
-    }
-    lines = []
-    for line in TEMPLATE.read_text().splitlines():
-        key = line.split("=", 1)[0].strip()
-        if line.lstrip().startswith("#"):
-            pass
-        elif key in settings:
-            line = f"{key}={settings.pop(key)}"
-        lines.append(line)
-    lines += ["", "# added by python -m serving start"] + [f"{k}={v}" for k, v in settings.items()]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def get_json(url: str, timeout: float = 2.0, key: str | None = None):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
-        return json.loads(response.read() or b"null")
-
-
-def read_keys(state: dict) -> dict:
-    """TorchServe 0.12's key file: {"management": {"key", "expiration time"}, "inference": {...},
-    "API": {"key"}} (the API key never expires). Raises OSError/ValueError while the file is not
-    (completely) written."""
-    return json.loads(Path(state["key_file"]).read_text())
-
-
-def expiry_of(keys: dict, kind: str) -> datetime:
-    """The key's expiration time; TorchServe writes nanoseconds and a Z, which Python 3.10 does not parse."""
-    text = re.sub(r"(\.\d{6})\d*", r"\1", keys[kind]["expiration time"]).replace("Z", "+00:00")
-    return datetime.fromisoformat(text)
-
-
-def renew_margin_s(state: dict) -> float:
-    """How long before its expiry a key is renewed: 5 min, or half its lifetime when that is shorter."""
-    return min(RENEW_MARGIN_S, state["token_expiration_min"] * 30.0)
-
-
-@contextlib.contextmanager
-def locked_key_file(state: dict):
-    """An exclusive lock on the key file while a process reads or renews keys: `start` (readiness
-    and --foreground), `key` and `health` may run at once, and one renewal must not make the key
-    another process has just read stale, nor can anyone read the file while TorchServe rewrites
-    it for a renewal (only these renewals make it rewrite the file)."""
-    with open(state["key_file"], "rb") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
-
-
-def request_new_key(state: dict, kind: str, api_key: str) -> None:
-    """TorchServe's token API: the API key asks the management listener (loopback only) for a new
-    key of `kind`, which TorchServe writes into the key file; the old key stops working."""
-    url = f"http://{HOST}:{state['ports']['management']}/token?type={kind}"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"})
-    with urllib.request.urlopen(request, timeout=10):
-        pass
-
-
-def renew_expiring_keys(state: dict, kinds: tuple[str, ...] = KEY_KINDS) -> tuple[dict, list[str]]:
-    """The server's keys, after renewing those of `kinds` that expire within the margin; returns
-    (keys, the kinds renewed). Raises OSError/ValueError when the key file cannot be read or the
-    server does not renew."""
-    with locked_key_file(state):
-        keys = read_keys(state)
-        renew_before = time.time() + renew_margin_s(state)
-        expiring = [kind for kind in kinds if expiry_of(keys, kind).timestamp() <= renew_before]
-        for kind in expiring:
-            request_new_key(state, kind, keys["API"]["key"])
-        return (read_keys(state) if expiring else keys), expiring
-
-
-def current_key(state: dict, kind: str) -> str | None:
-    """A key of `kind` ('inference' or 'management') that stays valid for at least the renewal
-    margin; None for a server recorded before token authorization was always on."""
-    if not state.get("key_file"):
-        return None
-    return renew_expiring_keys(state, (kind,))[0][kind]["key"]
-
-
-def inference_url(state: dict, path: str) -> str:
-    return f"http://{url_host(connect_host(state['host']))}:{state['ports']['inference']}{path}"
-
-
-def workers_ready(state: dict, workers: int) -> bool:
-    """/ping is healthy and the model has `workers` workers in state READY."""
-    try:
-        if get_json(inference_url(state, "/ping"), key=current_key(state, "inference")).get("status") != "Healthy":
-            return False
-        described = get_json(f"http://{HOST}:{state['ports']['management']}/models/{state['model_name']}",
-                             key=current_key(state, "management"))
-    except (OSError, ValueError):  # not listening yet, no key file yet, or the model is not registered yet
-        return False
-    states = [w.get("status") for w in described[0].get("workers", [])] if described else []
-    return states.count("READY") >= workers
-
-
-def new_log_text(path: Path, offset: int) -> str:
-    """What was appended to a log file since it had `offset` bytes (TorchServe appends); all of
-    it once the file is smaller than that (log4j rolled it over and started a new one)."""
-    if not path.is_file():
-        return ""
-    with open(path, "rb") as f:
-        f.seek(offset if offset <= os.fstat(f.fileno()).st_size else 0)
-        return f.read().decode(errors="replace")
-
-
-def file_size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else 0
-
-
-def server_processes(state: dict) -> list[psutil.Process]:
-    """The processes of the session `start` created for the server recorded in `state`: the
-    launcher, the Java frontend and its Python workers (found by process group, so that a
-    frontend whose launcher died is found too)."""
-    found = []
-    for p in psutil.process_iter(["create_time"]):
-        try:
-            if os.getpgid(p.pid) != state["pid"] or p.info["create_time"] < state["create_time"] - 1.0:
-                continue
-            if any(mark in " ".join(p.cmdline()) for mark in TORCHSERVE_MARKS):  # not a reused process id
-                found.append(p)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return found
-
-
-def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
-def end_processes(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Stop the Java frontend first (it shuts its workers down), then whatever is left:
-    SIGTERM, then SIGKILL after `timeout`. Returns the processes still alive (none, normally)."""
-    frontend = [p for p in alive(procs) if "org.pytorch.serve.ModelServer" in " ".join(_cmdline(p))]
-    for group in (frontend, procs):
-        for p in alive(group):
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive(group), timeout=timeout)
-    for p in alive(procs):
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive(procs), timeout=10)
-    return alive(procs)
-
-
-def _cmdline(p: psutil.Process) -> list[str]:
-    try:
-        return p.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return []
-
-
-def stop_recorded(state_file: Path, timeout: float = 60.0) -> int:
-    """Stop the server recorded in `state_file`; returns how many processes were ended."""
-    state = json.loads(state_file.read_text())
-    procs = server_processes(state)
-    running = alive(procs)
-    left = end_processes(procs, timeout)
-    if left:
-        raise ServeError("these TorchServe processes did not stop: " + ", ".join(str(p.pid) for p in left))
-    if state.get("key_file"):
-        Path(state["key_file"]).unlink(missing_ok=True)  # as `torchserve --stop` does: the keys die with the server
-    state_file.unlink(missing_ok=True)
-    return len(running)
-
-
-def check_startable(args, run: Path, ports: dict, hosts: dict[str, str]) -> dict:
-    """Everything that can be checked before launching, each with a message that says what to
-    do; returns the export's manifest."""
-    # here: it loads torch (~1 s), which stop, health and key do not need
-    from serving.core import adaptive_rule, load_manifest, unavailable_reason
-
-    if not args.token_expiration_min > 0:
-        raise ServeError("--token-expiration-min must be more than 0")
-    if not LOG_SIZE_PATTERN.match(args.log_file_size) or args.log_backups < 1:
-        raise ServeError(f"--log-file-size {args.log_file_size!r} must be a number and KB, MB or GB (e.g. '10MB'), "
-                         "and --log-backups at least 1")
-    export_dir = run / "export"
-    mar = export_dir / "model.mar"
-    if not mar.is_file():
-        raise ServeError(f"no model archive at {mar}: export the run first (make export RUN={args.run})")
-    manifest = load_manifest(export_dir)
-    if not MODEL_NAME_PATTERN.match(args.model_name):
-        raise ServeError(f"model name {args.model_name!r} must be letters, digits, '_', '.', '-' (it is part of the URL)")
-    if min(args.workers, args.batch_size, args.max_views) < 1:
-        raise ServeError("--workers, --batch-size and --max-views must be at least 1")
-    for option, minimum in DECODE_MINIMUMS.items():
-        value = getattr(args, option)
-        if value is not None and value < minimum:
-            raise ServeError(f"--{option.replace('_', '-')} must be at least {minimum}, got {value}")
-    if args.adaptive_views and adaptive_rule(manifest) is None:
-        raise ServeError(f"--adaptive-views: {export_dir} has no calibrated stopping rule "
-                         f"({unavailable_reason(manifest)}); re-export the run (make export RUN={args.run})")
-    try:  # the check each worker makes on load, made here once so that a failure reads plainly
-        select_backend(export_dir, manifest, prefer=args.backend, threads=1, probe_views=0)
-    except BackendError as exc:
-        raise ServeError(f"the model in {export_dir} cannot be served here: {exc}") from exc
-    if not (Path(sys.executable).parent / "torchserve").is_file():
-        raise ServeError(f"torchserve is not installed beside {sys.executable} (make setup installs .[dev,serve])")
-    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
-        raise ServeError("java not found: TorchServe needs Java 17 (set JAVA_HOME or put java on PATH)")
-
-    state_file = state_path(ports["inference"])
-    for recorded_file in state_file.parent.glob("*.json"):
-        recorded = json.loads(recorded_file.read_text())
-        if not alive(server_processes(recorded)):
-            recorded_file.unlink()  # a server that is gone (machine restarted, processes killed)
-        elif recorded_file == state_file:
-            raise ServeError(f"a server started by `python -m serving start` already runs on port {ports['inference']} "
-                             f"(pid {recorded['pid']}, run {recorded['run']}): stop it with `make serve-stop` first")
-        elif recorded["run"] == str(run):
-            raise ServeError(f"run {run} is already served on port {recorded['ports']['inference']} (its logs and "
-                             f"unpacked model live in {run / 'serve'}): stop that server first")
-    only_loopback = set(hosts.values()) == {HOST}
-    taken = [f"{name.replace('_', ' ')} {port}" + ("" if only_loopback else f" on {hosts[name]}")
-             for name, port in ports.items() if port_in_use(port, hosts[name])]
-    if taken:
-        where = f" on {HOST}" if only_loopback else ""
-        raise ServeError(f"port(s) already in use{where}: {', '.join(taken)}; stop the program using them "
-                         "(`make serve-stop` stops a server started by `make serve`) or choose other ports")
-    return manifest
-
-
-def catch_stop_signals() -> list[int]:
-    """SIGTERM and SIGINT are appended to the returned list instead of ending this process, so
-    that start stops TorchServe first. As a container's PID 1 this process would otherwise
-    ignore SIGTERM (the kernel sends PID 1 no signal it has no handler for)."""
-    caught: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda number, _frame: caught.append(number))
-    return caught
-
-
-def wait_until_ready(proc: subprocess.Popen, state: dict, args, model_log: Path, log_offset: int,
-                     caught: list[int]) -> str | None:
-    """None once the model's workers are READY, else why not. TorchServe restarts a worker that
-    fails to load forever, so the first failure in the model log ends the wait."""
-    deadline = time.monotonic() + args.timeout
-    while not workers_ready(state, args.workers):
-        if caught:
-            return f"interrupted by {signal.Signals(caught[0]).name}"
-        if proc.poll() is not None:
-            return f"TorchServe exited with code {proc.returncode}"
-        if "Backend worker process died" in new_log_text(model_log, log_offset):
-            return "the model's worker failed to load"
-        if time.monotonic() > deadline:
-            return f"the model was not ready within {args.timeout:.0f} s"
-        time.sleep(0.5)
-    return None
-
-
-def next_renewal(state: dict) -> float:
-    """When (time.time()) the first of the server's keys enters its renewal margin."""
-    with locked_key_file(state):
-        keys = read_keys(state)
-    return min(expiry_of(keys, kind).timestamp() for kind in KEY_KINDS) - renew_margin_s(state)
-
-
-def renew_when_due(state: dict, renew_at: float) -> float:
-    """Renew the keys that are due at `renew_at` and say so; returns the next time to look (10 s
-    later when the server did not renew, e.g. while it is busy)."""
-    if time.time() < renew_at:
-        return renew_at
-    try:
-        keys, renewed = renew_expiring_keys(state)
-        for kind in renewed:
-            print(f"renewed the {kind} key in {state['key_file']} "
-                  f"(valid until {expiry_of(keys, kind):%Y-%m-%d %H:%M:%S} UTC)")
-        return next_renewal(state)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"warning: could not renew the keys ({exc}); trying again in 10 s", file=sys.stderr)
-        return time.time() + 10
-
-
-def stay_attached(proc: subprocess.Popen, state_file: Path, state: dict, caught: list[int]) -> int:
-    """--foreground after readiness: until SIGTERM/SIGINT (stop the server, exit 0) or the end of
-    TorchServe on its own (clean up what is left, exit 1). The keys are renewed a margin before
-    they expire (5 min, or half their lifetime when shorter), so that the key file and `health`
-    stay valid for as long as the server runs (`key` renews on demand too; whichever comes first
-    renews, under the key file's lock)."""
-    renew_at = next_renewal(state)
-    while not caught:
-        if proc.poll() is not None:
-            deadline = time.monotonic() + 5  # a `python -m serving stop` still removing the state file
-            while state_file.is_file() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if not state_file.is_file():
-                print(f"the TorchServe on port {state['ports']['inference']} was stopped by `python -m serving stop`")
-                return 0
-            stop_recorded(state_file)  # its workers can outlive the launcher and the frontend
-            print(f"error: TorchServe exited on its own with code {proc.returncode} (logs: {state['logs']})",
-                  file=sys.stderr)
-            return 1
-        renew_at = renew_when_due(state, renew_at)
-        time.sleep(0.5)
-    ended = stop_recorded(state_file)
-    print(f"stopped the TorchServe on port {state['ports']['inference']} on {signal.Signals(caught[0]).name} "
-          f"({ended} processes)")
-    return 0
-
-
-def roll_console_log(log_dir: Path, backups: int) -> Path:
-    """console.log -> console.1.log -> ... at each start, keeping `backups` old ones. The console
-    gets only what bypasses log4j (the JVM's own warnings, a crash), a few lines a start, but
-    nothing else would ever bound it."""
-    console = log_dir / "console.log"
-    for n in range(backups, 0, -1):
-        older = log_dir / (f"console.{n - 1}.log" if n > 1 else "console.log")
-        if older.is_file():
-            older.replace(log_dir / f"console.{n}.log")
-    return console
-
-
-def private_file(path: str, flags: int) -> int:
-    """open()'s opener for a file only its owner may read (a new file; an existing one keeps its mode)."""
-    return os.open(path, flags, 0o600)
-
-
-def key_command(inference_port: int, kind: str = "inference") -> str:
-    """The shell command that prints the key of the server on `inference_port`."""
-    command = f"{shlex.quote(sys.executable)} -m serving key"
-    if inference_port != 8080:
-        command += f" --inference-port {inference_port}"
-    return command + ("" if kind == "inference" else f" --kind {kind}")
-
-
-def curl_example(state: dict) -> str:
-    """A ready-to-paste request: the key comes from `serving key` when curl runs, so it is neither
-    printed here nor stale after a renewal."""
-    url = inference_url(state, f"/predictions/{state['model_name']}")
-    return (f'curl -H "Authorization: Bearer $({key_command(state["ports"]["inference"])})" '
-            f'-H "Content-Type: application/octet-stream" --data-binary @VIDEO.mp4 {url}')
-
-
-def start(args) -> int:
-    host, metrics_host = parse_host(args.host), parse_host(args.metrics_host, "--metrics-host")
-    check_local_address(host)
-    check_local_address(metrics_host, "--metrics-host")
-    run = Path(args.run).resolve()
-    ports = {"inference": args.inference_port, "management": args.management_port, "metrics": args.metrics_port,
-             "grpc_inference": args.grpc_inference_port, "grpc_management": args.grpc_management_port}
-    manifest = check_startable(args, run, ports, listener_hosts(host, metrics_host))
-    if not is_loopback(metrics_host):
-        print(f"warning: the metrics listener on {metrics_host} needs no key: anyone who reaches "
-              f"{metrics_host}:{args.metrics_port} can read the server's metrics", file=sys.stderr)
-    if args.foreground:
-        sys.stdout.reconfigure(line_buffering=True)  # a container's log shows each line as it comes
-
-    export_dir, serve_dir = run / "export", run / "serve"
-    log_dir, tmp_dir = serve_dir / "logs", serve_dir / "tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)  # models unpacked by an earlier start
-    log_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir.mkdir(parents=True)
-    key_file = serve_dir / KEY_FILE
-    key_file.unlink(missing_ok=True)  # an earlier start's keys: readiness and health must wait for this one's
-    for stale in serve_dir.glob("worker-*.json"):  # an earlier start's workers
-        stale.unlink(missing_ok=True)
-    config = serve_dir / "config.properties"
-    write_config(config, ports=ports, model_store=export_dir, model_name=args.model_name,
-                 version=manifest["model_version"], workers=args.workers, batch_size=args.batch_size,
-                 max_batch_delay=args.max_batch_delay, response_timeout=args.response_timeout, host=host,
-                 metrics_host=metrics_host, token_expiration_min=args.token_expiration_min)
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    env = dict(os.environ,
-               TEMP=str(tmp_dir),  # java.io.tmpdir: unpacked models and the workers' sockets
-               TMPDIR=str(tmp_dir),  # the launcher's pid file, so that other TorchServes do not collide
-               LOG_LOCATION=str(log_dir), METRICS_LOCATION=str(log_dir),  # read by serving/log4j2.xml
-               SERVING_LOG_FILE_SIZE=args.log_file_size, SERVING_LOG_BACKUPS=str(args.log_backups),
-               SERVING_BACKEND=args.backend, SERVING_THREADS=str(threads), SERVING_MAX_VIEWS=str(args.max_views),
-               SERVING_VIEWS="adaptive" if args.adaptive_views else "all", SERVING_STATUS_DIR=str(serve_dir))
-    # the upload decoders' limits (serving/handler.py): given options win over the environment
-    for option, name in DECODE_OPTIONS.items():
-        if getattr(args, option) is not None:
-            env[name] = str(getattr(args, option))
-    model_log = log_dir / "model_log.log"
-    log_offset = file_size(model_log)  # TorchServe appends to the logs of earlier starts
-    cmd = [str(Path(sys.executable).parent / "torchserve"), "--start", "--foreground", "--ts-config", str(config),
-           "--model-store", str(export_dir), "--no-config-snapshots", "--log-config", str(LOG_CONFIG)]
-    caught = catch_stop_signals()
-    with open(roll_console_log(log_dir, args.log_backups), "ab", opener=private_file) as console:
-        # umask 077: TorchServe creates key_file.json with the process umask and only then narrows
-        # it to 0600, so that with the usual 022 the keys are world-readable for a moment; its
-        # logs and unpacked model are the server user's alone too
-        proc = subprocess.Popen(cmd, cwd=serve_dir, env=env, stdout=console, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
-    state_file = state_path(args.inference_port)
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "run": str(run),
-             "model_name": args.model_name, "ports": ports, "host": host, "metrics_host": metrics_host,
-             "key_file": str(key_file), "token_expiration_min": args.token_expiration_min, "logs": str(log_dir)}
-    state_file.write_text(json.dumps(state, indent=2))
-
-    failure = wait_until_ready(proc, state, args, model_log, log_offset, caught)
-    if failure and caught:
-        stop_recorded(state_file)
-        print(f"stopped the TorchServe on port {args.inference_port} before it was ready: {failure}", file=sys.stderr)
-        return 0 if args.foreground else 128 + caught[0]
-    if failure:
-        lines = new_log_text(model_log, log_offset).splitlines()[-40:]
-        tail = "\n".join(line.split(" MODEL_LOG - ", 1)[-1] for line in lines)  # without the log4j prefixes
-        print(f"error: {failure}; last lines of {model_log}:\n{tail}\n(all logs: {log_dir})", file=sys.stderr)
-        stop_recorded(state_file)
-        return 1
-    print_started(args, state, manifest, threads)
-    if not args.foreground:
-        return 0
-    return stay_attached(proc, state_file, state, caught)
-
-
-def print_started(args, state: dict, manifest: dict, threads: int) -> None:
-    ports, port = state["ports"], args.inference_port
-    stop_hint = "make serve-stop" if port == 8080 else f"python -m serving stop --inference-port {port}"
-    if args.foreground:
-        stop_hint = f"SIGTERM or Ctrl-C to this process, or {stop_hint}"
-    renewal = "renewed before they expire while this process runs" if args.foreground else \
-        f"valid {args.token_expiration_min:g} min; `serving key` renews one that is about to expire"
-    print(f"serving {manifest['model_name']} {manifest['model_version']} at "
-          f"http://{url_host(state['host'])}:{ports['inference']}/predictions/{args.model_name}\n"
-          f"  workers {args.workers}, batch size {args.batch_size}, backend {args.backend}, {threads} threads per "
-          f"worker, {'adaptive' if args.adaptive_views else 'all'} views by default\n"
-          f"  management http://{HOST}:{ports['management']} (management key)  "
-          f"metrics http://{url_host(state['metrics_host'])}:{ports['metrics']}/metrics (no key)\n"
-          f"  keys in {state['key_file']} ({renewal}): every inference and management call needs its key\n"
-          f"    inference key: {key_command(port)}\n"
-          f"    management key: {key_command(port, 'management')}\n"
-          f"  logs {state['logs']} (each file rotated at {args.log_file_size}, {args.log_backups} rotated kept)\n"
-          f"  try: {curl_example(state)}\n"
-          f"  stop with: {stop_hint}")
-
-
-def stop(args) -> int:
+def stop(args: argparse.Namespace) -> int:
     state_file = state_path(args.inference_port)
     if not state_file.is_file():
-        print(f"no server started by `python -m serving start` is recorded for port {args.inference_port}")
+        print(no_server(args.inference_port))
         return 0
     ended = stop_recorded(state_file, timeout=args.timeout)
     print(f"stopped the TorchServe on port {args.inference_port} ({ended} processes)")
     return 0
 
 
-def recorded_state(inference_port: int) -> dict | None:
-    """The state `start` recorded for `inference_port`, or None when there is none."""
-    state_file = state_path(inference_port)
-    if not state_file.is_file():
-        return None
-    state = json.loads(state_file.read_text())
-    state.setdefault("host", HOST)  # recorded before --host existed
-    state.setdefault("token_expiration_min", 60)  # before it was recorded: TorchServe's default
-    return state
-
-
-def no_server(inference_port: int) -> str:
-    return f"no server started by `python -m serving start` is recorded for port {inference_port}"
-
-
-def ping_failure(inference_port: int, timeout: float) -> str | None:
-    """None if the server recorded for `inference_port` answers /ping with Healthy, else why not."""
-    state = recorded_state(inference_port)
-    if state is None:
-        return no_server(inference_port)
-    url = inference_url(state, "/ping")
-    try:
-        key = current_key(state, "inference")
-    except (OSError, ValueError, KeyError) as exc:
-        return f"no valid inference key from {state['key_file']} ({getattr(exc, 'reason', None) or exc})"
-    try:
-        answer = get_json(url, timeout=timeout, key=key)
-    except urllib.error.HTTPError as exc:
-        refused = f" (the inference key from {state['key_file']} was refused)" if key and exc.code in (400, 401) else ""
-        return f"{url} answered HTTP {exc.code}{refused}"
-    except (OSError, ValueError) as exc:
-        return f"no answer from {url} ({getattr(exc, 'reason', None) or exc})"
-    status = answer.get("status") if isinstance(answer, dict) else answer
-    return None if status == "Healthy" else f"{url} answered status {status!r}"
-
-
-def health(args) -> int:
+def health(args: argparse.Namespace) -> int:
     """The serving image's HEALTHCHECK: exit 0 only if /ping says Healthy, else one line on why."""
     failure = ping_failure(args.inference_port, args.timeout)
     if failure:
         print(f"unhealthy: {failure}", file=sys.stderr)
         return 1
-    try:  # what serves is extra information: a missing or unreadable record never makes it unhealthy
-        state = recorded_state(args.inference_port)
-        serving = worker_summary(Path(state["run"]) / "serve") if state else ""
-    except (OSError, ValueError, KeyError):
-        serving = ""
+    serving = serving_summary(args.inference_port)
     print(f"healthy: the TorchServe on port {args.inference_port}" + (f"; {serving}" if serving else ""))
     return 0
 
 
-def worker_summary(serve_dir: Path) -> str:
-    """What the live workers serve with and on which device, e.g. "1 worker: onnxruntime-cuda on
-    cuda:0 (NVIDIA H200)", from the records they write once ready; "" before any is ready."""
-    seen: dict[str, int] = {}
-    for path in sorted(serve_dir.glob("worker-*.json")):
-        try:
-            status = json.loads(path.read_text())
-        except (OSError, ValueError):  # being replaced right now
-            continue
-        if not psutil.pid_exists(int(status.get("pid", -1))):
-            continue
-        line = f"{status['backend']} on {status['device']}" + ("" if status.get("parity_checked", True)
-                                                               else " (parity not checked at export)")
-        seen[line] = seen.get(line, 0) + 1
-    count = sum(seen.values())
-    return f"{count} worker{'s' if count != 1 else ''}: " + ", ".join(seen) if seen else ""
-
-
-def key(args) -> int:
+def key(args: argparse.Namespace) -> int:
     """Print the recorded server's key of --kind (alone on stdout, for $(...)), renewed first when
     it is about to expire: the printed key is valid for at least the renewal margin."""
     state = recorded_state(args.inference_port)
@@ -682,8 +95,25 @@ def key(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ServeError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    add_start_command(sub)
+    add_stop_command(sub)
+    add_health_command(sub)
+    add_key_command(sub)
+    return parser
+
+
+def add_start_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("start", help="serve RUN/export/model.mar with TorchServe (on 127.0.0.1 unless --host)")
     p.add_argument("--run", required=True, help="run folder holding export/model.mar (make export)")
     p.add_argument("--model-name", default="action", help="the name in /predictions/<name>")
@@ -700,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-backups", type=int, default=2, help="rotated files kept per log, besides the live one")
     p.add_argument("--foreground", action="store_true",
                    help="stay attached after readiness; SIGTERM/SIGINT stop the server (a container's entry point)")
+    add_model_options(p)
+    p.add_argument("--timeout", type=float, default=180.0, help="s to wait for the model's workers to be ready")
+    for name, default in DEFAULT_PORTS.items():
+        p.add_argument(f"--{name.replace('_', '-')}-port", type=int, default=default)
+    p.set_defaults(func=start)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """How the model is served: workers, batching, backend, views and the upload decoders' limits."""
     p.add_argument("--workers", type=int, default=1, help="worker processes for the model")
     p.add_argument("--batch-size", type=int, default=1, help="requests TorchServe batches into one handler call")
     p.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill")
@@ -717,32 +156,29 @@ def main(argv: list[str] | None = None) -> int:
                    help="s one upload's decode may take (default 30; SERVING_DECODE_TIMEOUT)")
     p.add_argument("--decode-memory-mb", type=int,
                    help="address space of a decode helper (default 3072; SERVING_DECODE_MEMORY_MB)")
-    p.add_argument("--timeout", type=float, default=180.0, help="s to wait for the model's workers to be ready")
-    for name, default in (("inference", 8080), ("management", 8081), ("metrics", 8082), ("grpc-inference", 7070),
-                          ("grpc-management", 7071)):
-        p.add_argument(f"--{name}-port", type=int, default=default)
-    p.set_defaults(func=start)
+
+
+def add_stop_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stop", help="stop the server started on --inference-port, and all its processes")
     p.add_argument("--inference-port", type=int, default=8080)
     p.add_argument("--timeout", type=float, default=60.0, help="s to wait before killing what did not stop")
     p.set_defaults(func=stop)
+
+
+def add_health_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("health", help="exit 0 if the server started on --inference-port answers /ping with Healthy")
     p.add_argument("--inference-port", type=int, default=8080)
     p.add_argument("--timeout", type=float, default=5.0, help="s to wait for the answer")
     p.set_defaults(func=health)
+
+
+def add_key_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("key", help="print the key of the server started on --inference-port, renewed first when "
                                    "it is about to expire: curl -H \"Authorization: Bearer $(python -m serving key)\"")
     p.add_argument("--inference-port", type=int, default=8080)
     p.add_argument("--kind", choices=KEY_KINDS, default="inference",
                    help="inference: /ping and /predictions; management: the management API (HTTP and gRPC)")
     p.set_defaults(func=key)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ServeError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

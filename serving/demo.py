@@ -30,13 +30,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from serving.__main__ import HOST, current_key, port_in_use, recorded_state, state_path
+from serving.addresses import DEFAULT_PORTS, HOST, taken_ports
+from serving.server_records import recorded_state, state_path
+from serving.tokens import current_key
+from serving.torchserve_config import torchserve_executable
 
 STAGES = 5
 MIN_JAVA = 17  # TorchServe 0.12's frontend
 MIN_FREE_BYTES = 1 << 30  # the default run needs ~100 MB (data, checkpoints, export, unpacked archive)
-PORT_OPTIONS = (("inference", 8080), ("management", 8081), ("metrics", 8082), ("grpc-inference", 7070),
-                ("grpc-management", 7071))
 
 
 class DemoError(Exception):
@@ -83,8 +84,9 @@ def check_java() -> str:
 
 
 def check_ports(ports: dict[str, int]) -> None:
-    """Every port TorchServe opens must be free on the loopback interface."""
-    taken = [f"{port} ({name.replace('_', ' ')})" for name, port in ports.items() if port_in_use(port)]
+    """Every port TorchServe opens must be free on the loopback interface (the check `serving
+    start` makes, worded for the demo's options)."""
+    taken = [f"{ports[name]} ({name.replace('_', ' ')})" for name in taken_ports(ports, dict.fromkeys(ports, HOST))]
     if not taken:
         return
     recorded = state_path(ports["inference"]).is_file()
@@ -108,7 +110,7 @@ def check_disk(run: Path) -> str:
 
 def preflight(args, ports: dict[str, int]) -> list[str]:
     """Everything that can fail before the long stages; returns what was found, for the log."""
-    if not (Path(sys.executable).parent / "torchserve").is_file():
+    if not torchserve_executable().is_file():
         raise DemoError(f"torchserve is not installed beside {sys.executable} (`make setup` installs it)")
     found = [check_java()]
     check_ports(ports)
@@ -258,7 +260,7 @@ def demo(args, ports: dict[str, int], stages: Stages) -> str:
     run_command([python, "-m", "export", "--run", args.run, "--model-name", args.model_name])
     stages.done()
 
-    port_args = [arg for (name, _), port in zip(PORT_OPTIONS, ports.values()) for arg in (f"--{name}-port", str(port))]
+    port_args = [arg for name, port in ports.items() for arg in (f"--{name.replace('_', '-')}-port", str(port))]
     stages.begin(3, "start TorchServe")
     args.server_begun = True  # from here on main() stops the server whatever happens
     run_command([python, "-m", "serving", "start", "--run", args.run, "--model-name", args.model_name,
@@ -284,7 +286,7 @@ def demo(args, ports: dict[str, int], stages: Stages) -> str:
     args.server_begun = False
     stages.done()
 
-    default_ports = all(port == default for (_, default), port in zip(PORT_OPTIONS, ports.values()))
+    default_ports = ports == DEFAULT_PORTS
     serve = f"make serve RUN={args.run} MODEL_NAME={args.model_name}" if default_ports else \
         f"python -m serving start --run {args.run} --model-name {args.model_name} {shlex.join(port_args)}"
     key = "python -m serving key" + ("" if ports["inference"] == 8080 else f" --inference-port {ports['inference']}")
@@ -309,15 +311,15 @@ def parse_args(argv):
     p.add_argument("--video", default=None, help="classify this file instead of the run's first validation video")
     p.add_argument("--start-timeout", type=float, default=180.0, help="s to wait for TorchServe's workers")
     p.add_argument("--request-timeout", type=float, default=600.0, help="s to wait for the answer")
-    for name, default in PORT_OPTIONS:
-        p.add_argument(f"--{name}-port", type=int, default=default)
+    for name, default in DEFAULT_PORTS.items():
+        p.add_argument(f"--{name.replace('_', '-')}-port", type=int, default=default)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.server_begun = False
-    ports = {name.replace("-", "_"): getattr(args, f"{name.replace('-', '_')}_port") for name, _ in PORT_OPTIONS}
+    ports = {name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS}
     stages = Stages()
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     # Ctrl-C is KeyboardInterrupt even where this process inherited SIGINT ignored (started

@@ -1,6 +1,6 @@
 """Helpers for integration tests of the real TorchServe on loopback, started and stopped with
 `python -m serving start|stop` on free ports. Token authorization is always on: the request
-helpers send the recorded server's inference key (`serving.__main__.current_key`, which renews
+helpers send the recorded server's inference key (`serving.tokens.current_key`, which renews
 a key that is about to expire), the management helpers its management key.
 
     server = start_server(run, extra_env={"SERVING_DECODE_TIMEOUT": "5"})  # the worker inherits extra_env
@@ -22,7 +22,9 @@ from pathlib import Path
 
 import psutil
 
-from serving.__main__ import HOST, current_key, recorded_state, state_path
+from serving.addresses import HOST
+from serving.server_records import recorded_state, state_path
+from serving.tokens import current_key
 
 PORT_NAMES = ("inference", "management", "metrics", "grpc-inference", "grpc-management")
 

@@ -28,7 +28,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from serving.__main__ import HOST, KEY_FILE, write_config
+from serving.addresses import HOST
+from serving.tokens import KEY_FILE
+from serving.torchserve_config import write_config
 from tests.server import (Server, free_ports, log_bytes, management_get, port_args, serving_cli, start_server,
                           stop_server, worker_pid)
 from tests.test_demo import listening, processes_of

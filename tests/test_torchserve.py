@@ -20,8 +20,8 @@ import onnxruntime as ort
 import psutil
 import pytest
 
-from serving.__main__ import state_path
 from serving.core import adaptive_rule, spec_from_manifest
+from serving.server_records import state_path
 from tests.server import (Server, free_ports, multipart, port_args, post, post_video, serving_cli, start_server,
                           stop_server, worker_pid)
 from tests.test_adaptive_views import offline_adaptive
