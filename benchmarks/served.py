@@ -73,7 +73,8 @@ def torchserve(run: Path, *, model_name: str = "action", workers: int = 1, batch
 def inference_key(port: int) -> str:
     """The inference key of the server `torchserve` started on `port` (token authorization is
     always on), renewed first when it is about to expire: a long benchmark outlives a key."""
-    from serving.__main__ import current_key, recorded_state
+    from serving.server_records import recorded_state
+    from serving.tokens import current_key
 
     state = recorded_state(port)
     if state is None:
