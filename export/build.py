@@ -29,22 +29,21 @@ import onnxruntime as ort
 import torch
 from torch.export import Dim
 
-from export.archive import MODEL_NAME_PATTERN, build_archive, serving_handler
+from export.archive import build_archive, serving_handler
 from export.flops import onnx_flops, torch_flops
 from export.parity import (CUDA_FP32_BOUND, ONNXRUNTIME_BOUND, OPENVINO_BOUNDS, Backend, Bound, Comparison,
                            ParityError, check_parity, decoded_views, onnx_backend, onnx_session, tensorrt_bound,
                            torch_backend)
 from export import adaptive, openvino_ir, trt_engine
-from serving.backends import (OnnxRuntimeBackend, TorchExportBackend, onnxruntime_cuda_unavailable,  # what serves
-                              sha256_of)
+from serving.backends import OnnxRuntimeBackend, TorchExportBackend, onnxruntime_cuda_unavailable  # what serves
 from serving.devices import cuda_device_name, cuda_unavailable
+from serving.manifest import FILE_NAME, FORMAT_VERSION, MODEL_NAME_PATTERN, sha256_of
 from training.config import Config, ConfigError, config_from_dict
 from training.data import DataSplits, resolve_splits
 from training.models import R3D18, count_parameters
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "clips", "logits"
 CHECKPOINT_KEYS = ("config", "classes", "epoch", "model")
@@ -361,12 +360,12 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
             "parity": parity,
             "adaptive_views": adaptive_record,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        (tmp / FILE_NAME).write_text(json.dumps(manifest, indent=2))
         if archive:
             t0 = time.time()
             try:
                 build_archive(tmp, handler=handler, model_name=model_name, version=model_version,
-                              files=artifacts + ["manifest.json"])
+                              files=artifacts + [FILE_NAME])
             except RuntimeError as exc:
                 raise ExportError(str(exc)) from exc
             log.info("model.mar written in %.1f s", time.time() - t0)

@@ -12,7 +12,6 @@ report adds the mean views used and the Top-1 agreement with all views; it goes 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -20,23 +19,18 @@ import numpy as np
 import torch
 import yaml
 
-from export.build import ExportError, sha256_of
+from export.build import ExportError
 from export.parity import decoded_views, onnx_session
+from serving.manifest import FILE_NAME, input_spec_from_manifest, sha256_of
 from training.adaptive_views import StoppingRule, adaptive_answer
 from training.config import ConfigError, config_from_dict
 from training.data import resolve_splits
 from training.evaluate import accuracy_metrics
-from training.views import InputSpec, average_view_scores
-
-
-def input_spec_from_manifest(record: dict) -> InputSpec:
-    """The manifest's "input" record back into an InputSpec (the extra descriptive keys dropped)."""
-    names = {f.name for f in dataclasses.fields(InputSpec)}
-    return InputSpec(**{k: v for k, v in record.items() if k in names})
+from training.views import average_view_scores
 
 
 def read_manifest(export_dir: Path) -> dict:
-    path = export_dir / "manifest.json"
+    path = export_dir / FILE_NAME
     if not path.is_file():
         raise ExportError(f"no export at {export_dir}: {path.name} is missing (run `python -m export --run RUN` first)")
     try:
