@@ -20,7 +20,6 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from export.parity import (CUDA_FP32_BOUND, ONNXRUNTIME_BOUND, OPENVINO_BOUNDS, 
 from export import adaptive, openvino_ir, trt_engine
 from serving.backends import OnnxRuntimeBackend, TorchExportBackend, onnxruntime_cuda_unavailable  # what serves
 from serving.devices import cuda_device_name, cuda_unavailable
-from serving.manifest import FILE_NAME, FORMAT_VERSION, MODEL_NAME_PATTERN, sha256_of
+from serving.manifest import FILE_NAME, MODEL_NAME_PATTERN, Manifest, artifact_digests, input_record, write_manifest
 from training.config import Config, ConfigError, config_from_dict
 from training.data import DataSplits, resolve_splits
 from training.models import R3D18, count_parameters
@@ -337,30 +336,27 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
 
         artifacts = (["model.onnx", "student.pt2"] + (["model.plan"] if trt_record.get("file") else [])
                      + ov_record["files"])
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "model_name": model_name,
-            "model_version": model_version,
-            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "classes": loaded.classes,
-            "input": {**spec.to_dict(), "channel_order": "RGB", "layout": "NCTHW", "dtype": "float32",
-                      "value_range": [0, 255]},
-            "architecture": loaded.architecture,
-            "params": cost["params"],
-            "flops_per_view": cost["flops_per_view"],
-            "zero_added_cost": cost,
-            "onnx": {"file": "model.onnx", "opset": opset, "input": INPUT_NAME, "output": OUTPUT_NAME,
-                     "producer": f"{onnx_model.producer_name} {onnx_model.producer_version}".strip()},
-            "torch": {"file": "student.pt2", "torch_version": torch.__version__},
-            "tensorrt": trt_record,
-            "openvino": ov_record,
-            "sha256": {name: sha256_of(tmp / name) for name in artifacts},
-            "training": {"run": str(run.resolve()), "epoch": loaded.epoch, "metrics": loaded.metrics,
-                         "config": loaded.cfg.to_dict()},
-            "parity": parity,
-            "adaptive_views": adaptive_record,
-        }
-        (tmp / FILE_NAME).write_text(json.dumps(manifest, indent=2))
+        manifest = Manifest(
+            model_name=model_name,
+            model_version=model_version,
+            classes=loaded.classes,
+            input=input_record(spec.to_dict()),
+            architecture=loaded.architecture,
+            params=cost["params"],
+            flops_per_view=cost["flops_per_view"],
+            zero_added_cost=cost,
+            onnx={"file": "model.onnx", "opset": opset, "input": INPUT_NAME, "output": OUTPUT_NAME,
+                  "producer": f"{onnx_model.producer_name} {onnx_model.producer_version}".strip()},
+            torch={"file": "student.pt2", "torch_version": torch.__version__},
+            tensorrt=trt_record,
+            openvino=ov_record,
+            sha256=artifact_digests(tmp, artifacts),
+            training={"run": str(run.resolve()), "epoch": loaded.epoch, "metrics": loaded.metrics,
+                      "config": loaded.cfg.to_dict()},
+            parity=parity,
+            adaptive_views=adaptive_record,
+        )
+        write_manifest(tmp, manifest)
         if archive:
             t0 = time.time()
             try:
