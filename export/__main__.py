@@ -39,12 +39,13 @@ def export_main(argv: list[str]) -> int:
 
     from export.adaptive import describe
     from export.build import export_run
+    from serving.manifest import load_manifest
 
     out = export_run(Path(args.run), tensorrt=args.tensorrt, openvino=args.openvino, model_name=args.model_name,
                      precision=args.precision, parity_videos=args.parity_videos, max_views=args.max_views,
                      archive=not args.no_archive, adaptive_videos=args.adaptive_videos,
                      adaptive_target=args.adaptive_target)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = load_manifest(out)
     o = manifest["parity"]["onnxruntime"]
     print(f"exported {manifest['model_name']} {manifest['model_version']} to {out}")
     print(f"  files: {', '.join(sorted(p.name for p in out.iterdir()))}")

@@ -1,17 +1,15 @@
 """The TorchServe model archive (.mar): the serving handler plus the exported artifacts.
 
-The handler imports the installed `serving` package, so the archive carries only the handler
-file and the artifacts; torch-model-archiver is run as a subprocess, as its CLI is its API.
+The handler imports the installed `serving` package (its core, backends and the manifest's
+reader, `serving.manifest`), so the archive carries only the handler file and the artifacts;
+torch-model-archiver is run as a subprocess, as its CLI is its API.
 """
 from __future__ import annotations
 
 import importlib.util
-import re
 import subprocess
 import sys
 from pathlib import Path
-
-MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # usable in /predictions/<name> URLs
 
 
 def serving_handler() -> Path | None:

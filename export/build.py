@@ -5,6 +5,8 @@ and (where TensorRT exists) an engine, checked for parity on real validation cli
 Reads top to bottom: load the run -> take the student -> export -> show zero added cost ->
 TensorRT -> OpenVINO -> parity (and each OpenVINO precision's gate) -> adaptive views' stopping
 rule (calibrated on training videos, evaluated on validation) -> manifest -> archive -> publish.
+`export_run` refuses bad options and loads the run; `write_export` is that sequence, one named
+step per line.
 Everything is written into a temporary folder beside `RUN/export` and renamed into place only
 when every check passed, so a failed export leaves nothing behind and keeps an older complete
 export.
@@ -20,8 +22,8 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -29,22 +31,22 @@ import onnxruntime as ort
 import torch
 from torch.export import Dim
 
-from export.archive import MODEL_NAME_PATTERN, build_archive, serving_handler
+from export.archive import build_archive, serving_handler
 from export.flops import onnx_flops, torch_flops
 from export.parity import (CUDA_FP32_BOUND, ONNXRUNTIME_BOUND, OPENVINO_BOUNDS, Backend, Bound, Comparison,
                            ParityError, check_parity, decoded_views, onnx_backend, onnx_session, tensorrt_bound,
                            torch_backend)
 from export import adaptive, openvino_ir, trt_engine
-from serving.backends import (OnnxRuntimeBackend, TorchExportBackend, onnxruntime_cuda_unavailable,  # what serves
-                              sha256_of)
+from serving.backends import OnnxRuntimeBackend, TorchExportBackend, onnxruntime_cuda_unavailable  # what serves
 from serving.devices import cuda_device_name, cuda_unavailable
+from serving.manifest import FILE_NAME, MODEL_NAME_PATTERN, Manifest, artifact_digests, input_record, write_manifest
 from training.config import Config, ConfigError, config_from_dict
 from training.data import DataSplits, resolve_splits
 from training.models import R3D18, count_parameters
+from training.views import InputSpec
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "clips", "logits"
 CHECKPOINT_KEYS = ("config", "classes", "epoch", "model")
@@ -229,6 +231,22 @@ def _publish(tmp: Path, final: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the export
+@dataclass(frozen=True)
+class ExportOptions:
+    """export_run's keyword arguments (described there), handed to the steps together."""
+
+    tensorrt: str
+    openvino: str
+    model_name: str
+    precision: str
+    parity_videos: int
+    max_views: int
+    archive: bool
+    openvino_bounds: dict[str, Bound]
+    adaptive_videos: int
+    adaptive_target: float
+
+
 def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", model_name: str = "action",
                precision: str = "fp16", parity_videos: int = 16, max_views: int = 30, archive: bool = True,
                openvino_bounds: dict[str, Bound] = OPENVINO_BOUNDS, adaptive_videos: int = adaptive.DEFAULT_VIDEOS,
@@ -247,129 +265,23 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
     validation videos it is evaluated on, at most this many each (0: no rule). Raises ExportError
     on bad input or a failed check, leaving no partial folder behind."""
     run = Path(run)
-    if tensorrt not in ("auto", "on", "off"):
-        raise ExportError(f"tensorrt must be auto, on or off, got {tensorrt!r}")
-    if openvino not in ("auto", "on", "off"):
-        raise ExportError(f"openvino must be auto, on or off, got {openvino!r}")
-    if precision not in trt_engine.PRECISIONS:
-        raise ExportError(f"precision must be one of {', '.join(trt_engine.PRECISIONS)}, got {precision!r}")
-    if not MODEL_NAME_PATTERN.match(model_name):
-        raise ExportError(f"model name {model_name!r}: use letters, digits, '_', '-' and '.'")
-    if parity_videos < 1 or max_views < 1:
-        raise ExportError("parity_videos and max_views must be at least 1")
-    if adaptive_videos < 0 or not 0.0 < adaptive_target <= 1.0:
-        raise ExportError(f"adaptive_videos must be at least 0 and adaptive_target in (0, 1], got {adaptive_videos} "
-                          f"and {adaptive_target}")
-    if importlib.util.find_spec("onnxscript") is None:
-        raise ExportError("the ONNX exporter needs the onnxscript package (torch's dynamo exporter is built on it): "
-                          "pip install onnxscript")
-    handler = serving_handler()
-    if archive and handler is None:
-        raise ExportError("serving/handler.py not found: model.mar packs the serving handler; install the serving "
-                          "package, or export without the archive (--no-archive)")
-    trt_reason = "disabled (--tensorrt off)" if tensorrt == "off" else trt_engine.unavailable_reason()
-    if tensorrt == "on" and trt_reason:
-        raise ExportError(f"--tensorrt on: {trt_reason}")
-    ov_reason = "disabled (--openvino off)" if openvino == "off" else openvino_ir.unavailable_reason()
-    if openvino == "on" and ov_reason:
-        raise ExportError(f"--openvino on: {ov_reason}")
-
+    options = ExportOptions(tensorrt=tensorrt, openvino=openvino, model_name=model_name, precision=precision,
+                            parity_videos=parity_videos, max_views=max_views, archive=archive,
+                            openvino_bounds=openvino_bounds, adaptive_videos=adaptive_videos,
+                            adaptive_target=adaptive_target)
+    # everything that can be refused is refused before the minutes of work below
+    check_options(options)
+    check_exporter()
+    handler = archive_handler(archive)
+    trt_reason = optional_backend_reason("tensorrt", tensorrt, trt_engine.unavailable_reason)
+    ov_reason = optional_backend_reason("openvino", openvino, openvino_ir.unavailable_reason)
     loaded = load_run(run)
     splits = validation_split(loaded)
-    spec = loaded.cfg.input
-    clip_shape = (3, spec.clip_len, spec.test_crop, spec.test_crop)  # one test view
-    model_version = f"{run.resolve().name}-epoch{loaded.epoch}"
 
     tmp = run / f".export-tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()  # not mkdtemp: its 0700 mode would stay on the published folder
     try:
-        t0 = time.time()
-        export_student(loaded.student, clip_shape, tmp)
-        onnx_model = check_onnx_graph(tmp / "model.onnx", clip_shape, len(loaded.classes))
-        cost = zero_added_cost(loaded.student, loaded.architecture, onnx_model, clip_shape)
-        opset = next(o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
-        log.info("exported the student (%d parameters, %.3g GFLOPs per view, opset %d) in %.1f s",
-                 cost["params"], cost["flops_per_view"] / 1e9, opset, time.time() - t0)
-
-        trt_record: dict = {"file": None, "reason": trt_reason}
-        runner = None
-        if trt_reason is None:
-            trt_record, runner = tensorrt_engine(tmp, precision=precision, max_views=max_views,
-                                                 required=tensorrt == "on")
-        else:
-            log.info("TensorRT engine skipped: %s", trt_reason)
-
-        ov_record, ov_runners = openvino_ir.skipped(ov_reason), {}
-        if ov_reason is None:
-            t0 = time.time()
-            ov_record = openvino_ir.write_ir(tmp / "model.onnx", tmp)
-            # int8 calibrated on the run's own training videos (labeled and unlabeled, each once)
-            training = list({item.path: item for item in splits.labeled + splits.unlabeled}.values())
-            calibration = openvino_ir.training_views(training, splits.root, spec)
-            ov_record = openvino_ir.quantize_int8(tmp, ov_record, calibration)
-            ov_runners = openvino_ir.precision_runners(tmp, ov_record, max_views=max_views)
-            log.info("OpenVINO IR written in %.1f s; precisions measured: %s", time.time() - t0,
-                     ", ".join(ov_runners) or "none")
-        else:
-            log.info("OpenVINO IR skipped: %s", ov_reason)
-
-        parity = parity_check(loaded, splits, tmp, runner, trt_precision=trt_record.get("precision"),
-                              max_views=max_views,
-                              openvino_runners={p: (r, openvino_bounds.get(p, OPENVINO_BOUNDS[p]))
-                                                for p, r in ov_runners.items()},
-                              limit=parity_videos)
-        if ov_reason is None:
-            ov_record = openvino_ir.gate(ov_record, parity["openvino"], tmp)
-            log.info("OpenVINO precisions offered to the server: %s",
-                     ", ".join(ov_record["offered"]) or f"none, {ov_record['reason']}")
-            if openvino == "on" and not ov_record["offered"]:
-                raise ExportError(f"--openvino on: {ov_record['reason']}")
-
-        t0 = time.time()
-        # fp32 scores: OpenVINO's where it passed (the same logits to ~1e-7, 1.7x ONNX Runtime's speed at full size)
-        if "fp32" in ov_record["offered"]:
-            scorer, scored_with = ov_runners["fp32"], "openvino-cpu-fp32"
-        else:
-            scorer, scored_with = onnx_backend(onnx_session(tmp / "model.onnx")), "onnxruntime-cpu"
-        adaptive_record = adaptive.adaptive_views(splits.labeled, splits.val, splits.root, spec, scorer,
-                                                  scored_with=scored_with, videos=adaptive_videos,
-                                                  target=adaptive_target)
-        log.info("adaptive views (%.1f s): %s", time.time() - t0, adaptive.describe(adaptive_record))
-
-        artifacts = (["model.onnx", "student.pt2"] + (["model.plan"] if trt_record.get("file") else [])
-                     + ov_record["files"])
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "model_name": model_name,
-            "model_version": model_version,
-            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "classes": loaded.classes,
-            "input": {**spec.to_dict(), "channel_order": "RGB", "layout": "NCTHW", "dtype": "float32",
-                      "value_range": [0, 255]},
-            "architecture": loaded.architecture,
-            "params": cost["params"],
-            "flops_per_view": cost["flops_per_view"],
-            "zero_added_cost": cost,
-            "onnx": {"file": "model.onnx", "opset": opset, "input": INPUT_NAME, "output": OUTPUT_NAME,
-                     "producer": f"{onnx_model.producer_name} {onnx_model.producer_version}".strip()},
-            "torch": {"file": "student.pt2", "torch_version": torch.__version__},
-            "tensorrt": trt_record,
-            "openvino": ov_record,
-            "sha256": {name: sha256_of(tmp / name) for name in artifacts},
-            "training": {"run": str(run.resolve()), "epoch": loaded.epoch, "metrics": loaded.metrics,
-                         "config": loaded.cfg.to_dict()},
-            "parity": parity,
-            "adaptive_views": adaptive_record,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if archive:
-            t0 = time.time()
-            try:
-                build_archive(tmp, handler=handler, model_name=model_name, version=model_version,
-                              files=artifacts + ["manifest.json"])
-            except RuntimeError as exc:
-                raise ExportError(str(exc)) from exc
-            log.info("model.mar written in %.1f s", time.time() - t0)
+        write_export(tmp, loaded, splits, options, handler=handler, trt_reason=trt_reason, ov_reason=ov_reason)
         final = run / "export"
         _publish(tmp, final)
     except BaseException:
@@ -377,6 +289,119 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
         raise
     log.info("export written to %s", final)
     return final
+
+
+def check_options(options: ExportOptions) -> None:
+    """An ExportError for the first option value export_run cannot take."""
+    if options.tensorrt not in ("auto", "on", "off"):
+        raise ExportError(f"tensorrt must be auto, on or off, got {options.tensorrt!r}")
+    if options.openvino not in ("auto", "on", "off"):
+        raise ExportError(f"openvino must be auto, on or off, got {options.openvino!r}")
+    if options.precision not in trt_engine.PRECISIONS:
+        raise ExportError(f"precision must be one of {', '.join(trt_engine.PRECISIONS)}, got {options.precision!r}")
+    if not MODEL_NAME_PATTERN.match(options.model_name):
+        raise ExportError(f"model name {options.model_name!r}: use letters, digits, '_', '-' and '.'")
+    if options.parity_videos < 1 or options.max_views < 1:
+        raise ExportError("parity_videos and max_views must be at least 1")
+    if options.adaptive_videos < 0 or not 0.0 < options.adaptive_target <= 1.0:
+        raise ExportError(f"adaptive_videos must be at least 0 and adaptive_target in (0, 1], got "
+                          f"{options.adaptive_videos} and {options.adaptive_target}")
+
+
+def check_exporter() -> None:
+    if importlib.util.find_spec("onnxscript") is None:
+        raise ExportError("the ONNX exporter needs the onnxscript package (torch's dynamo exporter is built on it): "
+                          "pip install onnxscript")
+
+
+def archive_handler(archive: bool) -> Path | None:
+    """The serving handler model.mar packs (None where the serving package is not installed)."""
+    handler = serving_handler()
+    if archive and handler is None:
+        raise ExportError("serving/handler.py not found: model.mar packs the serving handler; install the serving "
+                          "package, or export without the archive (--no-archive)")
+    return handler
+
+
+def optional_backend_reason(flag: str, mode: str, unavailable: Callable[[], str | None]) -> str | None:
+    """Why the optional artifact of `--flag` (tensorrt, openvino) is skipped, or None to build it;
+    `unavailable` says what this machine lacks. Mode "on" turns a reason into an ExportError."""
+    reason = f"disabled (--{flag} off)" if mode == "off" else unavailable()
+    if mode == "on" and reason:
+        raise ExportError(f"--{flag} on: {reason}")
+    return reason
+
+
+def write_export(out: Path, loaded: LoadedRun, splits: DataSplits, options: ExportOptions, *,
+                 handler: Path | None, trt_reason: str | None, ov_reason: str | None) -> None:
+    """Every artifact of the export into `out`, in order: the student's graphs, the optional
+    engines, the parity gates, the adaptive views' rule, the manifest and the archive."""
+    spec = loaded.cfg.input
+    onnx_record, cost = write_student_graph(out, loaded)
+    trt_record, runner = optional_engine(out, trt_reason, precision=options.precision, max_views=options.max_views,
+                                         required=options.tensorrt == "on")
+    ov_record, ov_runners = optional_openvino(out, ov_reason, splits, spec, max_views=options.max_views)
+    bounded = {p: (r, options.openvino_bounds.get(p, OPENVINO_BOUNDS[p])) for p, r in ov_runners.items()}
+    parity = parity_check(loaded, splits, out, runner, trt_precision=trt_record.get("precision"),
+                          max_views=options.max_views, openvino_runners=bounded, limit=options.parity_videos)
+    if ov_reason is None:
+        ov_record = gate_openvino(out, ov_record, parity["openvino"], required=options.openvino == "on")
+    adaptive_record = adaptive_views_rule(out, splits, spec, ov_record, ov_runners, videos=options.adaptive_videos,
+                                          target=options.adaptive_target)
+
+    artifacts = (["model.onnx", "student.pt2"] + (["model.plan"] if trt_record.get("file") else [])
+                 + ov_record["files"])
+    model_version = f"{loaded.run.resolve().name}-epoch{loaded.epoch}"
+    manifest = Manifest(
+        model_name=options.model_name,
+        model_version=model_version,
+        classes=loaded.classes,
+        input=input_record(spec.to_dict()),
+        architecture=loaded.architecture,
+        params=cost["params"],
+        flops_per_view=cost["flops_per_view"],
+        zero_added_cost=cost,
+        onnx=onnx_record,
+        torch={"file": "student.pt2", "torch_version": torch.__version__},
+        tensorrt=trt_record,
+        openvino=ov_record,
+        sha256=artifact_digests(out, artifacts),
+        training={"run": str(loaded.run.resolve()), "epoch": loaded.epoch, "metrics": loaded.metrics,
+                  "config": loaded.cfg.to_dict()},
+        parity=parity,
+        adaptive_views=adaptive_record,
+    )
+    write_manifest(out, manifest)
+    if options.archive:
+        pack_archive(out, handler, model_name=options.model_name, version=model_version,
+                     files=artifacts + [FILE_NAME])
+
+
+def write_student_graph(out: Path, loaded: LoadedRun) -> tuple[dict, dict]:
+    """student.pt2 and model.onnx, the graph checked and its cost shown equal to a plain
+    R3D-18's; returns the manifest's "onnx" record and the cost (its "zero_added_cost")."""
+    spec = loaded.cfg.input
+    clip_shape = (3, spec.clip_len, spec.test_crop, spec.test_crop)  # one test view
+    t0 = time.time()
+    export_student(loaded.student, clip_shape, out)
+    onnx_model = check_onnx_graph(out / "model.onnx", clip_shape, len(loaded.classes))
+    cost = zero_added_cost(loaded.student, loaded.architecture, onnx_model, clip_shape)
+    opset = next(o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
+    log.info("exported the student (%d parameters, %.3g GFLOPs per view, opset %d) in %.1f s",
+             cost["params"], cost["flops_per_view"] / 1e9, opset, time.time() - t0)
+    record = {"file": "model.onnx", "opset": opset, "input": INPUT_NAME, "output": OUTPUT_NAME,
+              "producer": f"{onnx_model.producer_name} {onnx_model.producer_version}".strip()}
+    return record, cost
+
+
+def optional_engine(out: Path, reason: str | None, *, precision: str, max_views: int,
+                    required: bool) -> tuple[dict, Backend | None]:
+    """The TensorRT engine where `reason` (optional_backend_reason) is None: the manifest's
+    "tensorrt" record and a runner for the parity check."""
+    if reason is not None:
+        log.info("TensorRT engine skipped: %s", reason)
+        return {"file": None, "reason": reason}, None
+    return tensorrt_engine(out, precision=precision, max_views=max_views, required=required)
 
 
 def tensorrt_engine(out: Path, *, precision: str, max_views: int, required: bool) -> tuple[dict, Backend | None]:
@@ -397,6 +422,61 @@ def tensorrt_engine(out: Path, *, precision: str, max_views: int, required: bool
         return {"file": None, "reason": reason}, None
     log.info("TensorRT %s engine (%s typing) built in %.1f s", record["precision"], record["typing"], time.time() - t0)
     return record, runner
+
+
+def optional_openvino(out: Path, reason: str | None, splits: DataSplits, spec: InputSpec, *,
+                      max_views: int) -> tuple[dict, dict[str, Backend]]:
+    """The OpenVINO IR where `reason` (optional_backend_reason) is None, with its int8 IR: the
+    manifest's "openvino" record (not yet gated) and a runner per precision measured here."""
+    if reason is not None:
+        log.info("OpenVINO IR skipped: %s", reason)
+        return openvino_ir.skipped(reason), {}
+    t0 = time.time()
+    record = openvino_ir.write_ir(out / "model.onnx", out)
+    # int8 calibrated on the run's own training videos (labeled and unlabeled, each once)
+    training = list({item.path: item for item in splits.labeled + splits.unlabeled}.values())
+    calibration = openvino_ir.training_views(training, splits.root, spec)
+    record = openvino_ir.quantize_int8(out, record, calibration)
+    runners = openvino_ir.precision_runners(out, record, max_views=max_views)
+    log.info("OpenVINO IR written in %.1f s; precisions measured: %s", time.time() - t0, ", ".join(runners) or "none")
+    return record, runners
+
+
+def gate_openvino(out: Path, record: dict, reports: dict[str, dict], *, required: bool) -> dict:
+    """The "openvino" record after each precision's parity gate (`openvino_ir.gate`); with
+    `required` (--openvino on), no precision passing is an ExportError."""
+    record = openvino_ir.gate(record, reports, out)
+    log.info("OpenVINO precisions offered to the server: %s",
+             ", ".join(record["offered"]) or f"none, {record['reason']}")
+    if required and not record["offered"]:
+        raise ExportError(f"--openvino on: {record['reason']}")
+    return record
+
+
+def adaptive_views_rule(out: Path, splits: DataSplits, spec: InputSpec, ov_record: dict, ov_runners: dict[str, Backend],
+                        *, videos: int, target: float) -> dict:
+    """The manifest's "adaptive_views": the stopping rule calibrated on training videos and
+    evaluated on validation videos (`export.adaptive`)."""
+    t0 = time.time()
+    # fp32 scores: OpenVINO's where it passed (the same logits to ~1e-7, 1.7x ONNX Runtime's speed at full size)
+    if "fp32" in ov_record["offered"]:
+        scorer, scored_with = ov_runners["fp32"], "openvino-cpu-fp32"
+    else:
+        scorer, scored_with = onnx_backend(onnx_session(out / "model.onnx")), "onnxruntime-cpu"
+    record = adaptive.adaptive_views(splits.labeled, splits.val, splits.root, spec, scorer, scored_with=scored_with,
+                                     videos=videos, target=target)
+    log.info("adaptive views (%.1f s): %s", time.time() - t0, adaptive.describe(record))
+    return record
+
+
+def pack_archive(out: Path, handler: Path, *, model_name: str, version: str, files: list[str]) -> None:
+    """model.mar (`export.archive`); the archiver's failure becomes an ExportError."""
+    t0 = time.time()
+    try:
+        build_archive(out, handler=handler, model_name=model_name, version=version, files=files)
+    except RuntimeError as exc:
+        raise ExportError(str(exc)) from exc
+    log.info("model.mar written in %.1f s", time.time() - t0)
 
 
 def cuda_backends(export_dir: Path, max_views: int) -> tuple[dict[str, Backend], dict]:

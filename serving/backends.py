@@ -19,7 +19,6 @@ run in true fp32 (TF32 off), the precision the export's parity gate held them to
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.devices import cuda_device_name, cuda_unavailable
+from serving.manifest import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,6 @@ AUTO_MIN_GAIN = 0.10
 
 class BackendError(Exception):
     """The requested backend cannot run this export here; the message says why."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verified_artifact(export_dir: Path, manifest: dict, name: str | None) -> Path:

@@ -19,10 +19,9 @@ Every problem with a request is a `RequestError` carrying its HTTP status and a 
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -31,9 +30,10 @@ import torch
 
 from serving.backends import DEFAULT_MAX_VIEWS, select_backend
 from serving.isolation import DecodePool, RejectedUpload
+from serving.manifest import load_manifest, spec_from_manifest
 from training.adaptive_views import AdaptiveViews, StoppingRule
 from training.view_decode import UPLOAD_FORMATS, DecodeLimits, VideoRejected, read_view_crops
-from training.views import InputSpec, average_view_scores, crops_to_views, geometry
+from training.views import average_view_scores, crops_to_views, geometry
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +76,6 @@ class Prepared:
     frames: int  # frames in the video
     decode_ms: float
     preprocess_ms: float
-
-
-def load_manifest(export_dir: Path) -> dict:
-    path = Path(export_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no manifest.json in {export_dir} (make export writes it)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format_version") != 1:
-        raise ValueError(f"{path}: unsupported format_version {manifest.get('format_version')!r} (expected 1)")
-    return manifest
-
-
-def spec_from_manifest(manifest: dict) -> InputSpec:
-    """The InputSpec the model was trained and exported with (extra descriptive keys ignored)."""
-    names = {f.name for f in fields(InputSpec)}
-    return InputSpec(**{k: v for k, v in manifest["input"].items() if k in names})
 
 
 def _as_text(value) -> str:

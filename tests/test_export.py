@@ -17,10 +17,11 @@ import torch
 from export import trt_engine
 from export.__main__ import main as export_cli
 from export.archive import serving_handler
-from export.build import ExportError, build_r3d18, export_run, export_student, sha256_of
-from export.evaluate import evaluate_onnx, input_spec_from_manifest
+from export.build import ExportError, build_r3d18, export_run, export_student
+from export.evaluate import evaluate_onnx
 from export.flops import graph_signature, onnx_flops, onnx_parameters, torch_flops
 from export.parity import Bound, onnx_session
+from serving.manifest import input_spec_from_manifest, sha256_of
 from training.config import config_from_dict
 from training.data import resolve_splits
 from training.evaluate import accuracy_metrics, score_videos
