@@ -37,6 +37,7 @@ import torch
 import yaml
 
 from benchmarks.accuracy import BenchmarkError, _shown, results_files
+from serving.manifest import input_spec_from_manifest
 from training.config import ConfigError, config_from_dict
 
 REFERENCE = "onnxruntime"  # fp32 on the CPU
@@ -119,7 +120,6 @@ def forward(backend, views: np.ndarray) -> np.ndarray:
 def answer_videos(run: Path, manifest: dict, loaded: dict, limit: int | None) -> dict:
     """Per engine: the video scores (all views), the raw logits, the forward seconds per video
     (engines in a rotating order, so none always runs first), and the labels."""
-    from export.evaluate import input_spec_from_manifest
     from export.parity import decoded_views
 
     items, root = validation_set(run)

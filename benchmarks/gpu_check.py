@@ -300,7 +300,7 @@ def export_artifacts(student, clip_shape: tuple[int, ...], out: Path) -> dict:
 
 def manifest_for(out: Path, cfg, tensorrt: dict) -> dict:
     """The parts of an export manifest `serving.backends` reads, for the artifacts in `out`."""
-    from serving.backends import sha256_of
+    from serving.manifest import sha256_of
 
     files = ["model.onnx", "student.pt2"] + ([tensorrt["file"]] if tensorrt.get("file") else [])
     return {"input": cfg.input.to_dict(), "onnx": {"file": "model.onnx", "input": "clips", "output": "logits"},

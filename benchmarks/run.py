@@ -109,7 +109,7 @@ def collect(raw: dict) -> dict[str, list[dict]]:
 def serving_default(run: Path) -> dict:
     """The backend `python -m serving start` picks here by default (serving.backends, "auto")."""
     from serving.backends import BackendError, select_backend
-    from serving.core import load_manifest
+    from serving.manifest import load_manifest
 
     export_dir = run / "export"
     try:

@@ -190,7 +190,8 @@ def served_run(served: str, bench_run: Path, ucf_size_videos, request) -> tuple[
 def test_http_end_to_end(benchmark, served, bench_run, manifest, profile, ucf_size_videos, request, tmp_path):
     require_server()
     from serving.backends import kind_of
-    from serving.core import InferenceCore, load_manifest
+    from serving.core import InferenceCore
+    from serving.manifest import load_manifest
 
     run, video = served_run(served, bench_run, ucf_size_videos, request)
     # the server runs from a copy of the export, so that its folder (RUN/serve) never touches the
@@ -263,7 +264,7 @@ def test_http_speedup(benchmark, served, bench_run, profile, ucf_size_videos, re
     turn; where the export has a calibrated stopping rule, the auto server's adaptive views too.
     The speedup is ONNX Runtime's request time over the other's, per round."""
     require_server()
-    from serving.core import load_manifest
+    from serving.manifest import load_manifest
 
     run, video = served_run(served, bench_run, ucf_size_videos, request)
     data = video.read_bytes()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -15,10 +14,10 @@ from pathlib import Path
 from serving.addresses import HOST, check_local_address, parse_host, taken_ports
 from serving.backends import BackendError, select_backend
 from serving.errors import ServeError
+from serving.manifest import MODEL_NAME_PATTERN, load_manifest
 from serving.server_records import alive, server_processes, state_path
 from serving.torchserve_config import DECODE_MINIMUMS, LOG_SIZE_PATTERN, StartOptions, torchserve_executable
 
-MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def check_hosts(options: StartOptions) -> tuple[str, str]:
@@ -52,9 +51,6 @@ def check_server_settings(options: StartOptions) -> None:
 
 def load_export(export_dir: Path, run_text: str) -> dict:
     """The manifest of the run's export, once its archive is there (`run_text`: --run as given)."""
-    # here: it loads torch (~1 s), which stop, health and key do not need
-    from serving.core import load_manifest
-
     mar = export_dir / "model.mar"
     if not mar.is_file():
         raise ServeError(f"no model archive at {mar}: export the run first (make export RUN={run_text})")
