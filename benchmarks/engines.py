@@ -17,8 +17,8 @@ all-view answer (`training.adaptive_views.adaptive_answer`, what the server comp
 An OpenVINO precision that its export's parity gate refused is never served; its row says so,
 with the gate's reason.
 
-Without --runs it measures two runs of the synthetic default that are not at 100 % (DEFAULT_RUNS:
-FixMatch on RGB alone, and the method stopped at a quarter of its budget), training them first
+Without --runs it measures three runs of the synthetic default that are not at 100 % (DEFAULT_RUNS:
+FixMatch on RGB alone, and the method stopped at a quarter and at half of its budget), training them first
 where they have not finished. Results: benchmarks/results/engines-<machine>-<date>.json and .md.
     python -m benchmarks.engines                       # what `make bench-engines` runs
     python -m benchmarks.engines --runs RUN [RUN ...]  # any exported (or exportable) runs
@@ -41,14 +41,15 @@ from serving.manifest import input_spec_from_manifest
 from training.config import ConfigError, config_from_dict
 
 REFERENCE = "onnxruntime"  # fp32 on the CPU
-# What `make bench-engines` measures without --runs: two runs of the synthetic default that are
+# What `make bench-engines` measures without --runs: three runs of the synthetic default that are
 # not at 100 %, trained here first where they are not finished (`python -m training train`).
 DEFAULT_ROOT = Path("runs/engines")
 DEFAULT_RUNS = {
     # the baseline: a from-scratch RGB network does not learn the directions (near chance)
     "fixmatch-rgb": ["loss.streams=rgb", "loss.align=off", "loss.contrast=false", "loss.fusion=self"],
-    # the method stopped at a quarter of its budget, on its way up
+    # the method stopped at a quarter and at half of its budget: the student on its way up
     "method-300": ["optim.steps=300", "optim.warmup_steps=25", "optim.sup_warmup_steps=50"],
+    "method-600": ["optim.steps=600", "optim.warmup_steps=50", "optim.sup_warmup_steps=100"],
 }
 KINDS = ("onnxruntime", "torch", "openvino-fp32", "openvino-bf16", "openvino-int8")
 TOP1_BOUND = 0.5  # points of Top-1 a reduced precision may cost (the serving target)
