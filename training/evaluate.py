@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from training.augment import temporal_gradient
 from training.data import EvalClips, VideoItem, collate_skipping, worker_init
-from training.distributed import DistInfo, gather_objects
+from training.distributed import DEVICES, DistInfo, gather_objects
 from training.views import InputSpec, average_view_scores, normalize
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--robustness", action="store_true",
                         help="also test the student under contrast, brightness and grayscale corruptions (Table 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the robustness corruptions")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA where present")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA where present")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
