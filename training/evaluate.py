@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate a run folder's last checkpoint with the 30-view test (or --quick)."""
     from training.config import config_from_dict
     from training.data import resolve_splits
-    from training.models import R3D18
+    from training.models import r3d18_from_config
 
     parser = argparse.ArgumentParser(prog="python -m training evaluate", description=main.__doc__)
     parser.add_argument("--run", required=True, help="run folder holding config.yaml and last.pt")
@@ -177,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, modality in (("student", "rgb"), ("teacher", "tg")):
         if ckpt["model"].get(name) is None:
             continue
-        net = R3D18(len(splits.classes), width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
-                    dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps)
+        net = r3d18_from_config(cfg, len(splits.classes))
         net.load_state_dict(ckpt["model"][name])
         net.to(device)
         scores, labels, skipped = score_videos(net, splits.val, splits.root, cfg.input, modality=modality,

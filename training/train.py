@@ -29,7 +29,7 @@ from training.distributed import DistInfo, barrier, cleanup, gather_objects, ini
 from training.evaluate import accuracy_metrics, precise_bn, precise_bn_loader, score_videos
 from training.losses import contrastive_loss, dense_alignment_loss, pseudo_labels, supervised_loss, unlabeled_loss
 from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
-from training.models import TwoStreamNet
+from training.models import TwoStreamNet, two_stream_from_config
 from training.views import normalize
 
 log = logging.getLogger("training")
@@ -414,10 +414,7 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
 
     # --- model (initialisation seeded: two runs of one config start from the same weights)
     torch.manual_seed(cfg.train.seed)
-    net = TwoStreamNet(num_classes, width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
-                       dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps, streams=cfg.loss.streams,
-                       projection=cfg.loss.contrast, zero_init_residual=cfg.model.zero_init_residual,
-                       head_init_std=cfg.model.head_init_std).to(device)
+    net = two_stream_from_config(cfg, num_classes).to(device)
     net_without_ddp = net
     if info.enabled:
         if device.type == "cuda" and cfg.train.sync_bn:
