@@ -12,7 +12,7 @@ from benchmarks.accuracy import (DEFAULT_CONFIG, SETTINGS, BenchmarkError, finis
                                  markdown, plan_runs, spread, summarize, verdict)
 from tests.tinyrun import tiny_overrides
 from training.config import load_config
-from training.evaluate import score_videos
+from training.scoring import score_videos
 from training.robustness import (CORRUPTIONS, adjust_brightness, adjust_contrast, corruption, corruption_factor,
                                  to_grayscale)
 

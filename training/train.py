@@ -26,9 +26,10 @@ from training.augment import make_views
 from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
 from training.data import SeededSampler, TrainClips, collate_skipping, resolve_splits, worker_init
 from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed, training_device
-from training.evaluate import accuracy_metrics, precise_bn, precise_bn_loader, score_videos
+from training.evaluate import precise_bn, precise_bn_loader
 from training.losses import contrastive_loss, dense_alignment_loss, pseudo_labels, supervised_loss, unlabeled_loss
 from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
+from training.scoring import accuracy_metrics, score_videos
 from training.models import TwoStreamNet, two_stream_from_config
 from training.views import normalize
 
