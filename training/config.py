@@ -14,13 +14,16 @@ import yaml
 
 from training.distributed import DEVICES
 from training.losses import ALIGN_KINDS, FUSIONS
-from training.models import STREAMS
 from training.synthetic import FAMILIES
 from training.views import InputSpec
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the offending key."""
+
+
+# the networks trained: both = RGB student + TG teacher; rgb / tg = FixMatch on one modality
+STREAMS = ("both", "rgb", "tg")
 
 
 @dataclass

@@ -9,14 +9,11 @@ constructor's arguments are written out once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # annotations only: the config imports STREAMS from here
-    from training.config import Config, ModelConfig
-
-STREAMS = ("both", "rgb", "tg")
+from training.config import STREAMS, Config, ModelConfig
 
 
 class BasicBlock3d(nn.Module):
