@@ -14,8 +14,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from training.data import EvalClips, VideoItem, collate_skipping, worker_init
+from training.config import Config, config_from_dict
+from training.data import DataSplits, EvalClips, VideoItem, collate_skipping, resolve_splits, worker_init
 from training.distributed import DEVICES, DistInfo
+from training.models import r3d18_from_config
 from training.robustness import evaluate_robustness
 from training.scoring import accuracy_metrics, score_videos
 from training.views import InputSpec
@@ -70,52 +72,15 @@ def precise_bn(model: nn.Module, batches, *, num_batches: int, device: torch.dev
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate a run folder's last checkpoint with the 30-view test (or --quick)."""
-    from training.config import config_from_dict
-    from training.data import resolve_splits
-    from training.models import r3d18_from_config
-
-    parser = argparse.ArgumentParser(prog="python -m training evaluate", description=main.__doc__)
-    parser.add_argument("--run", required=True, help="run folder holding config.yaml and last.pt")
-    parser.add_argument("--quick", action="store_true", help="1 clip, centre crop instead of 30 views")
-    parser.add_argument("--clips", type=int, default=None)
-    parser.add_argument("--crops", type=int, default=None)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--figures", action="store_true",
-                        help="write RUN/figures/: RGB vs fast/slow TG frames, training curves, confusion matrices")
-    parser.add_argument("--robustness", action="store_true",
-                        help="also test the student under contrast, brightness and grayscale corruptions (Table 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the robustness corruptions")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA where present")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     run = Path(args.run)
-    ckpt_path = run / "last.pt"
-    if not ckpt_path.is_file():
-        raise SystemExit(f"error: no checkpoint at {ckpt_path}")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    cfg = config_from_dict(ckpt["config"])
-    if args.clips:
-        cfg.input.test_clips = args.clips
-    if args.crops:
-        cfg.input.test_crops = args.crops
+    ckpt, cfg = load_checkpoint(run, clips=args.clips, crops=args.crops)
     splits = resolve_splits(cfg.data, run)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    report, nets, results = {}, {}, {}
-    for name, modality in (("student", "rgb"), ("teacher", "tg")):
-        if ckpt["model"].get(name) is None:
-            continue
-        net = r3d18_from_config(cfg, len(splits.classes))
-        net.load_state_dict(ckpt["model"][name])
-        net.to(device)
-        scores, labels, skipped = score_videos(net, splits.val, splits.root, cfg.input, modality=modality,
-                                               tg_stride=cfg.tg.stride, device=device, quick=args.quick,
-                                               num_workers=args.workers, average=cfg.train.test_average,
-                                               tg_spread=cfg.tg.slow == "spread")
-        report[name] = accuracy_metrics(scores, labels, len(splits.classes))
-        report[name]["skipped_videos"] = len(skipped)
-        nets[name], results[name] = net, (scores, labels)
+    report, nets, results = score_checkpoint(ckpt, cfg, splits, device, quick=args.quick, num_workers=args.workers)
     views = "1 clip x 1 crop" if args.quick else f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops"
     report["views"] = views
     report["score_average"] = cfg.train.test_average
@@ -131,3 +96,54 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=2))
     (run / ("eval_quick.json" if args.quick else "eval.json")).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training evaluate", description=main.__doc__)
+    parser.add_argument("--run", required=True, help="run folder holding config.yaml and last.pt")
+    parser.add_argument("--quick", action="store_true", help="1 clip, centre crop instead of 30 views")
+    parser.add_argument("--clips", type=int, default=None)
+    parser.add_argument("--crops", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--figures", action="store_true",
+                        help="write RUN/figures/: RGB vs fast/slow TG frames, training curves, confusion matrices")
+    parser.add_argument("--robustness", action="store_true",
+                        help="also test the student under contrast, brightness and grayscale corruptions (Table 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the robustness corruptions")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA where present")
+    return parser.parse_args(argv)
+
+
+def load_checkpoint(run: Path, *, clips: int | None, crops: int | None) -> tuple[dict, Config]:
+    """The run's last checkpoint and its config, with `clips` x `crops` test views where given."""
+    ckpt_path = run / "last.pt"
+    if not ckpt_path.is_file():
+        raise SystemExit(f"error: no checkpoint at {ckpt_path}")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    cfg = config_from_dict(ckpt["config"])
+    if clips:
+        cfg.input.test_clips = clips
+    if crops:
+        cfg.input.test_crops = crops
+    return ckpt, cfg
+
+
+def score_checkpoint(ckpt: dict, cfg: Config, splits: DataSplits, device: torch.device, *, quick: bool,
+                     num_workers: int) -> tuple[dict, dict[str, nn.Module], dict[str, tuple]]:
+    """The validation accuracy of the checkpoint's student (on RGB) and teacher (on TG), where it
+    has them -> (report, {name: network}, {name: (scores, labels)})."""
+    report, nets, results = {}, {}, {}
+    for name, modality in (("student", "rgb"), ("teacher", "tg")):
+        if ckpt["model"].get(name) is None:
+            continue
+        net = r3d18_from_config(cfg, len(splits.classes))
+        net.load_state_dict(ckpt["model"][name])
+        net.to(device)
+        scores, labels, skipped = score_videos(net, splits.val, splits.root, cfg.input, modality=modality,
+                                               tg_stride=cfg.tg.stride, device=device, quick=quick,
+                                               num_workers=num_workers, average=cfg.train.test_average,
+                                               tg_spread=cfg.tg.slow == "spread")
+        report[name] = accuracy_metrics(scores, labels, len(splits.classes))
+        report[name]["skipped_videos"] = len(skipped)
+        nets[name], results[name] = net, (scores, labels)
+    return report, nets, results
