@@ -173,14 +173,12 @@ def training_steps(device: torch.device, batch: int | None) -> dict:
     """fp32 and bf16-autocast steps of the full method from the same weights and batch."""
     import dataclasses
 
-    from training.models import TwoStreamNet
+    from training.models import two_stream_from_config
 
     cfg = full_size_config(batch)
     torch.manual_seed(cfg.train.seed)
     m = cfg.model
-    net = TwoStreamNet(NUM_CLASSES, width=m.width, temporal_pool=m.temporal_pool, dropout=m.dropout,
-                       bn_eps=m.bn_eps, streams=cfg.loss.streams, projection=cfg.loss.contrast,
-                       zero_init_residual=m.zero_init_residual, head_init_std=m.head_init_std).to(device).train()
+    net = two_stream_from_config(cfg, NUM_CLASSES).to(device).train()
     batches = random_batches(cfg)
     state = copy.deepcopy(net.state_dict())  # BatchNorm statistics move in train mode: restore between steps
     fp32 = one_step(net, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=False)), batches, device)
@@ -262,12 +260,11 @@ def nccl_syncbn_step(device: torch.device) -> dict:
 def full_size_student():
     """R3D-18 at the paper's size with its default initialization and perturbed BatchNorm
     statistics and affines (identity ones would let the exporter fold them away)."""
-    from training.models import R3D18
+    from training.models import r3d18_from_config
 
     cfg = full_size_config(None)
     torch.manual_seed(0)
-    m = cfg.model
-    net = R3D18(NUM_CLASSES, width=m.width, temporal_pool=m.temporal_pool, dropout=m.dropout, bn_eps=m.bn_eps)
+    net = r3d18_from_config(cfg, NUM_CLASSES)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for module in net.modules():

@@ -135,7 +135,7 @@ def full_size_run(folder: Path, videos: list[Path], *, config_file: Path, clips:
     views. Returns the run folder."""
     from export.build import export_run
     from training.config import load_config
-    from training.models import TwoStreamNet
+    from training.models import two_stream_from_config
     from training.train import model_state
 
     data, run = folder / "data", folder / "run"
@@ -148,8 +148,7 @@ def full_size_run(folder: Path, videos: list[Path], *, config_file: Path, clips:
     cfg = load_config(config_file, [f"data.root={data}", "data.format=folder", f"input.test_clips={clips}",
                                     f"input.test_crops={crops}"])
     torch.manual_seed(cfg.train.seed)
-    net = TwoStreamNet(len(classes), width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
-                       dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps, streams="rgb", projection=False)
+    net = two_stream_from_config(cfg, len(classes), streams="rgb", projection=False)
     run.mkdir(parents=True)
     torch.save({"config": cfg.to_dict(), "classes": classes, "epoch": 0, "model": model_state(net), "optimizer": {},
                 "history": [], "skipped": {}}, run / "last.pt")

@@ -30,7 +30,7 @@ from torch import nn
 from benchmarks.profiles import FULL_ARCHITECTURE, FULL_CLIP_SHAPE
 from export.build import build_r3d18, export_student, load_run
 from export.flops import onnx_flops, torch_flops
-from training.models import TwoStreamNet, count_parameters
+from training.models import count_parameters, r3d18_from_architecture
 
 ONNX_FILE, PROGRAM_FILE = "model.onnx", "student.pt2"  # the names export_student writes
 
@@ -120,9 +120,9 @@ def full_subject(work: Path) -> Subject:
     """The method's student at the paper's size, exported by the export stage, and its twin."""
     arch = FULL_ARCHITECTURE
     torch.manual_seed(0)
-    net = TwoStreamNet(arch["num_classes"], width=arch["width"], temporal_pool=arch["temporal_pool"],
-                       dropout=arch["dropout"], bn_eps=arch["bn_eps"], projection=True)
-    student = net.student.eval()
+    # the weights TwoStreamNet(...).student starts from under this seed: the student is built
+    # first (tests/test_models.py checks it)
+    student = r3d18_from_architecture(arch).eval()
     student_dir = work / "student-full"
     missing = export_into(student, FULL_CLIP_SHAPE, student_dir)
     plain, _ = plain_twin(arch, FULL_CLIP_SHAPE, work / "plain-full", student)

@@ -16,6 +16,7 @@ synthetic videos (320x240) for the data pipeline.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.measure import interleaved_rounds, latency_stats, ratio_stats, store
 from benchmarks.profiles import FULL_TRAIN_CONFIG, UCF_FRAMES, profile_from_options
 from training.config import Config, config_from_dict, load_config
-from training.models import TwoStreamNet
+from training.models import two_stream_from_config
 from training.train import total_loss, training_step
 
 pytestmark = pytest.mark.benchmark(group="training")
@@ -63,9 +64,11 @@ class TrainStep:
     def __init__(self, cfg: Config, num_classes: int, device: torch.device):
         self.cfg, self.device = cfg, device
         torch.manual_seed(cfg.train.seed)
-        self.net = TwoStreamNet(num_classes, width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
-                                dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps, streams=cfg.loss.streams,
-                                projection=cfg.loss.contrast).to(device).train()
+        # TwoStreamNet's default init (zero_init_residual off, heads normal(0, 0.01)), not the config's:
+        # the step has been measured so, and the init moves the random draws after it (the strong
+        # views, and so the counted FLOPs)
+        model = dataclasses.replace(cfg.model, zero_init_residual=False, head_init_std=0.01)
+        self.net = two_stream_from_config(dataclasses.replace(cfg, model=model), num_classes).to(device).train()
         # a small lr: the batch is noise, and the weights must stay finite over many steps
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=1e-4, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay)

@@ -42,7 +42,7 @@ from serving.devices import cuda_device_name, cuda_unavailable
 from serving.manifest import FILE_NAME, MODEL_NAME_PATTERN, Manifest, artifact_digests, input_record, write_manifest
 from training.config import Config, ConfigError, config_from_dict
 from training.data import DataSplits, resolve_splits
-from training.models import R3D18, count_parameters
+from training.models import R3D18, count_parameters, r3d18_from_architecture
 from training.views import InputSpec
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,7 @@ def architecture_of(cfg: Config, num_classes: int) -> dict:
 
 def build_r3d18(architecture: dict) -> R3D18:
     """A plain R3D-18 from a manifest's architecture record."""
-    args = {k: v for k, v in architecture.items() if k != "name"}
-    return R3D18(args.pop("num_classes"), **args)
+    return r3d18_from_architecture(architecture)
 
 
 def load_run(run: Path) -> LoadedRun:

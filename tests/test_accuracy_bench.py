@@ -12,7 +12,7 @@ from benchmarks.accuracy import (DEFAULT_CONFIG, SETTINGS, BenchmarkError, finis
                                  markdown, plan_runs, spread, summarize, verdict)
 from tests.tinyrun import tiny_overrides
 from training.config import load_config
-from training.evaluate import score_videos
+from training.scoring import score_videos
 from training.robustness import (CORRUPTIONS, adjust_brightness, adjust_contrast, corruption, corruption_factor,
                                  to_grayscale)
 
@@ -86,12 +86,12 @@ def test_corruptions_are_seeded_per_video_and_in_the_imgaug_range():
 def test_score_videos_applies_the_perturbation_to_every_video_before_normalization(tiny_run):
     from training.config import config_from_dict
     from training.data import resolve_splits
-    from training.models import R3D18
+    from training.models import r3d18_from_config
 
     ckpt = torch.load(tiny_run / "last.pt", weights_only=True)
     cfg = config_from_dict(ckpt["config"])
     splits = resolve_splits(cfg.data, tiny_run)
-    net = R3D18(len(splits.classes), width=cfg.model.width, temporal_pool=cfg.model.temporal_pool)
+    net = r3d18_from_config(cfg, len(splits.classes))
     net.load_state_dict(ckpt["model"]["student"])
     seen = []
 

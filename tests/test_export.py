@@ -24,8 +24,8 @@ from export.parity import Bound, onnx_session
 from serving.manifest import input_spec_from_manifest, sha256_of
 from training.config import config_from_dict
 from training.data import resolve_splits
-from training.evaluate import accuracy_metrics, score_videos
-from training.models import R3D18, TwoStreamNet, count_parameters
+from training.scoring import accuracy_metrics, score_videos
+from training.models import R3D18, TwoStreamNet, count_parameters, r3d18_from_config
 from training.views import decode_test_views, normalize
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,8 +77,7 @@ def manifest(exported) -> dict:
 def student(exported) -> R3D18:
     ckpt = torch.load(exported / "last.pt", weights_only=True)
     cfg = config_from_dict(ckpt["config"])
-    net = R3D18(len(ckpt["classes"]), width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
-                dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps)
+    net = r3d18_from_config(cfg, len(ckpt["classes"]))
     net.load_state_dict(ckpt["model"]["student"])
     return net.eval()
 

@@ -6,7 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.losses import contrastive_loss, dense_alignment_loss
-from training.models import BasicBlock3d, ProjectionHead, R3D18, TwoStreamNet, count_parameters
+from training.config import load_config
+from training.models import (BasicBlock3d, ProjectionHead, R3D18, TwoStreamNet, count_parameters,
+                             r3d18_from_architecture, r3d18_from_config, two_stream_from_config)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +124,44 @@ def test_two_stream_rejects_bad_config():
     net = TwoStreamNet(5, width=4, streams="rgb")
     with pytest.raises(ValueError, match="'tg'"):
         net(tg=torch.randn(2, 3, 8, 32, 32))
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_the_factories_pass_every_model_key_of_the_config():
+    cfg = load_config(None, ["model.width=4", "model.temporal_pool=false", "model.dropout=0.2", "model.bn_eps=0.00001",
+                             "model.zero_init_residual=true", "model.head_init_std=0"])
+    torch.manual_seed(0)
+    net = two_stream_from_config(cfg, 5)
+    torch.manual_seed(0)
+    by_hand = TwoStreamNet(5, width=4, temporal_pool=False, dropout=0.2, bn_eps=1e-5, zero_init_residual=True,
+                           head_init_std=0.0)
+    assert _same_weights(net, by_hand)  # head_init_std=0: PyTorch's init, drawn from the same seed
+    for model in (net.student, net.teacher):
+        assert model.temporal_pool is None and model.dropout.p == 0.2
+        assert all(m.eps == 1e-5 for m in model.modules() if isinstance(m, nn.BatchNorm3d))
+        assert all(torch.all(b.bn2.weight == 0) for b in model.modules() if isinstance(b, BasicBlock3d))
+    assert net.streams == "both" and net.proj_rgb is not None
+    alone = two_stream_from_config(cfg, 5, streams="rgb", projection=False)
+    assert alone.teacher is None and alone.proj_rgb is None
+    plain = r3d18_from_config(cfg, 5)
+    assert plain.temporal_pool is None and plain.dropout.p == 0.2 and plain.stem[1].eps == 1e-5
+
+
+def test_the_students_initial_weights_are_a_plain_r3d18_built_from_the_same_seed():
+    # benchmarks/subjects.py measures "TwoStreamNet(...).student at seed 0" as a plain R3D-18
+    cfg = load_config(None, ["model.width=4"])
+    torch.manual_seed(0)
+    student = two_stream_from_config(cfg, 5).student
+    torch.manual_seed(0)
+    plain = r3d18_from_config(cfg, 5)
+    torch.manual_seed(0)
+    from_record = r3d18_from_architecture({"name": "r3d18", "num_classes": 5, "width": 4, "temporal_pool": True,
+                                           "dropout": 0.5, "bn_eps": 1e-3, "in_channels": 3})
+    assert _same_weights(student, plain) and _same_weights(student, from_record)
 
 
 def test_student_and_teacher_do_not_share_weights():

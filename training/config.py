@@ -12,11 +12,18 @@ from pathlib import Path
 
 import yaml
 
+from training.distributed import DEVICES
+from training.losses import ALIGN_KINDS, FUSIONS
+from training.synthetic import FAMILIES
 from training.views import InputSpec
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the offending key."""
+
+
+# the networks trained: both = RGB student + TG teacher; rgb / tg = FixMatch on one modality
+STREAMS = ("both", "rgb", "tg")
 
 
 @dataclass
@@ -165,11 +172,11 @@ class Config:
 
 CHOICES = {
     "data.format": ("lists", "folder"),
-    "data.synthetic_size.family": ("", "directions", "turns", "paths", "speeds", "periodic", "accelerating", "combined"),
-    "loss.streams": ("both", "rgb", "tg"),
-    "loss.fusion": ("logits", "probs", "rgb", "tg", "self"),
-    "loss.align": ("cosine", "l1", "l2", "off"),
-    "train.device": ("auto", "cpu", "cuda"),
+    "data.synthetic_size.family": ("", *FAMILIES),
+    "loss.streams": STREAMS,
+    "loss.fusion": FUSIONS,
+    "loss.align": (*ALIGN_KINDS, "off"),
+    "train.device": DEVICES,
     "train.test_average": ("score", "prob"),
     "tg.slow": ("spread", "offset"),
     "strong.preset": ("mmaction", "fixmatch"),

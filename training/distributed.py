@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+DEVICES = ("auto", "cpu", "cuda")  # where to train or evaluate; auto: CUDA where present
+
 
 @dataclass
 class DistInfo:

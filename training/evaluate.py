@@ -1,6 +1,7 @@
-"""Evaluation: the 30-view test, the quick 1-clip validation, and PreciseBN.
+"""Evaluation of a run folder, and PreciseBN.
 
-`python -m training evaluate --run RUN` evaluates any run folder's last checkpoint.
+`python -m training evaluate --run RUN` evaluates any run folder's last checkpoint with the
+30-view test of training/scoring.py (or its quick 1-clip validation).
 """
 from __future__ import annotations
 
@@ -8,90 +9,20 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from training.augment import temporal_gradient
-from training.data import EvalClips, VideoItem, collate_skipping, worker_init
-from training.distributed import DistInfo, gather_objects
-from training.views import InputSpec, average_view_scores, normalize
+from training.config import Config, config_from_dict
+from training.data import DataSplits, EvalClips, VideoItem, collate_skipping, resolve_splits, worker_init
+from training.distributed import DEVICES, DistInfo
+from training.models import r3d18_from_config
+from training.robustness import evaluate_robustness
+from training.scoring import accuracy_metrics, score_videos
+from training.views import InputSpec
 
 log = logging.getLogger(__name__)
-
-
-def accuracy_metrics(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """Top-1, Top-5 and mean class accuracy (%) of video scores (N, C) against labels (N,)."""
-    if len(labels) == 0:
-        return {"top1": float("nan"), "top5": float("nan"), "mean_class": float("nan"), "videos": 0}
-    k = min(5, num_classes)
-    topk = np.argsort(-scores, axis=1)[:, :k]
-    top1 = topk[:, 0] == labels
-    top5 = (topk == labels[:, None]).any(axis=1)
-    per_class = [top1[labels == c].mean() for c in range(num_classes) if (labels == c).any()]
-    # plain floats: these go into checkpoints, which are loaded with weights_only=True
-    return {"top1": float(100.0 * top1.mean()), "top5": float(100.0 * top5.mean()),
-            "mean_class": float(100.0 * np.mean(per_class)), "videos": int(len(labels))}
-
-
-@torch.no_grad()
-def score_videos(
-    model: nn.Module,
-    items: list[VideoItem],
-    root: Path,
-    spec: InputSpec,
-    *,
-    modality: str,
-    tg_stride: int,
-    device: torch.device,
-    quick: bool = False,
-    batch_views: int = 30,
-    num_workers: int = 0,
-    info: DistInfo = DistInfo(),
-    perturb: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-    average: str = "prob",
-    tg_spread: bool = False,
-) -> tuple[np.ndarray, np.ndarray, list]:
-    """Average view scores of every video -> (scores (N, C), labels (N,), skipped videos);
-    `average` is the rule over views (`average_view_scores`: prob or score).
-
-    RGB models see the views; TG models see the temporal gradient of the same views. Videos
-    are sharded over processes and gathered back in the original order. `perturb(views,
-    video_index)` changes the decoded 0-255 views (and TG successor frames) before anything
-    else: the robustness test's corruptions (training/robustness.py)."""
-    model.eval()
-    mine = list(range(info.rank, len(items), info.world_size))
-    dataset = EvalClips([items[i] for i in mine], root, spec, tg_stride=tg_stride if modality == "tg" else None,
-                        quick=quick, tg_spread=tg_spread)
-    loader = DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=collate_skipping,
-                        worker_init_fn=worker_init)
-    results, skipped = {}, []
-    for local_i, batch in enumerate(loader):
-        skipped += batch["skipped"]
-        if "views" not in batch:
-            continue
-        views = batch["views"][0].float()  # (V, 3, T, S, S) 0-255
-        if perturb is not None:
-            views = perturb(views, mine[local_i])
-        if modality == "tg":
-            successors = batch["successors"][0].float()
-            if perturb is not None:
-                successors = perturb(successors, mine[local_i])
-            views = temporal_gradient(views, successors)
-        x = normalize(views, spec)
-        logits = torch.cat([model(x[i : i + batch_views].to(device)).float().cpu() for i in range(0, len(x), batch_views)])
-        results[mine[local_i]] = (average_view_scores(logits, average).numpy(), items[mine[local_i]].label)
-    merged = {}
-    for part in gather_objects(results, info):
-        merged.update(part)
-    skipped = [s for part in gather_objects(skipped, info) for s in part]
-    order = sorted(merged)
-    if not order:
-        return np.zeros((0, 0)), np.zeros(0, dtype=np.int64), skipped
-    return np.stack([merged[i][0] for i in order]), np.array([merged[i][1] for i in order]), skipped
 
 
 def precise_bn_loader(items: list[VideoItem], root: Path, spec: InputSpec, *, batch_size: int, seed: int,
@@ -141,58 +72,19 @@ def precise_bn(model: nn.Module, batches, *, num_batches: int, device: torch.dev
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate a run folder's last checkpoint with the 30-view test (or --quick)."""
-    from training.config import config_from_dict
-    from training.data import resolve_splits
-    from training.models import R3D18
-
-    parser = argparse.ArgumentParser(prog="python -m training evaluate", description=main.__doc__)
-    parser.add_argument("--run", required=True, help="run folder holding config.yaml and last.pt")
-    parser.add_argument("--quick", action="store_true", help="1 clip, centre crop instead of 30 views")
-    parser.add_argument("--clips", type=int, default=None)
-    parser.add_argument("--crops", type=int, default=None)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--figures", action="store_true",
-                        help="write RUN/figures/: RGB vs fast/slow TG frames, training curves, confusion matrices")
-    parser.add_argument("--robustness", action="store_true",
-                        help="also test the student under contrast, brightness and grayscale corruptions (Table 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the robustness corruptions")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA where present")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     run = Path(args.run)
-    ckpt_path = run / "last.pt"
-    if not ckpt_path.is_file():
-        raise SystemExit(f"error: no checkpoint at {ckpt_path}")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    cfg = config_from_dict(ckpt["config"])
-    if args.clips:
-        cfg.input.test_clips = args.clips
-    if args.crops:
-        cfg.input.test_crops = args.crops
+    ckpt, cfg = load_checkpoint(run, clips=args.clips, crops=args.crops)
     splits = resolve_splits(cfg.data, run)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    report, nets, results = {}, {}, {}
-    for name, modality in (("student", "rgb"), ("teacher", "tg")):
-        if ckpt["model"].get(name) is None:
-            continue
-        net = R3D18(len(splits.classes), width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
-                    dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps)
-        net.load_state_dict(ckpt["model"][name])
-        net.to(device)
-        scores, labels, skipped = score_videos(net, splits.val, splits.root, cfg.input, modality=modality,
-                                               tg_stride=cfg.tg.stride, device=device, quick=args.quick,
-                                               num_workers=args.workers, average=cfg.train.test_average,
-                                               tg_spread=cfg.tg.slow == "spread")
-        report[name] = accuracy_metrics(scores, labels, len(splits.classes))
-        report[name]["skipped_videos"] = len(skipped)
-        nets[name], results[name] = net, (scores, labels)
+    report, nets, results = score_checkpoint(ckpt, cfg, splits, device, quick=args.quick, num_workers=args.workers)
     views = "1 clip x 1 crop" if args.quick else f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops"
     report["views"] = views
     report["score_average"] = cfg.train.test_average
     if args.robustness and "student" in nets:
-        from training.robustness import evaluate_robustness
         report["robustness"] = {"student": evaluate_robustness(
             nets["student"], splits.val, splits.root, cfg.input, num_classes=len(splits.classes),
             device=device, seed=args.seed, num_workers=args.workers)}
@@ -204,3 +96,54 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=2))
     (run / ("eval_quick.json" if args.quick else "eval.json")).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training evaluate", description=main.__doc__)
+    parser.add_argument("--run", required=True, help="run folder holding config.yaml and last.pt")
+    parser.add_argument("--quick", action="store_true", help="1 clip, centre crop instead of 30 views")
+    parser.add_argument("--clips", type=int, default=None)
+    parser.add_argument("--crops", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--figures", action="store_true",
+                        help="write RUN/figures/: RGB vs fast/slow TG frames, training curves, confusion matrices")
+    parser.add_argument("--robustness", action="store_true",
+                        help="also test the student under contrast, brightness and grayscale corruptions (Table 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the robustness corruptions")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA where present")
+    return parser.parse_args(argv)
+
+
+def load_checkpoint(run: Path, *, clips: int | None, crops: int | None) -> tuple[dict, Config]:
+    """The run's last checkpoint and its config, with `clips` x `crops` test views where given."""
+    ckpt_path = run / "last.pt"
+    if not ckpt_path.is_file():
+        raise SystemExit(f"error: no checkpoint at {ckpt_path}")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    cfg = config_from_dict(ckpt["config"])
+    if clips:
+        cfg.input.test_clips = clips
+    if crops:
+        cfg.input.test_crops = crops
+    return ckpt, cfg
+
+
+def score_checkpoint(ckpt: dict, cfg: Config, splits: DataSplits, device: torch.device, *, quick: bool,
+                     num_workers: int) -> tuple[dict, dict[str, nn.Module], dict[str, tuple]]:
+    """The validation accuracy of the checkpoint's student (on RGB) and teacher (on TG), where it
+    has them -> (report, {name: network}, {name: (scores, labels)})."""
+    report, nets, results = {}, {}, {}
+    for name, modality in (("student", "rgb"), ("teacher", "tg")):
+        if ckpt["model"].get(name) is None:
+            continue
+        net = r3d18_from_config(cfg, len(splits.classes))
+        net.load_state_dict(ckpt["model"][name])
+        net.to(device)
+        scores, labels, skipped = score_videos(net, splits.val, splits.root, cfg.input, modality=modality,
+                                               tg_stride=cfg.tg.stride, device=device, quick=quick,
+                                               num_workers=num_workers, average=cfg.train.test_average,
+                                               tg_spread=cfg.tg.slow == "spread")
+        report[name] = accuracy_metrics(scores, labels, len(splits.classes))
+        report[name]["skipped_videos"] = len(skipped)
+        nets[name], results[name] = net, (scores, labels)
+    return report, nets, results

@@ -2,13 +2,18 @@
 
 The student (`R3D18` on RGB) is a plain module: export takes `TwoStreamNet.student` as is.
 Architecture follows MMAction2's ResNet3d (depth 18), the backbone of the authors' code.
+Networks are built from a config or an export manifest's architecture record by the factories
+at the end (`two_stream_from_config`, `r3d18_from_config`, `r3d18_from_architecture`), so the
+constructor's arguments are written out once.
 """
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from torch import Tensor, nn
 
-STREAMS = ("both", "rgb", "tg")
+from training.config import STREAMS, Config, ModelConfig
 
 
 class BasicBlock3d(nn.Module):
@@ -208,6 +213,35 @@ class TwoStreamNet(nn.Module):
             if head is not None:
                 out[f"emb_{name}"] = head(pooled)
         return out
+
+
+# ----------------------------------------------------------------------------- factories
+def backbone_arguments(model: ModelConfig) -> dict[str, Any]:
+    """R3D18's keyword arguments from the config's model section (all but the class count)."""
+    return {"width": model.width, "temporal_pool": model.temporal_pool, "dropout": model.dropout,
+            "bn_eps": model.bn_eps, "zero_init_residual": model.zero_init_residual}
+
+
+def two_stream_from_config(cfg: Config, num_classes: int, *, streams: str | None = None,
+                           projection: bool | None = None) -> TwoStreamNet:
+    """The network `cfg` trains. `streams` and `projection` replace loss.streams and
+    loss.contrast where a caller needs the student alone (no teacher, no heads)."""
+    return TwoStreamNet(num_classes, **backbone_arguments(cfg.model),
+                        streams=cfg.loss.streams if streams is None else streams,
+                        projection=cfg.loss.contrast if projection is None else projection,
+                        head_init_std=cfg.model.head_init_std)
+
+
+def r3d18_from_config(cfg: Config, num_classes: int) -> R3D18:
+    """A plain R3D-18 as `cfg` builds its student and teacher, e.g. to load one from a checkpoint."""
+    return R3D18(num_classes, **backbone_arguments(cfg.model))
+
+
+def r3d18_from_architecture(architecture: Mapping[str, Any]) -> R3D18:
+    """A plain R3D-18 from an export manifest's architecture record: its "name" and R3D18's
+    arguments (num_classes, width, temporal_pool, dropout, bn_eps, in_channels)."""
+    args = {k: v for k, v in architecture.items() if k != "name"}
+    return R3D18(args.pop("num_classes"), **args)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from training.data import VideoItem
-from training.evaluate import accuracy_metrics, score_videos
+from training.scoring import accuracy_metrics, score_videos
 from training.views import InputSpec
 
 CORRUPTIONS = ("contrast", "brightness", "grayscale")

@@ -39,6 +39,7 @@ import shutil
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -507,6 +508,55 @@ def _remove_stale_partials(root: Path) -> None:
             continue  # not ours to judge: a foreign name, or a live process of another user
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a generated dataset is (`generate`'s arguments, less where it goes and how many
+    processes render it): its classes, videos per class and split, and every video's frames,
+    size, seed and clutter."""
+
+    num_classes: int
+    family: str
+    train_per_class: int
+    labeled_per_class: int
+    val_per_class: int
+    frames: int
+    width: int
+    height: int
+    seed: int
+    clutter: bool
+
+    def classes(self) -> list[str]:
+        return class_names(self.num_classes, self.family)
+
+    def check(self) -> None:
+        """ValueError naming the first argument out of its range."""
+        self.classes()
+        if not 1 <= self.labeled_per_class <= self.train_per_class:
+            raise ValueError(f"need 1 <= labeled_per_class <= train_per_class, got {self.labeled_per_class}, "
+                             f"{self.train_per_class}")
+        if self.val_per_class < 1:
+            raise ValueError(f"val_per_class must be >= 1, got {self.val_per_class}")
+        if self.frames < 2:
+            raise ValueError(f"frames must be >= 2, got {self.frames}")
+        if self.width < 16 or self.height < 16 or self.width % 2 or self.height % 2:
+            raise ValueError(f"width and height must be even and >= 16 (yuv420p), got {self.width}x{self.height}")
+
+    def identity(self) -> dict:
+        """The arguments synthetic.json records: a folder holds this dataset when they are equal."""
+        arguments = dict(num_classes=self.num_classes, train_per_class=self.train_per_class,
+                         labeled_per_class=self.labeled_per_class, val_per_class=self.val_per_class,
+                         frames=self.frames, width=self.width, height=self.height, seed=self.seed, fps=FPS,
+                         generator_version=GENERATOR_VERSION)
+        if not self.clutter:  # only when off, so datasets generated before this option keep their identity
+            arguments["clutter"] = False
+        if self.family:  # likewise only when set; num_classes 0 and the family's size make the same dataset
+            arguments.update(num_classes=len(self.classes()), family=self.family)
+        return arguments
+
+    def videos(self) -> list[tuple]:
+        return _plan(self.classes(), self.train_per_class, self.labeled_per_class, self.val_per_class)
+
+
 def generate(root: str | os.PathLike, *, num_classes: int = 10, family: str = "", train_per_class: int = 40,
              labeled_per_class: int = 4, val_per_class: int = 10, frames: int = 48, width: int = 96,
              height: int = 72, seed: int = 0, clutter: bool = True, workers: int = 1) -> dict:
@@ -522,69 +572,75 @@ def generate(root: str | os.PathLike, *, num_classes: int = 10, family: str = ""
     (False when the dataset was already there), seconds.
     """
     start = time.perf_counter()
-    classes = class_names(num_classes, family)
-    if not 1 <= labeled_per_class <= train_per_class:
-        raise ValueError(f"need 1 <= labeled_per_class <= train_per_class, got {labeled_per_class}, {train_per_class}")
-    if val_per_class < 1:
-        raise ValueError(f"val_per_class must be >= 1, got {val_per_class}")
-    if frames < 2:
-        raise ValueError(f"frames must be >= 2, got {frames}")
-    if width < 16 or height < 16 or width % 2 or height % 2:
-        raise ValueError(f"width and height must be even and >= 16 (yuv420p), got {width}x{height}")
+    spec = DatasetSpec(num_classes=num_classes, family=family, train_per_class=train_per_class,
+                       labeled_per_class=labeled_per_class, val_per_class=val_per_class, frames=frames, width=width,
+                       height=height, seed=seed, clutter=clutter)
+    spec.check()
     if seed < 0 or workers < 1:
         raise ValueError(f"seed must be >= 0 and workers >= 1, got seed={seed}, workers={workers}")
-
-    root = Path(root)
-    arguments = dict(num_classes=num_classes, train_per_class=train_per_class, labeled_per_class=labeled_per_class,
-                     val_per_class=val_per_class, frames=frames, width=width, height=height, seed=seed, fps=FPS,
-                     generator_version=GENERATOR_VERSION)
-    if not clutter:  # only when off, so datasets generated before this option keep their identity
-        arguments["clutter"] = False
-    if family:  # likewise only when set; num_classes 0 and the family's size make the same dataset
-        arguments.update(num_classes=len(classes), family=family)
-    videos = _plan(classes, train_per_class, labeled_per_class, val_per_class)
+    root, classes, videos = Path(root), spec.classes(), spec.videos()
     train = [v for v in videos if v[2] == "train"]
     summary = dict(root=str(root), classes=classes, train=len(train), labeled=len(classes) * labeled_per_class,
                    unlabeled=len(train), val=len(videos) - len(train))
+    if _already_generated(root, spec, videos):
+        return dict(summary, generated=False, seconds=time.perf_counter() - start)
+    _build_dataset(root, spec, videos, workers)
+    return dict(summary, generated=True, seconds=time.perf_counter() - start)
 
+
+def _already_generated(root: Path, spec: DatasetSpec, videos: list[tuple]) -> bool:
+    """True if `root` holds this dataset complete; False if it is to be (re)generated there;
+    ValueError if `root` holds another dataset or files of its own."""
     if (root / "synthetic.json").is_file():
-        if _is_complete(root, arguments, videos):
-            return dict(summary, generated=False, seconds=time.perf_counter() - start)
+        if _is_complete(root, spec.identity(), videos):
+            return True
         print(f"{root}: synthetic dataset incomplete (files missing); regenerating it")
     elif root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ValueError(f"{root} exists and is not a synthetic dataset (no synthetic.json); "
                          "refusing to write into it")
+    return False
 
+
+def _build_dataset(root: Path, spec: DatasetSpec, videos: list[tuple], workers: int) -> None:
+    """Render the videos and write the lists in a temporary sibling folder, then rename it to `root`."""
     root.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(root)
     # Unique per process and call: concurrent generations (ranks, threads) never share one.
     partial = root.parent / f".{root.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     partial.mkdir()  # not tempfile.mkdtemp: its 0700 mode would become the dataset's
     try:
-        for path, *_ in videos:
-            (partial / path).parent.mkdir(parents=True, exist_ok=True)
-        tasks = [(str(partial / path), motion, split, index, seed, frames, width, height, clutter)
-                 for path, _, split, motion, index in videos]
-        if workers == 1:
-            for task in tasks:
-                _write_video(task)
-        else:
-            # spawn: workers must not inherit a parent's torch/OpenMP threads or decoder state.
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                list(pool.map(_write_video, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
-
-        (partial / "lists").mkdir()
-        (partial / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
-        (partial / "lists/train.txt").write_text(_list_text(train))
-        (partial / "lists/labeled.txt").write_text(_list_text(v for v in train if v[4] < labeled_per_class))
-        (partial / "lists/unlabeled.txt").write_text(_list_text(train))
-        (partial / "lists/val.txt").write_text(_list_text(v for v in videos if v[2] == "val"))
-        # Written last: its presence marks a finished dataset.
-        (partial / "synthetic.json").write_text(json.dumps(dict(arguments=arguments, classes=classes), indent=2) + "\n")
-        _move_into_place(partial, root, arguments, videos)
+        _render_videos(partial, spec, videos, workers)
+        _write_lists(partial, spec, videos)
+        _move_into_place(partial, root, spec.identity(), videos)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    return dict(summary, generated=True, seconds=time.perf_counter() - start)
+
+
+def _render_videos(folder: Path, spec: DatasetSpec, videos: list[tuple], workers: int) -> None:
+    for path, *_ in videos:
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+    tasks = [(str(folder / path), motion, split, index, spec.seed, spec.frames, spec.width, spec.height, spec.clutter)
+             for path, _, split, motion, index in videos]
+    if workers == 1:
+        for task in tasks:
+            _write_video(task)
+    else:
+        # spawn: workers must not inherit a parent's torch/OpenMP threads or decoder state.
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            list(pool.map(_write_video, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
+
+
+def _write_lists(folder: Path, spec: DatasetSpec, videos: list[tuple]) -> None:
+    """classes.txt, the list files and synthetic.json, written last: its presence marks a finished dataset."""
+    classes, train = spec.classes(), [v for v in videos if v[2] == "train"]
+    (folder / "lists").mkdir()
+    (folder / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
+    (folder / "lists/train.txt").write_text(_list_text(train))
+    (folder / "lists/labeled.txt").write_text(_list_text(v for v in train if v[4] < spec.labeled_per_class))
+    (folder / "lists/unlabeled.txt").write_text(_list_text(train))
+    (folder / "lists/val.txt").write_text(_list_text(v for v in videos if v[2] == "val"))
+    (folder / "synthetic.json").write_text(json.dumps(dict(arguments=spec.identity(), classes=classes), indent=2)
+                                           + "\n")
 
 
 def _move_into_place(partial: Path, root: Path, arguments: dict, videos) -> None:

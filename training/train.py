@@ -13,7 +13,9 @@ import math
 import os
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -24,13 +26,17 @@ from tqdm import tqdm
 
 from training.augment import make_views
 from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
-from training.data import SeededSampler, TrainClips, collate_skipping, resolve_splits, worker_init
+from training.data import DataSplits, SeededSampler, TrainClips, collate_skipping, resolve_splits, worker_init
 from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed, training_device
-from training.evaluate import accuracy_metrics, precise_bn, precise_bn_loader, score_videos
+from training.evaluate import precise_bn, precise_bn_loader
 from training.losses import contrastive_loss, dense_alignment_loss, pseudo_labels, supervised_loss, unlabeled_loss
 from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
-from training.models import TwoStreamNet
+from training.scoring import accuracy_metrics, score_videos
+from training.models import TwoStreamNet, two_stream_from_config
 from training.views import normalize
+
+if TYPE_CHECKING:  # imported where a writer is made: tensorboard is slow to import
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("training")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic.yaml"
@@ -160,65 +166,132 @@ class SkipLog:
                 "videos": dict(list(self.paths.items())[:100])}
 
 
-def train_one_epoch(net, optimizer, unl_loader, lab_batches, *, cfg: Config, epoch: int, schedule: Schedule,
-                    base_lr: float, device, info: DistInfo, writer, skips: SkipLog) -> dict:
-    net.train()
-    use_unlabeled = epoch >= schedule.sup_warmup_epochs
-    steps, first_it = schedule.steps_per_epoch, epoch * schedule.steps_per_epoch
+@dataclass
+class Loaders:
+    """The two training loaders and their samplers (which reshuffle them every epoch)."""
+
+    unlabeled: DataLoader
+    labeled: DataLoader
+    unlabeled_sampler: SeededSampler
+    labeled_sampler: SeededSampler
+
+
+@dataclass
+class TrainState:
+    """What the epoch loop works on, built once by `run_training` and carried from epoch to epoch."""
+
+    cfg: Config
+    net: nn.Module  # what the step runs: DistributedDataParallel around net_without_ddp when distributed
+    net_without_ddp: TwoStreamNet  # what is checkpointed, PreciseBN'd and tested
+    optimizer: torch.optim.Optimizer
+    loaders: Loaders
+    schedule: Schedule
+    base_lr: float
+    device: torch.device
+    info: DistInfo
+    writer: SummaryWriter | None = None  # TensorBoard, on the main process only
+    skips: SkipLog = field(default_factory=SkipLog)
+    history: list[dict] = field(default_factory=list)  # per epoch: the means and the quick validation
+
+
+def train_one_epoch(state: TrainState, epoch: int) -> dict[str, float]:
+    """One pass over the unlabeled set -> the mean of each logged value over its steps and processes."""
+    unlabeled = iter(state.loaders.unlabeled)
+    labeled = cycle_batches(state.loaders.labeled, state.loaders.labeled_sampler, epoch)
+    state.net.train()
+    use_unlabeled = epoch >= state.schedule.sup_warmup_epochs
+    strong = use_unlabeled or state.cfg.train.forward_strong_in_warmup
+    n_streams = 2 if state.cfg.loss.streams == "both" else 1
+    progress = EpochProgress(state, epoch)
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    # a progress bar on a terminal only; a log file gets a line every `train.log_every` steps
-    on_terminal = sys.stdout.isatty()
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{schedule.epochs}", disable=not (info.is_main and on_terminal),
-               dynamic_ncols=True, leave=False, file=sys.stdout)
-    t0 = time.time()
-    clips = 0
-    n_streams = 2 if cfg.loss.streams == "both" else 1
-    for step, batch_u in enumerate(unl_loader):
-        if step >= steps:
+    for step, batch_u in enumerate(unlabeled):
+        if step >= state.schedule.steps_per_epoch:
             break
-        batch_l = next(lab_batches)
-        skips.add(batch_u["skipped"] + batch_l["skipped"])
-        it = first_it + step
-        lr = learning_rate(it, base_lr=base_lr, schedule=schedule, cfg=cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        terms, stats = training_step(net, batch_l, batch_u, cfg, use_unlabeled=use_unlabeled, device=device)
-        loss = total_loss(terms, cfg)
-        # one device-to-host copy per step for logging and the finiteness check
-        names = [f"loss/{k}" for k in ("total", *terms)] + [f"pseudo/{k}" for k in stats]
-        tensors = [loss, *terms.values(), *stats.values()]
-        values = dict(zip(names, torch.stack([t.detach().float() for t in tensors]).tolist()))
-        if not math.isfinite(values["loss/total"]):
-            raise FloatingPointError(f"loss is not finite at epoch {epoch + 1} step {step}: {values}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.clip_grad) if cfg.optim.clip_grad > 0 else None
-        optimizer.step()
-
-        strong = use_unlabeled or cfg.train.forward_strong_in_warmup
-        clips += info.world_size * n_streams * (len(batch_l["label"]) + len(batch_u["label"]) * (2 if strong else 1))
+        batch_l = next(labeled)
+        state.skips.add(batch_u["skipped"] + batch_l["skipped"])
+        values, lr, grad_norm = optimizer_step(state, batch_l, batch_u, epoch=epoch, step=step,
+                                               use_unlabeled=use_unlabeled)
         row = {k: v for k, v in values.items() if not math.isnan(v)}  # NaN: no confident known-label clip
         for k, v in row.items():
             sums[k] = sums.get(k, 0.0) + v
             counts[k] = counts.get(k, 0) + 1
-        if info.is_main:
-            rate = clips / max(1e-9, time.time() - t0)
-            writer.add_scalar("lr", lr, it)
-            writer.add_scalar("speed/clips_per_s", rate, it)
-            if grad_norm is not None:
-                writer.add_scalar("grad_norm", float(grad_norm), it)
-            for k, v in row.items():
-                writer.add_scalar(k, v, it)
-            mask = values.get("pseudo/mask_rate_rgb", values.get("pseudo/mask_rate_tg", 0.0))
-            bar.set_postfix(loss=f"{values['loss/total']:.3f}", mask=f"{mask:.2f}", lr=f"{lr:.4f}", clips_s=f"{rate:.1f}")
-            bar.update(1)
-            every = cfg.train.log_every
-            if not on_terminal and every and (step + 1) % every == 0 and step + 1 < steps:
-                log.info("epoch %d/%d  step %d/%d  loss=%.3f  mask=%.2f  lr=%.4g  clips/s=%.1f", epoch + 1,
-                         schedule.epochs, step + 1, steps, values["loss/total"], mask, lr, rate)
-    bar.close()
+        clips = state.info.world_size * n_streams * (len(batch_l["label"]) +
+                                                      len(batch_u["label"]) * (2 if strong else 1))
+        progress.update(step, clips=clips, lr=lr, grad_norm=grad_norm, values=values, row=row)
+    progress.close()
+    return mean_over_processes(sums, counts, state.info)
+
+
+def optimizer_step(state: TrainState, batch_l: dict, batch_u: dict, *, epoch: int, step: int,
+                   use_unlabeled: bool) -> tuple[dict[str, float], float, torch.Tensor | None]:
+    """One SGD step at the schedule's lr -> (the logged values on the host, the lr, the gradient
+    norm before clipping; None without clipping)."""
+    cfg, optimizer = state.cfg, state.optimizer
+    lr = learning_rate(epoch * state.schedule.steps_per_epoch + step, base_lr=state.base_lr,
+                       schedule=state.schedule, cfg=cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+    terms, stats = training_step(state.net, batch_l, batch_u, cfg, use_unlabeled=use_unlabeled, device=state.device)
+    loss = total_loss(terms, cfg)
+    # one device-to-host copy per step for logging and the finiteness check
+    names = [f"loss/{k}" for k in ("total", *terms)] + [f"pseudo/{k}" for k in stats]
+    tensors = [loss, *terms.values(), *stats.values()]
+    values = dict(zip(names, torch.stack([t.detach().float() for t in tensors]).tolist()))
+    if not math.isfinite(values["loss/total"]):
+        raise FloatingPointError(f"loss is not finite at epoch {epoch + 1} step {step}: {values}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = cfg.optim.clip_grad
+    grad_norm = nn.utils.clip_grad_norm_(state.net.parameters(), clip) if clip > 0 else None
+    optimizer.step()
+    return values, lr, grad_norm
+
+
+class EpochProgress:
+    """An epoch's progress on the main process: every value in TensorBoard at each step, and a
+    progress bar on a terminal; a log file gets a line every `train.log_every` steps instead."""
+
+    def __init__(self, state: TrainState, epoch: int):
+        self.state, self.epoch = state, epoch
+        self.on_terminal = sys.stdout.isatty()
+        self.bar = tqdm(total=state.schedule.steps_per_epoch, desc=f"epoch {epoch + 1}/{state.schedule.epochs}",
+                        disable=not (state.info.is_main and self.on_terminal), dynamic_ncols=True, leave=False,
+                        file=sys.stdout)
+        self.t0 = time.time()
+        self.clips = 0
+
+    def update(self, step: int, *, clips: int, lr: float, grad_norm: torch.Tensor | None, values: dict[str, float],
+               row: dict[str, float]) -> None:
+        """After step `step`: `clips` forwarded by all processes, `values` as logged, `row` those not NaN."""
+        self.clips += clips
+        state = self.state
+        if not state.info.is_main:
+            return
+        steps = state.schedule.steps_per_epoch
+        it, rate = self.epoch * steps + step, self.clips / max(1e-9, time.time() - self.t0)
+        state.writer.add_scalar("lr", lr, it)
+        state.writer.add_scalar("speed/clips_per_s", rate, it)
+        if grad_norm is not None:
+            state.writer.add_scalar("grad_norm", float(grad_norm), it)
+        for k, v in row.items():
+            state.writer.add_scalar(k, v, it)
+        mask = values.get("pseudo/mask_rate_rgb", values.get("pseudo/mask_rate_tg", 0.0))
+        self.bar.set_postfix(loss=f"{values['loss/total']:.3f}", mask=f"{mask:.2f}", lr=f"{lr:.4f}",
+                             clips_s=f"{rate:.1f}")
+        self.bar.update(1)
+        every = state.cfg.train.log_every
+        if not self.on_terminal and every and (step + 1) % every == 0 and step + 1 < steps:
+            log.info("epoch %d/%d  step %d/%d  loss=%.3f  mask=%.2f  lr=%.4g  clips/s=%.1f", self.epoch + 1,
+                     state.schedule.epochs, step + 1, steps, values["loss/total"], mask, lr, rate)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def mean_over_processes(sums: dict[str, float], counts: dict[str, int], info: DistInfo) -> dict[str, float]:
+    """Each key's sum over every process's steps divided by its count, keys sorted."""
     # one gather of (sums, counts): a key may be missing on some processes (e.g. no confident
     # pseudo-label with a known label), so per-key collectives could pair up wrongly
     total_sums: dict[str, float] = {}
@@ -363,7 +436,30 @@ def print_plan_before_run(cfg: Config, args, recipe) -> None:
 
 
 def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *, stop_after: int = 0) -> int:
-    # --- run folder: the resolved config is saved once; a re-run must match it (then it resumes)
+    """Train `cfg` in the run folder `run`, resuming from its last.pt; 0 once the run is complete
+    or has stopped after `stop_after` epochs as asked."""
+    ckpt = open_run_folder(cfg, run, info)
+    if run_is_complete(cfg, run, ckpt):
+        return 0
+    splits = prepare_data(cfg, run, info)
+    loaders = build_loaders(cfg, splits, device, info)
+    schedule = resolve_schedule(cfg, len(splits.unlabeled), info.world_size)
+    net, net_without_ddp = build_model(cfg, len(splits.classes), device, info)
+    optimizer, base_lr = build_optimizer(cfg, net, info.world_size)
+    state = TrainState(cfg, net, net_without_ddp, optimizer, loaders, schedule, base_lr, device, info)
+    log_setup(state)
+    start_epoch = resume(state, ckpt, run / "last.pt")
+    state.writer = tensorboard_writer(run, info)
+    t_start = time.time()
+    if not run_epochs(state, splits, run / "last.pt", start_epoch=start_epoch, stop_after=stop_after):
+        return 0  # stopped as asked: the same command continues the run
+    final_test(state, splits, run / "metrics.json", train_time=time.time() - t_start)
+    return 0
+
+
+def open_run_folder(cfg: Config, run: Path, info: DistInfo) -> dict | None:
+    """Create or reopen the run folder and log into its train.log -> its last checkpoint, if any.
+    The resolved config is saved once; a re-run must match it (then it resumes)."""
     run.mkdir(parents=True, exist_ok=True)
     saved_cfg = run / "config.yaml"
     if saved_cfg.is_file():
@@ -374,16 +470,24 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
     elif info.is_main:
         save_config(cfg, saved_cfg)
     setup_logging(run, info)
-    ckpt_path, metrics_path = run / "last.pt", run / "metrics.json"
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.is_file() else None
+    ckpt_path = run / "last.pt"
+    return torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.is_file() else None
+
+
+def run_is_complete(cfg: Config, run: Path, ckpt: dict | None) -> bool:
+    """True (after logging its metrics) when the run has trained every epoch and been tested."""
+    metrics_path = run / "metrics.json"
     if ckpt and metrics_path.is_file() and ckpt["epoch"] >= ckpt.get("schedule", {}).get("epochs", cfg.optim.epochs):
         log.info("run %s is complete (%d epochs); metrics: %s", run, ckpt["epoch"], metrics_path)
         log.info(metrics_path.read_text())
-        return 0
+        return True
+    return False
 
-    # --- data
+
+def prepare_data(cfg: Config, run: Path, info: DistInfo) -> DataSplits:
+    """The synthetic dataset generated if the config asks for it, and the run's splits: the main
+    process resolves them first (drawing and saving the labeled split), the others then read them."""
     if cfg.data.synthetic and info.is_main:
-        from dataclasses import asdict
         from training.synthetic import generate
         log.info("synthetic motion dataset: %s", cfg.data.root)
         generate(cfg.data.root, **asdict(cfg.data.synthetic_size), workers=max(1, min(4, os.cpu_count() or 1)))
@@ -392,32 +496,33 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
     barrier(info)
     if not info.is_main:
         splits = resolve_splits(cfg.data, run, is_main=False)
-    num_classes = len(splits.classes)
     if info.is_main:
         (run / "classes.txt").write_text("".join(c + "\n" for c in splits.classes))
-    log.info("data %s: %d classes, %d labeled (%s), %d unlabeled, %d val", splits.root, num_classes,
+    log.info("data %s: %d classes, %d labeled (%s), %d unlabeled, %d val", splits.root, len(splits.classes),
              len(splits.labeled), splits.source, len(splits.unlabeled), len(splits.val))
     for name, absent in splits.missing.items():
         log.warning("%d videos of the %s list were not found under %s (they will be skipped and counted), e.g. %s",
                     len(absent), name, splits.root, ", ".join(absent[:3]))
+    return splits
 
+
+def build_loaders(cfg: Config, splits: DataSplits, device: torch.device, info: DistInfo) -> Loaders:
     bl, bu = cfg.optim.batch_labeled, cfg.optim.batch_unlabeled
     unl_sampler = SeededSampler(len(splits.unlabeled), rank=info.rank, world_size=info.world_size, seed=cfg.train.seed,
                                 min_per_rank=bu)
     lab_sampler = SeededSampler(len(splits.labeled), rank=info.rank, world_size=info.world_size,
                                 seed=cfg.train.seed + 1, min_per_rank=bl)
-
     unl_loader = make_loader(splits.unlabeled, splits.root, cfg, unl_sampler, bu, pin_memory=device.type == "cuda")
     lab_loader = make_loader(splits.labeled, splits.root, cfg, lab_sampler, bl, pin_memory=device.type == "cuda")
-    schedule = resolve_schedule(cfg, len(splits.unlabeled), info.world_size)
-    steps = schedule.steps_per_epoch
+    return Loaders(unl_loader, lab_loader, unl_sampler, lab_sampler)
 
-    # --- model (initialisation seeded: two runs of one config start from the same weights)
+
+def build_model(cfg: Config, num_classes: int, device: torch.device,
+                info: DistInfo) -> tuple[nn.Module, TwoStreamNet]:
+    """The two-stream network -> (what the step runs: DDP-wrapped when distributed, the network itself).
+    Its initialisation is seeded: two runs of one config start from the same weights."""
     torch.manual_seed(cfg.train.seed)
-    net = TwoStreamNet(num_classes, width=cfg.model.width, temporal_pool=cfg.model.temporal_pool,
-                       dropout=cfg.model.dropout, bn_eps=cfg.model.bn_eps, streams=cfg.loss.streams,
-                       projection=cfg.loss.contrast, zero_init_residual=cfg.model.zero_init_residual,
-                       head_init_std=cfg.model.head_init_std).to(device)
+    net = two_stream_from_config(cfg, num_classes).to(device)
     net_without_ddp = net
     if info.enabled:
         if device.type == "cuda" and cfg.train.sync_bn:
@@ -426,105 +531,137 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
         elif cfg.train.sync_bn:
             log.info("SyncBatchNorm needs CUDA: on CPU each process keeps its own BatchNorm statistics")
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return net, net_without_ddp
 
-    # --- optimizer: lr scaled linearly with the total batch
-    total_batch = info.world_size * (bl + bu)
-    base_lr = scaled_lr(cfg, info.world_size)
+
+def build_optimizer(cfg: Config, net: nn.Module, world_size: int) -> tuple[torch.optim.Optimizer, float]:
+    """SGD with the lr scaled linearly with the total batch -> (the optimizer, that base lr)."""
+    base_lr = scaled_lr(cfg, world_size)
     optimizer = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay)
+    return optimizer, base_lr
+
+
+def log_setup(state: TrainState) -> None:
+    cfg, schedule, info = state.cfg, state.schedule, state.info
+    total_batch = info.world_size * (cfg.optim.batch_labeled + cfg.optim.batch_unlabeled)
     log.info("model: R3D-18 width %d x %s; %d steps/epoch x %d epochs = %d steps (budget in %s); total batch %d; "
-             "lr %.4g; device %s; %d process(es)", cfg.model.width, cfg.loss.streams, steps, schedule.epochs,
-             schedule.total_steps, schedule.budget, total_batch, base_lr, device, info.world_size)
+             "lr %.4g; device %s; %d process(es)", cfg.model.width, cfg.loss.streams, schedule.steps_per_epoch,
+             schedule.epochs, schedule.total_steps, schedule.budget, total_batch, state.base_lr, state.device,
+             info.world_size)
 
-    # --- resume
-    start_epoch, history, skips = 0, [], SkipLog()
-    if ckpt is not None:
-        load_model_state(net_without_ddp, ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, history, skips = ckpt["epoch"], list(ckpt.get("history", [])), SkipLog(ckpt.get("skipped"))
-        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
-        if ckpt.get("schedule", schedule.to_dict()) != schedule.to_dict():
-            log.warning("the unlabeled set changed size since this run started: its schedule was %s, now %s",
-                        ckpt["schedule"], schedule.to_dict())
 
-    def checkpoint(epoch: int) -> None:
-        if info.is_main:
-            save_checkpoint(ckpt_path, {"config": cfg.to_dict(), "classes": splits.classes, "epoch": epoch,
-                                        "model": model_state(net_without_ddp), "optimizer": optimizer.state_dict(), "schedule": schedule.to_dict(),
-                                        "history": history, "skipped": skips.state()})
-        barrier(info)
+def resume(state: TrainState, ckpt: dict | None, ckpt_path: Path) -> int:
+    """Weights, optimizer, history and skipped videos from the last checkpoint -> the epoch to start at."""
+    if ckpt is None:
+        return 0
+    load_model_state(state.net_without_ddp, ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.history, state.skips = list(ckpt.get("history", [])), SkipLog(ckpt.get("skipped"))
+    log.info("resumed from %s at epoch %d", ckpt_path, ckpt["epoch"])
+    if ckpt.get("schedule", state.schedule.to_dict()) != state.schedule.to_dict():
+        log.warning("the unlabeled set changed size since this run started: its schedule was %s, now %s",
+                    ckpt["schedule"], state.schedule.to_dict())
+    return ckpt["epoch"]
 
-    def precise_bn_student() -> None:
-        dl = precise_bn_loader(splits.unlabeled, splits.root, cfg.input, batch_size=cfg.train.precise_bn_batch_size,
-                               seed=cfg.train.seed, info=info, num_workers=cfg.data.num_workers)
-        batches = (normalize(b["views"][:, 0].float(), cfg.input) for b in dl if "views" in b)
-        used = precise_bn(net_without_ddp.student, batches, num_batches=cfg.train.precise_bn_batches, device=device, info=info)
-        log.info("PreciseBN: student BatchNorm statistics recomputed over %d batches", used)
 
-    writer = None
-    if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run / "logs"))
-    t_start = time.time()
+def tensorboard_writer(run: Path, info: DistInfo) -> SummaryWriter | None:
+    if not info.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(run / "logs"))
+
+
+def run_epochs(state: TrainState, splits: DataSplits, ckpt_path: Path, *, start_epoch: int, stop_after: int) -> bool:
+    """The epoch loop: train, PreciseBN, quick validation, checkpoint. False when it stopped after
+    `stop_after` epochs as asked (checkpointed first), True once every epoch is trained."""
+    cfg, schedule, info = state.cfg, state.schedule, state.info
     for epoch in range(start_epoch, schedule.epochs):
         torch.manual_seed(cfg.train.seed * 100_003 + epoch * 1_009 + info.rank)  # strong-aug draws and dropout
-        unl_sampler.set_epoch(epoch)
-        means = train_one_epoch(net, optimizer, iter(unl_loader), cycle_batches(lab_loader, lab_sampler, epoch),
-                                cfg=cfg, epoch=epoch, schedule=schedule, base_lr=base_lr,
-                                device=device, info=info, writer=writer, skips=skips)
+        state.loaders.unlabeled_sampler.set_epoch(epoch)
+        means = train_one_epoch(state, epoch)
         done = epoch + 1
-        if cfg.train.precise_bn and net_without_ddp.student is not None and (
+        if cfg.train.precise_bn and state.net_without_ddp.student is not None and (
                 done % cfg.train.precise_bn_every == 0 or done == schedule.epochs):
-            precise_bn_student()
+            precise_bn_student(state, splits)
         row = {"epoch": done, **means}
         if cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == schedule.epochs) and splits.val:
-            for name, modality in (("student", "rgb"), ("teacher", "tg")):
-                model = getattr(net_without_ddp, name)
-                if model is None:
-                    continue
-                scores, labels, _ = score_videos(model, splits.val, splits.root, cfg.input, modality=modality,
-                                                 tg_stride=cfg.tg.stride, device=device, quick=True,
-                                                 num_workers=cfg.data.num_workers, info=info,
-                                                 average=cfg.train.test_average, tg_spread=cfg.tg.slow == "spread")
-                row[f"val/{name}_top1"] = accuracy_metrics(scores, labels, num_classes)["top1"]
-        skips.merge(info)
-        history.append(row)
-        if info.is_main:
-            for k, v in row.items():
-                if k != "epoch" and k.startswith("val/"):
-                    writer.add_scalar(k, v, done)
-            log.info("epoch %d/%d  %s", done, schedule.epochs,
-                     "  ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in row.items() if k != "epoch"))
+            for name, (scores, labels, _) in score_networks(state, splits, quick=True).items():
+                row[f"val/{name}_top1"] = accuracy_metrics(scores, labels, len(splits.classes))["top1"]
+        state.skips.merge(info)
+        state.history.append(row)
+        log_epoch(state, row)
         stopping = stop_after and done - start_epoch >= stop_after and done < schedule.epochs
         if done % cfg.train.checkpoint_every == 0 or done == schedule.epochs or stopping:
-            checkpoint(done)
+            save_run_checkpoint(state, splits.classes, ckpt_path, done)
         if stopping:
             log.info("stopped after %d epoch(s) as asked; run the same command again to continue", stop_after)
-            if writer is not None:
-                writer.close()
-            return 0
-    train_time = time.time() - t_start
+            if state.writer is not None:
+                state.writer.close()
+            return False
+    return True
 
-    # --- final test: 30 views, student and teacher
+
+def precise_bn_student(state: TrainState, splits: DataSplits) -> None:
+    cfg = state.cfg
+    dl = precise_bn_loader(splits.unlabeled, splits.root, cfg.input, batch_size=cfg.train.precise_bn_batch_size,
+                           seed=cfg.train.seed, info=state.info, num_workers=cfg.data.num_workers)
+    batches = (normalize(b["views"][:, 0].float(), cfg.input) for b in dl if "views" in b)
+    used = precise_bn(state.net_without_ddp.student, batches, num_batches=cfg.train.precise_bn_batches,
+                      device=state.device, info=state.info)
+    log.info("PreciseBN: student BatchNorm statistics recomputed over %d batches", used)
+
+
+def score_networks(state: TrainState, splits: DataSplits, *, quick: bool) -> dict[str, tuple]:
+    """The validation videos' scores by the student (on RGB) and the teacher (on TG), where built:
+    {name: (scores, labels, skipped videos)}; `quick`: one clip per video, else the full test views."""
+    cfg, results = state.cfg, {}
+    for name, modality in (("student", "rgb"), ("teacher", "tg")):
+        model = getattr(state.net_without_ddp, name)
+        if model is None:
+            continue
+        results[name] = score_videos(model, splits.val, splits.root, cfg.input, modality=modality,
+                                     tg_stride=cfg.tg.stride, device=state.device, quick=quick,
+                                     batch_views=1 if quick else cfg.train.eval_batch_views,  # quick: 1 view a video
+                                     num_workers=cfg.data.num_workers, info=state.info,
+                                     average=cfg.train.test_average, tg_spread=cfg.tg.slow == "spread")
+    return results
+
+
+def log_epoch(state: TrainState, row: dict) -> None:
+    if state.info.is_main:
+        for k, v in row.items():
+            if k != "epoch" and k.startswith("val/"):
+                state.writer.add_scalar(k, v, row["epoch"])
+        log.info("epoch %d/%d  %s", row["epoch"], state.schedule.epochs,
+                 "  ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in row.items() if k != "epoch"))
+
+
+def save_run_checkpoint(state: TrainState, classes: list[str], ckpt_path: Path, epoch: int) -> None:
+    if state.info.is_main:
+        save_checkpoint(ckpt_path, {"config": state.cfg.to_dict(), "classes": classes, "epoch": epoch,
+                                    "model": model_state(state.net_without_ddp),
+                                    "optimizer": state.optimizer.state_dict(), "schedule": state.schedule.to_dict(),
+                                    "history": state.history, "skipped": state.skips.state()})
+    barrier(state.info)
+
+
+def final_test(state: TrainState, splits: DataSplits, metrics_path: Path, *, train_time: float) -> None:
+    """The full-view test of the student and the teacher, written with the run's facts to metrics.json."""
+    cfg, schedule, info = state.cfg, state.schedule, state.info
     if not splits.val:
         log.warning("no validation videos: metrics.json holds no accuracy")
     metrics = {"views": f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops",
                "score_average": cfg.train.test_average, "epochs": schedule.epochs, "steps": schedule.total_steps,
                "schedule": schedule.to_dict(),
-               "classes": num_classes, "labeled_videos": len(splits.labeled), "unlabeled_videos": len(splits.unlabeled),
-               "labeled_split": splits.source, "train_time_s": round(train_time, 1), "processes": info.world_size}
-    for name, modality in (("student", "rgb"), ("teacher", "tg")):
-        model = getattr(net_without_ddp, name)
-        if model is None or not splits.val:
-            continue
-        scores, labels, skipped = score_videos(model, splits.val, splits.root, cfg.input, modality=modality,
-                                               tg_stride=cfg.tg.stride, device=device, quick=False,
-                                               batch_views=cfg.train.eval_batch_views,
-                                               num_workers=cfg.data.num_workers, info=info,
-                                               average=cfg.train.test_average, tg_spread=cfg.tg.slow == "spread")
-        metrics[name] = accuracy_metrics(scores, labels, num_classes)
-        metrics[name]["skipped_val_videos"] = [p for p, _ in skipped]
-    metrics["skipped_train_videos"] = skips.summary()
+               "classes": len(splits.classes), "labeled_videos": len(splits.labeled),
+               "unlabeled_videos": len(splits.unlabeled), "labeled_split": splits.source,
+               "train_time_s": round(train_time, 1), "processes": info.world_size}
+    if splits.val:
+        for name, (scores, labels, skipped) in score_networks(state, splits, quick=False).items():
+            metrics[name] = accuracy_metrics(scores, labels, len(splits.classes))
+            metrics[name]["skipped_val_videos"] = [p for p, _ in skipped]
+    metrics["skipped_train_videos"] = state.skips.summary()
     if info.is_main:
         metrics_path.write_text(json.dumps(metrics, indent=2))
         for name in ("student", "teacher"):
@@ -532,7 +669,7 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
                 m = metrics[name]
                 log.info("%s (%s): top1 %.2f  top5 %.2f  mean-class %.2f over %d videos", name, metrics["views"],
                          m["top1"], m["top5"], m["mean_class"], m["videos"])
-        if skips.paths:
-            log.warning("%d unreadable training videos were skipped (listed in %s)", len(skips.paths), metrics_path)
-        writer.close()
-    return 0
+        if state.skips.paths:
+            log.warning("%d unreadable training videos were skipped (listed in %s)", len(state.skips.paths),
+                        metrics_path)
+        state.writer.close()
