@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import av
@@ -21,6 +20,7 @@ import torch
 
 from serving.backends import BackendError, fastest, openvino_cpu_precisions, select_backend
 from serving.core import MAX_CLIPS, InferenceCore, Options, RequestError, iter_chunks, parse_request
+from tests.videofiles import encode
 from training.view_decode import DecodeLimits
 from training.views import InputSpec, average_view_scores, decode_test_views, normalize
 
@@ -32,20 +32,6 @@ def val_videos(run: Path) -> list[tuple[Path, str]]:
     videos = [(p, p.parent.name) for p in sorted((root / "val").glob("*/*.mp4"))]
     assert videos, f"no validation videos under {root / 'val'}"
     return videos
-
-
-def encode(frames: np.ndarray, *, faststart: bool = False, pix_fmt: str = "yuv420p") -> bytes:
-    """(N, H, W, 3) uint8 -> mp4 bytes (libx264); `faststart` puts the index before the frames
-    (a second pass over the file, so it is written to disk)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "video.mp4"
-        with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
-            stream = container.add_stream("libx264", rate=25)
-            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-            container.mux(stream.encode())
-        return path.read_bytes()
 
 
 def audio_only() -> bytes:
