@@ -14,6 +14,7 @@ import pytest
 
 from export.adaptive import ScoredVideos, adaptive_record, calibrate, evaluate_rule, spread
 from serving.core import InferenceCore, Options, RequestError, parse_request
+from tests.served_answers import val_videos
 from training.adaptive_views import (AdaptiveViews, StoppingRule, adaptive_answer, coarse_to_fine, replay,
                                      stop_reason, view_probabilities)
 from training.data import VideoItem
@@ -207,8 +208,6 @@ def offline_adaptive(path: Path, spec: InputSpec, session: ort.InferenceSession,
 
 @pytest.mark.parametrize("rule", [None, StoppingRule(1, 0.0), StoppingRule(1, None), StoppingRule(2, 0.0)])
 def test_the_served_adaptive_answer_equals_the_offline_one(run, rule):
-    from tests.test_serving_core import val_videos
-
     core = InferenceCore(run / "export", backend="onnxruntime", threads=2, views="adaptive")
     if rule is not None:
         core.rule = rule  # None: the manifest's calibrated rule
@@ -226,8 +225,6 @@ def test_the_served_adaptive_answer_equals_the_offline_one(run, rule):
 
 
 def test_adaptive_and_all_view_requests_batched_together_equal_each_alone(run):
-    from tests.test_serving_core import val_videos
-
     core = InferenceCore(run / "export", backend="onnxruntime", threads=2, max_views=4)
     core.rule = StoppingRule(1, 0.0)
     videos = [p.read_bytes() for p, _ in val_videos(run)[:3]]

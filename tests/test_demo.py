@@ -22,7 +22,7 @@ import pytest
 from serving.core import spec_from_manifest
 from serving.demo import java_major_version
 from serving.server_records import state_path
-from tests.test_serving_core import offline_scores
+from tests.served_answers import offline_scores
 from tests.server import free_ports, port_args
 from tests.tinyrun import tiny_overrides
 
