@@ -1,6 +1,6 @@
 """What a served answer is checked against: the validation videos of a run's synthetic data,
-the offline evaluation of one video (the way export's accuracy check scores it), and the bad
-uploads with the status and error code each must get."""
+the offline evaluation of one video (the way export's accuracy check scores it, over every view
+or with adaptive views), and the bad uploads with the status and error code each must get."""
 from __future__ import annotations
 
 import io
@@ -12,6 +12,7 @@ import onnxruntime as ort
 import torch
 
 from tests.videofiles import encode
+from training.adaptive_views import StoppingRule, adaptive_answer
 from training.views import InputSpec, average_view_scores, decode_test_views, normalize
 
 
@@ -31,6 +32,13 @@ def offline_scores(path: Path, export_dir: Path, spec: InputSpec, session: ort.I
     Runtime + average_view_scores, the way the export's accuracy check scores it."""
     x = normalize(decode_test_views(str(path), spec, **views).views, spec).numpy()
     return average_view_scores(torch.from_numpy(session.run(None, {"clips": x})[0])).numpy()
+
+
+def offline_adaptive(path: Path, spec: InputSpec, session: ort.InferenceSession, rule: StoppingRule):
+    """Offline: decode_test_views from the file + normalize + ONNX Runtime on every view +
+    adaptive_answer."""
+    x = normalize(decode_test_views(str(path), spec).views, spec).numpy()
+    return adaptive_answer(session.run(None, {"clips": x})[0], rule, clips=spec.test_clips, crops=spec.test_crops)
 
 
 def audio_only() -> bytes:

@@ -14,11 +14,10 @@ import pytest
 
 from export.adaptive import ScoredVideos, adaptive_record, calibrate, evaluate_rule, spread
 from serving.core import InferenceCore, Options, RequestError, parse_request
-from tests.served_answers import val_videos
+from tests.served_answers import offline_adaptive, val_videos
 from training.adaptive_views import (AdaptiveViews, StoppingRule, adaptive_answer, coarse_to_fine, replay,
                                      stop_reason, view_probabilities)
 from training.data import VideoItem
-from training.views import InputSpec, decode_test_views, normalize
 
 
 # ----------------------------------------------------------------------------- the clip order
@@ -197,13 +196,6 @@ def test_make_export_records_the_calibrated_rule_and_its_validation(manifest):
     assert 3 <= val["mean_views"] <= 6 and 0 <= val["top1_agreement"] <= 1
     assert sum(val["stops"].values()) == 6 and val["top1_diff"] == pytest.approx(val["top1"] - val["full_top1"])
     assert record["scored_with"] in ("openvino-cpu-fp32", "onnxruntime-cpu")
-
-
-def offline_adaptive(path: Path, spec: InputSpec, session: ort.InferenceSession, rule: StoppingRule):
-    """Offline: decode_test_views from the file + normalize + ONNX Runtime on every view +
-    adaptive_answer."""
-    x = normalize(decode_test_views(str(path), spec).views, spec).numpy()
-    return adaptive_answer(session.run(None, {"clips": x})[0], rule, clips=spec.test_clips, crops=spec.test_crops)
 
 
 @pytest.mark.parametrize("rule", [None, StoppingRule(1, 0.0), StoppingRule(1, None), StoppingRule(2, 0.0)])

@@ -22,10 +22,9 @@ import pytest
 
 from serving.core import adaptive_rule, spec_from_manifest
 from serving.server_records import state_path
-from tests.served_answers import bad_uploads, offline_scores, val_videos
+from tests.served_answers import bad_uploads, offline_adaptive, offline_scores, val_videos
 from tests.server import (Server, free_ports, multipart, port_args, post, post_video, serving_cli, start_server,
                           stop_server, worker_pid)
-from tests.test_adaptive_views import offline_adaptive
 
 BATCH_SIZE = 4  # TorchServe batches concurrent requests into one handler call
 RSS_BOUND_MIB = 50  # worker memory growth allowed over the load test
