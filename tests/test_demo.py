@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import psutil
 import pytest
 
 from serving.core import spec_from_manifest
 from serving.demo import java_major_version
 from serving.server_records import state_path
+from tests.processes import listening, processes_of
 from tests.served_answers import offline_scores
 from tests.server import free_ports, port_args
 from tests.tinyrun import tiny_overrides
@@ -30,22 +30,6 @@ from tests.tinyrun import tiny_overrides
 def demo_cmd(run: Path, data: Path, ports: list[int]) -> list[str]:
     return [sys.executable, "-m", "serving.demo", "--run", str(run), "--model-name", "tiny",
             "--set", *tiny_overrides(data), *port_args(ports)]
-
-
-def processes_of(run: Path) -> list[str]:
-    """Processes whose command line or working directory lies in the run folder (the TorchServe
-    launcher, its Java frontend and workers all do), as 'pid command' lines."""
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline", "cwd"]):
-        cmdline = " ".join(p.info["cmdline"] or [])
-        if str(run) in cmdline or (p.info["cwd"] or "").startswith(str(run)):
-            found.append(f"{p.info['pid']} {cmdline[:200]}")
-    return found
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture(scope="module")
