@@ -27,6 +27,11 @@ from tests.server import free_ports, port_args
 from tests.tinyrun import tiny_overrides
 
 
+DEMO_TIMEOUT_S = 900
+# a test that needs the finished demo waits for it: the demo's own timeout must fire first, with its output
+WAITS_FOR_DEMO = pytest.mark.timeout(DEMO_TIMEOUT_S + 300)
+
+
 def demo_cmd(run: Path, data: Path, ports: list[int]) -> list[str]:
     return [sys.executable, "-m", "serving.demo", "--run", str(run), "--model-name", "tiny",
             "--set", *tiny_overrides(data), *port_args(ports)]
@@ -36,11 +41,12 @@ def demo_cmd(run: Path, data: Path, ports: list[int]) -> list[str]:
 def finished_demo(tmp_path_factory):
     base = tmp_path_factory.mktemp("demo")
     run, data, ports = base / "run", base / "data", free_ports(5)
-    done = subprocess.run(demo_cmd(run, data, ports), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(demo_cmd(run, data, ports), capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
     return done, run, data, ports
 
 
 @pytest.mark.slow
+@WAITS_FOR_DEMO
 def test_demo_ends_with_the_served_prediction_and_leaves_nothing_running(finished_demo):
     done, run, data, ports = finished_demo
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -89,6 +95,7 @@ def test_demo_ends_with_the_served_prediction_and_leaves_nothing_running(finishe
 
 
 @pytest.mark.slow
+@WAITS_FOR_DEMO
 def test_ctrl_c_while_the_server_starts_still_stops_it(finished_demo, tmp_path):
     _, run, data, _ = finished_demo
     ports = free_ports(5)
