@@ -14,10 +14,10 @@ import pytest
 
 from export.adaptive import ScoredVideos, adaptive_record, calibrate, evaluate_rule, spread
 from serving.core import InferenceCore, Options, RequestError, parse_request
+from tests.served_answers import offline_adaptive, val_videos
 from training.adaptive_views import (AdaptiveViews, StoppingRule, adaptive_answer, coarse_to_fine, replay,
                                      stop_reason, view_probabilities)
 from training.data import VideoItem
-from training.views import InputSpec, decode_test_views, normalize
 
 
 # ----------------------------------------------------------------------------- the clip order
@@ -198,17 +198,8 @@ def test_make_export_records_the_calibrated_rule_and_its_validation(manifest):
     assert record["scored_with"] in ("openvino-cpu-fp32", "onnxruntime-cpu")
 
 
-def offline_adaptive(path: Path, spec: InputSpec, session: ort.InferenceSession, rule: StoppingRule):
-    """Offline: decode_test_views from the file + normalize + ONNX Runtime on every view +
-    adaptive_answer."""
-    x = normalize(decode_test_views(str(path), spec).views, spec).numpy()
-    return adaptive_answer(session.run(None, {"clips": x})[0], rule, clips=spec.test_clips, crops=spec.test_crops)
-
-
 @pytest.mark.parametrize("rule", [None, StoppingRule(1, 0.0), StoppingRule(1, None), StoppingRule(2, 0.0)])
 def test_the_served_adaptive_answer_equals_the_offline_one(run, rule):
-    from tests.test_serving_core import val_videos
-
     core = InferenceCore(run / "export", backend="onnxruntime", threads=2, views="adaptive")
     if rule is not None:
         core.rule = rule  # None: the manifest's calibrated rule
@@ -226,8 +217,6 @@ def test_the_served_adaptive_answer_equals_the_offline_one(run, rule):
 
 
 def test_adaptive_and_all_view_requests_batched_together_equal_each_alone(run):
-    from tests.test_serving_core import val_videos
-
     core = InferenceCore(run / "export", backend="onnxruntime", threads=2, max_views=4)
     core.rule = StoppingRule(1, 0.0)
     videos = [p.read_bytes() for p, _ in val_videos(run)[:3]]

@@ -126,6 +126,11 @@ def test_a_run_that_is_not_trained_is_named(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- every group, smoke profile
+SMOKE_TIMEOUT_S = 900
+# a test that needs the smoke run waits for it: the run's own timeout must fire first, with its output
+WAITS_FOR_SMOKE = pytest.mark.timeout(SMOKE_TIMEOUT_S + 300)
+
+
 @pytest.fixture(scope="module")
 def smoke(tiny_run, tmp_path_factory):
     """`python -m benchmarks.run --profile smoke` on an exported copy of the tiny run, all groups:
@@ -139,7 +144,7 @@ def smoke(tiny_run, tmp_path_factory):
     out = base / "results"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--run", str(run), "--profile", "smoke",
                            "--device", "cpu", "--out", str(out), "--no-prepare", "--groups", *GROUP_FILES],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+                          cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
     files = sorted(out.glob("*.json"))
     results = json.loads(files[0].read_text()) if files else None
     return proc.returncode, results, out, proc.stdout + proc.stderr
@@ -150,6 +155,7 @@ def finite_positive(*values) -> bool:
 
 
 @pytest.mark.slow
+@WAITS_FOR_SMOKE
 def test_smoke_run_writes_json_markdown_and_plot(smoke):
     code, results, out, output = smoke
     assert code == 0, output[-4000:]
@@ -164,6 +170,7 @@ def test_smoke_run_writes_json_markdown_and_plot(smoke):
 
 
 @pytest.mark.slow
+@WAITS_FOR_SMOKE
 def test_results_record_machine_versions_and_the_run(smoke):
     _, results, _, _ = smoke
     assert results["machine"]["cores"] == len(os.sched_getaffinity(0)) and results["machine"]["cpu"]
@@ -184,6 +191,7 @@ def test_results_record_machine_versions_and_the_run(smoke):
 
 
 @pytest.mark.slow
+@WAITS_FOR_SMOKE
 def test_no_added_cost_records(smoke):
     _, results, _, _ = smoke
     records = results["groups"]["no_added_cost"]
@@ -200,6 +208,7 @@ def test_no_added_cost_records(smoke):
 
 
 @pytest.mark.slow
+@WAITS_FOR_SMOKE
 def test_backends_records_and_skips(smoke):
     _, results, _, _ = smoke
     records = results["groups"]["backends"]
@@ -227,6 +236,7 @@ def test_backends_records_and_skips(smoke):
 
 
 @pytest.mark.slow
+@WAITS_FOR_SMOKE
 def test_serving_records(smoke):
     _, results, _, _ = smoke
     records = results["groups"]["serving"]
@@ -257,6 +267,7 @@ def test_serving_records(smoke):
 
 
 @pytest.mark.slow
+@WAITS_FOR_SMOKE
 def test_training_records(smoke):
     _, results, _, _ = smoke
     records = results["groups"]["training"]

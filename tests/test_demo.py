@@ -16,15 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import psutil
 import pytest
 
 from serving.core import spec_from_manifest
 from serving.demo import java_major_version
 from serving.server_records import state_path
-from tests.test_serving_core import offline_scores
+from tests.processes import listening, processes_of
+from tests.served_answers import offline_scores
 from tests.server import free_ports, port_args
 from tests.tinyrun import tiny_overrides
+
+
+DEMO_TIMEOUT_S = 900
+# a test that needs the finished demo waits for it: the demo's own timeout must fire first, with its output
+WAITS_FOR_DEMO = pytest.mark.timeout(DEMO_TIMEOUT_S + 300)
 
 
 def demo_cmd(run: Path, data: Path, ports: list[int]) -> list[str]:
@@ -32,31 +37,16 @@ def demo_cmd(run: Path, data: Path, ports: list[int]) -> list[str]:
             "--set", *tiny_overrides(data), *port_args(ports)]
 
 
-def processes_of(run: Path) -> list[str]:
-    """Processes whose command line or working directory lies in the run folder (the TorchServe
-    launcher, its Java frontend and workers all do), as 'pid command' lines."""
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline", "cwd"]):
-        cmdline = " ".join(p.info["cmdline"] or [])
-        if str(run) in cmdline or (p.info["cwd"] or "").startswith(str(run)):
-            found.append(f"{p.info['pid']} {cmdline[:200]}")
-    return found
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture(scope="module")
 def finished_demo(tmp_path_factory):
     base = tmp_path_factory.mktemp("demo")
     run, data, ports = base / "run", base / "data", free_ports(5)
-    done = subprocess.run(demo_cmd(run, data, ports), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(demo_cmd(run, data, ports), capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
     return done, run, data, ports
 
 
 @pytest.mark.slow
+@WAITS_FOR_DEMO
 def test_demo_ends_with_the_served_prediction_and_leaves_nothing_running(finished_demo):
     done, run, data, ports = finished_demo
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -105,6 +95,7 @@ def test_demo_ends_with_the_served_prediction_and_leaves_nothing_running(finishe
 
 
 @pytest.mark.slow
+@WAITS_FOR_DEMO
 def test_ctrl_c_while_the_server_starts_still_stops_it(finished_demo, tmp_path):
     _, run, data, _ = finished_demo
     ports = free_ports(5)

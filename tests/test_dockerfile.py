@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_demo import listening, processes_of
+from tests.processes import listening, processes_of
 from tests.server import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 from ts.context import Context, RequestProcessor
 
 from serving.handler import ActionHandler
-from tests.test_serving_core import bad_uploads, val_videos
+from tests.served_answers import bad_uploads, val_videos
 
 
 def make_context(run, headers: list[dict]) -> Context:

@@ -24,7 +24,7 @@ from serving.backends import (AUTO_ORDER, BACKEND_CHOICES, OPENVINO_PRECISIONS, 
                               kind_of, load_backend, openvino_cpu_precisions, openvino_kinds, select_backend)
 from serving.core import InferenceCore
 from serving.manifest import sha256_of
-from tests.test_serving_core import val_videos
+from tests.served_answers import val_videos
 
 # fp32, bf16 where the CPU has bf16 instructions, int8 where nncf is installed (to quantize)
 HERE_PRECISIONS = [p for p in openvino_cpu_precisions() if p != "int8" or nncf_unavailable() is None]

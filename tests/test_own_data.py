@@ -121,16 +121,22 @@ TINY = ["model.width=4", "input.clip_len=4", "input.test_clips=2", "optim.batch_
         "train.precise_bn_batch_size=4", "data.num_workers=1", "train.log_every=1"]
 
 
+TRAIN_TIMEOUT_S = 600
+# a test that trains waits for the run: the command's own timeout must fire first, with its output
+WAITS_FOR_TRAINING = pytest.mark.timeout(TRAIN_TIMEOUT_S + 300)
+
+
 def train_cli(folder: Path, run: Path) -> str:
     """`python -m training train --data-root FOLDER` as a user runs it (its own process: loader
     workers are forked from a process that imported only what training imports)."""
     cmd = [sys.executable, "-m", "training", "train", "--data-root", str(folder), "--run", str(run), "--set", *TINY]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
 
 @pytest.mark.slow
+@WAITS_FOR_TRAINING
 def test_the_default_command_prints_the_plan_trains_by_steps_and_logs_one_line_per_step_group(folder, tmp_path):
     run = tmp_path / "run"
     out = train_cli(folder, run)

@@ -31,10 +31,10 @@ import pytest
 from serving.addresses import HOST
 from serving.tokens import KEY_FILE
 from serving.torchserve_config import write_config
+from tests.processes import listening, processes_of
+from tests.served_answers import val_videos
 from tests.server import (Server, free_ports, log_bytes, management_get, port_args, serving_cli, start_server,
                           stop_server, worker_pid)
-from tests.test_demo import listening, processes_of
-from tests.test_serving_core import val_videos
 
 LOG4J_LOGS = ("access_log", "model_log", "model_metrics", "ts_log", "ts_metrics")
 

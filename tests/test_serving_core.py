@@ -1,18 +1,12 @@
 """The server-agnostic inference core on a real export of the tiny run: request parsing and
 bounds, decoding real video files from memory, every bad-upload path, batching and chunking,
-backend selection, and equality with offline evaluation of the same ONNX model.
-
-Also holds the helpers the handler and TorchServe tests share: one export per test session
-and the bad uploads."""
+backend selection, and equality with offline evaluation of the same ONNX model."""
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
-import av
 import numpy as np
 import onnxruntime as ort
 import psutil
@@ -21,62 +15,9 @@ import torch
 
 from serving.backends import BackendError, fastest, openvino_cpu_precisions, select_backend
 from serving.core import MAX_CLIPS, InferenceCore, Options, RequestError, iter_chunks, parse_request
+from tests.served_answers import bad_uploads, offline_scores, val_videos
+from tests.videofiles import encode
 from training.view_decode import DecodeLimits
-from training.views import InputSpec, average_view_scores, decode_test_views, normalize
-
-def val_videos(run: Path) -> list[tuple[Path, str]]:
-    """(path, class) of every validation video of the run's synthetic data, classes by name."""
-    import yaml
-
-    root = Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["root"])
-    videos = [(p, p.parent.name) for p in sorted((root / "val").glob("*/*.mp4"))]
-    assert videos, f"no validation videos under {root / 'val'}"
-    return videos
-
-
-def encode(frames: np.ndarray, *, faststart: bool = False, pix_fmt: str = "yuv420p") -> bytes:
-    """(N, H, W, 3) uint8 -> mp4 bytes (libx264); `faststart` puts the index before the frames
-    (a second pass over the file, so it is written to disk)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "video.mp4"
-        with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
-            stream = container.add_stream("libx264", rate=25)
-            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-            container.mux(stream.encode())
-        return path.read_bytes()
-
-
-def audio_only() -> bytes:
-    """An AAC track in an mp4 container, and no video stream."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for _ in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return buf.getvalue()
-
-
-def bad_uploads(good: bytes) -> dict[str, tuple[bytes, int, str]]:
-    """name -> (bytes, expected status, expected error code) for every bad-video case."""
-    rng = np.random.default_rng(0)
-    noisy = rng.integers(0, 256, (24, 48, 64, 3), dtype=np.uint8)
-    faststart = encode(noisy, faststart=True)
-    mdat = faststart.find(b"mdat")
-    zeroed = faststart[: mdat + 4] + bytes(len(faststart) - mdat - 4)  # index intact, every frame gone
-    return {
-        "empty": (b"", 400, "empty_body"),
-        "text": (b"this is not a video\n" * 50, 422, "not_a_video"),
-        "random_bytes": (rng.bytes(20000), 422, "not_a_video"),
-        "truncated": (good[: len(good) // 2], 422, "not_a_video"),  # index (moov) at the end: cut off
-        "truncated_faststart": (faststart[: mdat + 200], 422, "undecodable_video"),
-        "audio_only": (audio_only(), 422, "no_video_stream"),
-        "zero_decodable_frames": (zeroed, 422, "undecodable_video"),
-    }
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +33,6 @@ def core(run) -> InferenceCore:
 @pytest.fixture(scope="module")
 def manifest(run) -> dict:
     return json.loads((run / "export" / "manifest.json").read_text())
-
-
-def offline_scores(path: Path, export_dir: Path, spec: InputSpec, session: ort.InferenceSession,
-                   **views) -> np.ndarray:
-    """Offline evaluation of one video: decode_test_views from its path + normalize + ONNX
-    Runtime + average_view_scores, the way the export's accuracy check scores it."""
-    x = normalize(decode_test_views(str(path), spec, **views).views, spec).numpy()
-    return average_view_scores(torch.from_numpy(session.run(None, {"clips": x})[0])).numpy()
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -22,10 +22,10 @@ import pytest
 
 from serving.core import adaptive_rule, spec_from_manifest
 from serving.server_records import state_path
+from tests.processes import listening
+from tests.served_answers import bad_uploads, offline_adaptive, offline_scores, val_videos
 from tests.server import (Server, free_ports, multipart, port_args, post, post_video, serving_cli, start_server,
                           stop_server, worker_pid)
-from tests.test_adaptive_views import offline_adaptive
-from tests.test_serving_core import bad_uploads, offline_scores, val_videos
 
 BATCH_SIZE = 4  # TorchServe batches concurrent requests into one handler call
 RSS_BOUND_MIB = 50  # worker memory growth allowed over the load test
@@ -207,9 +207,4 @@ def test_a_worker_that_cannot_load_fails_the_start_at_once_with_the_model_log(ru
     assert "ModuleNotFoundError" in started.stderr or "serving is broken" in started.stderr
     assert not state_path(ports[0]).exists()
     assert not [p.pid for p in psutil.process_iter(["cmdline"]) if str(copy / "serve") in " ".join(p.info["cmdline"] or [])]
-    assert not any(_listening(port) for port in ports)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    assert not any(listening(port) for port in ports)

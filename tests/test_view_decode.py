@@ -14,9 +14,8 @@ import psutil
 import pytest
 
 from serving.isolation import DecodePool, HelperLimits, RejectedUpload
-from tests.test_serving_core import encode
 from tests.upload_corpus import build_corpus
-from tests.videofiles import decoded_index, frame_coded
+from tests.videofiles import decoded_index, encode, frame_coded
 from training.video import uniform_clip_indices
 from training.view_decode import (UPLOAD_FORMATS, DecodeLimits, VideoRejected, ViewGeometry, read_view_crops,
                                   scaled_size)

@@ -783,22 +783,15 @@ def build_corpus(workdir: Path) -> list[Upload]:
     ]
 
 
-def _seed_mp4(_: Path) -> bytes:
-    return _mux("mp4", _h264(96, 64, 25, seed=11, options={"g": "12"}))
-
-
-def _seed_mkv(_: Path) -> bytes:
-    return _mux("matroska", _h264(96, 64, 25, seed=12, options={"g": "12"}))
-
-
-def _seed_webm(_: Path) -> bytes:
-    return _mux("webm", _Video("libvpx-vp9", 96, 64, 25, seed=13, options={"g": "12"}))
+def _fuzz_seed(fmt: str, codec: str, seed: int) -> Callable[[Path], bytes]:
+    return lambda _: _mux(fmt, _Video(codec, 96, 64, 25, seed=seed, options={"g": "12"}))
 
 
 def fuzz_seeds(workdir: Path) -> dict[str, bytes]:
     """Small valid videos (96x64, 25 frames = 1 s, a keyframe every 12) to byte-flip."""
     directory = _corpus_dir(workdir)
-    makers = {"mp4": _seed_mp4, "mkv": _seed_mkv, "webm": _seed_webm}
+    makers = {"mp4": _fuzz_seed("mp4", "libx264", 11), "mkv": _fuzz_seed("matroska", "libx264", 12),
+              "webm": _fuzz_seed("webm", "libvpx-vp9", 13)}
     return {ext: _cached(directory, f"fuzz_seed.{ext}", make) for ext, make in makers.items()}
 
 

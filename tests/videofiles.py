@@ -1,6 +1,7 @@
-"""Small real video files for tests, written with PyAV."""
+"""Small real video files for tests, written with PyAV: to a path, or as the bytes of an upload."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import av
@@ -33,3 +34,17 @@ def frame_coded(num_frames: int, height: int = 48, width: int = 64) -> np.ndarra
 def decoded_index(frame_values: torch.Tensor | np.ndarray) -> int:
     """Index of a frame written by `frame_coded`, from its mean value."""
     return int(round(float(np.asarray(frame_values, dtype=np.float64).mean()) / 3))
+
+
+def encode(frames: np.ndarray, *, faststart: bool = False, pix_fmt: str = "yuv420p") -> bytes:
+    """(N, H, W, 3) uint8 -> mp4 bytes (libx264); `faststart` puts the index before the frames
+    (a second pass over the file, so it is written to disk)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "video.mp4"
+        with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            container.mux(stream.encode())
+        return path.read_bytes()
