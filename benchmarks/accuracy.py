@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from training.distributed import training_device
 from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
+from training.distributed import training_device
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "synthetic.yaml"
@@ -238,7 +238,7 @@ def summarize(results: dict[str, dict[int, dict]]) -> dict:
             row["robustness"] = {"clean": spread([r["metrics"]["student"]["top1"] for r in robust])}
             for kind in CORRUPTIONS:
                 top1 = [r["eval"]["robustness"]["student"][kind]["top1"] for r in robust]
-                drop = [r["metrics"]["student"]["top1"] - t for r, t in zip(robust, top1)]
+                drop = [r["metrics"]["student"]["top1"] - t for r, t in zip(robust, top1, strict=True)]
                 row["robustness"][kind] = {"top1": spread(top1), "drop": spread(drop)}
         table[name] = row
     return table

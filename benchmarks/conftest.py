@@ -154,8 +154,9 @@ def openvino_ir(tmp_path_factory):
     converted: dict[tuple[Path, bool], tuple[Path, Path]] = {}
 
     def convert(onnx_path: Path, int8: bool = False) -> tuple[Path, Path]:
-        from export.openvino_ir import INT8_GRAPH_FILE, INT8_WEIGHTS_FILE, convert_to_ir, quantize_int8
         import onnx
+
+        from export.openvino_ir import INT8_GRAPH_FILE, INT8_WEIGHTS_FILE, convert_to_ir, quantize_int8
 
         if (onnx_path, False) not in converted:
             converted[onnx_path, False] = convert_to_ir(onnx_path, tmp_path_factory.mktemp("openvino"))

@@ -159,7 +159,7 @@ def engine_row(kind: str, backend, answers: dict, manifest: dict, rule) -> dict:
     seconds, ref_seconds = np.array(own["seconds"]), np.array(ref["seconds"])
     row = {"engine": kind, "backend": backend.name, **accuracy_metrics(scores, labels, classes),
            "top1_agreement_with_reference": float(np.mean(scores.argmax(1) == ref_scores.argmax(1))),
-           "max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(own["logits"], ref["logits"]))),
+           "max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(own["logits"], ref["logits"], strict=True))),
            "ms_per_video": float(np.median(seconds) * 1e3),
            "speedup": float(np.median(ref_seconds / seconds))}
     if rule is not None:

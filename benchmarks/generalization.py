@@ -32,8 +32,19 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.accuracy import (REPO, SETTINGS, BenchmarkError, Run, _call, _pm, _shown, _yes, finished, results_files,
-                                 spread)
+from benchmarks.accuracy import (
+    REPO,
+    SETTINGS,
+    BenchmarkError,
+    Run,
+    _call,
+    _pm,
+    _shown,
+    _yes,
+    finished,
+    results_files,
+    spread,
+)
 from training.config import Config, ConfigError, config_from_dict, load_config
 from training.synthetic import FAMILIES
 
@@ -345,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             for family in families:
                 make_dataset(root, family, shape, args.workers)
         with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait
-            metrics = dict(zip((r.folder for r in runs), pool.map(train, runs)))
+            metrics = dict(zip((r.folder for r in runs), pool.map(train, runs), strict=True))
         for run in runs:
             run.config = saved_config(run)  # what the recipe chose on the generated data
     except BenchmarkError as exc:

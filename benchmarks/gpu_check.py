@@ -34,8 +34,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -317,11 +317,9 @@ def backend_parity(out: Path, manifest: dict, views: np.ndarray, ref: np.ndarray
     """Each CUDA backend the server has, TF32 off (served) and on, against the CPU reference."""
     import onnxruntime as ort
 
-    from export.parity import CUDA_FP32_BOUND, TENSORRT_TF32_BOUND, tensorrt_bound
+    from export.parity import CUDA_FP32_BOUND, TENSORRT_TF32_BOUND, onnx_backend, onnx_session, tensorrt_bound
     from serving.backends import OnnxRuntimeBackend, TorchExportBackend, onnxruntime_cuda_unavailable, torch_tf32
     from serving.devices import cuda_unavailable
-
-    from export.parity import onnx_backend, onnx_session
 
     result = {"onnxruntime-cpu": compare(ref, onnx_backend(onnx_session(out / "model.onnx"))(views),
                                          CUDA_FP32_BOUND.abs_tol)}
@@ -463,7 +461,7 @@ def write_results(report: dict, results_dir: Path) -> Path:
              f"torch {report['environment']['torch']} (CUDA {report['environment']['torch_cuda']}), cuDNN "
              f"{report['environment'].get('cudnn')}, driver {report['environment'].get('nvidia_driver')}", "",
              "| check | result |", "| --- | --- |"]
-    for name, result in report["results"].items():
+    for name in report["results"]:
         lines.append(f"| {name} | {'FAILED: ' + report['failed'][name] if name in report['failed'] else 'ok'} |")
     for name, reason in {**report["failed"], **report["skipped"]}.items():
         if name not in report["results"]:

@@ -328,7 +328,7 @@ def plot_latency(results: dict, path: Path) -> bool:
 
     sizes = list(dict.fromkeys(r["size"] for r in records))
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
+    for ax, size in zip(axes[0], sizes, strict=True):
         by_backend = defaultdict(list)
         for r in records:
             if r["size"] == size:

@@ -50,7 +50,7 @@ def torchserve(run: Path, *, model_name: str = "action", workers: int = 1, batch
                timeout: float = 240.0, backend: str = "auto"):
     """A TorchServe serving RUN/export/model.mar on free ports (`python -m serving start`, with
     `--backend`); yields (inference port, start seconds) and stops the server (`python -m serving stop`)."""
-    ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES))))
+    ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     cmd = [sys.executable, "-m", "serving", "start", "--run", str(run), "--model-name", model_name,
            "--workers", str(workers), "--batch-size", str(batch_size), "--timeout", str(timeout),
            "--backend", backend]
@@ -142,7 +142,7 @@ def full_size_run(folder: Path, videos: list[Path], *, config_file: Path, clips:
     videos = sorted(videos, key=lambda p: p.stem)  # the folder layout's classes are sorted by name
     classes = [p.stem for p in videos]
     for split in ("labeled", "val"):
-        for cls, video in zip(classes, videos):
+        for cls, video in zip(classes, videos, strict=True):
             (data / split / cls).mkdir(parents=True, exist_ok=True)
             shutil.copy(video, data / split / cls / video.name)
     cfg = load_config(config_file, [f"data.root={data}", "data.format=folder", f"input.test_clips={clips}",

@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx

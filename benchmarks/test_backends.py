@@ -18,8 +18,8 @@ import torch
 
 from benchmarks.measure import interleaved_rounds, latency_stats, ratio_stats, store
 from benchmarks.profiles import profile_from_options
-from export.openvino_ir import nncf_unavailable
 from benchmarks.subjects import ONNX_FILE, onnxruntime_runner, openvino_runner, openvino_unavailable, torch_runner
+from export.openvino_ir import nncf_unavailable
 
 pytestmark = pytest.mark.benchmark(group="backends")
 # "-resident": input and logits stay on the GPU, the model's compute alone (its MFU); every

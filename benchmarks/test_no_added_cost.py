@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import pytest
 
-from export.openvino_ir import nncf_unavailable
 from benchmarks.measure import interleaved_rounds, latency_stats, ratio_stats, store
 from benchmarks.profiles import profile_from_options
-from benchmarks.subjects import (ONNX_FILE, PROGRAM_FILE, onnxruntime_runner, openvino_runner, openvino_unavailable,
-                                 program_runner)
+from benchmarks.subjects import (
+    ONNX_FILE,
+    PROGRAM_FILE,
+    onnxruntime_runner,
+    openvino_runner,
+    openvino_unavailable,
+    program_runner,
+)
+from export.openvino_ir import nncf_unavailable
 
 pytestmark = pytest.mark.benchmark(group="no_added_cost")
 TARGET = (0.97, 1.03)

@@ -16,9 +16,9 @@ say what it does on videos it has not seen (and the server answers with them in 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def evaluate_rule(rule: StoppingRule, videos: ScoredVideos) -> dict:
     evaluation stopped, and (for labeled videos) Top-1 accuracy of both answers."""
     views, agree, adaptive_right, full_right = [], 0, 0, 0
     stops = dict.fromkeys(STOPS, 0)
-    for probabilities, label in zip(videos.probabilities, videos.labels):
+    for probabilities, label in zip(videos.probabilities, videos.labels, strict=True):
         state = replay(probabilities, rule, clips=videos.clips, crops=videos.crops)
         answer, full = int(np.argmax(state.scores)), int(np.argmax(probabilities.sum(axis=0)))
         views.append(state.views_used)

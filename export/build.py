@@ -21,9 +21,9 @@ import shutil
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -31,12 +31,24 @@ import onnxruntime as ort
 import torch
 from torch.export import Dim
 
+from export import adaptive, openvino_ir, trt_engine
 from export.archive import build_archive, serving_handler
 from export.flops import onnx_flops, torch_flops
-from export.parity import (CUDA_FP32_BOUND, ONNXRUNTIME_BOUND, OPENVINO_BOUNDS, Backend, Bound, Comparison,
-                           ParityError, check_parity, decoded_views, onnx_backend, onnx_session, tensorrt_bound,
-                           torch_backend)
-from export import adaptive, openvino_ir, trt_engine
+from export.parity import (
+    CUDA_FP32_BOUND,
+    ONNXRUNTIME_BOUND,
+    OPENVINO_BOUNDS,
+    Backend,
+    Bound,
+    Comparison,
+    ParityError,
+    check_parity,
+    decoded_views,
+    onnx_backend,
+    onnx_session,
+    tensorrt_bound,
+    torch_backend,
+)
 from serving.backends import OnnxRuntimeBackend, TorchExportBackend, onnxruntime_cuda_unavailable  # what serves
 from serving.devices import cuda_device_name, cuda_unavailable
 from serving.manifest import FILE_NAME, MODEL_NAME_PATTERN, Manifest, artifact_digests, input_record, write_manifest
@@ -161,7 +173,7 @@ def _quiet_exporter():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 

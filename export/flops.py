@@ -16,7 +16,6 @@ from onnx import numpy_helper, shape_inference
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-
 # ops with multiply-adds that this counter does not handle (an R3D-18 has none of them)
 UNCOUNTED_MAC_OPS = ("ConvTranspose", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "Einsum")
 

@@ -20,8 +20,8 @@ the int8 IR.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 

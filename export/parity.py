@@ -7,9 +7,9 @@ exported backend, and the differences are accumulated over all views.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import onnxruntime as ort

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -299,7 +299,7 @@ class InferenceCore:
             out = self.forward(rows)
             spent = time.perf_counter() - t0
             start, still = 0, []
-            for i, part in zip(pending, rows):
+            for i, part in zip(pending, rows, strict=True):
                 step, start = out[start : start + len(part)], start + len(part)
                 inference_s[i] += spent
                 if adaptive[i] is None:

@@ -112,7 +112,7 @@ class ActionHandler:
         decoded concurrently, one per helper."""
         headers = [context.get_all_request_header(idx) for idx in range(len(data))]
         prepared = list(self.threads.map(self.prepare_one, data, headers))
-        for request, result in zip(data, prepared):
+        for request, result in zip(data, prepared, strict=True):
             if isinstance(result, RequestError):  # one line per refusal; never the upload's bytes
                 log.info("refused request: status=%d code=%s bytes=%d", result.status, result.code,
                          upload_size(request))

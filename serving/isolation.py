@@ -35,8 +35,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -257,7 +258,7 @@ class DecodePool:
         turned into the request's RejectedUpload."""
         try:
             reply = helper.run(job, memfd)
-        except socket.timeout:
+        except TimeoutError:
             what = "timeout"
         except (EOFError, ConnectionError, ValueError, OSError):
             what = "ended"

@@ -19,7 +19,6 @@ from serving.server_records import alive, server_processes, state_path
 from serving.torchserve_config import DECODE_MINIMUMS, LOG_SIZE_PATTERN, StartOptions, torchserve_executable
 
 
-
 def check_hosts(options: StartOptions) -> tuple[str, str]:
     """--host and --metrics-host as normalised IP addresses that this machine can bind."""
     host, metrics_host = parse_host(options.host), parse_host(options.metrics_host, "--metrics-host")

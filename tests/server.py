@@ -69,7 +69,7 @@ def serving_cli(*args: str, timeout: float = 240, env: dict | None = None) -> su
 
 
 def port_args(ports: list[int]) -> list[str]:
-    return [arg for name, port in zip(PORT_NAMES, ports) for arg in (f"--{name}-port", str(port))]
+    return [arg for name, port in zip(PORT_NAMES, ports, strict=True) for arg in (f"--{name}-port", str(port))]
 
 
 def server_key(inference_port: int, kind: str = "inference") -> str:

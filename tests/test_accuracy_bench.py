@@ -8,13 +8,29 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
-from benchmarks.accuracy import (DEFAULT_CONFIG, SETTINGS, BenchmarkError, finished, main as bench_main,
-                                 markdown, plan_runs, spread, summarize, verdict)
+from benchmarks.accuracy import (
+    DEFAULT_CONFIG,
+    SETTINGS,
+    BenchmarkError,
+    finished,
+    markdown,
+    plan_runs,
+    spread,
+    summarize,
+    verdict,
+)
+from benchmarks.accuracy import main as bench_main
 from tests.tinyrun import tiny_overrides
 from training.config import load_config
+from training.robustness import (
+    CORRUPTIONS,
+    adjust_brightness,
+    adjust_contrast,
+    corruption,
+    corruption_factor,
+    to_grayscale,
+)
 from training.scoring import score_videos
-from training.robustness import (CORRUPTIONS, adjust_brightness, adjust_contrast, corruption, corruption_factor,
-                                 to_grayscale)
 
 
 # ----------------------------------------------------------------------------- corruptions
@@ -39,7 +55,7 @@ def pil_frames(views: torch.Tensor, fn) -> np.ndarray:
 def test_contrast_and_brightness_match_pil_image_enhance(factor):
     views = random_views()
     for ours, enhancer in ((adjust_contrast, ImageEnhance.Contrast), (adjust_brightness, ImageEnhance.Brightness)):
-        expected = pil_frames(views, lambda im: enhancer(im).enhance(factor))
+        expected = pil_frames(views, lambda im, enhancer=enhancer: enhancer(im).enhance(factor))
         got = ours(views, factor).numpy()
         diff = np.abs(got - expected)
         # PIL blends in single/double precision in C; an exact .5 may truncate the other way
@@ -168,7 +184,7 @@ def fake_results(top1: dict[str, list[float]]) -> dict:
                 metrics["teacher"] = {"top1": v + 1, "top5": v + 11, "mean_class": v + 1}
             if name == "fixmatch-tg":
                 del metrics["student"]
-            rob = {"student": {k: {"top1": v - d} for k, d in zip(CORRUPTIONS, (1.0, 2.0, 10.0))}}
+            rob = {"student": {k: {"top1": v - d} for k, d in zip(CORRUPTIONS, (1.0, 2.0, 10.0), strict=True)}}
             results[name][seed] = {"folder": f"runs/{name}-seed{seed}", "metrics": metrics,
                                    "eval": {"robustness": rob} if name in ("fixmatch-rgb", "full") else {}}
     return results

@@ -12,10 +12,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.adaptive import ScoredVideos, adaptive_record, calibrate, evaluate_rule, spread
+from export.adaptive import ScoredVideos, adaptive_record, calibrate, spread
 from serving.core import InferenceCore, Options, RequestError, parse_request
-from training.adaptive_views import (AdaptiveViews, StoppingRule, adaptive_answer, coarse_to_fine, replay,
-                                     stop_reason, view_probabilities)
+from training.adaptive_views import (
+    AdaptiveViews,
+    StoppingRule,
+    adaptive_answer,
+    coarse_to_fine,
+    stop_reason,
+    view_probabilities,
+)
 from training.data import VideoItem
 from training.views import InputSpec, decode_test_views, normalize
 
@@ -24,7 +30,7 @@ from training.views import InputSpec, decode_test_views, normalize
 def covering_radius(chosen, clips: int) -> float:
     """The largest distance from a point of the video to its nearest chosen clip centre."""
     points = sorted((c + 0.5) / clips for c in chosen)
-    return max([points[0], 1 - points[-1]] + [(b - a) / 2 for a, b in zip(points, points[1:])])
+    return max([points[0], 1 - points[-1]] + [(b - a) / 2 for a, b in zip(points, points[1:], strict=False)])
 
 
 @pytest.mark.parametrize("clips", range(1, 13))
@@ -105,7 +111,7 @@ def test_it_stops_when_the_views_left_cannot_change_the_answer():
 
 def test_the_servers_step_by_step_evaluation_equals_the_replay():
     rng = np.random.default_rng(0)
-    for trial in range(20):
+    for _trial in range(20):
         logits = rng.normal(0, 3, (30, 5))
         rule = StoppingRule(min_clips=int(rng.integers(1, 4)), margin=float(rng.choice([0.1, 0.3, 0.6])))
         state = AdaptiveViews(rule, clips=10, crops=3)
@@ -232,8 +238,8 @@ def test_adaptive_and_all_view_requests_batched_together_equal_each_alone(run):
     core.rule = StoppingRule(1, 0.0)
     videos = [p.read_bytes() for p, _ in val_videos(run)[:3]]
     options = [Options(3, 2, 3, "adaptive"), Options(3, 2, 3), Options(2, 2, 1, "adaptive")]
-    together = core.predict_prepared([core.prepare(v, o) for v, o in zip(videos, options)])
-    for v, o, answer in zip(videos, options, together):
+    together = core.predict_prepared([core.prepare(v, o) for v, o in zip(videos, options, strict=True)])
+    for v, o, answer in zip(videos, options, together, strict=True):
         alone = core.predict(v, topk=o.topk, clips=o.clips, crops=o.crops, views=o.views)
         assert answer["views"] == alone["views"]
         assert [p["index"] for p in answer["predictions"]] == [p["index"] for p in alone["predictions"]]

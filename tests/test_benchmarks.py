@@ -22,7 +22,8 @@ import torch
 from benchmarks.machine import describe_machine, library_versions, machine_slug
 from benchmarks.measure import interleaved_rounds, latency_stats, ratio_stats
 from benchmarks.profiles import get_profile
-from benchmarks.run import GROUP_FILES, main as bench_main, merge_previous
+from benchmarks.run import GROUP_FILES, merge_previous
+from benchmarks.run import main as bench_main
 from serving.backends import openvino_cpu_precisions
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,8 +5,19 @@ import torch
 from tests.videofiles import decoded_index, frame_coded, write_video
 from training.augment import split_modalities, temporal_gradient
 from training.config import ConfigError, DataConfig
-from training.data import (EvalClips, ListResolver, SeededSampler, TrainClips, VideoItem, collate_skipping, make_labeled_split,
-                           read_folder_layout, read_video_list, resolve_splits, weak_geometric)
+from training.data import (
+    EvalClips,
+    ListResolver,
+    SeededSampler,
+    TrainClips,
+    VideoItem,
+    collate_skipping,
+    make_labeled_split,
+    read_folder_layout,
+    read_video_list,
+    resolve_splits,
+    weak_geometric,
+)
 from training.views import InputSpec
 
 SPEC = InputSpec(clip_len=4, interval=3, short_side=48, crop_size=32, crop_area=[0.2, 1.0], test_clips=2, test_crops=3,
@@ -52,7 +63,7 @@ def test_train_clips_sample_frames_and_their_successors(tmp_path):
             cur = [decoded_index(x[0, :, t]) for t in range(4)]
             nxt = [decoded_index(x[1, :, t]) for t in range(4)]
             assert np.diff(cur).tolist() == [3, 3, 3]
-            assert [n - c for c, n in zip(cur, nxt)] == [stride] * 4
+            assert [n - c for c, n in zip(cur, nxt, strict=True)] == [stride] * 4
     again = ds[(0, (0, 2, 0))]["frames"]
     assert torch.equal(again, ds[(0, (0, 2, 0))]["frames"])  # a sample depends only on its seed
 

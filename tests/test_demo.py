@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,8 @@ import pytest
 from serving.core import spec_from_manifest
 from serving.demo import java_major_version
 from serving.server_records import state_path
-from tests.test_serving_core import offline_scores
 from tests.server import free_ports, port_args
+from tests.test_serving_core import offline_scores
 from tests.tinyrun import tiny_overrides
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_demo import listening, processes_of
 from tests.server import free_ports
+from tests.test_demo import listening, processes_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -268,7 +268,7 @@ def container_commands(run: Path, ports: list[int]) -> tuple[list[str], list[str
     local = {"/app/.venv/bin/python": sys.executable, "/srv/run": str(run), "8080": str(ports[0])}
     entry = [local.get(a, a) for a in exec_form(only(serve, "ENTRYPOINT")[-1]) + exec_form(only(serve, "CMD")[-1])]
     names = ("inference", "management", "metrics", "grpc-inference", "grpc-management")
-    entry += [arg for name, port in zip(names, ports) for arg in (f"--{name}-port", str(port))]
+    entry += [arg for name, port in zip(names, ports, strict=True) for arg in (f"--{name}-port", str(port))]
     health = [local.get(a, a) for a in exec_form(only(serve, "HEALTHCHECK")[-1].partition("CMD ")[2])]
     return entry, health
 

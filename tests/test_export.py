@@ -24,8 +24,8 @@ from export.parity import Bound, onnx_session
 from serving.manifest import input_spec_from_manifest, sha256_of
 from training.config import config_from_dict
 from training.data import resolve_splits
-from training.scoring import accuracy_metrics, score_videos
 from training.models import R3D18, TwoStreamNet, count_parameters, r3d18_from_config
+from training.scoring import accuracy_metrics, score_videos
 from training.views import decode_test_views, normalize
 
 REPO = Path(__file__).resolve().parent.parent

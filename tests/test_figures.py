@@ -10,8 +10,16 @@ import torch
 from tests.videofiles import write_video
 from training.data import VideoItem
 from training.evaluate import main as evaluate_main
-from training.figures import (FAST_STRIDE, SLOW_STRIDE, clip_modalities, confusion_matrix, curves_figure,
-                              frames_figure, readable_clips, tg_display)
+from training.figures import (
+    FAST_STRIDE,
+    SLOW_STRIDE,
+    clip_modalities,
+    confusion_matrix,
+    curves_figure,
+    frames_figure,
+    readable_clips,
+    tg_display,
+)
 from training.views import InputSpec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

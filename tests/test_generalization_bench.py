@@ -5,8 +5,8 @@ import json
 import pytest
 
 from benchmarks.accuracy import BenchmarkError, spread
-from benchmarks.generalization import (ARMS, BASELINE, METHOD, family_verdict, main as bench_main, markdown, overall,
-                                       plan_runs)
+from benchmarks.generalization import ARMS, BASELINE, METHOD, family_verdict, markdown, overall, plan_runs
+from benchmarks.generalization import main as bench_main
 from training.synthetic import FAMILIES
 
 # A few seconds per run: the smoke budget plus a small input and model.

@@ -18,10 +18,24 @@ import torch
 from benchmarks import gpu_check
 from export import trt_engine
 from export.build import ExportError, export_student, tensorrt_engine
-from export.parity import (CUDA_FP32_BOUND, TENSORRT_FP16_BOUND, TENSORRT_FP32_BOUND, TENSORRT_TF32_BOUND,
-                           Comparison, ParityError, check_parity, tensorrt_bound)
-from serving.backends import (BackendError, cuda_provider_options, load_backend, onnxruntime_cuda_unavailable,
-                              parity_unchecked, tensorrt_unavailable)
+from export.parity import (
+    CUDA_FP32_BOUND,
+    TENSORRT_FP16_BOUND,
+    TENSORRT_FP32_BOUND,
+    TENSORRT_TF32_BOUND,
+    Comparison,
+    ParityError,
+    check_parity,
+    tensorrt_bound,
+)
+from serving.backends import (
+    BackendError,
+    cuda_provider_options,
+    load_backend,
+    onnxruntime_cuda_unavailable,
+    parity_unchecked,
+    tensorrt_unavailable,
+)
 from serving.devices import cuda_device_count, cuda_device_name, cuda_unavailable
 from serving.probes import worker_summary
 from training.models import R3D18

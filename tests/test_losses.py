@@ -33,7 +33,7 @@ def _ce(row, label):
 def test_supervised_loss():
     logits = [[2.0, 1.0, 0.0], [0.0, 0.0, 3.0], [1.0, 4.0, -1.0]]
     labels = [0, 2, 0]
-    expected = sum(_ce(r, y) for r, y in zip(logits, labels)) / 3
+    expected = sum(_ce(r, y) for r, y in zip(logits, labels, strict=True)) / 3
     got = supervised_loss(torch.tensor(logits), torch.tensor(labels))
     assert got.ndim == 0
     assert got.item() == pytest.approx(expected, rel=1e-6)
@@ -76,10 +76,10 @@ def _fused(fusion):
     p_rgb = [_softmax(r) for r in Z_RGB]
     p_tg = [_softmax(r) for r in Z_TG]
     if fusion == "logits":
-        both = [_softmax([(a + b) / 2 for a, b in zip(ra, rb)]) for ra, rb in zip(Z_RGB, Z_TG)]
+        both = [_softmax([(a + b) / 2 for a, b in zip(ra, rb, strict=True)]) for ra, rb in zip(Z_RGB, Z_TG, strict=True)]
         return {"rgb": both, "tg": both}
     if fusion == "probs":
-        both = [[(a + b) / 2 for a, b in zip(pa, pb)] for pa, pb in zip(p_rgb, p_tg)]
+        both = [[(a + b) / 2 for a, b in zip(pa, pb, strict=True)] for pa, pb in zip(p_rgb, p_tg, strict=True)]
         return {"rgb": both, "tg": both}
     if fusion == "rgb":
         return {"rgb": p_rgb, "tg": p_rgb}
@@ -226,7 +226,7 @@ def _info_nce_reference(rgb, tg, tau):
 
     q_rgb, q_tg = [unit(v) for v in rgb], [unit(v) for v in tg]
     b = len(q_rgb)
-    sim = [[sum(a * c for a, c in zip(q_rgb[i], q_tg[j])) for j in range(b)] for i in range(b)]
+    sim = [[sum(a * c for a, c in zip(q_rgb[i], q_tg[j], strict=True)) for j in range(b)] for i in range(b)]
     rgb_to_tg = sum(_ce([sim[i][j] / tau for j in range(b)], i) for i in range(b)) / b
     tg_to_rgb = sum(_ce([sim[j][i] / tau for j in range(b)], i) for i in range(b)) / b
     return (rgb_to_tg + tg_to_rgb) / 2

@@ -5,10 +5,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.losses import contrastive_loss, dense_alignment_loss
 from training.config import load_config
-from training.models import (BasicBlock3d, ProjectionHead, R3D18, TwoStreamNet, count_parameters,
-                             r3d18_from_architecture, r3d18_from_config, two_stream_from_config)
+from training.losses import contrastive_loss, dense_alignment_loss
+from training.models import (
+    R3D18,
+    BasicBlock3d,
+    ProjectionHead,
+    TwoStreamNet,
+    count_parameters,
+    r3d18_from_architecture,
+    r3d18_from_config,
+    two_stream_from_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +34,7 @@ def test_stage_shapes_full_width(temporal_pool, frames):
     model = R3D18(101, temporal_pool=temporal_pool).eval()
     with torch.no_grad():
         feats = model.features(torch.randn(1, 3, 8, 224, 224))
-    expected = [(1, c, t, s, s) for c, t, s in zip((64, 128, 256, 512), frames, (56, 28, 14, 7))]
+    expected = [(1, c, t, s, s) for c, t, s in zip((64, 128, 256, 512), frames, (56, 28, 14, 7), strict=True)]
     assert [tuple(f.shape) for f in feats] == expected
     assert model.stage_channels == (64, 128, 256, 512)
     assert model.feature_dim == 512

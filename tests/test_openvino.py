@@ -20,8 +20,19 @@ from export.build import ExportError, export_run
 from export.openvino_ir import nncf_unavailable
 from export.parity import OPENVINO_BOUNDS, Bound
 from serving.__main__ import main as serving_cli
-from serving.backends import (AUTO_ORDER, BACKEND_CHOICES, OPENVINO_PRECISIONS, BackendError, fastest, import_openvino,
-                              kind_of, load_backend, openvino_cpu_precisions, openvino_kinds, select_backend)
+from serving.backends import (
+    AUTO_ORDER,
+    BACKEND_CHOICES,
+    OPENVINO_PRECISIONS,
+    BackendError,
+    fastest,
+    import_openvino,
+    kind_of,
+    load_backend,
+    openvino_cpu_precisions,
+    openvino_kinds,
+    select_backend,
+)
 from serving.core import InferenceCore
 from serving.manifest import sha256_of
 from tests.test_serving_core import val_videos

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment import _op, op_strengths
 from tests.layouts import make_ucf101_tree, write_videossl_list
+from training.augment import _op, op_strengths
 from training.config import load_config
 from training.data import VideoItem, resolve_splits
 from training.models import BasicBlock3d, two_stream_from_config
@@ -47,7 +47,7 @@ def test_warm_up_ramps_per_iteration_and_the_cosine_steps_per_epoch():
     schedule = Schedule("epochs", steps_per_epoch=10, epochs=180, warmup_iters=300, sup_warmup_epochs=30)
     lr = [learning_rate(it, base_lr=0.2, schedule=schedule, cfg=cfg) for it in range(0, 400)]
     for e in range(30):  # within a warm-up epoch: rising every step (the ramp is per iteration)
-        assert all(a < b for a, b in zip(lr[e * 10 : e * 10 + 10], lr[e * 10 + 1 : e * 10 + 10]))
+        assert all(a < b for a, b in zip(lr[e * 10 : e * 10 + 10], lr[e * 10 + 1 : e * 10 + 10], strict=False))
     assert lr[300] == pytest.approx(0.18660254)  # the warm-up ends on the regular (cosine) lr
     assert lr[300:310] == [lr[300]] * 10  # after it: constant within an epoch (by_epoch cosine)
     assert lr[309] > lr[310]

@@ -31,8 +31,17 @@ import pytest
 from serving.addresses import HOST
 from serving.tokens import KEY_FILE
 from serving.torchserve_config import write_config
-from tests.server import (Server, free_ports, log_bytes, management_get, port_args, serving_cli, start_server,
-                          stop_server, worker_pid)
+from tests.server import (
+    Server,
+    free_ports,
+    log_bytes,
+    management_get,
+    port_args,
+    serving_cli,
+    start_server,
+    stop_server,
+    worker_pid,
+)
 from tests.test_demo import listening, processes_of
 from tests.test_serving_core import val_videos
 

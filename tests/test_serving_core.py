@@ -24,6 +24,7 @@ from serving.core import MAX_CLIPS, InferenceCore, Options, RequestError, iter_c
 from training.view_decode import DecodeLimits
 from training.views import InputSpec, average_view_scores, decode_test_views, normalize
 
+
 def val_videos(run: Path) -> list[tuple[Path, str]]:
     """(path, class) of every validation video of the run's synthetic data, classes by name."""
     import yaml
@@ -166,7 +167,7 @@ def test_iter_chunks_keeps_every_row_in_order_and_bounds_the_chunk():
 # ----------------------------------------------------------------------------- predictions
 def test_answer_equals_offline_evaluation_of_the_same_onnx_model(run, core, manifest):
     session = ort.InferenceSession(str(run / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
-    for path, label in val_videos(run):
+    for path, _label in val_videos(run):
         answer = core.predict(path.read_bytes())
         expected = offline_scores(path, run / "export", core.spec, session)
         served = np.zeros(len(core.classes))
@@ -200,9 +201,9 @@ def test_batched_and_chunked_requests_equal_each_request_alone(run):
     core = InferenceCore(run / "export", threads=2, max_views=4)  # chunks cut across requests
     videos = [p.read_bytes() for p, _ in val_videos(run)[:3]]
     options = [Options(3, 2, 3), Options(2, 1, 1), Options(3, 3, 2)]
-    prepared = [core.prepare(v, o) for v, o in zip(videos, options)]
+    prepared = [core.prepare(v, o) for v, o in zip(videos, options, strict=True)]
     together = core.predict_prepared(prepared)
-    for v, o, answer in zip(videos, options, together):
+    for v, o, answer in zip(videos, options, together, strict=True):
         alone = core.predict(v, topk=o.topk, clips=o.clips, crops=o.crops)
         assert answer["views"] == alone["views"] and answer["views"]["count"] == o.clips * o.crops
         assert [p["index"] for p in answer["predictions"]] == [p["index"] for p in alone["predictions"]]

@@ -328,7 +328,7 @@ def test_speed_bands_do_not_overlap_and_render_in_order():
     for k in range(1, 5):
         speeds = np.concatenate([np.diff(trajectory(f"move_right_speed{k}", i)[0]) for i in range(20)]) / 72
         bands.append((speeds.min(), speeds.max()))
-    for (_, slower_max), (faster_min, _) in zip(bands, bands[1:]):
+    for (_, slower_max), (faster_min, _) in zip(bands, bands[1:], strict=False):
         assert faster_min > 1.3 * slower_max, bands
     rendered = [np.median([global_flow(render_video(m, video_rng(0, "val", m, i), frames=16, width=64, height=48,
                                                     clutter=False))[0] for i in range(6)])

@@ -22,8 +22,18 @@ import pytest
 
 from serving.core import adaptive_rule, spec_from_manifest
 from serving.server_records import state_path
-from tests.server import (Server, free_ports, multipart, port_args, post, post_video, serving_cli, start_server,
-                          stop_server, worker_pid)
+from tests.server import (
+    Server,
+    free_ports,
+    multipart,
+    port_args,
+    post,
+    post_video,
+    serving_cli,
+    start_server,
+    stop_server,
+    worker_pid,
+)
 from tests.test_adaptive_views import offline_adaptive
 from tests.test_serving_core import bad_uploads, offline_scores, val_videos
 

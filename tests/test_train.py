@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.distributed import DistInfo
 from tests.tinyrun import tiny_overrides
-from training.train import SkipLog, main as train_main
+from training.distributed import DistInfo
+from training.train import SkipLog
+from training.train import main as train_main
 
 REPO = Path(__file__).resolve().parent.parent
 

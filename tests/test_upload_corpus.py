@@ -396,8 +396,8 @@ def test_byte_flips():
     assert byte_flips(data, 5, seed=3, keep_head=100) == variants[:5]
     for variant in variants:
         assert len(variant) == len(data) and variant[:100] == data[:100]
-        assert sum(a != b for a, b in zip(variant, data)) == 10
+        assert sum(a != b for a, b in zip(variant, data, strict=True)) == 10
     (one,) = byte_flips(b"abc", 1, rate=0.001)
-    assert sum(a != b for a, b in zip(one, b"abc")) == 1
+    assert sum(a != b for a, b in zip(one, b"abc", strict=True)) == 1
     with pytest.raises(ValueError):
         byte_flips(b"abc", 1, keep_head=3)

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.server import log_bytes, post, post_video, start_server, stop_server, worker_pid
+from tests.server import log_bytes, post, start_server, stop_server, worker_pid
 from tests.upload_corpus import build_corpus, byte_flips, fuzz_seeds
 
 DECODE_TIMEOUT_S = 4  # the server's SERVING_DECODE_TIMEOUT here: a bomb's answer comes within it

@@ -2,9 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.videofiles import decoded_index, frame_coded, write_video
-from training.video import (VideoDecodeError, open_video, read_frames, successor_indices, uniform_clip_indices,
-                            train_clip_indices)
+from tests.videofiles import decoded_index
+from training.video import (
+    VideoDecodeError,
+    open_video,
+    read_frames,
+    successor_indices,
+    train_clip_indices,
+    uniform_clip_indices,
+)
 from training.view_decode import ViewGeometry, cut_crops, scaled_size
 from training.views import InputSpec, average_view_scores, crops_to_views, decode_test_views, normalize
 

@@ -18,8 +18,7 @@ from tests.test_serving_core import encode
 from tests.upload_corpus import build_corpus
 from tests.videofiles import decoded_index, frame_coded
 from training.video import uniform_clip_indices
-from training.view_decode import (UPLOAD_FORMATS, DecodeLimits, VideoRejected, ViewGeometry, read_view_crops,
-                                  scaled_size)
+from training.view_decode import UPLOAD_FORMATS, DecodeLimits, VideoRejected, ViewGeometry, read_view_crops, scaled_size
 
 GEOMETRY = ViewGeometry(clips=2, crops=3, clip_len=4, interval=2, short_side=32, crop=32)
 SDP = (b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\n"
@@ -52,8 +51,9 @@ def slow_to_decode(tmp_path_factory) -> bytes:
 def long_gop() -> bytes:
     """640x360, 600 frames of noise in one GOP: reaching its last frames means decoding them all."""
     rng = np.random.default_rng(0)
-    import av
     import io
+
+    import av
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=30, options={"g": "1000", "keyint_min": "1000", "crf": "40",

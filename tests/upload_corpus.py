@@ -194,7 +194,7 @@ def _mux(
         for name, mimetype, data in attachments:
             container.add_attachment(name, mimetype, data)
         streams = [_add_video(container, s) if isinstance(s, _Video) else _add_audio(container, s) for s in specs]
-        for spec, stream in zip(specs, streams):
+        for spec, stream in zip(specs, streams, strict=True):
             for frame in _video_frames(spec) if isinstance(spec, _Video) else _audio_frames(spec):
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))

@@ -53,7 +53,7 @@ class StoppingRule:
         return {"min_clips": self.min_clips, "margin": self.margin}
 
     @classmethod
-    def from_dict(cls, record: dict) -> "StoppingRule":
+    def from_dict(cls, record: dict) -> StoppingRule:
         return cls(min_clips=int(record["min_clips"]),
                    margin=None if record.get("margin") is None else float(record["margin"]))
 
@@ -76,7 +76,7 @@ def coarse_to_fine(clips: int) -> tuple[int, ...]:
         # between two clips 2 (gap / 2)^3 (every gap is even: the positions are odd)
         points = sorted(2 * c + 1 for c in chosen)
         total = points[0] ** 3 + (2 * clips - points[-1]) ** 3
-        return total + sum(2 * ((b - a) // 2) ** 3 for a, b in zip(points, points[1:]))
+        return total + sum(2 * ((b - a) // 2) ** 3 for a, b in zip(points, points[1:], strict=False))
 
     order: list[int] = []
     rest = list(range(clips))

@@ -239,7 +239,7 @@ def make_labeled_split(
             raise ConfigError(f"cannot draw a labeled split: {it.path} has no label in the training list")
         by_class[it.label].append(it)
     chosen = []
-    for c, members in by_class.items():
+    for members in by_class.values():
         k = per_class if per_class else max(1, round(ratio * len(members)))
         chosen += rng.sample(members, min(k, len(members))) if members else []
     return sorted(chosen, key=lambda it: it.path)

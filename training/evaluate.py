@@ -59,7 +59,7 @@ def precise_bn(model: nn.Module, batches, *, num_batches: int, device: torch.dev
             break
         model(x.to(device))
         used += 1
-    for m, momentum in zip(bns, momenta):
+    for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
         if info.enabled:
             torch.distributed.all_reduce(m.running_mean)

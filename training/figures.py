@@ -122,11 +122,11 @@ def curves_figure(history: list[dict], out: Path) -> Path:
     if not order:
         axes[0].text(0.5, 0.5, "no training history in the checkpoint", ha="center", va="center")
         axes[0].set_axis_off()
-    for ax, group in zip(axes, order):
+    for ax, group in zip(axes, order, strict=False):
         for key in groups[group]:
             points = [(row["epoch"], row[key]) for row in history if key in row and row[key] == row[key]]
             if points:
-                x, y = zip(*points)
+                x, y = zip(*points, strict=True)
                 ax.plot(x, y, marker="o", markersize=3, label=key.split("/", 1)[-1])
         ax.set_title(titles.get(group, group), fontsize=10)
         ax.set_xlabel("epoch")

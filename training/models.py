@@ -9,7 +9,8 @@ constructor's arguments are written out once.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -80,7 +81,7 @@ class R3D18(nn.Module):
         )
         stages = []
         in_c = w
-        for out_c, stride in zip(self.stage_channels, (1, 2, 2, 2)):
+        for out_c, stride in zip(self.stage_channels, (1, 2, 2, 2), strict=True):
             stages.append(
                 nn.Sequential(
                     BasicBlock3d(in_c, out_c, spatial_stride=stride, temporal_stride=stride, bn_eps=bn_eps),

@@ -28,7 +28,6 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from training.config import Config, ConfigError, load_config, parse_overrides
 from training.data import resolve_splits
 from training.distributed import training_device
@@ -67,7 +66,7 @@ class VideoStats:
         if not self.opened:
             return f"{self.probed} probed, none could be opened"
         widths, heights = [w for w, _ in self.sizes], [h for _, h in self.sizes]
-        seconds = [n / f for n, f in zip(self.frames, self.fps) if f > 0]
+        seconds = [n / f for n, f in zip(self.frames, self.fps, strict=True) if f > 0]
         return (f"{self.opened} of {self.probed} probed: {int(self.median(widths))}x{int(self.median(heights))} "
                 f"median (short side {min(self.short_sides)}-{max(self.short_sides)}), "
                 f"{self.median(self.fps):.3g} fps median, {self.median(self.frames):.0f} frames "

@@ -108,7 +108,7 @@ def build_plan(cfg: Config, *, run: Path | None = None, processes: int = 1, sour
             classes = splits.classes
             sets = _summaries(splits, cfg)
             rng = random.Random(seed)
-            for s, items in zip(sets, (splits.labeled, splits.unlabeled, splits.val)):
+            for s, items in zip(sets, (splits.labeled, splits.unlabeled, splits.val), strict=True):
                 _probe(s, items, splits.root, probe, rng)
             videos = recipe.videos if recipe is not None else probe_videos(
                 splits.root, [it.path for it in splits.labeled + splits.unlabeled], probe=min(probe, 32), seed=seed) \
@@ -390,7 +390,7 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
         out.append(f"{'':<10}source: {s.source}")
     labeled = next((s for s in plan.sets if s.name == "labeled"), None)
     if labeled is not None and plan.classes:
-        pairs = list(zip(plan.classes, labeled.per_class))
+        pairs = list(zip(plan.classes, labeled.per_class, strict=True))
         if len(pairs) > 120:
             ranked = sorted(pairs, key=lambda p: p[1])
             pairs_text = ("fewest: " + ", ".join(f"{c} {n}" for c, n in ranked[:10]) + "; most: "
@@ -407,7 +407,7 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
         out.append(f"files {s.name:<10}{status}{probe}")
         for path in s.missing[:5]:
             out.append(f"  missing: {path}")
-        for path, error in s.unreadable[:5]:
+        for _path, error in s.unreadable[:5]:
             out.append(f"  unreadable: {error}")
     if plan.videos is not None:
         out.append(f"videos    {plan.videos.summary()}")

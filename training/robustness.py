@@ -23,8 +23,8 @@ seed sees exactly the same corrupted videos.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -5,8 +5,8 @@ test (training/robustness.py) and export's accuracy check.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -30,9 +30,9 @@ from training.data import DataSplits, SeededSampler, TrainClips, collate_skippin
 from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed, training_device
 from training.evaluate import precise_bn, precise_bn_loader
 from training.losses import contrastive_loss, dense_alignment_loss, pseudo_labels, supervised_loss, unlabeled_loss
+from training.models import TwoStreamNet, two_stream_from_config
 from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
 from training.scoring import accuracy_metrics, score_videos
-from training.models import TwoStreamNet, two_stream_from_config
 from training.views import normalize
 
 if TYPE_CHECKING:  # imported where a writer is made: tensorboard is slow to import
@@ -238,7 +238,7 @@ def optimizer_step(state: TrainState, batch_l: dict, batch_u: dict, *, epoch: in
     # one device-to-host copy per step for logging and the finiteness check
     names = [f"loss/{k}" for k in ("total", *terms)] + [f"pseudo/{k}" for k in stats]
     tensors = [loss, *terms.values(), *stats.values()]
-    values = dict(zip(names, torch.stack([t.detach().float() for t in tensors]).tolist()))
+    values = dict(zip(names, torch.stack([t.detach().float() for t in tensors]).tolist(), strict=True))
     if not math.isfinite(values["loss/total"]):
         raise FloatingPointError(f"loss is not finite at epoch {epoch + 1} step {step}: {values}")
     optimizer.zero_grad(set_to_none=True)
