@@ -133,7 +133,9 @@ def plan_runs(config: Path, names: list[str], seeds: list[int], root: Path, *, u
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         raise BenchmarkError(f"unknown configs: {', '.join(unknown)} (known: {', '.join(SETTINGS)})")
-    common = list(user_sets) + ([f"optim.epochs={epochs}"] if epochs else []) + ([f"optim.steps={steps}"] if steps else [])
+    common = (
+        list(user_sets) + ([f"optim.epochs={epochs}"] if epochs else []) + ([f"optim.steps={steps}"] if steps else [])
+    )
     base = load_config(config, common)
     common += dataset_root(base, user_sets)
     runs = []
@@ -285,20 +287,26 @@ def markdown(results: dict) -> str:
     table, v, data = results["table"], results["verdict"], results["dataset"]
     m = results["machine"]
     gpu = f", {m['gpu']['name']}" if m.get("gpu") else ", no GPU"
-    lines = [f"# Accuracy benchmark: {results['machine_slug']}, {results['created_utc'][:10]}", "",
-             f"- Machine: {m['cpu']}, {m['cores']} cores{gpu}; training time of all runs "
-             f"{results['train_time_s'] / 60:.1f} min; wall time of this invocation "
-             f"{results['wall_time_s'] / 60:.1f} min (finished runs are reused, not redone)",
-             f"- Command: `{results['command']}`",
-             f"- Config `{results['config']}` with the overrides in the command; {results.get('budget') or str(results['epochs']) + ' epochs'} for "
-             f"every run; seeds {', '.join(map(str, results['seeds']))} (`train.seed`)",
-             f"- Data: {data['classes']} classes, {data['labeled_videos']} labeled of {data['unlabeled_videos']} "
-             f"training videos ({data['labeled_split']}), {data['val_videos']} validation videos; "
-             f"test: {data['views']}",
-             "", f"## Table 1 in miniature (test accuracy over {data['views']}, %, mean ± sample std over seeds)", "",
-             "| Setting | RGB student Top-1 | RGB student Top-5 | TG teacher Top-1 | TG teacher Top-5 "
-             "| paper Top-1 (UCF-101 20 %) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Accuracy benchmark: {results['machine_slug']}, {results['created_utc'][:10]}",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores{gpu}; training time of all runs "
+        f"{results['train_time_s'] / 60:.1f} min; wall time of this invocation "
+        f"{results['wall_time_s'] / 60:.1f} min (finished runs are reused, not redone)",
+        f"- Command: `{results['command']}`",
+        f"- Config `{results['config']}` with the overrides in the command; "
+        f"{results.get('budget') or str(results['epochs']) + ' epochs'} for "
+        f"every run; seeds {', '.join(map(str, results['seeds']))} (`train.seed`)",
+        f"- Data: {data['classes']} classes, {data['labeled_videos']} labeled of {data['unlabeled_videos']} "
+        f"training videos ({data['labeled_split']}), {data['val_videos']} validation videos; "
+        f"test: {data['views']}",
+        "",
+        f"## Table 1 in miniature (test accuracy over {data['views']}, %, mean ± sample std over seeds)",
+        "",
+        "| Setting | RGB student Top-1 | RGB student Top-5 | TG teacher Top-1 | TG teacher Top-5 "
+        "| paper Top-1 (UCF-101 20 %) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, row in table.items():
         s, t = row.get("student", {}), row.get("teacher", {})
         paper = "–" if row["paper_top1"] is None else f"{row['paper_top1']:.1f}"

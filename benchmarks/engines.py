@@ -157,11 +157,17 @@ def engine_row(kind: str, backend, answers: dict, manifest: dict, rule) -> dict:
     scores = np.stack([average_view_scores(torch.from_numpy(x)).numpy() for x in own["logits"]])
     ref_scores = np.stack([average_view_scores(torch.from_numpy(x)).numpy() for x in ref["logits"]])
     seconds, ref_seconds = np.array(own["seconds"]), np.array(ref["seconds"])
-    row = {"engine": kind, "backend": backend.name, **accuracy_metrics(scores, labels, classes),
-           "top1_agreement_with_reference": float(np.mean(scores.argmax(1) == ref_scores.argmax(1))),
-           "max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(own["logits"], ref["logits"], strict=True))),
-           "ms_per_video": float(np.median(seconds) * 1e3),
-           "speedup": float(np.median(ref_seconds / seconds))}
+    row = {
+        "engine": kind,
+        "backend": backend.name,
+        **accuracy_metrics(scores, labels, classes),
+        "top1_agreement_with_reference": float(np.mean(scores.argmax(1) == ref_scores.argmax(1))),
+        "max_abs_logit_diff": float(
+            max(np.abs(a - b).max() for a, b in zip(own["logits"], ref["logits"], strict=True))
+        ),
+        "ms_per_video": float(np.median(seconds) * 1e3),
+        "speedup": float(np.median(ref_seconds / seconds)),
+    }
     if rule is not None:
         adaptive = [adaptive_answer(x, rule, clips=spec.test_clips, crops=spec.test_crops) for x in own["logits"]]
         a_scores = np.stack([a.scores for a in adaptive])

@@ -199,10 +199,15 @@ def summarize(runs: list[FamilyRun], metrics: dict[Path, dict]) -> dict:
         student = {seed: m["student"]["top1"] for seed, m in by_arm[METHOD].items()}
         baseline = {seed: m["student"]["top1"] for seed, m in by_arm[BASELINE].items()}
         teacher = [m["teacher"]["top1"] for m in by_arm[METHOD].values() if "teacher" in m]
-        table[family] = {"classes": classes, "class_names": sorted(FAMILIES[family]), "tuned_on": family == TUNED_FAMILY,
-                         "student": spread(list(student.values())), "teacher": spread(teacher) if teacher else None,
-                         "fixmatch_rgb": spread(list(baseline.values())),
-                         "verdict": family_verdict(classes, student, baseline)}
+        table[family] = {
+            "classes": classes,
+            "class_names": sorted(FAMILIES[family]),
+            "tuned_on": family == TUNED_FAMILY,
+            "student": spread(list(student.values())),
+            "teacher": spread(teacher) if teacher else None,
+            "fixmatch_rgb": spread(list(baseline.values())),
+            "verdict": family_verdict(classes, student, baseline),
+        }
     return table
 
 
@@ -234,34 +239,46 @@ def markdown(results: dict) -> str:
     gpu = f", {m['gpu']['name']}" if m.get("gpu") else ", no GPU"
     per_run = b["train_minutes_per_run"]
     within = f"{b['steps']} steps, {per_run['mean']:.1f} min of training per run on {results['machine_slug']}"
-    lines = [f"# Generalization benchmark: {results['machine_slug']}, {results['created_utc'][:10]}", "",
-             f"- Machine: {m['cpu']}, {m['cores']} cores{gpu} (device: {results['device']})",
-             f"- Command: `{results['command']}`",
-             f"- Method: the own-data default, `python -m training train --data-root DATA --run RUN --set "
-             f"train.seed=K{''.join(' ' + s for s in results['user_sets'])}` (no --config); FixMatch-RGB adds "
-             f"`{' '.join(ARMS[BASELINE])}`",
-             f"- Budget of every run: {b['steps']} steps ({b['epochs']} epochs on this data), batch {b['batch'][0]} labeled + "
-             f"{b['batch'][1]} unlabeled clips; training {per_run['mean']:.1f} min per run on average "
-             f"(max {per_run['max']:.1f}), {b['train_minutes_total']:.0f} min in all; wall time of this invocation "
-             f"{results['wall_time_s'] / 60:.1f} min (finished runs are reused)",
-             f"- Data per family: {shape['width']}x{shape['height']}, {shape['frames']} frames, "
-             f"{shape['train_per_class']} training videos per class ({shape['labeled_per_class']} labeled), "
-             f"{shape['val_per_class']} validation videos per class; clutter on; generator seed {shape['seed']}",
-             f"- Seeds: {', '.join(map(str, results['seeds']))} (`train.seed`)"
-             + ("; fewer for the families with runs listed as not run below (per-seed values in brackets)"
-                if results.get("not_run") else "") + f"; test: {results['views']}", "",
-             "## Top-1 per family (%, mean ± sample std over seeds, per seed in brackets)", "",
-             "| Family | classes | chance | RGB student (method) | TG teacher (method) | FixMatch-RGB "
-             "| student > FixMatch-RGB: mean / every seed | student ≥ 2× chance | target |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Generalization benchmark: {results['machine_slug']}, {results['created_utc'][:10]}",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores{gpu} (device: {results['device']})",
+        f"- Command: `{results['command']}`",
+        f"- Method: the own-data default, `python -m training train --data-root DATA --run RUN --set "
+        f"train.seed=K{''.join(' ' + s for s in results['user_sets'])}` (no --config); FixMatch-RGB adds "
+        f"`{' '.join(ARMS[BASELINE])}`",
+        f"- Budget of every run: {b['steps']} steps ({b['epochs']} epochs on this data), "
+        f"batch {b['batch'][0]} labeled + "
+        f"{b['batch'][1]} unlabeled clips; training {per_run['mean']:.1f} min per run on average "
+        f"(max {per_run['max']:.1f}), {b['train_minutes_total']:.0f} min in all; wall time of this invocation "
+        f"{results['wall_time_s'] / 60:.1f} min (finished runs are reused)",
+        f"- Data per family: {shape['width']}x{shape['height']}, {shape['frames']} frames, "
+        f"{shape['train_per_class']} training videos per class ({shape['labeled_per_class']} labeled), "
+        f"{shape['val_per_class']} validation videos per class; clutter on; generator seed {shape['seed']}",
+        f"- Seeds: {', '.join(map(str, results['seeds']))} (`train.seed`)"
+        + (
+            "; fewer for the families with runs listed as not run below (per-seed values in brackets)"
+            if results.get("not_run")
+            else ""
+        )
+        + f"; test: {results['views']}",
+        "",
+        "## Top-1 per family (%, mean ± sample std over seeds, per seed in brackets)",
+        "",
+        "| Family | classes | chance | RGB student (method) | TG teacher (method) | FixMatch-RGB "
+        "| student > FixMatch-RGB: mean / every seed | student ≥ 2× chance | target |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for family, row in table.items():
         v = row["verdict"]
         name = f"{family}{' (tuned on)' if row['tuned_on'] else ''}: {', '.join(row['class_names'])}"
         target = "met" if v["met"] else "**NOT met**"
-        lines.append(f"| {name} | {row['classes']} | {v['chance']:.1f} | {_seeds(row['student'])} "
-                     f"| {_seeds(row['teacher'])} | {_seeds(row['fixmatch_rgb'])} "
-                     f"| {_yes(v['beats_baseline_mean'])} ({v['margin']:+.1f}) / {_yes(v['beats_baseline_every_seed'])} "
-                     f"| {_yes(v['at_least_twice_chance'])} (≥ {v['twice_chance']:.1f}) | {target} |")
+        lines.append(
+            f"| {name} | {row['classes']} | {v['chance']:.1f} | {_seeds(row['student'])} "
+            f"| {_seeds(row['teacher'])} | {_seeds(row['fixmatch_rgb'])} "
+            f"| {_yes(v['beats_baseline_mean'])} ({v['margin']:+.1f}) / {_yes(v['beats_baseline_every_seed'])} "
+            f"| {_yes(v['at_least_twice_chance'])} (≥ {v['twice_chance']:.1f}) | {target} |"
+        )
     lines += ["", "Target per family: the RGB student above FixMatch-RGB on the mean and on every seed (paired by "
               "seed), and at least twice chance on the mean.", "", "## Verdict", ""]
     if total["all_met"]:

@@ -127,13 +127,27 @@ def test_backend_latency(benchmark, case, subject, profile, device, manifest, ma
     flops = s.cost["student_flops_per_view"] * views
     achieved = flops / seconds / 1e12
     peak = matmul_peak(dtype, compute_device)
-    store(benchmark, "backends", {
-        "size": size, "backend": backend, "precision": "int8" if backend.endswith("int8") else PRECISIONS[dtype], "views": views, "config": s.config(), **stats,
-        "views_per_s": views / seconds, "flops": flops, "achieved_tflops": achieved,
-        "matmul_tflops": peak, "matmul_dtype": str(dtype).removeprefix("torch."), "compute_device": compute_device.type,
-        "mfu": achieved / peak, "mfu_target": MFU_TARGET,
-        # ONNX Runtime fp32's time over this backend's, per round (the reference itself: 1.0)
-        "speedup": None if reference is None else ratio_stats(reference, samples),
-        "speedup_reference": f"{SPEEDUP_REFERENCE} fp32",
-        "reference_median_ms": None if reference is None else latency_stats(reference)["median_ms"],
-    })
+    store(
+        benchmark,
+        "backends",
+        {
+            "size": size,
+            "backend": backend,
+            "precision": "int8" if backend.endswith("int8") else PRECISIONS[dtype],
+            "views": views,
+            "config": s.config(),
+            **stats,
+            "views_per_s": views / seconds,
+            "flops": flops,
+            "achieved_tflops": achieved,
+            "matmul_tflops": peak,
+            "matmul_dtype": str(dtype).removeprefix("torch."),
+            "compute_device": compute_device.type,
+            "mfu": achieved / peak,
+            "mfu_target": MFU_TARGET,
+            # ONNX Runtime fp32's time over this backend's, per round (the reference itself: 1.0)
+            "speedup": None if reference is None else ratio_stats(reference, samples),
+            "speedup_reference": f"{SPEEDUP_REFERENCE} fp32",
+            "reference_median_ms": None if reference is None else latency_stats(reference)["median_ms"],
+        },
+    )

@@ -60,7 +60,9 @@ def test_no_added_cost(benchmark, case, subject, profile, device, openvino_ir):
         if reason:
             pytest.skip(f"OpenVINO {precision}: {reason}")
         int8 = precision == "int8"
-        run_student, runtime = openvino_runner(openvino_ir(s.student_dir / ONNX_FILE, int8=int8), x, precision=precision)
+        run_student, runtime = openvino_runner(
+            openvino_ir(s.student_dir / ONNX_FILE, int8=int8), x, precision=precision
+        )
         run_plain, _ = openvino_runner(openvino_ir(s.plain_dir / ONNX_FILE, int8=int8), x, precision=precision)
     else:
         run_student = program_runner(s.student_dir / PROGRAM_FILE, x, device)

@@ -93,8 +93,13 @@ def previous_views(data: bytes, spec, clips: int, crops: int, threads: int) -> n
     x = torch.as_tensor(read_frames(reader, idx.reshape(-1))).permute(0, 3, 1, 2)  # (N, 3, H, W)
     h, w = x.shape[-2:]
     scale = spec.test_short_side / min(h, w)
-    x = F.interpolate(x, size=(max(spec.test_short_side, round(h * scale)), max(spec.test_short_side, round(w * scale))),
-                      mode="bilinear", align_corners=False, antialias=True)
+    x = F.interpolate(
+        x,
+        size=(max(spec.test_short_side, round(h * scale)), max(spec.test_short_side, round(w * scale))),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )
     x = normalize(x.unsqueeze(2), spec).squeeze(2)
     h, w, s = x.shape[-2], x.shape[-1], spec.test_crop
     if w >= h:

@@ -16,8 +16,11 @@ from export.build import ExportError
 
 def export_main(argv: list[str]) -> int:
     """Export a run's RGB student: ONNX, ExportedProgram, OpenVINO IR, TensorRT where present, manifest, .mar."""
-    p = argparse.ArgumentParser(prog="python -m export", description=export_main.__doc__,
-                                epilog="python -m export evaluate --run RUN: 30-view accuracy of the exported ONNX model")
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description=export_main.__doc__,
+        epilog="python -m export evaluate --run RUN: 30-view accuracy of the exported ONNX model",
+    )
     p.add_argument("--run", required=True, help="run folder holding last.pt, config.yaml and metrics.json")
     p.add_argument("--model-name", default="action", help="TorchServe model name (URL /predictions/<name>)")
     p.add_argument("--tensorrt", choices=("auto", "on", "off"), default="auto",

@@ -308,7 +308,9 @@ def openvino_kinds(manifest: dict) -> list[str]:
         here = openvino_cpu_precisions()
     except Exception:  # not installed or broken: load_backend("openvino") gives the reason
         return ["openvino"]
-    usable = [f"openvino-{p}" for p in reversed(OPENVINO_PRECISIONS) if p in (record.get("offered") or []) and p in here]
+    usable = [
+        f"openvino-{p}" for p in reversed(OPENVINO_PRECISIONS) if p in (record.get("offered") or []) and p in here
+    ]
     return usable or ["openvino"]
 
 

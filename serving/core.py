@@ -108,9 +108,13 @@ def parse_request(fields_: Mapping, headers: Mapping | None, *, num_classes: int
     """
     video_keys = [k for k in VIDEO_FIELDS if k in fields_]
     if not video_keys:
-        raise RequestError(400, "missing_video", "no video in the request: send the file as the raw body with "
-                           "'Content-Type: application/octet-stream' or as multipart form field 'data' (a body sent "
-                           f"as a URL-encoded form is split into fields; got fields {sorted(str(k)[:24] for k in fields_)[:8]})")
+        raise RequestError(
+            400,
+            "missing_video",
+            "no video in the request: send the file as the raw body with "
+            "'Content-Type: application/octet-stream' or as multipart form field 'data' (a body sent "
+            f"as a URL-encoded form is split into fields; got fields {sorted(str(k)[:24] for k in fields_)[:8]})",
+        )
     unknown = sorted(str(k)[:24] for k in fields_ if k not in VIDEO_FIELDS and k not in OPTION_FIELDS)
     if unknown:
         raise RequestError(400, "unknown_field", f"unknown form field(s) {unknown[:8]}; accepted: data, "

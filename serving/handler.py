@@ -105,7 +105,9 @@ class ActionHandler:
             return exc
         except Exception as exc:  # one broken request must not fail the others of its batch
             log.exception("a request failed while it was prepared")
-            return RequestError(500, "internal_error", f"preparing the request failed unexpectedly: {type(exc).__name__}")
+            return RequestError(
+                500, "internal_error", f"preparing the request failed unexpectedly: {type(exc).__name__}"
+            )
 
     def preprocess(self, data: list[dict], context) -> list[Prepared | RequestError]:
         """Each request's views, or the error it gets answered with; the uploads of a batch are

@@ -21,9 +21,22 @@ def test_every_shipped_config_loads(path):
 
 
 def test_overrides_reach_every_ablation_switch():
-    cfg = load_config(None, ["loss.align=off", "loss.contrast=off", "loss.fusion=probs", "loss.stop_gradient=off",
-                             "loss.align_stages=[3,4]", "loss.temperature=0.1", "tg.stride=7", "model.temporal_pool=false",
-                             "optim.warmup_epochs=0", "optim.sup_warmup_epochs=0", "train.precise_bn=off"])
+    cfg = load_config(
+        None,
+        [
+            "loss.align=off",
+            "loss.contrast=off",
+            "loss.fusion=probs",
+            "loss.stop_gradient=off",
+            "loss.align_stages=[3,4]",
+            "loss.temperature=0.1",
+            "tg.stride=7",
+            "model.temporal_pool=false",
+            "optim.warmup_epochs=0",
+            "optim.sup_warmup_epochs=0",
+            "train.precise_bn=off",
+        ],
+    )
     assert cfg.loss.align == "off" and cfg.loss.contrast is False and cfg.loss.fusion == "probs"
     assert cfg.loss.stop_gradient is False and cfg.loss.align_stages == [3, 4] and cfg.loss.temperature == 0.1
     assert cfg.tg.stride == 7 and cfg.model.temporal_pool is False and cfg.train.precise_bn is False

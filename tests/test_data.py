@@ -157,8 +157,11 @@ def test_list_formats_path_label_frames_and_extensionless(tmp_path):
     lst.write_text("\ufeffA/v_a 120 1\r\nB/v_b.avi 0\nC\\v_c.mp4\n")  # rawframes, videos, unlabeled (BOM, CRLF)
     assert read_video_list(lst, num_classes=2, require_labels=False) == [
         VideoItem("A/v_a", 1), VideoItem("B/v_b.avi", 0), VideoItem("C/v_c.mp4", -1)]
-    for bad, message in (("a 1 2 3\n", "expected 'path \\[num_frames\\] label'"), ("a 12 x\n", "frame count and a label"),
-                         ("a -3 1\n", "frame count -3")):
+    for bad, message in (
+        ("a 1 2 3\n", "expected 'path \\[num_frames\\] label'"),
+        ("a 12 x\n", "frame count and a label"),
+        ("a -3 1\n", "frame count -3"),
+    ):
         lst.write_text(bad)
         with pytest.raises(ConfigError, match=message):
             read_video_list(lst, num_classes=2, require_labels=False)
@@ -179,11 +182,17 @@ def test_resolver_finds_published_entries_under_the_dataset_root(tmp_path):
                  "train/air_drumming/-def456uvw_000005_000015.mkv"])
     assert r.resolve("UCF-101/YoYo/v_YoYo_g01_c01.avi") == "UCF-101/YoYo/v_YoYo_g01_c01.avi"  # as is
     # VideoSSL rawframes (UCF-101): no extension, relative to the frames folder, other case
-    assert r.resolve("HandstandPushups/v_HandstandPushups_g01_c01") == "UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi"
+    assert (
+        r.resolve("HandstandPushups/v_HandstandPushups_g01_c01")
+        == "UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi"
+    )
     # K400's _videos.txt variant: .mp4 named, .mkv on disk, under train/
     assert r.resolve("air_drumming/-def456uvw_000005_000015.mp4") == "train/air_drumming/-def456uvw_000005_000015.mkv"
     # not in the known list: found on disk under a top-level folder (HMDB-51, a K400 val entry)
-    assert r.resolve("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0") == "hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi"
+    assert (
+        r.resolve("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0")
+        == "hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi"
+    )
     assert r.resolve("zumba/val0000001a_000003_000013.mp4") == "val/zumba/val0000001a_000003_000013.mp4"
     assert r.resolve("YoYo/v_YoYo_g99_c01") is None
     items, missing = r.resolve_items([VideoItem("YoYo/v_YoYo_g01_c01", 2), VideoItem("YoYo/v_YoYo_g99_c01", 2)])

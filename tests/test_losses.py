@@ -76,7 +76,9 @@ def _fused(fusion):
     p_rgb = [_softmax(r) for r in Z_RGB]
     p_tg = [_softmax(r) for r in Z_TG]
     if fusion == "logits":
-        both = [_softmax([(a + b) / 2 for a, b in zip(ra, rb, strict=True)]) for ra, rb in zip(Z_RGB, Z_TG, strict=True)]
+        both = [
+            _softmax([(a + b) / 2 for a, b in zip(ra, rb, strict=True)]) for ra, rb in zip(Z_RGB, Z_TG, strict=True)
+        ]
         return {"rgb": both, "tg": both}
     if fusion == "probs":
         both = [[(a + b) / 2 for a, b in zip(pa, pb, strict=True)] for pa, pb in zip(p_rgb, p_tg, strict=True)]

@@ -88,7 +88,9 @@ def test_export_writes_an_ir_with_its_sha256_and_a_gate_per_precision(tiny_expor
             continue
         report = manifest["parity"]["openvino"][precision]
         assert report["videos"] == 6 and report["views"] == 36 and report["labeled_videos"] == 6
-        assert report["top1_accuracy_diff"] == pytest.approx(report["top1_accuracy"] - report["reference_top1_accuracy"])
+        assert report["top1_accuracy_diff"] == pytest.approx(
+            report["top1_accuracy"] - report["reference_top1_accuracy"]
+        )
         assert report["reference_top1_accuracy"] == pytest.approx(manifest["training"]["metrics"]["student"]["top1"])
         assert entry["status"] in ("passed", "refused")
         assert (entry["status"] == "refused") == ("reason" in entry)
@@ -162,7 +164,9 @@ def test_a_precision_that_fails_its_gate_is_refused_and_not_served(tiny_run, tmp
     export_run(run, tensorrt="off", archive=False, openvino_bounds={**OPENVINO_BOUNDS, **never})
     manifest = read_manifest(run)
     refused = manifest["openvino"]["precisions"][FASTEST_HERE]
-    assert refused["status"] == "refused" and refused["reason"].startswith(f"{FASTEST_HERE} parity: max |logit difference|")
+    assert refused["status"] == "refused" and refused["reason"].startswith(
+        f"{FASTEST_HERE} parity: max |logit difference|"
+    )
     assert FASTEST_HERE not in manifest["openvino"]["offered"] and "fp32" in manifest["openvino"]["offered"]
     assert load_backend("openvino", run / "export", manifest).name == "openvino-cpu-fp32"
     with pytest.raises(BackendError, match=f"does not offer OpenVINO {FASTEST_HERE}: refused at export"):
@@ -299,7 +303,11 @@ def test_auto_serves_openvino_where_it_is_timed_fastest_and_names_it(lenient_run
     export_dir = lenient_run / "export"
     core = InferenceCore(export_dir, threads=2)
     # every precision timed; at equal times the least reduced one (fp32) keeps its place
-    assert set(core.backend.timings) == {"onnxruntime-cpu", "torch-cpu", *(f"openvino-cpu-{p}" for p in HERE_PRECISIONS)}
+    assert set(core.backend.timings) == {
+        "onnxruntime-cpu",
+        "torch-cpu",
+        *(f"openvino-cpu-{p}" for p in HERE_PRECISIONS),
+    }
     expected = "openvino-cpu-fp32" if chosen == "openvino" else "onnxruntime-cpu"
     assert core.backend.name == expected and kind_of(core.backend.name) in BACKEND_CHOICES
     answer = core.predict(val_videos(lenient_run)[0][0].read_bytes())

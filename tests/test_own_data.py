@@ -56,14 +56,22 @@ def test_recipe_follows_the_data_and_says_why(folder):
     assert recipe.device == "cpu" and recipe.base == CPU_BASE and recipe.classes == 3
     assert cfg.loss.threshold == confidence_threshold(3) and cfg.input.flip is False
     # 40 x 32 videos: trained at their own 32 px short side, not upscaled to the recipe's 64
-    assert (cfg.input.short_side, cfg.input.crop_size, cfg.input.test_short_side, cfg.input.test_crop) == (32, 28, 32, 32)
+    assert (cfg.input.short_side, cfg.input.crop_size, cfg.input.test_short_side, cfg.input.test_crop) == (
+        32,
+        28,
+        32,
+        32,
+    )
     # 20 frames hold a clip of 8 at interval 2 (15 frames): the recipe's interval at 25 fps stays
     assert cfg.input.interval == 2 and cfg.optim.steps == 1200 and cfg.data.format == "folder"
     # 10 unlabeled videos (labeled ones included) in batches of 8: 1 step per epoch, 1200 epochs
     assert resolve_schedule(cfg, 10, 1).epochs == 1200
     assert (cfg.train.eval_every, cfg.train.precise_bn_every, cfg.train.checkpoint_every) == (60, 120, 30)
     text = "\n".join(recipe.describe())
-    assert "loss.threshold = 0.84: 3 classes" in text and "input.flip = False: off: a mirrored video may change class" in text
+    assert (
+        "loss.threshold = 0.84: 3 classes" in text
+        and "input.flip = False: off: a mirrored video may change class" in text
+    )
     assert "median short side is 32 px" in text and recipe.videos.opened == 10
 
 

@@ -79,8 +79,16 @@ def test_missing_and_unreadable_videos_are_problems(ucf_tree, tmp_path, capsys):
 
 
 def test_a_config_problem_and_a_changed_run_folder(ucf_tree, tmp_path, capsys):
-    code, out = dry_run(capsys, "--config", str(REPO / "configs/ucf101_20.yaml"), "--data-root", str(tmp_path / "nowhere"),
-                        "--no-time", "--run", str(tmp_path / "run"))
+    code, out = dry_run(
+        capsys,
+        "--config",
+        str(REPO / "configs/ucf101_20.yaml"),
+        "--data-root",
+        str(tmp_path / "nowhere"),
+        "--no-time",
+        "--run",
+        str(tmp_path / "run"),
+    )
     assert code == 1 and "data.root: dataset folder not found" in out
     run = tmp_path / "started"
     run.mkdir()
@@ -120,8 +128,22 @@ def test_time_from_a_timed_step_or_from_flops_and_a_measured_rate(ucf_tree, monk
 
 def test_make_train_dry_run_passes_the_flag_and_the_process_count():
     # --no-print-directory: under `make test` this make is nested and would print its directory
-    out = subprocess.run(["make", "--no-print-directory", "-n", "train", "DRY_RUN=1", "GPUS=8", "CONFIG=configs/k400_10.yaml",
-                          "DATA_ROOT=/data/k400"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            "train",
+            "DRY_RUN=1",
+            "GPUS=8",
+            "CONFIG=configs/k400_10.yaml",
+            "DATA_ROOT=/data/k400",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     line = out.stdout.strip().splitlines()[-1]
     assert line.endswith("--dry-run --processes 8") and "torchrun" not in line

@@ -300,16 +300,40 @@ def test_each_paper_config_runs_two_steps_end_to_end_on_the_cpu(path, ucf_like_t
     from tests.tinyrun import tiny_overrides
     from training.train import main as train_main
 
-    small = [o for o in tiny_overrides(ucf_like_tree, **{
-        "optim.epochs": 1, "train.max_steps_per_epoch": 2, "train.precise_bn_batches": 1,
-        "train.precise_bn_batch_size": 2}) if not o.startswith(("data.root", "data.synthetic", "optim.batch",
-                                                                 "optim.warmup_epochs", "optim.sup_warmup", "optim.steps",
-                                                                 "optim.warmup_steps"))]
+    small = [
+        o
+        for o in tiny_overrides(
+            ucf_like_tree,
+            **{
+                "optim.epochs": 1,
+                "train.max_steps_per_epoch": 2,
+                "train.precise_bn_batches": 1,
+                "train.precise_bn_batch_size": 2,
+            },
+        )
+        if not o.startswith(
+            (
+                "data.root",
+                "data.synthetic",
+                "optim.batch",
+                "optim.warmup_epochs",
+                "optim.sup_warmup",
+                "optim.steps",
+                "optim.warmup_steps",
+            )
+        )
+    ]
     run = tmp_path / "run"
-    assert train_main(["--config", str(path), "--data-root", str(ucf_like_tree), "--run", str(run), "--set", *small]) == 0
+    assert (
+        train_main(["--config", str(path), "--data-root", str(ucf_like_tree), "--run", str(run), "--set", *small]) == 0
+    )
     cfg = load_config(path)
     log = (run / "train.log").read_text()
-    assert f"2 steps/epoch x 1 epochs = 2 steps (budget in epochs); total batch {cfg.optim.batch_labeled + cfg.optim.batch_unlabeled}" in log
+    assert (
+        "2 steps/epoch x 1 epochs = 2 steps (budget in epochs); "
+        f"total batch {cfg.optim.batch_labeled + cfg.optim.batch_unlabeled}"
+        in log
+    )
     assert "PreciseBN: student BatchNorm statistics recomputed over 1 batches" in log
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["score_average"] == "score" and metrics["student"]["videos"] == 3

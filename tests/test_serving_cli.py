@@ -309,7 +309,9 @@ def test_attached_start_on_a_reachable_address_needs_the_key_renews_it_and_stops
     assert not key_file.exists()
     after = health(inference)
     assert after.returncode == 1
-    assert after.stderr == f"unhealthy: no server started by `python -m serving start` is recorded for port {inference}\n"
+    assert (
+        after.stderr == f"unhealthy: no server started by `python -m serving start` is recorded for port {inference}\n"
+    )
     gone = key_cli(inference)
     assert gone.returncode == 1 and "no server started by `python -m serving start` is recorded" in gone.stderr
 
@@ -395,7 +397,9 @@ def test_config_copy_binds_host_and_metrics_host_and_never_turns_token_auth_off(
         assert config["grpc_inference_address"] == config["grpc_management_address"] == "127.0.0.1"
 
 
-@pytest.mark.parametrize("option,value", [("--decoders", "0"), ("--decode-timeout", "0"), ("--decode-memory-mb", "100")])
+@pytest.mark.parametrize(
+    "option,value", [("--decoders", "0"), ("--decode-timeout", "0"), ("--decode-memory-mb", "100")]
+)
 def test_decode_limits_below_their_minimum_are_refused_before_anything_starts(tiny_export, option, value):
     from tests.server import free_ports, port_args, serving_cli
 

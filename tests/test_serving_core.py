@@ -272,7 +272,9 @@ def test_auto_backend_is_the_one_measured_fastest(run, manifest):
     # the CPU runtimes run here, each OpenVINO precision the export offers on its own: each was
     # timed on one default request's views, in the order auto prefers them
     here = openvino_cpu_precisions()
-    openvino = [f"openvino-cpu-{p}" for p in ("fp32", "bf16", "int8") if p in manifest["openvino"]["offered"] and p in here]
+    openvino = [
+        f"openvino-cpu-{p}" for p in ("fp32", "bf16", "int8") if p in manifest["openvino"]["offered"] and p in here
+    ]
     assert list(backend.timings) == ["onnxruntime-cpu", "torch-cpu", *openvino]
     assert backend.name == fastest(backend.timings)
     assert select_backend(run / "export", manifest, prefer="onnxruntime", threads=1).timings == {}

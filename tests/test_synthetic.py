@@ -246,7 +246,9 @@ def test_original_motions_keep_their_order_and_render_exactly_as_before():
     digest = hashlib.sha256()
     for motion in ORIGINAL_MOTIONS:
         for clutter in (True, False):
-            video = render_video(motion, video_rng(3, "val", motion, 5), frames=12, width=32, height=24, clutter=clutter)
+            video = render_video(
+                motion, video_rng(3, "val", motion, 5), frames=12, width=32, height=24, clutter=clutter
+            )
             digest.update(video.tobytes())
     assert digest.hexdigest() == ORIGINAL_RENDER_SHA256
     assert synthetic.GENERATOR_VERSION == 2

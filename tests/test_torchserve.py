@@ -216,7 +216,9 @@ def test_a_worker_that_cannot_load_fails_the_start_at_once_with_the_model_log(ru
     assert "error: the model's worker failed to load; last lines of" in started.stderr
     assert "ModuleNotFoundError" in started.stderr or "serving is broken" in started.stderr
     assert not state_path(ports[0]).exists()
-    assert not [p.pid for p in psutil.process_iter(["cmdline"]) if str(copy / "serve") in " ".join(p.info["cmdline"] or [])]
+    assert not [
+        p.pid for p in psutil.process_iter(["cmdline"]) if str(copy / "serve") in " ".join(p.info["cmdline"] or [])
+    ]
     assert not any(_listening(port) for port in ports)
 
 

@@ -178,8 +178,21 @@ def test_ucf101_layout_trains_with_the_paper_config(tmp_path):
     small = [o for o in tiny_overrides(root, **{"optim.epochs": 1, "data.num_workers": 0})
              if not o.startswith(("data.root", "data.synthetic"))]
     run = tmp_path / "run"
-    assert train_main(["--config", str(REPO / "configs" / "ucf101_20.yaml"), "--data-root", str(root), "--run", str(run),
-                       "--set", *small]) == 0
+    assert (
+        train_main(
+            [
+                "--config",
+                str(REPO / "configs" / "ucf101_20.yaml"),
+                "--data-root",
+                str(root),
+                "--run",
+                str(run),
+                "--set",
+                *small,
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["classes"] == 3 and metrics["labeled_videos"] == 3  # 20 % of 4 per class, at least 1 each
     assert metrics["unlabeled_videos"] == 12 and metrics["student"]["videos"] == 3
@@ -195,7 +208,9 @@ def test_a_users_folder_dataset_trains_with_the_default_config(tmp_path):
         _tiny_video(root / "val" / cls / "v.mp4", seed=50 + len(cls))
     for i in range(4):
         _tiny_video(root / "unlabeled" / "batch1" / f"u{i}.mp4", seed=100 + i)
-    small = [o for o in tiny_overrides(root, **{"optim.epochs": 1}) if not o.startswith(("data.root", "data.synthetic"))]
+    small = [
+        o for o in tiny_overrides(root, **{"optim.epochs": 1}) if not o.startswith(("data.root", "data.synthetic"))
+    ]
     run = tmp_path / "run"
     assert train_main(["--data-root", str(root), "--run", str(run), "--set", *small]) == 0
     metrics = json.loads((run / "metrics.json").read_text())

@@ -176,7 +176,12 @@ def test_rotated_upright_after_rot90(corpus, name):
     height, width = upright.shape
     assert height > width
     strip = max(1, height // 16)
-    edges = {"top": upright[:strip], "bottom": upright[-strip:], "left": upright[:, :strip], "right": upright[:, -strip:]}
+    edges = {
+        "top": upright[:strip],
+        "bottom": upright[-strip:],
+        "left": upright[:, :strip],
+        "right": upright[:, -strip:],
+    }
     assert edges["top"].mean() > 235
     assert max(edges[e].mean() for e in ("bottom", "left", "right")) < 215
 
@@ -255,7 +260,8 @@ def test_hostile_gives_no_video_frame(corpus, name):
 
 
 @pytest.mark.parametrize(
-    ("name", "demuxer", "magic"), [("png_image", "png_pipe", b"\x89PNG\r\n\x1a\n"), ("jpeg_image", "jpeg_pipe", b"\xff\xd8")]
+    ("name", "demuxer", "magic"),
+    [("png_image", "png_pipe", b"\x89PNG\r\n\x1a\n"), ("jpeg_image", "jpeg_pipe", b"\xff\xd8")],
 )
 def test_images_are_images(corpus, name, demuxer, magic):
     """FFmpeg opens a still image as a 1-frame video: the server must refuse it by format."""

@@ -68,7 +68,9 @@ def test_every_kind_of_upload_gets_its_answer_and_the_worker_survives(server, co
             ok = status < 500 and seconds < DECODE_TIMEOUT_S + 6
         if not ok:
             wrong.append((upload.name, status, answer, round(seconds, 2)))
-    print(f"\ncorpus: {len(corpus)} uploads; worker peak RSS {peak_before / 2**20:.0f} -> {peak_rss(pid) / 2**20:.0f} MiB")
+    print(
+        f"\ncorpus: {len(corpus)} uploads; worker peak RSS {peak_before / 2**20:.0f} -> {peak_rss(pid) / 2**20:.0f} MiB"
+    )
     assert wrong == []
     # the header that made decord abort the worker: refused by its declared duration
     assert answers["huge_duration_mkv"] == (422, "video_too_long")
@@ -135,9 +137,11 @@ def test_1000_requests_at_concurrency_8_keep_memory_and_logs_bounded(server, cor
         results = list(pool.map(one, plan))
     rss_after, logs_after = worker.memory_info().rss, log_bytes(server)
     wrong = [(name, status) for name, status, _ in results if status != expected[name]]
-    print(f"\nload: {len(results)} requests at concurrency 8 ({len(valid)} valid and {len(hostile)} hostile kinds); "
-          f"worker RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB; logs +{logs_after - logs_before} bytes; "
-          f"slowest {max(s for _, _, s in results):.2f} s")
+    print(
+        f"\nload: {len(results)} requests at concurrency 8 ({len(valid)} valid and {len(hostile)} hostile kinds); "
+        f"worker RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB; logs +{logs_after - logs_before} bytes; "
+        f"slowest {max(s for _, _, s in results):.2f} s"
+    )
     assert wrong == []
     assert worker_pid(server) == pid
     growth = (rss_after - rss_before) / rss_before

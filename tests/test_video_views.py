@@ -63,7 +63,9 @@ def test_scaled_size_keeps_the_aspect_ratio_and_swaps_for_rotation():
 
 def test_thirty_view_geometry():
     # a horizontal ramp: a left crop must be darker than the centre, the centre than the right
-    frames = np.tile(np.linspace(0, 250, 128, dtype=np.float32)[None, None, :, None], (10 * 8, 64, 1, 3)).astype(np.uint8)
+    frames = np.tile(np.linspace(0, 250, 128, dtype=np.float32)[None, None, :, None], (10 * 8, 64, 1, 3)).astype(
+        np.uint8
+    )
     frames[:8] = 0  # clip 0 is black: checks clip-major ordering
     views = frames_to_views(frames, clips=10, crops=3, crop=64)
     assert views.shape == (30, 3, 8, 64, 64)

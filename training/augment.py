@@ -94,7 +94,12 @@ def _cutout(x: torch.Tensor, size: float, fill: float) -> torch.Tensor:
     h, w = x.shape[-2:]
     side = max(1, int(size * min(h, w)))
     cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))  # centre anywhere: may overhang
-    y0, y1, x0, x1 = max(0, cy - side // 2), min(h, cy + side // 2 + 1), max(0, cx - side // 2), min(w, cx + side // 2 + 1)
+    y0, y1, x0, x1 = (
+        max(0, cy - side // 2),
+        min(h, cy + side // 2 + 1),
+        max(0, cx - side // 2),
+        min(w, cx + side // 2 + 1),
+    )
     x = x.clone()
     x[..., y0:y1, x0:x1] = fill
     return x

@@ -313,9 +313,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"input.crop_size ({spec.crop_size}) exceeds input.short_side ({spec.short_side})")
     if spec.test_crop > spec.test_short_side:
         raise ConfigError(f"input.test_crop ({spec.test_crop}) exceeds input.test_short_side ({spec.test_short_side})")
-    for key, value in (("input.clip_len", spec.clip_len), ("input.interval", spec.interval), ("tg.stride", cfg.tg.stride),
-                       ("optim.epochs", cfg.optim.epochs), ("optim.batch_labeled", cfg.optim.batch_labeled),
-                       ("optim.batch_unlabeled", cfg.optim.batch_unlabeled), ("model.width", cfg.model.width)):
+    for key, value in (
+        ("input.clip_len", spec.clip_len),
+        ("input.interval", spec.interval),
+        ("tg.stride", cfg.tg.stride),
+        ("optim.epochs", cfg.optim.epochs),
+        ("optim.batch_labeled", cfg.optim.batch_labeled),
+        ("optim.batch_unlabeled", cfg.optim.batch_unlabeled),
+        ("model.width", cfg.model.width),
+    ):
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
     o = cfg.optim

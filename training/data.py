@@ -78,8 +78,10 @@ def read_video_list(path: Path, *, num_classes: int, require_labels: bool) -> li
             try:
                 numbers = [int(p) for p in parts[1:]]
             except ValueError:
-                raise ConfigError(f"{path}:{lineno}: {' '.join(parts[1:])!r} is not "
-                                  f"{'a label' if len(parts) == 2 else 'a frame count and a label'} (integers)") from None
+                raise ConfigError(
+                    f"{path}:{lineno}: {' '.join(parts[1:])!r} is not "
+                    f"{'a label' if len(parts) == 2 else 'a frame count and a label'} (integers)"
+                ) from None
             if len(numbers) == 2 and numbers[0] < 0:
                 raise ConfigError(f"{path}:{lineno}: frame count {numbers[0]} is negative")
             label = numbers[-1]

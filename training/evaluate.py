@@ -41,7 +41,9 @@ def precise_bn_loader(items: list[VideoItem], root: Path, spec: InputSpec, *, ba
 
 
 @torch.no_grad()
-def precise_bn(model: nn.Module, batches, *, num_batches: int, device: torch.device, info: DistInfo = DistInfo()) -> int:
+def precise_bn(
+    model: nn.Module, batches, *, num_batches: int, device: torch.device, info: DistInfo = DistInfo()
+) -> int:
     """Recompute BatchNorm running statistics as exact averages over `num_batches` batches of
     eval-preprocessed training clips (METHOD.md: PreciseBN); returns the batches used."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]

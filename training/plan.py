@@ -116,8 +116,10 @@ def build_plan(cfg: Config, *, run: Path | None = None, processes: int = 1, sour
     for s in sets:
         if s.missing:
             (notes if allow_missing else problems).append(
-                f"{s.name}: {len(s.missing)} listed videos not found under {cfg.data.root}, e.g. {', '.join(s.missing[:3])}"
-                + (" (they would be skipped and counted)" if allow_missing else ""))
+                f"{s.name}: {len(s.missing)} listed videos not found under {cfg.data.root}, "
+                f"e.g. {', '.join(s.missing[:3])}"
+                + (" (they would be skipped and counted)" if allow_missing else "")
+            )
         if s.unreadable:
             problems.append(f"{s.name}: {len(s.unreadable)} of {s.probed} probed videos cannot be opened, "
                             f"e.g. {s.unreadable[0][1]}")
@@ -209,8 +211,11 @@ def _summaries(splits: DataSplits, cfg: Config) -> list[SetSummary]:
                         "the whole training set, labeled videos included" if cfg.data.format == "folder" else
                         f"the whole training list {cfg.data.train_list}, labeled videos included")
     out = []
-    for name, items, src in (("labeled", splits.labeled, splits.source), ("unlabeled", splits.unlabeled, unlabeled_source),
-                             ("val", splits.val, f"list {cfg.data.val_list}" if cfg.data.format == "lists" else "val/")):
+    for name, items, src in (
+        ("labeled", splits.labeled, splits.source),
+        ("unlabeled", splits.unlabeled, unlabeled_source),
+        ("val", splits.val, f"list {cfg.data.val_list}" if cfg.data.format == "lists" else "val/"),
+    ):
         per_class = [0] * n
         for it in items:
             if it.label >= 0:
@@ -381,7 +386,9 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
     elif plan.run is not None:
         out.append(f"resolved config: {plan.run / 'config.yaml'}")
     if plan.recipe is not None:
-        out += ["", "== recipe chosen from the data and this machine"] + [f"  {line}" for line in plan.recipe.describe()]
+        out += ["", "== recipe chosen from the data and this machine"] + [
+            f"  {line}" for line in plan.recipe.describe()
+        ]
 
     out += ["", f"== data: {plan.data_root} ({cfg.data.format}), {len(plan.classes)} classes"]
     for s in plan.sets:
@@ -422,8 +429,10 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
     if sched and sched.warmup_iters:
         shape = ("one cosine over the whole run, by epoch, times the ramp (MMCV CosineAnnealing, as the authors)"
                  if o.schedule == "mmcv" else "then a cosine over the remaining iterations")
-        out.append(f"lr warm-up: linear from {o.warmup_start_factor:g}x over the first {sched.warmup_iters:,.0f} steps, "
-                   f"per iteration; {shape}")
+        out.append(
+            f"lr warm-up: linear from {o.warmup_start_factor:g}x over the first {sched.warmup_iters:,.0f} steps, "
+            f"per iteration; {shape}"
+        )
     else:
         out.append("lr warm-up: none; " + ("cosine over the run by epoch" if o.schedule == "mmcv" else "cosine"))
     if plan.lr_at_epoch:
@@ -431,16 +440,20 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
     t = cfg.train
     out.append(f"PreciseBN every {t.precise_bn_every} epochs: {t.precise_bn_batches} batches of "
                f"{t.precise_bn_batch_size} clips per process" if t.precise_bn else "PreciseBN: off")
-    out.append(f"precision: {'bf16 autocast on CUDA' if t.amp else 'fp32'}; test: {cfg.input.test_clips} clips x "
-               f"{cfg.input.test_crops} crops, views averaged by {'raw score' if t.test_average == 'score' else 'softmax'}")
+    out.append(
+        f"precision: {'bf16 autocast on CUDA' if t.amp else 'fp32'}; test: {cfg.input.test_clips} clips x "
+        f"{cfg.input.test_crops} crops, views averaged by {'raw score' if t.test_average == 'score' else 'softmax'}"
+    )
 
     out += ["", "== time on this machine"]
     if plan.time is None:
         out.append("not estimated")
     else:
         tm = plan.time
-        out.append(f"{_duration(tm.total_s)} of training steps ({tm.method}, {tm.device}): {tm.step_s:.3g} s per step"
-                   + (f", {tm.warmup_step_s:.3g} s during the supervised warm-up" if tm.warmup_step_s != tm.step_s else ""))
+        out.append(
+            f"{_duration(tm.total_s)} of training steps ({tm.method}, {tm.device}): {tm.step_s:.3g} s per step"
+            + (f", {tm.warmup_step_s:.3g} s during the supervised warm-up" if tm.warmup_step_s != tm.step_s else "")
+        )
         out.append(f"  {tm.detail}; data loading, PreciseBN and evaluation not included")
     out += ["", "== notes"] + ([f"- {n}" for n in plan.notes] or ["none"])
     out += ["", "== problems"] + ([f"- {p}" for p in plan.problems] or ["none"])

@@ -172,7 +172,9 @@ def read_kinetics400(root: str | os.PathLike) -> SplitLists:
     root = Path(root)
     rows = {
         "train": _read_kinetics_csv(_require_file(root / "annotations/train.csv", "Kinetics-400 train annotations")),
-        "val": _read_kinetics_csv(_require_file(root / "annotations/validate.csv", "Kinetics-400 validation annotations")),
+        "val": _read_kinetics_csv(
+            _require_file(root / "annotations/validate.csv", "Kinetics-400 validation annotations")
+        ),
     }
     classes = sorted({row["label"] for row in rows["train"]})
     label_of = {name: label for label, name in enumerate(classes)}
@@ -261,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hmdb51-train", choices=HMDB51_TRAIN, default="all-but-test",
                         help="HMDB-51 training list: every non-test video (the authors' pool, default) or the "
                              "official protocol's tag-1 videos only")
-    parser.add_argument("--show-missing", type=int, default=10, metavar="N", help="list up to N missing videos per split")
+    parser.add_argument(
+        "--show-missing", type=int, default=10, metavar="N", help="list up to N missing videos per split"
+    )
     args = parser.parse_args(argv)
     try:
         lists = prepare(args.dataset, args.root, args.out, split=args.split, hmdb51_train=args.hmdb51_train)

@@ -78,7 +78,9 @@ def score_videos(
                 successors = perturb(successors, mine[local_i])
             views = temporal_gradient(views, successors)
         x = normalize(views, spec)
-        logits = torch.cat([model(x[i : i + batch_views].to(device)).float().cpu() for i in range(0, len(x), batch_views)])
+        logits = torch.cat(
+            [model(x[i : i + batch_views].to(device)).float().cpu() for i in range(0, len(x), batch_views)]
+        )
         results[mine[local_i]] = (average_view_scores(logits, average).numpy(), items[mine[local_i]].label)
     merged = {}
     for part in gather_objects(results, info):

@@ -162,7 +162,9 @@ def _background(rng: np.random.Generator, colour: np.ndarray, height: int, width
         pattern = np.zeros((height, width), np.float32)
     elif kind == "stripes":
         theta, cycles = rng.uniform(0, np.pi), rng.uniform(1.5, 4.0)
-        pattern = np.sin(2 * np.pi * cycles * (xs * np.cos(theta) + ys * np.sin(theta)) / size + rng.uniform(0, 2 * np.pi))
+        pattern = np.sin(
+            2 * np.pi * cycles * (xs * np.cos(theta) + ys * np.sin(theta)) / size + rng.uniform(0, 2 * np.pi)
+        )
     elif kind == "checker":
         cell = rng.uniform(0.15, 0.35) * size
         pattern = ((np.floor(xs / cell) + np.floor(ys / cell)) % 2) * 2 - 1
@@ -563,10 +565,11 @@ def generate(root: str | os.PathLike, *, num_classes: int = 10, family: str = ""
     """Write the synthetic motion dataset under `root` (idempotent); return a summary.
 
     The classes are `class_names(num_classes, family)`: the first `num_classes` motions, or
-    with a family its motions (num_classes 0: all of them). Re-running with the same arguments on a complete dataset does nothing. A dataset made
-    with other arguments raises ValueError. clutter=False leaves out the distractors, camera
-    jitter and pixel noise; object and background colours, textures and shapes stay random. The dataset is built in a temporary sibling folder
-    and renamed into place, so an interrupted run never leaves a half dataset at `root`.
+    with a family its motions (num_classes 0: all of them). Re-running with the same arguments
+    on a complete dataset does nothing. A dataset made with other arguments raises ValueError.
+    clutter=False leaves out the distractors, camera jitter and pixel noise; object and
+    background colours, textures and shapes stay random. The dataset is built in a temporary
+    sibling folder and renamed into place, so an interrupted run never leaves a half dataset at `root`.
     workers > 1 renders in `spawn`ed processes: call it under `if __name__ == "__main__":`.
     Summary keys: root, classes, train, labeled, unlabeled, val (video counts), generated
     (False when the dataset was already there), seconds.

@@ -335,8 +335,13 @@ def parse_args(argv):
                    help="run folder: config, checkpoints, logs, metrics")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. loss.align=off")
     p.add_argument("--data-root", default=None, help="dataset root; with the default config: a folder-layout dataset")
-    p.add_argument("--stop-after", type=int, default=0, metavar="N",
-                   help="checkpoint and stop after N epochs of this invocation (for time-limited jobs); re-run to continue")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="checkpoint and stop after N epochs of this invocation (for time-limited jobs); re-run to continue",
+    )
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (resolved config, data per class, missing or unreadable files, steps, lr, "
                         "time on this machine), write nothing, train nothing; exit 1 if it finds a problem")

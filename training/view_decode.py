@@ -333,7 +333,9 @@ def read_view_crops(source: str | Path | bytes, geometry: ViewGeometry, *, limit
             info.rotation, info.width, info.height = decode_crops(container, stream, unique, geometry, frames,
                                                                   limits, deadline)
         except (MemoryError, BlockingIOError):  # BlockingIOError: a decoder thread could not be created
-            raise VideoRejected(422, "decode_memory_limit", "decoding the video needed more memory than allowed") from None
+            raise VideoRejected(
+                422, "decode_memory_limit", "decoding the video needed more memory than allowed"
+            ) from None
     rows = np.take(frames, inverse, axis=0, out=None if out is None else out.reshape(len(inverse), *frames.shape[1:]))
     n = len(idx)
     return ViewCrops(crops=rows[:n], successors=rows[n:] if geometry.tg_stride is not None else None, info=info)
