@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -230,7 +231,8 @@ def summarize(results: dict[str, dict[int, dict]]) -> dict:
     Top-1/Top-5 over seeds, and robustness Top-1 and drop per corruption."""
     table = {}
     for name, by_seed in results.items():
-        row = {"label": SETTINGS[name].label, "paper_top1": SETTINGS[name].paper_top1, "seeds": sorted(by_seed)}
+        row: dict[str, Any] = {"label": SETTINGS[name].label, "paper_top1": SETTINGS[name].paper_top1,
+                               "seeds": sorted(by_seed)}
         for model in ("student", "teacher"):
             present = [r["metrics"][model] for r in by_seed.values() if model in r["metrics"]]
             if present:

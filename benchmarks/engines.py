@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,7 +127,7 @@ def answer_videos(run: Path, manifest: dict, loaded: dict, limit: int | None) ->
     items, root = validation_set(run)
     spec = input_spec_from_manifest(manifest["input"])
     kinds = list(loaded)
-    out = {k: {"logits": [], "seconds": []} for k in kinds}
+    out: dict[str, Any] = {k: {"logits": [], "seconds": []} for k in kinds}
     labels = []
     for n, (item, views) in enumerate(decoded_views(items, root, spec, limit=limit)):
         for backend in loaded.values():  # warm-up: first calls allocate
@@ -210,7 +211,7 @@ def measure_run(run: Path, *, threads: int, limit: int | None) -> dict:
 def pooled(runs: list[dict]) -> list[dict]:
     """Per engine over every run where it ran: videos, Top-1 change from the reference (points,
     video-weighted) and agreement with it."""
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for r in runs:
         ref = next(x for x in r["rows"] if x["engine"] == REFERENCE)
         for x in r["rows"]:

@@ -36,6 +36,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,8 @@ def environment() -> dict:
     """Versions and capabilities that decide what the other checks can run."""
     from serving.devices import cuda_driver_version, cuda_unavailable
 
-    env = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+    env: dict[str, Any] = {
+           "torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
            "driver_cuda_version": cuda_driver_version(), "driver_reason": cuda_unavailable(),
            "nvidia_driver": nvidia_driver(), "libraries": library_versions(),
            "present": {name: importlib.util.find_spec(name) is not None
@@ -150,7 +152,7 @@ def random_batches(cfg, device_seed: int = 0) -> tuple[dict, dict]:
     return labeled, unlabeled
 
 
-def one_step(net, cfg, batches, device: torch.device) -> dict:
+def one_step(net, cfg, batches: tuple[dict, dict], device: torch.device) -> dict:
     """Loss, gradient norm, time and peak memory of one full-method step (forward and backward)."""
     from training.train import total_loss, training_step
 
@@ -159,7 +161,8 @@ def one_step(net, cfg, batches, device: torch.device) -> dict:
     torch.cuda.reset_peak_memory_stats(device)
     torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    terms, _ = training_step(net, *batches, cfg, use_unlabeled=True, device=device)
+    batch_l, batch_u = batches
+    terms, _ = training_step(net, batch_l, batch_u, cfg, use_unlabeled=True, device=device)
     loss = total_loss(terms, cfg)
     loss.backward()
     torch.cuda.synchronize(device)
@@ -212,6 +215,7 @@ def conv3d_bf16(device: torch.device) -> dict:
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
     fwd = float((out.float() - ref).norm() / ref.norm())
+    assert xb.grad is not None and xr.grad is not None  # both went through backward()
     bwd = float((xb.grad.float() - xr.grad).norm() / xr.grad.norm())
     result = {"forward_rel_err": round(fwd, 5), "input_grad_rel_err": round(bwd, 5), "bound": CONV_BF16_RTOL,
               "cudnn": torch.backends.cudnn.version()}
@@ -321,7 +325,7 @@ def backend_parity(out: Path, manifest: dict, views: np.ndarray, ref: np.ndarray
     from serving.backends import OnnxRuntimeBackend, TorchExportBackend, onnxruntime_cuda_unavailable, torch_tf32
     from serving.devices import cuda_unavailable
 
-    result = {"onnxruntime-cpu": compare(ref, onnx_backend(onnx_session(out / "model.onnx"))(views),
+    result: dict[str, Any] = {"onnxruntime-cpu": compare(ref, onnx_backend(onnx_session(out / "model.onnx"))(views),
                                          CUDA_FP32_BOUND.abs_tol)}
     for tf32 in (False, True):
         bound = (TENSORRT_TF32_BOUND if tf32 else CUDA_FP32_BOUND).abs_tol
@@ -329,9 +333,9 @@ def backend_parity(out: Path, manifest: dict, views: np.ndarray, ref: np.ndarray
         result[backend.name] = compare(ref, backend(views), bound)
         reason = onnxruntime_cuda_unavailable(ort.get_available_providers(), cuda_unavailable())
         if reason is None:
-            backend = OnnxRuntimeBackend(out / "model.onnx", input_name="clips", output_name="logits", tf32=tf32)
-            result[backend.name] = compare(ref, backend(views), bound) if backend.device != "cpu" else \
-                {"skipped": backend.cuda_reason}
+            ort_backend = OnnxRuntimeBackend(out / "model.onnx", input_name="clips", output_name="logits", tf32=tf32)
+            result[ort_backend.name] = compare(ref, ort_backend(views), bound) if ort_backend.device != "cpu" else \
+                {"skipped": ort_backend.cuda_reason}
         else:
             result["onnxruntime-cuda" + ("-tf32" if tf32 else "")] = {"skipped": reason}
     torch_tf32(False)  # back to what the server runs
@@ -339,9 +343,9 @@ def backend_parity(out: Path, manifest: dict, views: np.ndarray, ref: np.ndarray
         from serving.backends import TensorRTBackend
 
         record = manifest["tensorrt"]
-        backend = TensorRTBackend(out / record["file"], input_name="clips", output_name="logits",
-                                  max_views=record["max_views"], precision=record["precision"])
-        result[backend.name] = compare(ref, backend(views), tensorrt_bound(record["precision"]).abs_tol)
+        trt_backend = TensorRTBackend(out / record["file"], input_name="clips", output_name="logits",
+                                      max_views=record["max_views"], precision=record["precision"])
+        result[trt_backend.name] = compare(ref, trt_backend(views), tensorrt_bound(record["precision"]).abs_tol)
     problems = [name for name, r in result.items() if r.get("within") is False and "tf32" not in name]
     if problems:
         result["problem"] = f"outside the fp32 parity bound: {', '.join(problems)}"
@@ -397,7 +401,7 @@ def latency(out: Path, manifest: dict, views: np.ndarray) -> dict:
     first call per batch size in a fresh session."""
     from serving.backends import BackendError, OnnxRuntimeBackend, load_backend
 
-    result = {}
+    result: dict[str, Any] = {}
     for kind in ("tensorrt", "onnxruntime", "torch"):
         try:
             backend = load_backend(kind, out, manifest, max_views=LATENCY_VIEWS)
@@ -414,7 +418,7 @@ def latency(out: Path, manifest: dict, views: np.ndarray) -> dict:
         del backend
     fresh = OnnxRuntimeBackend(out / "model.onnx", input_name="clips", output_name="logits")
     if fresh.device != "cpu":
-        first = {}
+        first: dict[str, dict[str, float]] = {}
         for n in (1, 3, LATENCY_VIEWS):
             calls = []
             for _ in range(2):

@@ -65,7 +65,7 @@ def gpu_info() -> dict | None:
 
 
 def library_versions() -> dict:
-    versions = {"python": platform.python_version()}
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:
             versions[name] = metadata.version(name)

@@ -100,7 +100,8 @@ def speedup_text(r: dict) -> str:
 
 
 def backends_section(records: list[dict], results: dict) -> list[str]:
-    rows, fastest = [], {}
+    rows: list[list[str]] = []
+    fastest: dict[tuple, dict] = {}
     for r in records:
         rows.append([SIZE_NAMES[r["size"]], r["backend"], r.get("precision", "–"), str(r["views"]),
                      num(r["median_ms"]), num(r["p90_ms"]), num(r["p99_ms"]), str(r["rounds"]), num(r["views_per_s"]),

@@ -143,7 +143,8 @@ def torch_runner(module: nn.Module, x: np.ndarray, device: torch.device, *, chan
     `dtype` runs the forward under autocast (bf16/fp16 on CUDA); `resident` keeps the input on
     the device beforehand and the logits there (the forward's compute alone)."""
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    model = copy.deepcopy(module).eval().to(device=device, memory_format=fmt)
+    # Module.to takes memory_format at run time; torch's stubs do not list it
+    model = copy.deepcopy(module).eval().to(device=device, memory_format=fmt)  # type: ignore[call-overload]
     host = torch.from_numpy(x)
     placed = host.to(device).contiguous(memory_format=fmt) if resident else None
 
@@ -198,7 +199,7 @@ def onnxruntime_runner(path: Path, x: np.ndarray, *, gpu: bool, threads: int = 0
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
+    providers: list[str | tuple[str, dict]] = ["CPUExecutionProvider"]
     if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         from serving.backends import cuda_provider_options
 

@@ -96,7 +96,7 @@ def make_runner(backend: str, s, x, device: torch.device, manifest: dict, engine
         return (lambda: engine(x)), device, torch.float16
     if backend in ("openvino-cpu-fp32", "openvino-cpu-bf16", "openvino-cpu-int8"):
         precision = backend.rsplit("-", 1)[1]
-        reason = openvino_unavailable(precision) or (precision == "int8" and nncf_unavailable())
+        reason = openvino_unavailable(precision) or (nncf_unavailable() if precision == "int8" else None)
         if reason:
             pytest.skip(f"OpenVINO {precision}: {reason}")
         ir = openvino_ir(s.student_dir / ONNX_FILE, int8=precision == "int8")

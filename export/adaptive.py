@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,17 +73,18 @@ def evaluate_rule(rule: StoppingRule, videos: ScoredVideos) -> dict:
     """The rule replayed on every video: mean views, Top-1 agreement with all views, how each
     evaluation stopped, and (for labeled videos) Top-1 accuracy of both answers."""
     views, agree, adaptive_right, full_right = [], 0, 0, 0
-    stops = dict.fromkeys(STOPS, 0)
+    stops: dict[str, int] = dict.fromkeys(STOPS, 0)
     for probabilities, label in zip(videos.probabilities, videos.labels, strict=True):
         state = replay(probabilities, rule, clips=videos.clips, crops=videos.crops)
         answer, full = int(np.argmax(state.scores)), int(np.argmax(probabilities.sum(axis=0)))
         views.append(state.views_used)
+        assert state.stop is not None  # replay runs until the rule stops
         stops[state.stop] += 1
         agree += answer == full
         adaptive_right += answer == label
         full_right += full == label
     n = len(videos)
-    report = {"videos": n, "mean_views": float(np.mean(views)) if n else None,
+    report: dict[str, Any] = {"videos": n, "mean_views": float(np.mean(views)) if n else None,
               "of_views": videos.clips * videos.crops, "top1_agreement": agree / n if n else None, "stops": stops}
     labeled = n and bool((videos.labels >= 0).all())
     report.update(top1=100.0 * adaptive_right / n if labeled else None,
@@ -118,12 +120,13 @@ def adaptive_record(train: ScoredVideos | None, val: ScoredVideos | None, *, tar
                     reason: str | None = None) -> dict:
     """The manifest's "adaptive_views": the rule (None, with the reason, when there is none),
     the clip order, its calibration on `train` and its evaluation on `val`."""
-    record = {"rule": None, "reason": reason, "description": RULE_TEXT, "scored_with": scored_with,
+    record: dict[str, Any] = {"rule": None, "reason": reason, "description": RULE_TEXT, "scored_with": scored_with,
               "calibration": None, "validation": None}
     if reason is None and (train is None or not len(train)):
         record["reason"] = "no labeled training video could be decoded to calibrate the rule on"
     if record["reason"] is not None:
         return record
+    assert train is not None  # else the reason above was set
     rule, calibration = calibrate(train, target=target)
     record.update(rule=rule.to_dict(), order=list(coarse_to_fine(train.clips)), clips=train.clips, crops=train.crops,
                   calibration={"data": "labeled training videos", **calibration})

@@ -24,11 +24,13 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import torch.nn as nn
 from torch.export import Dim
 
 from export import adaptive, openvino_ir, trt_engine
@@ -177,7 +179,7 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
-def export_student(student: R3D18, clip_shape: tuple[int, ...], out_dir: Path) -> torch.export.ExportedProgram:
+def export_student(student: nn.Module, clip_shape: tuple[int, ...], out_dir: Path) -> torch.export.ExportedProgram:
     """student.pt2 (ExportedProgram) and model.onnx, both from one torch.export graph with a
     dynamic number of views; returns the program."""
     example = torch.zeros((2, *clip_shape))
@@ -384,6 +386,7 @@ def write_export(out: Path, loaded: LoadedRun, splits: DataSplits, options: Expo
     )
     write_manifest(out, manifest)
     if options.archive:
+        assert handler is not None  # archive_handler refuses an archive without one
         pack_archive(out, handler, model_name=options.model_name, version=model_version,
                      files=artifacts + [FILE_NAME])
 
@@ -548,11 +551,11 @@ def parity_check(loaded: LoadedRun, splits: DataSplits, export_dir: Path, runner
     if ort_cmp.videos == 0:
         raise ExportError(f"none of the run's {len(splits.val)} validation videos could be decoded "
                           f"(under {splits.root}): no clips for the parity check")
-    parity = {"machine": machine,
+    parity: dict[str, Any] = {"machine": machine,
               "onnxruntime": ort_cmp.report(ONNXRUNTIME_BOUND),
               "exported_program": pt2_cmp.report(ONNXRUNTIME_BOUND),
               **{key: cmp.report(CUDA_FP32_BOUND) for key, cmp in cuda_cmp.items()},
-              "tensorrt": None if runner is None else trt_cmp.report(tensorrt_bound(trt_precision)),
+              "tensorrt": None if runner is None else trt_cmp.report(tensorrt_bound(cast(str, trt_precision))),
               "openvino": {p: ov_cmp[p].report(bound) for p, (_, bound) in openvino_runners.items()}}
     try:
         for name in ("onnxruntime", "exported_program", *cuda_cmp, "tensorrt"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def write_ir(onnx_path: Path, out_dir: Path) -> dict:
     here = openvino_cpu_precisions()
     precisions = {}
     for precision in OPENVINO_PRECISIONS:
-        record = {"graph": GRAPH_FILE, "weights": WEIGHTS_FILE, "status": "measuring"}
+        record: dict[str, Any] = {"graph": GRAPH_FILE, "weights": WEIGHTS_FILE, "status": "measuring"}
         if precision == "int8":
             record.update(graph=INT8_GRAPH_FILE, weights=INT8_WEIGHTS_FILE, status="calibrating")
         if precision not in here:

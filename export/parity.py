@@ -105,7 +105,7 @@ class Comparison:
                 "top1_agreement": self.top1_agree / self.views if self.views else 0.0,
                 "bound": abs_bound, "top1_bound": bound.min_top1,
                 "labeled_videos": self.labeled, "top1_accuracy": accuracy, "reference_top1_accuracy": reference,
-                "top1_accuracy_diff": None if accuracy is None else accuracy - reference,
+                "top1_accuracy_diff": None if accuracy is None or reference is None else accuracy - reference,
                 "top1_drop_bound": bound.max_top1_drop}
 
 

@@ -23,6 +23,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -226,7 +227,8 @@ class TorchExportBackend:
         if on_cuda:
             torch_tf32(tf32)
         module = torch.export.load(str(path)).module().to(self.torch_device)
-        self.module = module.to(memory_format=torch.channels_last_3d)
+        # Module.to takes memory_format at run time; torch's stubs do not list it
+        self.module = module.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         self.max_views = max_views
         self.name = f"torch-{self.torch_device.type}" + ("-tf32" if on_cuda and tf32 else "")
         self.device = device_label(gpu_id) if on_cuda else "cpu"
@@ -250,7 +252,7 @@ class OpenVinoBackend:
                  max_views: int = DEFAULT_MAX_VIEWS):
         ov = import_openvino()
         core = ov.Core()
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision]}
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision]}
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = threads  # otherwise OpenVINO's default: one per core
         self.compiled = core.compile_model(core.read_model(str(graph), str(weights)), "CPU", config)

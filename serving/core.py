@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -132,7 +133,8 @@ def parse_request(fields_: Mapping, headers: Mapping | None, *, num_classes: int
     raw = {OPTION_HEADERS[k.lower()]: v for k, v in (headers or {}).items()
            if isinstance(k, str) and k.lower() in OPTION_HEADERS}
     raw.update({k: fields_[k] for k in OPTION_FIELDS if k in fields_})
-    return video, parse_options(raw, num_classes=num_classes, default_clips=default_clips,
+    # bytes or bytearray (TorchServe's multipart fields): the decoders read either alike
+    return cast(bytes, video), parse_options(raw, num_classes=num_classes, default_clips=default_clips,
                                 default_crops=default_crops, default_views=default_views)
 
 
@@ -291,14 +293,15 @@ class InferenceCore:
         In rounds: the first sends every view of each "all" request and the first step of each
         adaptive one; each later round the next clip of every adaptive request not yet decided.
         A request's `inference` time is that of the rounds it took part in."""
-        adaptive = [AdaptiveViews(self.rule, clips=p.options.clips, crops=p.options.crops)
+        # prepare() refuses adaptive requests when the manifest has no rule
+        adaptive = [AdaptiveViews(cast(StoppingRule, self.rule), clips=p.options.clips, crops=p.options.crops)
                     if p.options.views == "adaptive" else None for p in batch]
         logits: list[np.ndarray | None] = [None] * len(batch)
         inference_s = [0.0] * len(batch)
         pending = list(range(len(batch)))
         while pending:
-            rows = [batch[i].views if adaptive[i] is None else
-                    batch[i].views[adaptive[i].view_rows(adaptive[i].next_clips())] for i in pending]
+            rows = [batch[i].views if (a := adaptive[i]) is None else batch[i].views[a.view_rows(a.next_clips())]
+                    for i in pending]
             t0 = time.perf_counter()
             out = self.forward(rows)
             spent = time.perf_counter() - t0
@@ -306,9 +309,10 @@ class InferenceCore:
             for i, part in zip(pending, rows, strict=True):
                 step, start = out[start : start + len(part)], start + len(part)
                 inference_s[i] += spent
-                if adaptive[i] is None:
+                a = adaptive[i]
+                if a is None:
                     logits[i] = step
-                elif not adaptive[i].add(step):
+                elif not a.add(step):
                     still.append(i)
             pending = still
         return [self.answer(p, logits[i], adaptive[i], inference_s[i] * 1e3) for i, p in enumerate(batch)]
@@ -317,8 +321,9 @@ class InferenceCore:
                inference_ms: float) -> dict:
         """A request's answer from the logits of all its views, or from its finished adaptive
         evaluation (the views it used, in order, and why it stopped)."""
-        views = {"clips": p.options.clips, "crops": p.options.crops}
+        views: dict[str, Any] = {"clips": p.options.clips, "crops": p.options.crops}
         if adaptive is None:
+            assert logits is not None  # a request with all its views has their logits
             scores = average_view_scores(torch.from_numpy(logits)).numpy()
             views["count"] = int(len(logits))
         else:

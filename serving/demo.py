@@ -29,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import cast
 
 from serving.addresses import DEFAULT_PORTS, HOST, taken_ports
 from serving.server_records import recorded_state, state_path
@@ -200,7 +201,8 @@ def inference_key(inference_port: int) -> str:
     if state is None:
         raise DemoError(f"no server is recorded for port {inference_port} after its start")
     try:
-        return current_key(state, "inference")
+        # token authorization is always on for the servers `serving start` records: a key exists
+        return cast(str, current_key(state, "inference"))
     except (OSError, ValueError, KeyError) as exc:
         raise DemoError(f"cannot read the server's inference key from {state['key_file']}: {exc}") from None
 

@@ -99,6 +99,7 @@ class ActionHandler:
 
     def prepare_one(self, request: dict, headers) -> Prepared | RequestError:
         try:
+            assert self.core is not None  # set by initialize
             video, options = self.core.parse(request, headers)
             return self.core.prepare(video, options)
         except RequestError as exc:
@@ -113,6 +114,7 @@ class ActionHandler:
         """Each request's views, or the error it gets answered with; the uploads of a batch are
         decoded concurrently, one per helper."""
         headers = [context.get_all_request_header(idx) for idx in range(len(data))]
+        assert self.threads is not None  # set by initialize
         prepared = list(self.threads.map(self.prepare_one, data, headers))
         for request, result in zip(data, prepared, strict=True):
             if isinstance(result, RequestError):  # one line per refusal; never the upload's bytes
@@ -123,6 +125,7 @@ class ActionHandler:
     def inference(self, prepared: list[Prepared | RequestError]) -> list[dict | RequestError]:
         """The good requests of the batch go through the model together."""
         good = [p for p in prepared if isinstance(p, Prepared)]
+        assert self.core is not None  # set by initialize
         try:
             answers = iter(self.core.predict_prepared(good))
         except Exception as exc:  # answer every request of the batch instead of TorchServe's bare 503

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
@@ -74,7 +74,7 @@ class RejectedUpload(Exception):
 
 
 # ----------------------------------------------------------------------------- messages
-def send_message(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
+def send_message(sock: socket.socket, message: dict, fds: Sequence[int] = ()) -> None:
     payload = json.dumps(message).encode()
     data = struct.pack("!I", len(payload)) + payload
     if fds:

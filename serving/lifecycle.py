@@ -8,6 +8,7 @@ dies on its own exits 1, and the keys are renewed before they expire. Stopping, 
 live in serving/server_records.py, serving/probes.py and serving/tokens.py."""
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import shutil
@@ -17,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from serving.addresses import HOST, is_loopback, listener_hosts, url_host
 from serving.preflight import check_hosts, check_startable
@@ -35,7 +37,8 @@ def start(options: StartOptions) -> int:
     manifest = check_startable(options, run, listener_hosts(host, metrics_host))
     warn_if_metrics_exposed(metrics_host, options.ports["metrics"])
     if options.foreground:
-        sys.stdout.reconfigure(line_buffering=True)  # a container's log shows each line as it comes
+        # a container's log shows each line as it comes
+        cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
 
     serve = prepare_serve_dir(run)
     write_config(serve.config, ports=options.ports, model_store=serve.export, model_name=options.model_name,

@@ -129,16 +129,17 @@ def _op(name: str, x: torch.Tensor, s: OpStrengths, sign: float | None = None) -
                          or (name in ("color", "contrast", "brightness", "sharpness") and len(s.enhance) > 1)):
         sign = _random_sign()
     factor = s.enhance[-1] if sign is None or sign > 0 else s.enhance[0]
+    direction = 1.0 if sign is None else sign  # drawn above for every op that has a direction
     if name == "shear_x":
-        return _affine(x, torch.tensor([[1, sign * s.shear, 0], [0, 1, 0]], dtype=x.dtype), s.affine_fill)
+        return _affine(x, torch.tensor([[1, direction * s.shear, 0], [0, 1, 0]], dtype=x.dtype), s.affine_fill)
     if name == "shear_y":
-        return _affine(x, torch.tensor([[1, 0, 0], [sign * s.shear, 1, 0]], dtype=x.dtype), s.affine_fill)
+        return _affine(x, torch.tensor([[1, 0, 0], [direction * s.shear, 1, 0]], dtype=x.dtype), s.affine_fill)
     if name == "translate_x":
-        return _affine(x, torch.tensor([[1, 0, sign * s.translate * w], [0, 1, 0]], dtype=x.dtype), s.affine_fill)
+        return _affine(x, torch.tensor([[1, 0, direction * s.translate * w], [0, 1, 0]], dtype=x.dtype), s.affine_fill)
     if name == "translate_y":
-        return _affine(x, torch.tensor([[1, 0, 0], [0, 1, sign * s.translate * h]], dtype=x.dtype), s.affine_fill)
+        return _affine(x, torch.tensor([[1, 0, 0], [0, 1, direction * s.translate * h]], dtype=x.dtype), s.affine_fill)
     if name == "rotate":
-        a = math.radians(sign * s.rotate)
+        a = math.radians(direction * s.rotate)
         rot = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0]], dtype=x.dtype)
         return _affine(x, rot, s.affine_fill)
     if name == "posterize":

@@ -273,7 +273,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def _check_one_budget(tree: dict) -> None:
     """A budget in steps and one in epochs, both stated, would leave one silently unused."""
-    optim = tree.get("optim") if isinstance(tree.get("optim"), dict) else {}
+    optim: dict = tree["optim"] if isinstance(tree.get("optim"), dict) else {}
     if optim.get("steps") and "epochs" in optim:
         raise ConfigError(f"optim.epochs={optim['epochs']} and optim.steps={optim['steps']}: the budget is one or "
                           "the other; set optim.steps=N (with optim.warmup_steps, optim.sup_warmup_steps), or "

@@ -18,6 +18,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,7 +126,8 @@ class ListResolver:
 
     def _listing(self, folder: Path):
         if folder not in self._listings:
-            names, stems = {}, {}
+            names: dict[str, str] = {}
+            stems: dict[str, str] = {}
             if folder.is_dir():
                 for name in sorted(os.listdir(folder)):
                     names.setdefault(name.lower(), name)
@@ -453,10 +455,10 @@ class EvalClips(Dataset):
         return out
 
 
-def collate_skipping(samples: list[dict]) -> dict:
+def collate_skipping(samples: list[dict]) -> dict[str, Any]:
     """Stack the good samples; gather every sample's skipped (path, error) pairs to be counted."""
     good = [s for s in samples if "label" in s]
-    batch = {"skipped": [pair for s in samples for pair in s["skipped"]]}
+    batch: dict[str, Any] = {"skipped": [pair for s in samples for pair in s["skipped"]]}
     if good:
         for key in good[0]:
             if key == "skipped":

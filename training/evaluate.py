@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,12 +32,12 @@ def precise_bn_loader(items: list[VideoItem], root: Path, spec: InputSpec, *, ba
     process its own shard of one seeded shuffle (a distributed sampler, as the authors' loader),
     so N processes see N times as many distinct clips. The same clips every time it runs."""
     dataset = EvalClips(items, root, spec, tg_stride=None, quick=True)
-    common = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
-                  worker_init_fn=worker_init, drop_last=True)
+    common: dict[str, Any] = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
+                                  worker_init_fn=worker_init, drop_last=True)
     if not info.enabled:  # one process: the seeded shuffle earlier runs used, so they repeat exactly
         return DataLoader(dataset, shuffle=True, generator=torch.Generator().manual_seed(seed), **common)
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
-                                 drop_last=True)
+    sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
+                                                     shuffle=True, seed=seed, drop_last=True)
     return DataLoader(dataset, sampler=sampler, **common)
 
 
@@ -64,6 +65,7 @@ def precise_bn(
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
         if info.enabled:
+            assert m.running_mean is not None and m.running_var is not None  # track_running_stats (above)
             torch.distributed.all_reduce(m.running_mean)
             m.running_mean /= info.world_size
             torch.distributed.all_reduce(m.running_var)
@@ -134,7 +136,9 @@ def score_checkpoint(ckpt: dict, cfg: Config, splits: DataSplits, device: torch.
                      num_workers: int) -> tuple[dict, dict[str, nn.Module], dict[str, tuple]]:
     """The validation accuracy of the checkpoint's student (on RGB) and teacher (on TG), where it
     has them -> (report, {name: network}, {name: (scores, labels)})."""
-    report, nets, results = {}, {}, {}
+    report: dict[str, dict] = {}
+    nets: dict[str, nn.Module] = {}
+    results: dict[str, tuple] = {}
     for name, modality in (("student", "rgb"), ("teacher", "tg")):
         if ckpt["model"].get(name) is None:
             continue

@@ -39,6 +39,7 @@ def clip_modalities(path: Path, spec: InputSpec) -> dict[str, np.ndarray]:
     for name, stride in (("fast", FAST_STRIDE), ("slow", SLOW_STRIDE)):
         d = decode_test_views(str(path), spec, tg_stride=stride, quick=True)
         out["rgb"] = d.views[0].float().permute(1, 2, 3, 0).numpy()  # (3, T, H, W) -> (T, H, W, 3)
+        assert d.successors is not None  # decoded with a TG stride
         out[name] = temporal_gradient(d.views, d.successors)[0].permute(1, 2, 3, 0).numpy()
     return out
 

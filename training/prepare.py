@@ -113,8 +113,8 @@ def read_ucf101(root: str | os.PathLike, split: int = 1) -> SplitLists:
         lists.add("train", path, folder_label, f"UCF-101/{entry}")
     for line in _lines(test_file):
         entry = line.split()[0]  # the test list has no label: it comes from the folder
-        path, label = resolve(entry)
-        lists.add("val", path, label, f"UCF-101/{entry}")
+        path, folder_label = resolve(entry)
+        lists.add("val", path, folder_label, f"UCF-101/{entry}")
     return lists
 
 
@@ -191,7 +191,7 @@ def read_kinetics400(root: str | os.PathLike) -> SplitLists:
         for name in classes:
             folder = name.replace(" ", "_")
             if folder in folders:
-                stems = {}
+                stems: dict[str, str] = {}
                 for f in sorted((split_dir / folder).iterdir(), key=lambda f: _extension_rank(f.suffix)):
                     if f.suffix in KINETICS_EXTENSIONS:
                         stems.setdefault(f.stem, f.name)  # the preferred extension wins

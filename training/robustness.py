@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,10 +86,9 @@ def corruption_factor(kind: str, *, seed: int, index: int) -> float | None:
 
 def corrupt(views: torch.Tensor, kind: str, *, factor: float | None = None) -> torch.Tensor:
     """Apply one corruption to a video's views (V, 3, T, H, W), 0-255 -> 0-255."""
-    if kind == "contrast":
-        return adjust_contrast(views, factor)
-    if kind == "brightness":
-        return adjust_brightness(views, factor)
+    if kind in ("contrast", "brightness"):
+        assert factor is not None, f"the {kind} corruption needs a factor"
+        return (adjust_contrast if kind == "contrast" else adjust_brightness)(views, factor)
     if kind == "grayscale":
         return to_grayscale(views)
     raise ValueError(f"unknown corruption {kind!r}; expected one of {', '.join(CORRUPTIONS)}")
@@ -118,7 +118,7 @@ def evaluate_robustness(
     num_workers: int = 0,
 ) -> dict[str, dict]:
     """The RGB model's 30-view test under each corruption -> {kind: accuracy metrics}."""
-    report = {}
+    report: dict[str, Any] = {}
     for kind in kinds:
         scores, labels, skipped = score_videos(model, items, root, spec, modality="rgb", tg_stride=1, device=device,
                                                batch_views=batch_views, num_workers=num_workers,

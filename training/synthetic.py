@@ -42,6 +42,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,7 +130,7 @@ def video_rng(seed: int, split: str, motion: str, index: int) -> np.random.Gener
 
 # ----------------------------------------------------------------------------- rendering
 def _contrasting_colour(rng: np.random.Generator, others: list[np.ndarray], min_dist: float) -> np.ndarray:
-    best, best_dist = None, -1.0
+    best, best_dist = np.zeros(3, np.float32), -1.0  # replaced on the first draw (any distance > -1)
     for _ in range(64):
         colour = rng.uniform(0, 255, 3).astype(np.float32)
         dist = min((float(np.linalg.norm(colour - o)) for o in others), default=np.inf)
@@ -182,10 +183,11 @@ def _shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return 0.85 - np.maximum(np.abs(u), np.abs(v))
     if shape == "triangle":
         # Equilateral, edges at distance 0.55 from the centre along three normals 120° apart.
-        d = None
+        d: np.ndarray | None = None
         for angle in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3):
             edge = 0.55 - (u * np.cos(angle) + v * np.sin(angle))
             d = edge if d is None else np.minimum(d, edge)
+        assert d is not None
         return d
     if shape == "cross":
         arm = 0.35
@@ -545,7 +547,7 @@ class DatasetSpec:
 
     def identity(self) -> dict:
         """The arguments synthetic.json records: a folder holds this dataset when they are equal."""
-        arguments = dict(num_classes=self.num_classes, train_per_class=self.train_per_class,
+        arguments: dict[str, Any] = dict(num_classes=self.num_classes, train_per_class=self.train_per_class,
                          labeled_per_class=self.labeled_per_class, val_per_class=self.val_per_class,
                          frames=self.frames, width=self.width, height=self.height, seed=self.seed, fps=FPS,
                          generator_version=GENERATOR_VERSION)

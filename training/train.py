@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -46,7 +46,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic
 def total_loss(terms: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
     """METHOD.md: 0.5 (L_sup_rgb + L_u_rgb + L_sup_tg + L_u_tg) + 1 L_align + 1 L_contrast."""
     cls_terms = [terms[k] for k in ("sup_rgb", "unsup_rgb", "sup_tg", "unsup_tg") if k in terms]
-    total = cfg.loss.weight_cls * sum(cls_terms)
+    # sum() of tensors is a tensor: the step always returns the classification terms
+    total = cast(torch.Tensor, cfg.loss.weight_cls * sum(cls_terms))
     if "align" in terms:
         total = total + cfg.loss.weight_align * terms["align"]
     if "contrast" in terms:
@@ -271,12 +272,14 @@ class EpochProgress:
             return
         steps = state.schedule.steps_per_epoch
         it, rate = self.epoch * steps + step, self.clips / max(1e-9, time.time() - self.t0)
-        state.writer.add_scalar("lr", lr, it)
-        state.writer.add_scalar("speed/clips_per_s", rate, it)
+        writer = state.writer
+        assert writer is not None  # the main process always has one
+        writer.add_scalar("lr", lr, it)
+        writer.add_scalar("speed/clips_per_s", rate, it)
         if grad_norm is not None:
-            state.writer.add_scalar("grad_norm", float(grad_norm), it)
+            writer.add_scalar("grad_norm", float(grad_norm), it)
         for k, v in row.items():
-            state.writer.add_scalar(k, v, it)
+            writer.add_scalar(k, v, it)
         mask = values.get("pseudo/mask_rate_rgb", values.get("pseudo/mask_rate_tg", 0.0))
         self.bar.set_postfix(loss=f"{values['loss/total']:.3f}", mask=f"{mask:.2f}", lr=f"{lr:.4f}",
                              clips_s=f"{rate:.1f}")
@@ -501,6 +504,7 @@ def prepare_data(cfg: Config, run: Path, info: DistInfo) -> DataSplits:
     barrier(info)
     if not info.is_main:
         splits = resolve_splits(cfg.data, run, is_main=False)
+    assert splits is not None  # the main process resolved them before the barrier, the others after
     if info.is_main:
         (run / "classes.txt").write_text("".join(c + "\n" for c in splits.classes))
     log.info("data %s: %d classes, %d labeled (%s), %d unlabeled, %d val", splits.root, len(splits.classes),
@@ -527,12 +531,13 @@ def build_model(cfg: Config, num_classes: int, device: torch.device,
     """The two-stream network -> (what the step runs: DDP-wrapped when distributed, the network itself).
     Its initialisation is seeded: two runs of one config start from the same weights."""
     torch.manual_seed(cfg.train.seed)
-    net = two_stream_from_config(cfg, num_classes).to(device)
-    net_without_ddp = net
+    net_without_ddp = two_stream_from_config(cfg, num_classes).to(device)
+    net: nn.Module = net_without_ddp
     if info.enabled:
         if device.type == "cuda" and cfg.train.sync_bn:
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-            net_without_ddp = net
+            # converts the BatchNorm layers in place and returns the same network
+            net_without_ddp = cast(TwoStreamNet, nn.SyncBatchNorm.convert_sync_batchnorm(net_without_ddp))
+            net = net_without_ddp
         elif cfg.train.sync_bn:
             log.info("SyncBatchNorm needs CUDA: on CPU each process keeps its own BatchNorm statistics")
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -612,7 +617,9 @@ def precise_bn_student(state: TrainState, splits: DataSplits) -> None:
     dl = precise_bn_loader(splits.unlabeled, splits.root, cfg.input, batch_size=cfg.train.precise_bn_batch_size,
                            seed=cfg.train.seed, info=state.info, num_workers=cfg.data.num_workers)
     batches = (normalize(b["views"][:, 0].float(), cfg.input) for b in dl if "views" in b)
-    used = precise_bn(state.net_without_ddp.student, batches, num_batches=cfg.train.precise_bn_batches,
+    student = state.net_without_ddp.student
+    assert student is not None  # PreciseBN runs only for runs with a student
+    used = precise_bn(student, batches, num_batches=cfg.train.precise_bn_batches,
                       device=state.device, info=state.info)
     log.info("PreciseBN: student BatchNorm statistics recomputed over %d batches", used)
 
@@ -635,6 +642,7 @@ def score_networks(state: TrainState, splits: DataSplits, *, quick: bool) -> dic
 
 def log_epoch(state: TrainState, row: dict) -> None:
     if state.info.is_main:
+        assert state.writer is not None  # the main process always has one
         for k, v in row.items():
             if k != "epoch" and k.startswith("val/"):
                 state.writer.add_scalar(k, v, row["epoch"])
@@ -656,7 +664,7 @@ def final_test(state: TrainState, splits: DataSplits, metrics_path: Path, *, tra
     cfg, schedule, info = state.cfg, state.schedule, state.info
     if not splits.val:
         log.warning("no validation videos: metrics.json holds no accuracy")
-    metrics = {"views": f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops",
+    metrics: dict[str, Any] = {"views": f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops",
                "score_average": cfg.train.test_average, "epochs": schedule.epochs, "steps": schedule.total_steps,
                "schedule": schedule.to_dict(),
                "classes": len(splits.classes), "labeled_videos": len(splits.labeled),
@@ -677,4 +685,5 @@ def final_test(state: TrainState, splits: DataSplits, metrics_path: Path, *, tra
         if state.skips.paths:
             log.warning("%d unreadable training videos were skipped (listed in %s)", len(state.skips.paths),
                         metrics_path)
+        assert state.writer is not None  # the main process always has one
         state.writer.close()

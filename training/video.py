@@ -20,6 +20,7 @@ def open_video(source: str | bytes, *, num_threads: int = 1, name: str | None = 
     import decord  # imported lazily: it starts native threads on import
 
     label = name or (source if isinstance(source, str) else "<upload>")
+    handle: io.BytesIO | str
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
             raise VideoDecodeError(f"{label}: empty file (0 bytes)")

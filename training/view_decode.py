@@ -116,6 +116,7 @@ def open_container(source: str | Path | bytes, formats: tuple[str, ...] | None =
     options = {"protocol_whitelist": "" if isinstance(source, (bytes, bytearray, memoryview)) else "file"}
     if formats is not None:
         options["format_whitelist"] = ",".join(formats)
+    target: io.BytesIO | str
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise VideoRejected(400, "empty_body", "the file is empty (0 bytes)")
@@ -129,7 +130,7 @@ def open_container(source: str | Path | bytes, formats: tuple[str, ...] | None =
         raise VideoRejected(415, "unsupported_format", "the file is not a video container this service accepts "
                             f"(accepted: {FORMAT_NAMES})") from None
     except av.error.FileNotFoundError:
-        raise VideoRejected(404, "no_such_file", f"{source}: no such file") from None
+        raise VideoRejected(404, "no_such_file", f"{source!s}: no such file") from None
     except (av.error.FFmpegError, EOFError, UnicodeDecodeError) as exc:
         raise VideoRejected(422, "not_a_video", "the file is not a readable video (truncated, or not a video at "
                             f"all): {_reason(exc)}") from None
@@ -268,7 +269,7 @@ def decode_crops(container, stream, wanted: np.ndarray, geometry: ViewGeometry, 
         cut_crops(rgb, geometry.crop, geometry.crops, out[slot])
         last_good = slot
 
-    coded = None
+    coded: tuple[int, int] | None = None
     for packet in container.demux(stream):
         if time.monotonic() > deadline:
             raise VideoRejected(422, "decode_timeout", f"decoding took longer than {limits.max_seconds:g} s")
@@ -292,6 +293,7 @@ def decode_crops(container, stream, wanted: np.ndarray, geometry: ViewGeometry, 
                             f"decoded (truncated or corrupt?; {errors} packets failed)")
     for missing in range(last_good + 1, len(wanted)):  # fewer frames than packets
         out[missing] = out[last_good]
+    assert coded is not None  # set by the first decoded frame, and one was (last_good)
     return rotation, coded[0], coded[1]
 
 
