@@ -5,6 +5,7 @@ graph (Conv and Gemm/MatMul nodes with their inferred shapes). Both count a mult
 FLOPs and ignore element-wise ops, pooling and bias adds, so for the same network they agree
 exactly, and the export can show that the student costs what a plain R3D-18 costs.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """The accuracy benchmark and its robustness test: corruptions against PIL's own ImageEnhance,
 the table and verdict arithmetic, the run plan, and a tiny end-to-end benchmark that resumes."""
+
 import json
 from pathlib import Path
 
@@ -185,8 +186,11 @@ def fake_results(top1: dict[str, list[float]]) -> dict:
             if name == "fixmatch-tg":
                 del metrics["student"]
             rob = {"student": {k: {"top1": v - d} for k, d in zip(CORRUPTIONS, (1.0, 2.0, 10.0), strict=True)}}
-            results[name][seed] = {"folder": f"runs/{name}-seed{seed}", "metrics": metrics,
-                                   "eval": {"robustness": rob} if name in ("fixmatch-rgb", "full") else {}}
+            results[name][seed] = {
+                "folder": f"runs/{name}-seed{seed}",
+                "metrics": metrics,
+                "eval": {"robustness": rob} if name in ("fixmatch-rgb", "full") else {},
+            }
     return results
 
 
@@ -197,8 +201,17 @@ def test_spread_is_mean_and_sample_std():
 
 
 def test_summary_and_verdict_follow_the_numbers():
-    table = summarize(fake_results({"fixmatch-rgb": [40, 44], "fixmatch-tg": [60, 62], "align": [55, 57],
-                                    "contrast": [50, 52], "full": [60, 61]}))
+    table = summarize(
+        fake_results(
+            {
+                "fixmatch-rgb": [40, 44],
+                "fixmatch-tg": [60, 62],
+                "align": [55, 57],
+                "contrast": [50, 52],
+                "full": [60, 61],
+            }
+        )
+    )
     assert table["full"]["student"]["top1"]["mean"] == 60.5 and table["full"]["teacher"]["top1"]["mean"] == 61.5
     assert "student" not in table["fixmatch-tg"] and "teacher" not in table["fixmatch-rgb"]
     assert table["full"]["robustness"]["grayscale"]["drop"]["mean"] == 10.0
@@ -207,8 +220,9 @@ def test_summary_and_verdict_follow_the_numbers():
     assert v["margin"] == 18.5 and v["beats_by_more_than_spread"] and v["every_seed_beats_every_seed"]
     assert v["align_between"] and v["contrast_between"] and v["align_above_contrast"]
     assert "supervised_top1" not in v
-    with_reference = verdict(summarize(fake_results({"fixmatch-rgb": [40, 44], "full": [60, 61],
-                                                     "supervised": [80, 82]})))
+    with_reference = verdict(
+        summarize(fake_results({"fixmatch-rgb": [40, 44], "full": [60, 61], "supervised": [80, 82]}))
+    )
     assert with_reference["supervised_top1"] == 81 and with_reference["baseline_below_supervised"] == 39
 
     close = verdict(summarize(fake_results({"fixmatch-rgb": [40, 50], "full": [47, 48]})))
@@ -220,15 +234,33 @@ def test_summary_and_verdict_follow_the_numbers():
 def test_markdown_has_the_table_1_rows_and_the_robustness_table():
     runs = fake_results({"fixmatch-rgb": [40, 44], "align": [55, 57], "full": [60, 61]})
     table = summarize(runs)
-    results = {"table": table, "verdict": verdict(table), "machine_slug": "cpu-2c", "created_utc": "2026-01-01T00:00",
-               "machine": {"cpu": "CPU", "cores": 2, "gpu": None}, "wall_time_s": 600, "train_time_s": 500,
-               "command": "python -m x",
-               "config": "configs/synthetic.yaml", "common_overrides": [], "epochs": 8, "seeds": [0, 1],
-               "dataset": {"classes": 5, "labeled_videos": 20, "unlabeled_videos": 200, "labeled_split": "given",
-                           "val_videos": 50, "views": "10 clips x 3 crops"},
-               "runs": {n: {s: {"folder": r["folder"], "metrics": r["metrics"]} for s, r in by.items()}
-                        for n, by in runs.items()},
-               "markdown": "benchmarks/results/x.md", "figures": {}}
+    results = {
+        "table": table,
+        "verdict": verdict(table),
+        "machine_slug": "cpu-2c",
+        "created_utc": "2026-01-01T00:00",
+        "machine": {"cpu": "CPU", "cores": 2, "gpu": None},
+        "wall_time_s": 600,
+        "train_time_s": 500,
+        "command": "python -m x",
+        "config": "configs/synthetic.yaml",
+        "common_overrides": [],
+        "epochs": 8,
+        "seeds": [0, 1],
+        "dataset": {
+            "classes": 5,
+            "labeled_videos": 20,
+            "unlabeled_videos": 200,
+            "labeled_split": "given",
+            "val_videos": 50,
+            "views": "10 clips x 3 crops",
+        },
+        "runs": {
+            n: {s: {"folder": r["folder"], "metrics": r["metrics"]} for s, r in by.items()} for n, by in runs.items()
+        },
+        "markdown": "benchmarks/results/x.md",
+        "figures": {},
+    }
     text = markdown(results)
     assert "| FixMatch, RGB | 42.0 ± 2.8 | 52.0 ± 2.8 | – | – | 54.1 |" in text
     assert "| both (ours) | 60.5 ± 0.7 |" in text and "| + alignment | 56.0 ± 1.4 |" in text
@@ -240,8 +272,19 @@ def test_markdown_has_the_table_1_rows_and_the_robustness_table():
 @pytest.mark.slow
 def test_tiny_benchmark_writes_results_and_resumes_without_retraining(tmp_path, capsys):
     data = tmp_path / "data"
-    args = ["--configs", "fixmatch-rgb", "full", "--seeds", "1", "--root", str(tmp_path / "runs"),
-            "--out", str(tmp_path / "results"), "--set", *tiny_overrides(data)]
+    args = [
+        "--configs",
+        "fixmatch-rgb",
+        "full",
+        "--seeds",
+        "1",
+        "--root",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "results"),
+        "--set",
+        *tiny_overrides(data),
+    ]
     assert bench_main(args) == 0
     written = sorted((tmp_path / "results").glob("accuracy-*"))
     json_path = next(p for p in written if p.suffix == ".json")

@@ -43,16 +43,19 @@ def test_overrides_reach_every_ablation_switch():
     assert load_config(None, ["loss.align=l1"]).loss.align == "l1"
 
 
-@pytest.mark.parametrize("override, key", [
-    ("loss.algin=off", "loss.algin"),
-    ("nonsense.x=1", "nonsense"),
-    ("optim.epochs=ten", "optim.epochs"),
-    ("optim.lr=fast", "optim.lr"),
-    ("loss.contrast=3", "loss.contrast"),
-    ("loss.fusion=mean", "loss.fusion"),
-    ("loss.align_stages=[5]", "loss.align_stages"),
-    ("input.crop_size=300", "input.crop_size"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("loss.algin=off", "loss.algin"),
+        ("nonsense.x=1", "nonsense"),
+        ("optim.epochs=ten", "optim.epochs"),
+        ("optim.lr=fast", "optim.lr"),
+        ("loss.contrast=3", "loss.contrast"),
+        ("loss.fusion=mean", "loss.fusion"),
+        ("loss.align_stages=[5]", "loss.align_stages"),
+        ("input.crop_size=300", "input.crop_size"),
+    ],
+)
 def test_bad_keys_and_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])

@@ -20,8 +20,17 @@ from training.data import (
 )
 from training.views import InputSpec
 
-SPEC = InputSpec(clip_len=4, interval=3, short_side=48, crop_size=32, crop_area=[0.2, 1.0], test_clips=2, test_crops=3,
-                 test_short_side=48, test_crop=48)
+SPEC = InputSpec(
+    clip_len=4,
+    interval=3,
+    short_side=48,
+    crop_size=32,
+    crop_area=[0.2, 1.0],
+    test_clips=2,
+    test_crops=3,
+    test_short_side=48,
+    test_crop=48,
+)
 
 
 def test_weak_view_is_identical_for_frames_and_successors():
@@ -124,8 +133,14 @@ def test_drawn_split_is_saved_and_reused(tmp_path):
 
 
 def test_folder_layout(tmp_path):
-    for path in ["labeled/walk/a.mp4", "labeled/run/b.avi", "unlabeled/x/c.mp4", "unlabeled/d.webm", "val/run/e.mp4",
-                 "labeled/run/notes.txt"]:
+    for path in [
+        "labeled/walk/a.mp4",
+        "labeled/run/b.avi",
+        "unlabeled/x/c.mp4",
+        "unlabeled/d.webm",
+        "val/run/e.mp4",
+        "labeled/run/notes.txt",
+    ]:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_bytes(b"x")
     classes, labeled, unlabeled, val = read_folder_layout(tmp_path)
@@ -156,7 +171,10 @@ def test_list_formats_path_label_frames_and_extensionless(tmp_path):
     lst = tmp_path / "l.txt"
     lst.write_text("\ufeffA/v_a 120 1\r\nB/v_b.avi 0\nC\\v_c.mp4\n")  # rawframes, videos, unlabeled (BOM, CRLF)
     assert read_video_list(lst, num_classes=2, require_labels=False) == [
-        VideoItem("A/v_a", 1), VideoItem("B/v_b.avi", 0), VideoItem("C/v_c.mp4", -1)]
+        VideoItem("A/v_a", 1),
+        VideoItem("B/v_b.avi", 0),
+        VideoItem("C/v_c.mp4", -1),
+    ]
     for bad, message in (
         ("a 1 2 3\n", "expected 'path \\[num_frames\\] label'"),
         ("a 12 x\n", "frame count and a label"),
@@ -174,12 +192,20 @@ def _tree(root, paths):
 
 
 def test_resolver_finds_published_entries_under_the_dataset_root(tmp_path):
-    _tree(tmp_path, ["UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi", "UCF-101/YoYo/v_YoYo_g01_c01.avi",
-                     "hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",
-                     "train/air_drumming/-def456uvw_000005_000015.mkv", "val/zumba/val0000001a_000003_000013.mp4"])
+    _tree(
+        tmp_path,
+        [
+            "UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi",
+            "UCF-101/YoYo/v_YoYo_g01_c01.avi",
+            "hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",
+            "train/air_drumming/-def456uvw_000005_000015.mkv",
+            "val/zumba/val0000001a_000003_000013.mp4",
+        ],
+    )
     r = ListResolver(tmp_path)
-    r.add_known(["UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi",
-                 "train/air_drumming/-def456uvw_000005_000015.mkv"])
+    r.add_known(
+        ["UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi", "train/air_drumming/-def456uvw_000005_000015.mkv"]
+    )
     assert r.resolve("UCF-101/YoYo/v_YoYo_g01_c01.avi") == "UCF-101/YoYo/v_YoYo_g01_c01.avi"  # as is
     # VideoSSL rawframes (UCF-101): no extension, relative to the frames folder, other case
     assert (

@@ -1,5 +1,6 @@
 """The generalization benchmark: its run plan (the user's own command line), the verdict
 arithmetic on hand-made numbers, the report, and a tiny end-to-end benchmark that resumes."""
+
 import json
 
 import pytest
@@ -27,8 +28,22 @@ TINY_SETS = [
     "optim.batch_labeled=2",
     "optim.batch_unlabeled=4",
 ]
-TINY_DATA = ["--width", "32", "--height", "24", "--frames", "16", "--train-per-class", "2", "--labeled-per-class", "1",
-             "--val-per-class", "1", "--workers", "1"]
+TINY_DATA = [
+    "--width",
+    "32",
+    "--height",
+    "24",
+    "--frames",
+    "16",
+    "--train-per-class",
+    "2",
+    "--labeled-per-class",
+    "1",
+    "--val-per-class",
+    "1",
+    "--workers",
+    "1",
+]
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -47,8 +62,10 @@ def test_runs_are_the_users_command_line_with_only_the_arms_switches_added(tmp_p
         assert cfg.data.format == "folder" and not cfg.data.synthetic and cfg.optim.steps == 700
         assert cfg.train.seed == run.seed
         assert cfg.loss.streams == ("both" if run.name == METHOD else "rgb")
-    method, baseline = ([r.config for r in runs if r.name == arm and r.seed == 0 and r.family == "paths"][0]
-                        for arm in (METHOD, BASELINE))
+    method, baseline = (
+        [r.config for r in runs if r.name == arm and r.seed == 0 and r.family == "paths"][0]
+        for arm in (METHOD, BASELINE)
+    )
     assert (baseline.loss.align, baseline.loss.contrast, baseline.loss.fusion) == ("off", False, "self")
     assert method.optim == baseline.optim and method.input == baseline.input  # the same budget and views
 
@@ -78,8 +95,10 @@ def test_family_verdict_needs_the_student_above_fixmatch_on_mean_and_every_seed_
     assert near_chance["failures"] == ["student below twice chance (47.5 < 50.0)"]
 
     behind = family_verdict(5, {0: 30.0}, {0: 30.0})  # a tie is not a win
-    assert behind["failures"] == ["student not above FixMatch-RGB (30.0 vs 30.0)", "student below twice chance "
-                                  "(30.0 < 40.0)"]
+    assert behind["failures"] == [
+        "student not above FixMatch-RGB (30.0 vs 30.0)",
+        "student below twice chance (30.0 < 40.0)",
+    ]
     assert family_verdict(4, {0: 50.0}, {0: 10.0})["at_least_twice_chance"]  # exactly twice chance counts
 
     with pytest.raises(ValueError, match="same seeds"):
@@ -90,9 +109,15 @@ def hand_made_results(student: dict[int, float], baseline: dict[int, float]) -> 
     table = {}
     for family in ("paths", "periodic", "accelerating"):
         s = student if family == "paths" else {0: 80.0, 1: 90.0}
-        table[family] = {"classes": 4, "class_names": sorted(FAMILIES[family]), "tuned_on": False,
-                         "student": spread(list(s.values())), "teacher": spread([95.0, 97.0]),
-                         "fixmatch_rgb": spread(list(baseline.values())), "verdict": family_verdict(4, s, baseline)}
+        table[family] = {
+            "classes": 4,
+            "class_names": sorted(FAMILIES[family]),
+            "tuned_on": False,
+            "student": spread(list(s.values())),
+            "teacher": spread([95.0, 97.0]),
+            "fixmatch_rgb": spread(list(baseline.values())),
+            "verdict": family_verdict(4, s, baseline),
+        }
     return {
         "table": table,
         "overall": overall(table),
@@ -152,8 +177,19 @@ def test_fewer_than_three_untuned_families_is_flagged():
 # ----------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_tiny_benchmark_writes_the_table_and_reuses_finished_runs(tmp_path, capsys):
-    args = ["--families", "periodic", "--seeds", "1", "--root", str(tmp_path / "runs"), "--out",
-            str(tmp_path / "results"), *TINY_DATA, "--set", *TINY_SETS]
+    args = [
+        "--families",
+        "periodic",
+        "--seeds",
+        "1",
+        "--root",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "results"),
+        *TINY_DATA,
+        "--set",
+        *TINY_SETS,
+    ]
     assert bench_main(args) == 0
     (json_path,) = (tmp_path / "results").glob("generalization-*.json")
     (md_path,) = (tmp_path / "results").glob("generalization-*.md")
@@ -185,8 +221,13 @@ def test_finished_only_keeps_the_seeds_whose_two_arms_finished(tmp_path):
     from training.config import save_config
 
     runs = plan_runs(["paths", "periodic"], [0, 1], tmp_path, ["optim.steps=700"])
-    done = {("paths", 0, "method"), ("paths", 0, "fixmatch-rgb"), ("paths", 1, "method"),
-            ("periodic", 0, "method"), ("periodic", 0, "fixmatch-rgb")}
+    done = {
+        ("paths", 0, "method"),
+        ("paths", 0, "fixmatch-rgb"),
+        ("paths", 1, "method"),
+        ("periodic", 0, "method"),
+        ("periodic", 0, "fixmatch-rgb"),
+    }
     for r in runs:
         if (r.family, r.seed, r.name) in done:
             r.folder.mkdir(parents=True)

@@ -107,8 +107,10 @@ def test_pseudo_labels_fusion_modes(fusion):
 
 def test_pseudo_labels_modes_really_differ():
     # guards the fixture above: otherwise a mode mix-up could pass unnoticed
-    masks = {f: pseudo_labels(torch.tensor(Z_RGB), torch.tensor(Z_TG), fusion=f, threshold=THRESHOLD) for f in
-             ("logits", "probs", "rgb", "tg", "self")}
+    masks = {
+        f: pseudo_labels(torch.tensor(Z_RGB), torch.tensor(Z_TG), fusion=f, threshold=THRESHOLD)
+        for f in ("logits", "probs", "rgb", "tg", "self")
+    }
     assert masks["logits"]["rgb"][1][0] == 0.0 and masks["probs"]["rgb"][1][0] == 1.0
     assert masks["rgb"]["tg"][0].tolist() != masks["tg"]["tg"][0].tolist()
     assert masks["self"]["rgb"][0].tolist() != masks["self"]["tg"][0].tolist()
@@ -222,6 +224,7 @@ def test_alignment_stop_gradient(kind, stop_gradient):
 
 def _info_nce_reference(rgb, tg, tau):
     """Straightforward loop: normalize, cosine matrix S[i][j] = <rgb_i, tg_j>, CE both ways."""
+
     def unit(v):
         n = math.sqrt(sum(a * a for a in v))
         return [a / n for a in v]
@@ -240,10 +243,20 @@ def test_contrastive_hand_computed(tau):
     rgb, tg = [[3.0, 0.0], [0.0, 2.0]], [[1.0, 0.0], [1.0, 1.0]]
     s = 1 / math.sqrt(2)
     closed_form = 0.5 * (
-        (-1 / tau + math.log(math.exp(1 / tau) + math.exp(s / tau))
-         - s / tau + math.log(math.exp(0) + math.exp(s / tau))) / 2
-        + (-1 / tau + math.log(math.exp(1 / tau) + math.exp(0))
-           - s / tau + math.log(math.exp(s / tau) + math.exp(s / tau))) / 2
+        (
+            -1 / tau
+            + math.log(math.exp(1 / tau) + math.exp(s / tau))
+            - s / tau
+            + math.log(math.exp(0) + math.exp(s / tau))
+        )
+        / 2
+        + (
+            -1 / tau
+            + math.log(math.exp(1 / tau) + math.exp(0))
+            - s / tau
+            + math.log(math.exp(s / tau) + math.exp(s / tau))
+        )
+        / 2
     )
     assert _info_nce_reference(rgb, tg, tau) == pytest.approx(closed_form)
     got = contrastive_loss(torch.tensor(rgb), torch.tensor(tg), temperature=tau)

@@ -1,5 +1,6 @@
 """Training on the user's own videos: the recipe chosen from the data and the machine, the budget
 in steps, the plan printed before the run, and the training log."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,18 @@ from training.schedule import learning_rate, resolve_schedule
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_folder_dataset(root: Path, classes=("swipe_left", "swipe_right", "wave"), *, labeled=2, unlabeled=4, val=1,
-                        frames=20, width=40, height=32, fps=25) -> Path:
+def make_folder_dataset(
+    root: Path,
+    classes=("swipe_left", "swipe_right", "wave"),
+    *,
+    labeled=2,
+    unlabeled=4,
+    val=1,
+    frames=20,
+    width=40,
+    height=32,
+    fps=25,
+) -> Path:
     rng = np.random.default_rng(0)
 
     def video(path: Path) -> None:
@@ -118,15 +129,28 @@ def test_steps_and_epochs_both_stated_is_an_error_that_names_them():
         load_config(None, ["optim.warmup_steps=5"])  # an epoch budget has no warm-up in steps
     with pytest.raises(ConfigError, match=r"optim.warmup_steps \(50\) exceeds optim.steps \(10\)"):
         load_config(None, ["optim.steps=10", "optim.warmup_steps=50"])
-    cfg = load_config(REPO / "configs" / "synthetic.yaml", ["optim.steps=0", "optim.warmup_steps=0",
-                                                            "optim.sup_warmup_steps=0", "optim.epochs=3"])
+    cfg = load_config(
+        REPO / "configs" / "synthetic.yaml",
+        ["optim.steps=0", "optim.warmup_steps=0", "optim.sup_warmup_steps=0", "optim.epochs=3"],
+    )
     assert resolve_schedule(cfg, 160, 1).budget == "epochs"
 
 
 # ----------------------------------------------------------------------------- a run
-TINY = ["model.width=4", "input.clip_len=4", "input.test_clips=2", "optim.batch_labeled=2", "optim.batch_unlabeled=4",
-        "optim.steps=5", "optim.warmup_steps=1", "optim.sup_warmup_steps=2", "train.precise_bn_batches=1",
-        "train.precise_bn_batch_size=4", "data.num_workers=1", "train.log_every=1"]
+TINY = [
+    "model.width=4",
+    "input.clip_len=4",
+    "input.test_clips=2",
+    "optim.batch_labeled=2",
+    "optim.batch_unlabeled=4",
+    "optim.steps=5",
+    "optim.warmup_steps=1",
+    "optim.sup_warmup_steps=2",
+    "train.precise_bn_batches=1",
+    "train.precise_bn_batch_size=4",
+    "data.num_workers=1",
+    "train.log_every=1",
+]
 
 
 def train_cli(folder: Path, run: Path) -> str:

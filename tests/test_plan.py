@@ -1,4 +1,5 @@
 """`python -m training train --dry-run`: the plan of a run, printed without training or writing."""
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,18 @@ def dry_run(capsys, *args: str) -> tuple[int, str]:
 
 def test_paper_config_with_a_videossl_list_prints_its_class_counts_and_the_authors_warm_up(ucf_tree, tmp_path, capsys):
     run = tmp_path / "run"
-    code, out = dry_run(capsys, "--config", str(REPO / "configs/ucf101_20.yaml"), "--data-root", str(ucf_tree),
-                        "--set", f"data.labeled_list={VIDEOSSL}", "--run", str(run), "--no-time")
+    code, out = dry_run(
+        capsys,
+        "--config",
+        str(REPO / "configs/ucf101_20.yaml"),
+        "--data-root",
+        str(ucf_tree),
+        "--set",
+        f"data.labeled_list={VIDEOSSL}",
+        "--run",
+        str(run),
+        "--no-time",
+    )
     assert code == 0, out
     assert "ApplyEyeMakeup 3, Basketball 1, HandstandPushups 0, YoYo 2" in out  # the list's imbalance
     assert re.search(r"labeled\s+6 videos\s+3 of 4 classes; per class min 0, median 1.5, max 3", out)
@@ -45,8 +56,10 @@ def test_paper_config_with_a_videossl_list_prints_its_class_counts_and_the_autho
     assert re.search(r"unlabeled\s+24 videos", out) and re.search(r"val\s+4 videos", out)
     assert "files labeled   all listed videos found; 6 probed, all open" in out
     # the authors' warm-up: lr ramp and supervised-only phase over the same 30 epochs
-    assert ("supervised warm-up: unlabeled loss off for the first 30 epochs (120 steps); strong views forwarded "
-            "from the first step") in out
+    assert (
+        "supervised warm-up: unlabeled loss off for the first 30 epochs (120 steps); strong views forwarded "
+        "from the first step"
+    ) in out
     assert "lr warm-up: linear from 0.1x over the first 120 steps, per iteration; one cosine over the whole run" in out
     # 1 process x (5 + 5): lr 0.025; the UCF-101 values of tests/test_recipe.py scaled by 0.025 / 0.2
     assert "budget 180 epochs (optim.epochs) of 4 steps; total 720 steps" in out
@@ -61,8 +74,17 @@ def test_paper_config_with_a_videossl_list_prints_its_class_counts_and_the_autho
 def test_missing_and_unreadable_videos_are_problems(ucf_tree, tmp_path, capsys):
     listed = tmp_path / "with_missing.txt"
     listed.write_text((ucf_tree / VIDEOSSL).read_text() + "YoYo/v_YoYo_g42_c01 20 3\n")
-    args = ["--config", str(REPO / "configs/ucf101_20.yaml"), "--data-root", str(ucf_tree), "--no-time",
-            "--run", str(tmp_path / "run"), "--set", f"data.labeled_list={listed}"]
+    args = [
+        "--config",
+        str(REPO / "configs/ucf101_20.yaml"),
+        "--data-root",
+        str(ucf_tree),
+        "--no-time",
+        "--run",
+        str(tmp_path / "run"),
+        "--set",
+        f"data.labeled_list={listed}",
+    ]
     code, out = dry_run(capsys, *args)
     assert code == 1 and "labeled: 1 listed videos not found" in out and "missing: YoYo/v_YoYo_g42_c01" in out
     code, out = dry_run(capsys, *args, "--allow-missing")
@@ -70,10 +92,21 @@ def test_missing_and_unreadable_videos_are_problems(ucf_tree, tmp_path, capsys):
 
     broken = tmp_path / "broken"
     import shutil
+
     shutil.copytree(ucf_tree, broken)
     (broken / "UCF-101/YoYo/v_YoYo_g03_c01.avi").write_bytes(b"not a video" * 100)
-    code, out = dry_run(capsys, "--config", str(REPO / "configs/ucf101_20.yaml"), "--data-root", str(broken),
-                        "--no-time", "--probe", "-1", "--run", str(tmp_path / "run"))
+    code, out = dry_run(
+        capsys,
+        "--config",
+        str(REPO / "configs/ucf101_20.yaml"),
+        "--data-root",
+        str(broken),
+        "--no-time",
+        "--probe",
+        "-1",
+        "--run",
+        str(tmp_path / "run"),
+    )
     assert code == 1 and "unlabeled: 1 of 24 probed videos cannot be opened" in out
     assert "drawn class-balanced" not in out  # 4 classes: not a paper dataset, no note about VideoSSL
 
@@ -94,9 +127,18 @@ def test_a_config_problem_and_a_changed_run_folder(ucf_tree, tmp_path, capsys):
     run.mkdir()
     cfg = load_config(REPO / "configs/ucf101_20.yaml", [f"data.root={ucf_tree}", "optim.epochs=90"])
     from training.config import save_config
+
     save_config(cfg, run / "config.yaml")
-    code, out = dry_run(capsys, "--config", str(REPO / "configs/ucf101_20.yaml"), "--data-root", str(ucf_tree),
-                        "--no-time", "--run", str(run))
+    code, out = dry_run(
+        capsys,
+        "--config",
+        str(REPO / "configs/ucf101_20.yaml"),
+        "--data-root",
+        str(ucf_tree),
+        "--no-time",
+        "--run",
+        str(run),
+    )
     assert code == 1 and "was started with a different config (optim.epochs)" in out
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
 

@@ -4,6 +4,7 @@ backend selection, and equality with offline evaluation of the same ONNX model.
 
 Also holds the helpers the handler and TorchServe tests share: one export per test session
 and the bad uploads."""
+
 from __future__ import annotations
 
 import io
@@ -95,8 +96,7 @@ def manifest(run) -> dict:
     return json.loads((run / "export" / "manifest.json").read_text())
 
 
-def offline_scores(path: Path, export_dir: Path, spec: InputSpec, session: ort.InferenceSession,
-                   **views) -> np.ndarray:
+def offline_scores(path: Path, export_dir: Path, spec: InputSpec, session: ort.InferenceSession, **views) -> np.ndarray:
     """Offline evaluation of one video: decode_test_views from its path + normalize + ONNX
     Runtime + average_view_scores, the way the export's accuracy check scores it."""
     x = normalize(decode_test_views(str(path), spec, **views).views, spec).numpy()
@@ -119,15 +119,18 @@ def test_raw_body_and_multipart_fields_and_headers():
     assert options.topk == 2  # a form field wins over a header
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"body": b"v", "topk": b"0"}, "topk must be from 1 to 3, got 0"),
-    ({"body": b"v", "topk": b"4"}, "topk must be from 1 to 3, got 4"),
-    ({"body": b"v", "clips": str(MAX_CLIPS + 1).encode()}, f"clips must be from 1 to {MAX_CLIPS}"),
-    ({"body": b"v", "clips": b"0"}, "clips must be from 1 to"),
-    ({"body": b"v", "crops": b"4"}, "crops must be from 1 to 3, got 4"),
-    ({"body": b"v", "crops": b"two"}, "crops must be an integer from 1 to 3, got 'two'"),
-    ({"body": b"v", "topk": b"1.5"}, "topk must be an integer"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"body": b"v", "topk": b"0"}, "topk must be from 1 to 3, got 0"),
+        ({"body": b"v", "topk": b"4"}, "topk must be from 1 to 3, got 4"),
+        ({"body": b"v", "clips": str(MAX_CLIPS + 1).encode()}, f"clips must be from 1 to {MAX_CLIPS}"),
+        ({"body": b"v", "clips": b"0"}, "clips must be from 1 to"),
+        ({"body": b"v", "crops": b"4"}, "crops must be from 1 to 3, got 4"),
+        ({"body": b"v", "crops": b"two"}, "crops must be an integer from 1 to 3, got 'two'"),
+        ({"body": b"v", "topk": b"1.5"}, "topk must be an integer"),
+    ],
+)
 def test_out_of_range_and_malformed_options_are_400(fields, message):
     with pytest.raises(RequestError) as info:
         parse(fields)
@@ -140,15 +143,18 @@ def test_out_of_range_header_option_is_400():
         parse({"body": b"v"}, {"X-Clips": "99"})
 
 
-@pytest.mark.parametrize("fields, status, code, message", [
-    ({"body": b""}, 400, "empty_body", "empty file (0 bytes)"),
-    ({"data": bytearray()}, 400, "empty_body", "empty file"),
-    ({}, 400, "missing_video", "multipart form field 'data'"),
-    ({"\x00\x00 ftypisom": b"", "x264 core": b"1"}, 400, "missing_video", "URL-encoded form"),
-    ({"file": b"abc"}, 400, "missing_video", "got fields ['file']"),
-    ({"data": b"abc", "top_k": b"2"}, 400, "unknown_field", "unknown form field(s) ['top_k']"),
-    ({"body": {"video": "x"}}, 400, "invalid_body", "decoded as dict"),
-])
+@pytest.mark.parametrize(
+    "fields, status, code, message",
+    [
+        ({"body": b""}, 400, "empty_body", "empty file (0 bytes)"),
+        ({"data": bytearray()}, 400, "empty_body", "empty file"),
+        ({}, 400, "missing_video", "multipart form field 'data'"),
+        ({"\x00\x00 ftypisom": b"", "x264 core": b"1"}, 400, "missing_video", "URL-encoded form"),
+        ({"file": b"abc"}, 400, "missing_video", "got fields ['file']"),
+        ({"data": b"abc", "top_k": b"2"}, 400, "unknown_field", "unknown form field(s) ['top_k']"),
+        ({"body": {"video": "x"}}, 400, "invalid_body", "decoded as dict"),
+    ],
+)
 def test_missing_empty_or_misnamed_video_is_400(fields, status, code, message):
     with pytest.raises(RequestError) as info:
         parse(fields)
@@ -180,8 +186,11 @@ def test_answer_equals_offline_evaluation_of_the_same_onnx_model(run, core, mani
         assert [p["score"] for p in answer["predictions"]] == sorted(served, reverse=True)
         assert answer["views"] == {"clips": 2, "crops": 3, "count": 6}  # the tiny run's test views
         assert answer["frames"] == 20  # the synthetic videos' length
-    assert answer["model"] == {"name": "action", "version": manifest["model_version"],
-                               "sha256": manifest["sha256"]["model.onnx"]}
+    assert answer["model"] == {
+        "name": "action",
+        "version": manifest["model_version"],
+        "sha256": manifest["sha256"]["model.onnx"],
+    }
     assert answer["backend"] == "onnxruntime-cpu"
     timings = answer["timings_ms"]
     assert set(timings) == {"decode", "preprocess", "inference", "total"} and all(v >= 0 for v in timings.values())
@@ -207,8 +216,9 @@ def test_batched_and_chunked_requests_equal_each_request_alone(run):
         alone = core.predict(v, topk=o.topk, clips=o.clips, crops=o.crops)
         assert answer["views"] == alone["views"] and answer["views"]["count"] == o.clips * o.crops
         assert [p["index"] for p in answer["predictions"]] == [p["index"] for p in alone["predictions"]]
-        np.testing.assert_allclose([p["score"] for p in answer["predictions"]],
-                                   [p["score"] for p in alone["predictions"]], atol=1e-6)
+        np.testing.assert_allclose(
+            [p["score"] for p in answer["predictions"]], [p["score"] for p in alone["predictions"]], atol=1e-6
+        )
     assert core.predict_prepared([]) == []
 
 
@@ -290,8 +300,9 @@ def test_torch_backend_agrees_with_onnxruntime(run, manifest):
         data = path.read_bytes()
         a, b = core.predict(data), torch_core.predict(data)
         assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
-        np.testing.assert_allclose([p["score"] for p in a["predictions"]], [p["score"] for p in b["predictions"]],
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            [p["score"] for p in a["predictions"]], [p["score"] for p in b["predictions"]], atol=1e-4
+        )
 
 
 def test_auto_falls_back_to_torch_without_onnx_and_refuses_a_tampered_artifact(run, manifest, tmp_path):
@@ -312,6 +323,7 @@ def test_tensorrt_backend_is_refused_with_the_reason_where_it_cannot_run(run, ma
     pytest.importorskip("onnxruntime")
     try:
         import tensorrt  # noqa: F401
+
         if torch.cuda.is_available() and (manifest.get("tensorrt") or {}).get("file"):
             pytest.skip("TensorRT runs here: covered by test_tensorrt_backend_matches_onnxruntime")
     except ImportError:

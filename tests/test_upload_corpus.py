@@ -1,5 +1,6 @@
 """The upload corpus is what it claims: valid uploads decode, hostile ones are what their name
 says and give no video frame, bombs carry the huge value they are built around."""
+
 from __future__ import annotations
 
 import io

@@ -49,8 +49,14 @@ def frames_to_views(frames: np.ndarray, *, clips: int, crops: int, crop: int) ->
     out = np.empty((len(frames), crops, crop, crop, 3), np.uint8)
     for i, frame in enumerate(frames):
         cut_crops(frame, crop, crops, out[i])
-    g = ViewGeometry(clips=clips, crops=crops, clip_len=len(frames) // clips, interval=1,
-                     short_side=min(frames.shape[1:3]), crop=crop)
+    g = ViewGeometry(
+        clips=clips,
+        crops=crops,
+        clip_len=len(frames) // clips,
+        interval=1,
+        short_side=min(frames.shape[1:3]),
+        crop=crop,
+    )
     return crops_to_views(out, g)
 
 
@@ -91,8 +97,9 @@ def test_decode_test_views_reads_the_sampled_frames(coded_video):
             assert got_next == (expected[clip] + 1).tolist()
     # whole 0-255 values: the loaders' uint8 transport and the server's floats are the same pixels
     assert torch.equal(d.views, d.views.to(torch.uint8).float())
-    quick = decode_test_views(coded_video.read_bytes(), InputSpec(clip_len=4, interval=5, short_side=48, crop_size=32),
-                              quick=True)
+    quick = decode_test_views(
+        coded_video.read_bytes(), InputSpec(clip_len=4, interval=5, short_side=48, crop_size=32), quick=True
+    )
     assert quick.views.shape == (1, 3, 4, 32, 32)
 
 

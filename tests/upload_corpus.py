@@ -24,6 +24,7 @@ clockwise to display") reads ``frame.rotation == -90``, so ``Upload.rotation == 
 uploads draw a white band along the top edge of the upright picture so a test can check the
 orientation, not only the shape.
 """
+
 from __future__ import annotations
 
 import io
@@ -509,8 +510,7 @@ def _thumbnail_first_mp4(_: Path) -> bytes:
 # Hostile uploads.
 
 SDP = (
-    b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\n"
-    b"m=video 5004 RTP/AVP 96\na=rtpmap:96 H264/90000\n"
+    b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\nm=video 5004 RTP/AVP 96\na=rtpmap:96 H264/90000\n"
 )
 FFCONCAT = b"ffconcat version 1.0\nfile '/etc/passwd'\n"
 HLS = (
@@ -521,7 +521,7 @@ SRT = b"1\n00:00:00,000 --> 00:00:02,000\nSomeone waves.\n\n2\n00:00:02,000 --> 
 TEXT = b"This is not a video. Please classify this sentence as an action.\n" * 8
 JSON = b'{"video": "https://example.com/clip.mp4", "frames": [1, 2, 3], "label": "jumping"}\n'
 HTML = (
-    b"<!DOCTYPE html>\n<html><head><title>clip</title></head>\n<body><video src=\"clip.mp4\" "
+    b'<!DOCTYPE html>\n<html><head><title>clip</title></head>\n<body><video src="clip.mp4" '
     b"controls></video></body></html>\n"
 )
 
@@ -607,8 +607,12 @@ def _hidden_large_stream_mkv(_: Path) -> bytes:
 
 
 def _long_gop_mp4(_: Path) -> bytes:
-    params = {"preset": "ultrafast", "crf": "38", "g": "900",
-              "x264-params": "keyint=900:min-keyint=900:scenecut=0:mbtree=0"}
+    params = {
+        "preset": "ultrafast",
+        "crf": "38",
+        "g": "900",
+        "x264-params": "keyint=900:min-keyint=900:scenecut=0:mbtree=0",
+    }
     return _mux("mp4", _h264(640, 360, 900, options=params))
 
 
@@ -844,9 +848,7 @@ def _corpus_dir(workdir: Path) -> Path:
 def build_corpus(workdir: Path) -> list[Upload]:
     """All uploads, in table order (valid, hostile, bomb); generated once per `workdir`."""
     directory = _corpus_dir(workdir)
-    return [
-        Upload(k.name, k.group, _cached(directory, f"{k.name}.{k.ext}", k.make), k.note, k.rotation) for k in KINDS
-    ]
+    return [Upload(k.name, k.group, _cached(directory, f"{k.name}.{k.ext}", k.make), k.note, k.rotation) for k in KINDS]
 
 
 def _seed_mp4(_: Path) -> bytes:

@@ -1,4 +1,5 @@
 """Small real video files for tests, written with PyAV."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ clip's frames and their successors together (`training.data.weak_geometric`); cr
 and bilinear resize are linear, so the TG taken here afterwards equals TG taken before them
 up to rounding (METHOD.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -68,14 +69,29 @@ def op_strengths(preset: str = "mmaction", magnitude: float = 9.0) -> OpStrength
     cutout half the side, grey fill."""
     level = magnitude / 10.0
     if preset == "mmaction":
-        return OpStrengths(shear=math.tanh(math.radians(17.19 * level)), translate=0.2 * level, rotate=30.0 * level,
-                           posterize_bits=max(1, int(4 * level)), solarize_threshold=256.0 * level / 255.0,
-                           enhance=(1.8 * level + 0.1,), cutout=0.2 * level, cutout_fill=128.0 / 255.0, affine_fill=0.0)
+        return OpStrengths(
+            shear=math.tanh(math.radians(17.19 * level)),
+            translate=0.2 * level,
+            rotate=30.0 * level,
+            posterize_bits=max(1, int(4 * level)),
+            solarize_threshold=256.0 * level / 255.0,
+            enhance=(1.8 * level + 0.1,),
+            cutout=0.2 * level,
+            cutout_fill=128.0 / 255.0,
+            affine_fill=0.0,
+        )
     if preset == "fixmatch":
-        return OpStrengths(shear=0.3 * level, translate=0.3 * level, rotate=30.0 * level,
-                           posterize_bits=8 - int(round(4 * level)), solarize_threshold=1.0 - 0.5 * level,
-                           enhance=(1.0 - 0.9 * level, 1.0 + 0.9 * level), cutout=0.5 * level, cutout_fill=0.5,
-                           affine_fill=0.5)
+        return OpStrengths(
+            shear=0.3 * level,
+            translate=0.3 * level,
+            rotate=30.0 * level,
+            posterize_bits=8 - int(round(4 * level)),
+            solarize_threshold=1.0 - 0.5 * level,
+            enhance=(1.0 - 0.9 * level, 1.0 + 0.9 * level),
+            cutout=0.5 * level,
+            cutout_fill=0.5,
+            affine_fill=0.5,
+        )
     raise ValueError(f"unknown RandAugment preset {preset!r}: mmaction or fixmatch")
 
 
@@ -125,8 +141,10 @@ def _op(name: str, x: torch.Tensor, s: OpStrengths, sign: float | None = None) -
     direction of a shear, translation or rotation and, where `s.enhance` has two factors, picks
     one (+1: the larger); None draws it (only for the ops that use it)."""
     h, w = x.shape[-2:]
-    if sign is None and (name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
-                         or (name in ("color", "contrast", "brightness", "sharpness") and len(s.enhance) > 1)):
+    if sign is None and (
+        name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
+        or (name in ("color", "contrast", "brightness", "sharpness") and len(s.enhance) > 1)
+    ):
         sign = _random_sign()
     factor = s.enhance[-1] if sign is None or sign > 0 else s.enhance[0]
     direction = 1.0 if sign is None else sign  # drawn above for every op that has a direction
@@ -167,13 +185,27 @@ def _op(name: str, x: torch.Tensor, s: OpStrengths, sign: float | None = None) -
 
 
 RANDAUGMENT_OPS = (
-    "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "posterize", "solarize",
-    "color", "contrast", "brightness", "sharpness", "autocontrast", "equalize", "invert", "cutout",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "posterize",
+    "solarize",
+    "color",
+    "contrast",
+    "brightness",
+    "sharpness",
+    "autocontrast",
+    "equalize",
+    "invert",
+    "cutout",
 )
 
 
-def strong_augment(clips: torch.Tensor, *, num_ops: int = 2, magnitude: float = 9.0,
-                   preset: str = "mmaction") -> torch.Tensor:
+def strong_augment(
+    clips: torch.Tensor, *, num_ops: int = 2, magnitude: float = 9.0, preset: str = "mmaction"
+) -> torch.Tensor:
     """RandAugment with one draw per clip: (B, 3, T, H, W) 0-255 -> same shape, 0-255.
 
     Each clip gets `num_ops` distinct ops of `preset` at `magnitude` (of 10), the same on all of
@@ -189,8 +221,15 @@ def strong_augment(clips: torch.Tensor, *, num_ops: int = 2, magnitude: float = 
     return out
 
 
-def make_views(frames: torch.Tensor, spec: InputSpec, *, strong: bool, num_ops: int = 2, magnitude: float = 9.0,
-               preset: str = "mmaction"):
+def make_views(
+    frames: torch.Tensor,
+    spec: InputSpec,
+    *,
+    strong: bool,
+    num_ops: int = 2,
+    magnitude: float = 9.0,
+    preset: str = "mmaction",
+):
     """Loader clips (B, K, 3, T, H, W) uint8 -> normalized weak RGB and TG, and, if `strong`,
     strong RGB and TG drawn independently for each modality."""
     rgb, tg = split_modalities(frames)

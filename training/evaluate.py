@@ -3,6 +3,7 @@
 `python -m training evaluate --run RUN` evaluates any run folder's last checkpoint with the
 30-view test of training/scoring.py (or its quick 1-clip validation).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,18 +27,32 @@ from training.views import InputSpec
 log = logging.getLogger(__name__)
 
 
-def precise_bn_loader(items: list[VideoItem], root: Path, spec: InputSpec, *, batch_size: int, seed: int,
-                      info: DistInfo = DistInfo(), num_workers: int = 0) -> DataLoader:
+def precise_bn_loader(
+    items: list[VideoItem],
+    root: Path,
+    spec: InputSpec,
+    *,
+    batch_size: int,
+    seed: int,
+    info: DistInfo = DistInfo(),
+    num_workers: int = 0,
+) -> DataLoader:
     """PreciseBN's batches: training videos with eval preprocessing (1 clip, centre crop), each
     process its own shard of one seeded shuffle (a distributed sampler, as the authors' loader),
     so N processes see N times as many distinct clips. The same clips every time it runs."""
     dataset = EvalClips(items, root, spec, tg_stride=None, quick=True)
-    common: dict[str, Any] = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
-                                  worker_init_fn=worker_init, drop_last=True)
+    common: dict[str, Any] = dict(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_skipping,
+        worker_init_fn=worker_init,
+        drop_last=True,
+    )
     if not info.enabled:  # one process: the seeded shuffle earlier runs used, so they repeat exactly
         return DataLoader(dataset, shuffle=True, generator=torch.Generator().manual_seed(seed), **common)
-    sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
-                                                     shuffle=True, seed=seed, drop_last=True)
+    sampler: DistributedSampler = DistributedSampler(
+        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=True
+    )
     return DataLoader(dataset, sampler=sampler, **common)
 
 
@@ -89,14 +104,34 @@ def main(argv: list[str] | None = None) -> int:
     report["views"] = views
     report["score_average"] = cfg.train.test_average
     if args.robustness and "student" in nets:
-        report["robustness"] = {"student": evaluate_robustness(
-            nets["student"], splits.val, splits.root, cfg.input, num_classes=len(splits.classes),
-            device=device, seed=args.seed, num_workers=args.workers)}
+        report["robustness"] = {
+            "student": evaluate_robustness(
+                nets["student"],
+                splits.val,
+                splits.root,
+                cfg.input,
+                num_classes=len(splits.classes),
+                device=device,
+                seed=args.seed,
+                num_workers=args.workers,
+            )
+        }
     if args.figures:
         from training.figures import write_figures
-        report["figures"] = [str(p) for p in write_figures(
-            run, history=ckpt.get("history", []), items=splits.val, root=splits.root, classes=splits.classes,
-            spec=cfg.input, scores=results, views=views)]
+
+        report["figures"] = [
+            str(p)
+            for p in write_figures(
+                run,
+                history=ckpt.get("history", []),
+                items=splits.val,
+                root=splits.root,
+                classes=splits.classes,
+                spec=cfg.input,
+                scores=results,
+                views=views,
+            )
+        ]
     print(json.dumps(report, indent=2))
     (run / ("eval_quick.json" if args.quick else "eval.json")).write_text(json.dumps(report, indent=2))
     return 0
@@ -109,10 +144,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clips", type=int, default=None)
     parser.add_argument("--crops", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--figures", action="store_true",
-                        help="write RUN/figures/: RGB vs fast/slow TG frames, training curves, confusion matrices")
-    parser.add_argument("--robustness", action="store_true",
-                        help="also test the student under contrast, brightness and grayscale corruptions (Table 5)")
+    parser.add_argument(
+        "--figures",
+        action="store_true",
+        help="write RUN/figures/: RGB vs fast/slow TG frames, training curves, confusion matrices",
+    )
+    parser.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also test the student under contrast, brightness and grayscale corruptions (Table 5)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the robustness corruptions")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA where present")
     return parser.parse_args(argv)
@@ -132,8 +173,9 @@ def load_checkpoint(run: Path, *, clips: int | None, crops: int | None) -> tuple
     return ckpt, cfg
 
 
-def score_checkpoint(ckpt: dict, cfg: Config, splits: DataSplits, device: torch.device, *, quick: bool,
-                     num_workers: int) -> tuple[dict, dict[str, nn.Module], dict[str, tuple]]:
+def score_checkpoint(
+    ckpt: dict, cfg: Config, splits: DataSplits, device: torch.device, *, quick: bool, num_workers: int
+) -> tuple[dict, dict[str, nn.Module], dict[str, tuple]]:
     """The validation accuracy of the checkpoint's student (on RGB) and teacher (on TG), where it
     has them -> (report, {name: network}, {name: (scores, labels)})."""
     report: dict[str, dict] = {}
@@ -145,10 +187,19 @@ def score_checkpoint(ckpt: dict, cfg: Config, splits: DataSplits, device: torch.
         net = r3d18_from_config(cfg, len(splits.classes))
         net.load_state_dict(ckpt["model"][name])
         net.to(device)
-        scores, labels, skipped = score_videos(net, splits.val, splits.root, cfg.input, modality=modality,
-                                               tg_stride=cfg.tg.stride, device=device, quick=quick,
-                                               num_workers=num_workers, average=cfg.train.test_average,
-                                               tg_spread=cfg.tg.slow == "spread")
+        scores, labels, skipped = score_videos(
+            net,
+            splits.val,
+            splits.root,
+            cfg.input,
+            modality=modality,
+            tg_stride=cfg.tg.stride,
+            device=device,
+            quick=quick,
+            num_workers=num_workers,
+            average=cfg.train.test_average,
+            tg_spread=cfg.tg.slow == "spread",
+        )
         report[name] = accuracy_metrics(scores, labels, len(splits.classes))
         report[name]["skipped_videos"] = len(skipped)
         nets[name], results[name] = net, (scores, labels)

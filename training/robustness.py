@@ -21,6 +21,7 @@ applies one deterministic draw to a clip's whole frame list). The factor comes f
 generator seeded with (seed, corruption, video index), so every model evaluated with the same
 seed sees exactly the same corrupted videos.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -120,9 +121,18 @@ def evaluate_robustness(
     """The RGB model's 30-view test under each corruption -> {kind: accuracy metrics}."""
     report: dict[str, Any] = {}
     for kind in kinds:
-        scores, labels, skipped = score_videos(model, items, root, spec, modality="rgb", tg_stride=1, device=device,
-                                               batch_views=batch_views, num_workers=num_workers,
-                                               perturb=corruption(kind, seed=seed))
+        scores, labels, skipped = score_videos(
+            model,
+            items,
+            root,
+            spec,
+            modality="rgb",
+            tg_stride=1,
+            device=device,
+            batch_views=batch_views,
+            num_workers=num_workers,
+            perturb=corruption(kind, seed=seed),
+        )
         report[kind] = accuracy_metrics(scores, labels, num_classes)
         report[kind]["skipped_videos"] = len(skipped)
     report["seed"] = seed
