@@ -23,7 +23,7 @@ SERVE_BATCH ?= 1
 
 TRAIN_ARGS = --run-dir "$(RUN)" $(if $(CONFIG),--config "$(CONFIG)") $(if $(DATA_ROOT),--data-root "$(DATA_ROOT)") $(if $(SET),--set $(SET))
 
-.PHONY: demo setup train evaluate export serve serve-stop bench bench-accuracy bench-engines bench-generalization test clean-venv help
+.PHONY: demo setup train evaluate export serve serve-stop bench bench-accuracy bench-engines bench-generalization lint test clean-venv help
 
 help:
 	@echo "make demo                       the whole product on the synthetic default: data, train, export, serve, one request, stop"
@@ -38,7 +38,8 @@ help:
 	@echo "make bench-engines              each engine and precision's accuracy on runs not at 100 % -> benchmarks/results/"
 	@echo "make bench-generalization [SET=]  the own-data default vs FixMatch-RGB on motion families it was not tuned on"
 	@echo "make gpu-check                  what only a GPU settles (environment, bf16 step, CUDA parity, latency)"
-	@echo "make test                       the test suite (what CI runs)"
+	@echo "make lint                       ruff (lint, format check) and mypy"
+	@echo "make test                       lint, then the test suite (what CI runs)"
 
 demo: setup
 	$(BIN)/python -m serving.demo --run "$(RUN)" --model-name "$(MODEL_NAME)"
@@ -91,7 +92,12 @@ bench-engines: setup
 bench-generalization: setup
 	$(BIN)/python -m benchmarks.generalization $(if $(SET),--set $(SET))
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup lint
 	$(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 clean-venv:

@@ -32,6 +32,7 @@ Full size on GPUs (UCF-101 split 1, 20 % labels, the paper's recipe and 180 epoc
     python -m benchmarks.accuracy --config configs/ucf101_20.yaml --root runs/accuracy-ucf101 --gpus 8
 (`--set data.root=DIR` where the dataset lives elsewhere; `--epochs` for a shorter schedule.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,12 +45,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
-from training.distributed import training_device
 from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
+from training.distributed import training_device
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "synthetic.yaml"
@@ -74,8 +76,12 @@ SETTINGS = {
     "align": Setting("+ alignment", ["loss.streams=both", "loss.align=cosine", "loss.contrast=false"], 74.6),
     "contrast": Setting("+ contrastive", ["loss.streams=both", "loss.align=off", "loss.contrast=true"], 68.6),
     "full": Setting("both (ours)", ["loss.streams=both", "loss.align=cosine", "loss.contrast=true"], 76.1),
-    "supervised": Setting("supervised, all labels (RGB)", ["loss.streams=rgb", *ONE_STREAM], None,
-                          "reference: every training video labeled, unlabeled loss off"),
+    "supervised": Setting(
+        "supervised, all labels (RGB)",
+        ["loss.streams=rgb", *ONE_STREAM],
+        None,
+        "reference: every training video labeled, unlabeled loss off",
+    ),
 }
 DEFAULT_CONFIGS = ("fixmatch-rgb", "fixmatch-tg", "align", "contrast", "full", "supervised")
 REFERENCE_CONFIGS = ("supervised",)  # trained with the first seed only
@@ -94,12 +100,19 @@ def setting_overrides(name: str, base: Config) -> list[str]:
     items = list(setting.overrides)
     if name == "supervised":
         if base.data.format != "lists" or not base.data.train_list:
-            raise BenchmarkError("the 'supervised' reference needs a list-file dataset with a train list "
-                                 "(data.format=lists, data.train_list); leave it out with --configs")
+            raise BenchmarkError(
+                "the 'supervised' reference needs a list-file dataset with a train list "
+                "(data.format=lists, data.train_list); leave it out with --configs"
+            )
         # every training video labeled; the unlabeled loss never starts (its warm-up lasts the whole run)
-        items += [f"data.labeled_list={base.data.train_list}", "data.labeled_ratio=0", "data.labeled_per_class=0",
-                  f"optim.sup_warmup_steps={base.optim.steps}" if base.optim.steps else
-                  f"optim.sup_warmup_epochs={base.optim.epochs}"]
+        items += [
+            f"data.labeled_list={base.data.train_list}",
+            "data.labeled_ratio=0",
+            "data.labeled_per_class=0",
+            f"optim.sup_warmup_steps={base.optim.steps}"
+            if base.optim.steps
+            else f"optim.sup_warmup_epochs={base.optim.epochs}",
+        ]
     return items
 
 
@@ -126,14 +139,24 @@ class Run:
     config: Config
 
 
-def plan_runs(config: Path, names: list[str], seeds: list[int], root: Path, *, user_sets: list[str],
-              epochs: int | None = None, steps: int | None = None) -> tuple[list[Run], list[str]]:
+def plan_runs(
+    config: Path,
+    names: list[str],
+    seeds: list[int],
+    root: Path,
+    *,
+    user_sets: list[str],
+    epochs: int | None = None,
+    steps: int | None = None,
+) -> tuple[list[Run], list[str]]:
     """Resolve every run's config up front, so a bad combination fails before any training.
     Returns the runs and the overrides common to all of them."""
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         raise BenchmarkError(f"unknown configs: {', '.join(unknown)} (known: {', '.join(SETTINGS)})")
-    common = list(user_sets) + ([f"optim.epochs={epochs}"] if epochs else []) + ([f"optim.steps={steps}"] if steps else [])
+    common = (
+        list(user_sets) + ([f"optim.epochs={epochs}"] if epochs else []) + ([f"optim.steps={steps}"] if steps else [])
+    )
     base = load_config(config, common)
     common += dataset_root(base, user_sets)
     runs = []
@@ -158,8 +181,10 @@ def finished(run: Run) -> bool:
         return False
     changed = diff_configs(config_from_dict(yaml.safe_load(saved.read_text())), run.config)
     if changed:
-        raise BenchmarkError(f"{run.folder} holds a run with different settings ({', '.join(changed)}): "
-                             "pass another --root, or delete that folder")
+        raise BenchmarkError(
+            f"{run.folder} holds a run with different settings ({', '.join(changed)}): "
+            "pass another --root, or delete that folder"
+        )
     metrics = run.folder / "metrics.json"
     return metrics.is_file()  # written once, when the run's last epoch and its test are done
 
@@ -183,10 +208,13 @@ def train(run: Run, *, gpus: int = 1) -> dict:
             run.folder.mkdir(parents=True, exist_ok=True)
             save_config(run.config, planned)
         # torchrun (torch.distributed.run) for several GPUs; its parser needs --run-dir, not --run
-        launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
-                                     if gpus > 1 else [])
-        _call(launch + ["-m", "training", "train", "--run-dir", str(run.folder), "--config", str(planned)],
-              f"training {run.folder}")
+        launch = [sys.executable] + (
+            ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"] if gpus > 1 else []
+        )
+        _call(
+            launch + ["-m", "training", "train", "--run-dir", str(run.folder), "--config", str(planned)],
+            f"training {run.folder}",
+        )
     return json.loads((run.folder / "metrics.json").read_text())
 
 
@@ -210,8 +238,11 @@ def evaluate(run: Run, *, robustness: bool, workers: int) -> dict:
         print(f"[{run.folder.name}] evaluated already: reusing {run.folder / 'eval.json'}", flush=True)
         return report
     print(f"[{run.folder.name}] evaluating: figures{' and robustness' if robustness else ''}", flush=True)
-    _call([sys.executable, "-m", "training", "evaluate", "--run", str(run.folder), "--figures",
-           "--workers", str(workers)] + (["--robustness"] if robustness else []), f"evaluating {run.folder}")
+    _call(
+        [sys.executable, "-m", "training", "evaluate", "--run", str(run.folder), "--figures", "--workers", str(workers)]
+        + (["--robustness"] if robustness else []),
+        f"evaluating {run.folder}",
+    )
     return json.loads((run.folder / "eval.json").read_text())
 
 
@@ -219,8 +250,14 @@ def evaluate(run: Run, *, robustness: bool, workers: int) -> dict:
 def spread(values: list[float]) -> dict:
     """Mean, sample standard deviation (0 for one seed), min, max and the values themselves."""
     a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-            "min": float(a.min()), "max": float(a.max()), "values": [float(v) for v in a], "n": int(len(a))}
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "values": [float(v) for v in a],
+        "n": int(len(a)),
+    }
 
 
 def summarize(results: dict[str, dict[int, dict]]) -> dict:
@@ -228,7 +265,11 @@ def summarize(results: dict[str, dict[int, dict]]) -> dict:
     Top-1/Top-5 over seeds, and robustness Top-1 and drop per corruption."""
     table = {}
     for name, by_seed in results.items():
-        row = {"label": SETTINGS[name].label, "paper_top1": SETTINGS[name].paper_top1, "seeds": sorted(by_seed)}
+        row: dict[str, Any] = {
+            "label": SETTINGS[name].label,
+            "paper_top1": SETTINGS[name].paper_top1,
+            "seeds": sorted(by_seed),
+        }
         for model in ("student", "teacher"):
             present = [r["metrics"][model] for r in by_seed.values() if model in r["metrics"]]
             if present:
@@ -238,7 +279,7 @@ def summarize(results: dict[str, dict[int, dict]]) -> dict:
             row["robustness"] = {"clean": spread([r["metrics"]["student"]["top1"] for r in robust])}
             for kind in CORRUPTIONS:
                 top1 = [r["eval"]["robustness"]["student"][kind]["top1"] for r in robust]
-                drop = [r["metrics"]["student"]["top1"] - t for r, t in zip(robust, top1)]
+                drop = [r["metrics"]["student"]["top1"] - t for r, t in zip(robust, top1, strict=True)]
                 row["robustness"][kind] = {"top1": spread(top1), "drop": spread(drop)}
         table[name] = row
     return table
@@ -252,16 +293,23 @@ def verdict(table: dict) -> dict:
     base, full = table[BASELINE]["student"]["top1"], table[METHOD]["student"]["top1"]
     margin = full["mean"] - base["mean"]
     seed_spread = max(base["std"], full["std"])
-    out = {"checked": True, "baseline_top1": base["mean"], "method_top1": full["mean"], "margin": margin,
-           "seed_spread": seed_spread, "beats_by_more_than_spread": bool(margin > seed_spread),
-           "every_seed_beats_every_seed": bool(full["min"] > base["max"])}
+    out = {
+        "checked": True,
+        "baseline_top1": base["mean"],
+        "method_top1": full["mean"],
+        "margin": margin,
+        "seed_spread": seed_spread,
+        "beats_by_more_than_spread": bool(margin > seed_spread),
+        "every_seed_beats_every_seed": bool(full["min"] > base["max"]),
+    }
     for name in ("align", "contrast"):
         if name in table:
             m = table[name]["student"]["top1"]["mean"]
             out[f"{name}_between"] = bool(base["mean"] < m < full["mean"])
     if "align" in table and "contrast" in table:
-        out["align_above_contrast"] = bool(table["align"]["student"]["top1"]["mean"]
-                                           > table["contrast"]["student"]["top1"]["mean"])
+        out["align_above_contrast"] = bool(
+            table["align"]["student"]["top1"]["mean"] > table["contrast"]["student"]["top1"]["mean"]
+        )
     if "supervised" in table:  # is the label ratio one where semi-supervised learning has room?
         out["supervised_top1"] = table["supervised"]["student"]["top1"]["mean"]
         out["baseline_below_supervised"] = out["supervised_top1"] - base["mean"]
@@ -273,7 +321,7 @@ def _yes(flag: bool) -> str:
 
 
 def _pm(s: dict | None) -> str:
-    """"mean ± std" of a spread() record, or a dash."""
+    """ "mean ± std" of a spread() record, or a dash."""
     if not s:
         return "–"
     text = f"{s['mean']:.1f}"
@@ -285,68 +333,101 @@ def markdown(results: dict) -> str:
     table, v, data = results["table"], results["verdict"], results["dataset"]
     m = results["machine"]
     gpu = f", {m['gpu']['name']}" if m.get("gpu") else ", no GPU"
-    lines = [f"# Accuracy benchmark: {results['machine_slug']}, {results['created_utc'][:10]}", "",
-             f"- Machine: {m['cpu']}, {m['cores']} cores{gpu}; training time of all runs "
-             f"{results['train_time_s'] / 60:.1f} min; wall time of this invocation "
-             f"{results['wall_time_s'] / 60:.1f} min (finished runs are reused, not redone)",
-             f"- Command: `{results['command']}`",
-             f"- Config `{results['config']}` with the overrides in the command; {results.get('budget') or str(results['epochs']) + ' epochs'} for "
-             f"every run; seeds {', '.join(map(str, results['seeds']))} (`train.seed`)",
-             f"- Data: {data['classes']} classes, {data['labeled_videos']} labeled of {data['unlabeled_videos']} "
-             f"training videos ({data['labeled_split']}), {data['val_videos']} validation videos; "
-             f"test: {data['views']}",
-             "", f"## Table 1 in miniature (test accuracy over {data['views']}, %, mean ± sample std over seeds)", "",
-             "| Setting | RGB student Top-1 | RGB student Top-5 | TG teacher Top-1 | TG teacher Top-5 "
-             "| paper Top-1 (UCF-101 20 %) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Accuracy benchmark: {results['machine_slug']}, {results['created_utc'][:10]}",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores{gpu}; training time of all runs "
+        f"{results['train_time_s'] / 60:.1f} min; wall time of this invocation "
+        f"{results['wall_time_s'] / 60:.1f} min (finished runs are reused, not redone)",
+        f"- Command: `{results['command']}`",
+        f"- Config `{results['config']}` with the overrides in the command; "
+        f"{results.get('budget') or str(results['epochs']) + ' epochs'} for "
+        f"every run; seeds {', '.join(map(str, results['seeds']))} (`train.seed`)",
+        f"- Data: {data['classes']} classes, {data['labeled_videos']} labeled of {data['unlabeled_videos']} "
+        f"training videos ({data['labeled_split']}), {data['val_videos']} validation videos; "
+        f"test: {data['views']}",
+        "",
+        f"## Table 1 in miniature (test accuracy over {data['views']}, %, mean ± sample std over seeds)",
+        "",
+        "| Setting | RGB student Top-1 | RGB student Top-5 | TG teacher Top-1 | TG teacher Top-5 "
+        "| paper Top-1 (UCF-101 20 %) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, row in table.items():
         s, t = row.get("student", {}), row.get("teacher", {})
         paper = "–" if row["paper_top1"] is None else f"{row['paper_top1']:.1f}"
         note = f" ({SETTINGS[name].note})" if SETTINGS[name].note else ""
-        lines.append(f"| {row['label']}{note} | {_pm(s.get('top1'))} | {_pm(s.get('top5'))} | {_pm(t.get('top1'))} "
-                     f"| {_pm(t.get('top5'))} | {paper} |")
-    lines += ["", "Paper: Table 1 (UCF-101 20 %, R3D-18 from scratch); FixMatch TG from Table 3a. Per-seed values "
-              "are in the JSON file."]
+        lines.append(
+            f"| {row['label']}{note} | {_pm(s.get('top1'))} | {_pm(s.get('top5'))} | {_pm(t.get('top1'))} "
+            f"| {_pm(t.get('top5'))} | {paper} |"
+        )
+    lines += [
+        "",
+        "Paper: Table 1 (UCF-101 20 %, R3D-18 from scratch); FixMatch TG from Table 3a. Per-seed values "
+        "are in the JSON file.",
+    ]
     robust = {n: r["robustness"] for n, r in table.items() if "robustness" in r}
     if robust:
         names = list(robust)
-        lines += ["", "## Robustness (Table 5): RGB student Top-1 under corrupted test input (change from clean)", "",
-                  "| Corruption | " + " | ".join(table[n]["label"] for n in names) + " |",
-                  "| --- |" + " --- |" * len(names)]
+        lines += [
+            "",
+            "## Robustness (Table 5): RGB student Top-1 under corrupted test input (change from clean)",
+            "",
+            "| Corruption | " + " | ".join(table[n]["label"] for n in names) + " |",
+            "| --- |" + " --- |" * len(names),
+        ]
         lines.append("| none | " + " | ".join(_pm(robust[n]["clean"]) for n in names) + " |")
         for kind in CORRUPTIONS:
             cells = [f"{_pm(robust[n][kind]['top1'])} ({-robust[n][kind]['drop']['mean']:+.1f})" for n in names]
             lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-        lines += ["", "Contrast and brightness: PIL ImageEnhance factors drawn uniformly in [0.5, 1.5) per video "
-                  "(seeded, the same videos for every model); grayscale: luma in all three channels. "
-                  "Paper (UCF-101 20 %): grayscale costs the baseline 28.0 points and the student 14.6."]
+        lines += [
+            "",
+            "Contrast and brightness: PIL ImageEnhance factors drawn uniformly in [0.5, 1.5) per video "
+            "(seeded, the same videos for every model); grayscale: luma in all three channels. "
+            "Paper (UCF-101 20 %): grayscale costs the baseline 28.0 points and the student 14.6.",
+        ]
     lines += ["", "## Verdict", ""]
     if v.get("checked"):
-        outcome = ("beats the baseline by more than the seed spread" if v["beats_by_more_than_spread"]
-                   else "NOT above the baseline by more than the seed spread")
-        lines.append(f"- Full method vs FixMatch RGB: {v['method_top1']:.1f} vs {v['baseline_top1']:.1f} Top-1, "
-                     f"margin {v['margin']:+.1f} points; larger seed std {v['seed_spread']:.1f} → {outcome}; "
-                     f"every seed above every baseline seed: {_yes(v['every_seed_beats_every_seed'])}")
+        outcome = (
+            "beats the baseline by more than the seed spread"
+            if v["beats_by_more_than_spread"]
+            else "NOT above the baseline by more than the seed spread"
+        )
+        lines.append(
+            f"- Full method vs FixMatch RGB: {v['method_top1']:.1f} vs {v['baseline_top1']:.1f} Top-1, "
+            f"margin {v['margin']:+.1f} points; larger seed std {v['seed_spread']:.1f} → {outcome}; "
+            f"every seed above every baseline seed: {_yes(v['every_seed_beats_every_seed'])}"
+        )
         for name, text in (("align", "alignment-only"), ("contrast", "contrastive-only")):
             if f"{name}_between" in v:
-                lines.append(f"- {text} between baseline and full method (as in the paper): "
-                             f"{_yes(v[name + '_between'])}")
+                lines.append(
+                    f"- {text} between baseline and full method (as in the paper): {_yes(v[name + '_between'])}"
+                )
         if "align_above_contrast" in v:
-            lines.append("- alignment-only above contrastive-only (as in the paper): "
-                         f"{_yes(v['align_above_contrast'])}")
+            lines.append(
+                f"- alignment-only above contrastive-only (as in the paper): {_yes(v['align_above_contrast'])}"
+            )
         if "supervised_top1" in v:
-            lines.append(f"- supervised with every label: {v['supervised_top1']:.1f} Top-1; the baseline is "
-                         f"{v['baseline_below_supervised']:.1f} points below it")
+            lines.append(
+                f"- supervised with every label: {v['supervised_top1']:.1f} Top-1; the baseline is "
+                f"{v['baseline_below_supervised']:.1f} points below it"
+            )
     else:
         lines.append(f"- not checked: {v['reason']}")
     if results.get("figures"):
         lines += ["", "## Figures (first seed)", ""]
         for name, files in results["figures"].items():
-            links = ", ".join(f"[{Path(f).stem}]({Path(f).relative_to(Path(results['markdown']).parent).as_posix()})"
-                              for f in files)
+            links = ", ".join(
+                f"[{Path(f).stem}]({Path(f).relative_to(Path(results['markdown']).parent).as_posix()})" for f in files
+            )
             lines.append(f"- {SETTINGS[name].label}: {links}")
-    lines += ["", "## Runs", "", "| Run | train time (s) | student Top-1 | teacher Top-1 |",
-              "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| Run | train time (s) | student Top-1 | teacher Top-1 |",
+        "| --- | --- | --- | --- |",
+    ]
     for by_seed in results["runs"].values():
         for r in by_seed.values():
             top1 = [f"{r['metrics'][k]['top1']:.1f}" if k in r["metrics"] else "–" for k in ("student", "teacher")]
@@ -378,17 +459,33 @@ def _shown(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- main
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.accuracy",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="base config (default: the synthetic default)")
-    p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), metavar="NAME",
-                   help=f"table rows to run (default: {' '.join(DEFAULT_CONFIGS)}; also: fused)")
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(DEFAULT_CONFIGS),
+        metavar="NAME",
+        help=f"table rows to run (default: {' '.join(DEFAULT_CONFIGS)}; also: fused)",
+    )
     p.add_argument("--seeds", type=int, default=2, help="seeds per config: train.seed = 0 .. N-1 (default 2)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="budget of every run in epochs, for a config whose budget is in epochs (the paper configs)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="budget of every run in optimizer steps, for a config whose budget is in steps (the default)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="budget of every run in epochs, for a config whose budget is in epochs (the paper configs)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="budget of every run in optimizer steps, for a config whose budget is in steps (the default)",
+    )
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     p.add_argument("--root", default="runs/accuracy", help="parent folder of the run folders")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where the JSON/markdown go")
@@ -408,19 +505,32 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --seeds must be >= 1", file=sys.stderr)
         return 2
     try:
-        runs, common = plan_runs(config, names, list(range(args.seeds)), Path(args.root), user_sets=args.set,
-                                 epochs=args.epochs, steps=args.steps)
+        runs, common = plan_runs(
+            config,
+            names,
+            list(range(args.seeds)),
+            Path(args.root),
+            user_sets=args.set,
+            epochs=args.epochs,
+            steps=args.steps,
+        )
     except (BenchmarkError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     o = runs[0].config.optim
     budget, warm = (o.steps, o.sup_warmup_steps) if o.steps else (o.epochs, o.sup_warmup_epochs)
     unit = "steps" if o.steps else "epochs"
-    print(f"accuracy benchmark: {len(names)} configs x {args.seeds} seeds = {len(runs)} runs of {budget} {unit} "
-          f"under {args.root}", flush=True)
+    print(
+        f"accuracy benchmark: {len(names)} configs x {args.seeds} seeds = {len(runs)} runs of {budget} {unit} "
+        f"under {args.root}",
+        flush=True,
+    )
     if warm >= budget:
-        print(f"warning: the supervised warm-up ({warm} {unit}) is as long as the run ({budget}): the unlabeled loss "
-              "never starts, every semi-supervised row is supervised only", flush=True)
+        print(
+            f"warning: the supervised warm-up ({warm} {unit}) is as long as the run ({budget}): the unlabeled loss "
+            "never starts, every semi-supervised row is supervised only",
+            flush=True,
+        )
     if args.dry_run:
         for run in runs:
             print(f"  {run.folder}: --set {' '.join(run.overrides)}")
@@ -437,10 +547,15 @@ def main(argv: list[str] | None = None) -> int:
             robust = not args.no_robustness and run.name in ROBUSTNESS_CONFIGS
             workers = run.config.data.num_workers if args.workers is None else args.workers
             report = evaluate(run, robustness=robust, workers=workers)
-            results_by_run.setdefault(run.name, {})[run.seed] = {"folder": str(run.folder), "metrics": metrics,
-                                                                 "eval": report}
-            print(f"[{run.folder.name}] done in {time.time() - t0:.0f} s; total {(time.time() - started) / 60:.1f} min",
-                  flush=True)
+            results_by_run.setdefault(run.name, {})[run.seed] = {
+                "folder": str(run.folder),
+                "metrics": metrics,
+                "eval": report,
+            }
+            print(
+                f"[{run.folder.name}] done in {time.time() - t0:.0f} s; total {(time.time() - started) / 60:.1f} min",
+                flush=True,
+            )
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -450,19 +565,35 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     table = summarize(results_by_run)
     results = {
-        "benchmark": "accuracy", "created_utc": created.isoformat(timespec="seconds"), "machine": machine,
-        "machine_slug": slug, "device": device,
+        "benchmark": "accuracy",
+        "created_utc": created.isoformat(timespec="seconds"),
+        "machine": machine,
+        "machine_slug": slug,
+        "device": device,
         "command": "python -m benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
-        "config": _shown(config), "common_overrides": common,
-        "epochs": None if o.steps else o.epochs, "steps": o.steps or None, "budget": f"{budget} {unit}",
-        "seeds": list(range(args.seeds)), "configs": names,
-        "dataset": dataset_summary(runs[0].folder), "table": table, "verdict": verdict(table),
-        "runs": {n: {s: {"folder": r["folder"], "metrics": r["metrics"], "robustness": r["eval"].get("robustness")}
-                     for s, r in by.items()} for n, by in results_by_run.items()},
-        "json": _shown(json_path), "markdown": _shown(md_path),
+        "config": _shown(config),
+        "common_overrides": common,
+        "epochs": None if o.steps else o.epochs,
+        "steps": o.steps or None,
+        "budget": f"{budget} {unit}",
+        "seeds": list(range(args.seeds)),
+        "configs": names,
+        "dataset": dataset_summary(runs[0].folder),
+        "table": table,
+        "verdict": verdict(table),
+        "runs": {
+            n: {
+                s: {"folder": r["folder"], "metrics": r["metrics"], "robustness": r["eval"].get("robustness")}
+                for s, r in by.items()
+            }
+            for n, by in results_by_run.items()
+        },
+        "json": _shown(json_path),
+        "markdown": _shown(md_path),
         "wall_time_s": round(time.time() - started, 1),
-        "train_time_s": round(sum(r["metrics"].get("train_time_s", 0.0)
-                                  for by in results_by_run.values() for r in by.values()), 1),
+        "train_time_s": round(
+            sum(r["metrics"].get("train_time_s", 0.0) for by in results_by_run.values() for r in by.values()), 1
+        ),
         "figures": copy_figures(runs, out / f"{json_path.stem}-figures"),
     }
     text = markdown(results)
@@ -496,9 +627,14 @@ def dataset_summary(run_folder: Path) -> dict:
     """What the runs trained and tested on, from one run's metrics.json."""
     m = json.loads((run_folder / "metrics.json").read_text())
     model = m.get("student") or m.get("teacher") or {}
-    return {"classes": m.get("classes"), "labeled_videos": m.get("labeled_videos"),
-            "unlabeled_videos": m.get("unlabeled_videos"), "labeled_split": m.get("labeled_split"),
-            "val_videos": model.get("videos"), "views": m.get("views")}
+    return {
+        "classes": m.get("classes"),
+        "labeled_videos": m.get("labeled_videos"),
+        "unlabeled_videos": m.get("unlabeled_videos"),
+        "labeled_split": m.get("labeled_split"),
+        "val_videos": model.get("videos"),
+        "views": m.get("views"),
+    }
 
 
 if __name__ == "__main__":

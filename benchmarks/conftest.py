@@ -6,6 +6,7 @@ Each benchmark stores its figures with `measure.store` in `benchmark.extra_info`
 below add the machine, library versions, profile, matmul peaks and skipped cases to
 pytest-benchmark's JSON, which `benchmarks.run` turns into the results files.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +51,13 @@ def pytest_report_teststatus(report, config):
         config.stash[SKIPS].append({"test": report.nodeid, "reason": reason.removeprefix("Skipped: ")})
     elif report.failed:
         lines = [line for line in report.longreprtext.splitlines() if line.startswith("E ")]
-        config.stash[FAILS].append({"test": report.nodeid, "phase": report.when,
-                                    "error": " ".join(line[1:].strip() for line in lines[:3])[:500]})
+        config.stash[FAILS].append(
+            {
+                "test": report.nodeid,
+                "phase": report.when,
+                "error": " ".join(line[1:].strip() for line in lines[:3])[:500],
+            }
+        )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -60,18 +66,24 @@ def pytest_make_collect_report(collector):
     report = yield
     if report.failed:
         lines = [line for line in report.longreprtext.splitlines() if line.strip()]
-        collector.config.stash[FAILS].append({"test": report.nodeid, "phase": "collect",
-                                              "error": (lines[-1] if lines else "collection failed")[:500]})
+        collector.config.stash[FAILS].append(
+            {"test": report.nodeid, "phase": "collect", "error": (lines[-1] if lines else "collection failed")[:500]}
+        )
     return report
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     profile = profile_from_options(config)
     output_json["tg_action"] = {
-        "profile": dataclasses.asdict(profile), "device": profile.device, "run": config.getoption("--bench-run"),
-        "machine": describe_machine(), "versions": library_versions(),
+        "profile": dataclasses.asdict(profile),
+        "device": profile.device,
+        "run": config.getoption("--bench-run"),
+        "machine": describe_machine(),
+        "versions": library_versions(),
         "cudnn_benchmark": torch.backends.cudnn.benchmark if profile.device == "cuda" else None,
-        "matmul": list(config.stash[PEAKS].values()), "skipped": config.stash[SKIPS], "failed": config.stash[FAILS],
+        "matmul": list(config.stash[PEAKS].values()),
+        "skipped": config.stash[SKIPS],
+        "failed": config.stash[FAILS],
     }
 
 
@@ -96,8 +108,11 @@ def bench_run(pytestconfig) -> Path:
     run = Path(pytestconfig.getoption("--bench-run"))
     manifest = run / "export" / "manifest.json"
     if not manifest.is_file():
-        pytest.fail(f"{manifest} is missing: train and export the run first (make train && make export, "
-                    f"or python -m benchmarks.run, which does both)", pytrace=False)
+        pytest.fail(
+            f"{manifest} is missing: train and export the run first (make train && make export, "
+            f"or python -m benchmarks.run, which does both)",
+            pytrace=False,
+        )
     return run
 
 
@@ -154,8 +169,9 @@ def openvino_ir(tmp_path_factory):
     converted: dict[tuple[Path, bool], tuple[Path, Path]] = {}
 
     def convert(onnx_path: Path, int8: bool = False) -> tuple[Path, Path]:
-        from export.openvino_ir import INT8_GRAPH_FILE, INT8_WEIGHTS_FILE, convert_to_ir, quantize_int8
         import onnx
+
+        from export.openvino_ir import INT8_GRAPH_FILE, INT8_WEIGHTS_FILE, convert_to_ir, quantize_int8
 
         if (onnx_path, False) not in converted:
             converted[onnx_path, False] = convert_to_ir(onnx_path, tmp_path_factory.mktemp("openvino"))
@@ -182,8 +198,9 @@ def ucf_size_videos(tmp_path_factory):
         if not paths:
             folder = tmp_path_factory.mktemp("ucf-size")
             for i, motion in enumerate(MOTIONS[:4]):
-                video = render_video(motion, video_rng(0, "train", motion, i), frames=UCF_FRAMES, width=UCF_WIDTH,
-                                     height=UCF_HEIGHT)
+                video = render_video(
+                    motion, video_rng(0, "train", motion, i), frames=UCF_FRAMES, width=UCF_WIDTH, height=UCF_HEIGHT
+                )
                 write_mp4(folder / f"{motion}.mp4", video)
                 paths.append(folder / f"{motion}.mp4")
         return paths

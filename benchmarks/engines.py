@@ -23,6 +23,7 @@ where they have not finished. Results: benchmarks/results/engines-<machine>-<dat
     python -m benchmarks.engines                       # what `make bench-engines` runs
     python -m benchmarks.engines --runs RUN [RUN ...]  # any exported (or exportable) runs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,13 +128,13 @@ def answer_videos(run: Path, manifest: dict, loaded: dict, limit: int | None) ->
     items, root = validation_set(run)
     spec = input_spec_from_manifest(manifest["input"])
     kinds = list(loaded)
-    out = {k: {"logits": [], "seconds": []} for k in kinds}
+    out: dict[str, Any] = {k: {"logits": [], "seconds": []} for k in kinds}
     labels = []
     for n, (item, views) in enumerate(decoded_views(items, root, spec, limit=limit)):
         for backend in loaded.values():  # warm-up: first calls allocate
             if n == 0:
                 forward(backend, views)
-        for kind in kinds[n % len(kinds):] + kinds[: n % len(kinds)]:
+        for kind in kinds[n % len(kinds) :] + kinds[: n % len(kinds)]:
             t0 = time.perf_counter()
             logits = forward(loaded[kind], views)
             out[kind]["seconds"].append(time.perf_counter() - t0)
@@ -157,17 +159,25 @@ def engine_row(kind: str, backend, answers: dict, manifest: dict, rule) -> dict:
     scores = np.stack([average_view_scores(torch.from_numpy(x)).numpy() for x in own["logits"]])
     ref_scores = np.stack([average_view_scores(torch.from_numpy(x)).numpy() for x in ref["logits"]])
     seconds, ref_seconds = np.array(own["seconds"]), np.array(ref["seconds"])
-    row = {"engine": kind, "backend": backend.name, **accuracy_metrics(scores, labels, classes),
-           "top1_agreement_with_reference": float(np.mean(scores.argmax(1) == ref_scores.argmax(1))),
-           "max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(own["logits"], ref["logits"]))),
-           "ms_per_video": float(np.median(seconds) * 1e3),
-           "speedup": float(np.median(ref_seconds / seconds))}
+    row = {
+        "engine": kind,
+        "backend": backend.name,
+        **accuracy_metrics(scores, labels, classes),
+        "top1_agreement_with_reference": float(np.mean(scores.argmax(1) == ref_scores.argmax(1))),
+        "max_abs_logit_diff": float(
+            max(np.abs(a - b).max() for a, b in zip(own["logits"], ref["logits"], strict=True))
+        ),
+        "ms_per_video": float(np.median(seconds) * 1e3),
+        "speedup": float(np.median(ref_seconds / seconds)),
+    }
     if rule is not None:
         adaptive = [adaptive_answer(x, rule, clips=spec.test_clips, crops=spec.test_crops) for x in own["logits"]]
         a_scores = np.stack([a.scores for a in adaptive])
-        row["adaptive"] = {**accuracy_metrics(a_scores, labels, classes),
-                           "mean_views": float(np.mean([a.views_used for a in adaptive])),
-                           "top1_agreement_with_all_views": float(np.mean(a_scores.argmax(1) == scores.argmax(1)))}
+        row["adaptive"] = {
+            **accuracy_metrics(a_scores, labels, classes),
+            "mean_views": float(np.mean([a.views_used for a in adaptive])),
+            "top1_agreement_with_all_views": float(np.mean(a_scores.argmax(1) == scores.argmax(1))),
+        }
     return row
 
 
@@ -191,69 +201,98 @@ def measure_run(run: Path, *, threads: int, limit: int | None) -> dict:
     trained = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     arch = manifest["architecture"]
     spec = manifest["input"]
-    return {"run": _shown(run), "model_version": manifest["model_version"],
-            "model": f"R3D-18 width {arch['width']}, {arch['num_classes']} classes, views "
-                     f"{spec['clip_len']}x{spec['test_crop']}x{spec['test_crop']}",
-            "training_top1": (trained.get("student") or {}).get("top1"), "videos": int(len(answers["labels"])),
-            "skipped_videos": answers["skipped"], "adaptive_rule": record,
-            "rows": [engine_row(k, b, answers, manifest, rule) for k, b in loaded.items()],
-            "not_run": missing, "gate": gate_record(manifest)}
+    return {
+        "run": _shown(run),
+        "model_version": manifest["model_version"],
+        "model": f"R3D-18 width {arch['width']}, {arch['num_classes']} classes, views "
+        f"{spec['clip_len']}x{spec['test_crop']}x{spec['test_crop']}",
+        "training_top1": (trained.get("student") or {}).get("top1"),
+        "videos": int(len(answers["labels"])),
+        "skipped_videos": answers["skipped"],
+        "adaptive_rule": record,
+        "rows": [engine_row(k, b, answers, manifest, rule) for k, b in loaded.items()],
+        "not_run": missing,
+        "gate": gate_record(manifest),
+    }
 
 
 # ----------------------------------------------------------------------------- report
 def pooled(runs: list[dict]) -> list[dict]:
     """Per engine over every run where it ran: videos, Top-1 change from the reference (points,
     video-weighted) and agreement with it."""
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for r in runs:
         ref = next(x for x in r["rows"] if x["engine"] == REFERENCE)
         for x in r["rows"]:
-            p = rows.setdefault(x["engine"], {"engine": x["engine"], "videos": 0, "correct_diff": 0.0, "agree": 0.0,
-                                              "runs": 0})
+            p = rows.setdefault(
+                x["engine"], {"engine": x["engine"], "videos": 0, "correct_diff": 0.0, "agree": 0.0, "runs": 0}
+            )
             p["videos"] += r["videos"]
             p["runs"] += 1
             p["correct_diff"] += (x["top1"] - ref["top1"]) * r["videos"] / 100
             p["agree"] += x["top1_agreement_with_reference"] * r["videos"]
-    return [{"engine": p["engine"], "runs": p["runs"], "videos": p["videos"],
-             "top1_change_points": 100 * p["correct_diff"] / p["videos"],
-             "top1_agreement_with_reference": p["agree"] / p["videos"],
-             "within_bound": abs(100 * p["correct_diff"] / p["videos"]) <= TOP1_BOUND} for p in rows.values()]
+    return [
+        {
+            "engine": p["engine"],
+            "runs": p["runs"],
+            "videos": p["videos"],
+            "top1_change_points": 100 * p["correct_diff"] / p["videos"],
+            "top1_agreement_with_reference": p["agree"] / p["videos"],
+            "within_bound": abs(100 * p["correct_diff"] / p["videos"]) <= TOP1_BOUND,
+        }
+        for p in rows.values()
+    ]
 
 
 def markdown(results: dict) -> str:
     m = results["machine"]
-    lines = [f"# Engines benchmark: {results['machine_slug']}, {results['created_utc'][:10]}", "",
-             f"- Machine: {m['cpu']}, {m['cores']} cores, no GPU used; "
-             f"{', '.join(f'{k} {v}' for k, v in results['libraries'].items() if v)}",
-             f"- Command: `{results['command']}`",
-             "- Every validation video of each run answered as the server answers a default request (10 clips x "
-             "3 crops, softmax averaged) by each engine the export offers here; time: one video's views in one "
-             f"call, engines interleaved video by video, {results['threads'] or 'all'} threads; speedup: ONNX Runtime "
-             "fp32's time over the engine's, per video, median.", ""]
+    lines = [
+        f"# Engines benchmark: {results['machine_slug']}, {results['created_utc'][:10]}",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, no GPU used; "
+        f"{', '.join(f'{k} {v}' for k, v in results['libraries'].items() if v)}",
+        f"- Command: `{results['command']}`",
+        "- Every validation video of each run answered as the server answers a default request (10 clips x "
+        "3 crops, softmax averaged) by each engine the export offers here; time: one video's views in one "
+        f"call, engines interleaved video by video, {results['threads'] or 'all'} threads; speedup: ONNX Runtime "
+        "fp32's time over the engine's, per video, median.",
+        "",
+    ]
     for r in results["runs"]:
-        lines += [f"## `{r['run']}`: {r['model']}, {r['videos']} validation videos (training's 30-view Top-1: "
-                  f"{_num(r['training_top1'])})", "",
-                  "| engine | backend | Top-1 | change from ONNX Runtime fp32 | agreement with it | max logit diff | "
-                  "ms per video | speedup | adaptive: Top-1 | mean views | agreement with all views |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## `{r['run']}`: {r['model']}, {r['videos']} validation videos (training's 30-view Top-1: "
+            f"{_num(r['training_top1'])})",
+            "",
+            "| engine | backend | Top-1 | change from ONNX Runtime fp32 | agreement with it | max logit diff | "
+            "ms per video | speedup | adaptive: Top-1 | mean views | agreement with all views |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         ref = next(x for x in r["rows"] if x["engine"] == REFERENCE)
         for x in r["rows"]:
             a = x.get("adaptive") or {}
-            lines.append(f"| {x['engine']} | {x['backend']} | {x['top1']:.1f} | {x['top1'] - ref['top1']:+.1f} | "
-                         f"{x['top1_agreement_with_reference']:.3f} | {x['max_abs_logit_diff']:.2g} | "
-                         f"{x['ms_per_video']:.1f} | {x['speedup']:.2f}x | {_num(a.get('top1'))} | "
-                         f"{_num(a.get('mean_views'))} | {_num(a.get('top1_agreement_with_all_views'), 3)} |")
+            lines.append(
+                f"| {x['engine']} | {x['backend']} | {x['top1']:.1f} | {x['top1'] - ref['top1']:+.1f} | "
+                f"{x['top1_agreement_with_reference']:.3f} | {x['max_abs_logit_diff']:.2g} | "
+                f"{x['ms_per_video']:.1f} | {x['speedup']:.2f}x | {_num(a.get('top1'))} | "
+                f"{_num(a.get('mean_views'))} | {_num(a.get('top1_agreement_with_all_views'), 3)} |"
+            )
         for kind, why in r["not_run"].items():
             lines.append(f"| {kind} | not served: {why} | | | | | | | | | |")
         lines.append("")
-    lines += ["## All runs pooled", "",
-              f"Top-1 change from ONNX Runtime fp32 in points over all videos of the runs the engine ran on (bound "
-              f"±{TOP1_BOUND}); one video of a run with N videos is 100/N points of that run.", "",
-              "| engine | runs | videos | Top-1 change (points) | agreement with ONNX Runtime fp32 | within ±0.5 |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "## All runs pooled",
+        "",
+        f"Top-1 change from ONNX Runtime fp32 in points over all videos of the runs the engine ran on (bound "
+        f"±{TOP1_BOUND}); one video of a run with N videos is 100/N points of that run.",
+        "",
+        "| engine | runs | videos | Top-1 change (points) | agreement with ONNX Runtime fp32 | within ±0.5 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for p in results["pooled"]:
-        lines.append(f"| {p['engine']} | {p['runs']} | {p['videos']} | {p['top1_change_points']:+.2f} | "
-                     f"{p['top1_agreement_with_reference']:.3f} | {'yes' if p['within_bound'] else 'no'} |")
+        lines.append(
+            f"| {p['engine']} | {p['runs']} | {p['videos']} | {p['top1_change_points']:+.2f} | "
+            f"{p['top1_agreement_with_reference']:.3f} | {'yes' if p['within_bound'] else 'no'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -263,9 +302,13 @@ def _num(value, digits: int = 1) -> str:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.engines", description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", nargs="+", default=None,
-                   help="run folders (exported here first when they have no export); default: the runs of "
-                        f"DEFAULT_RUNS under --root ({', '.join(DEFAULT_RUNS)}), trained first where not finished")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=None,
+        help="run folders (exported here first when they have no export); default: the runs of "
+        f"DEFAULT_RUNS under --root ({', '.join(DEFAULT_RUNS)}), trained first where not finished",
+    )
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="where the default runs live")
     p.add_argument("--threads", type=int, default=0, help="threads per engine (0: each engine's default, all cores)")
     p.add_argument("--limit", type=int, default=None, help="at most this many validation videos per run")
@@ -287,12 +330,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     device, slug, created, json_path, md_path = results_files("engines-", machine, cfg, args.out)
-    results = {"benchmark": "engines", "created_utc": created.isoformat(timespec="seconds"), "machine": machine,
-               "machine_slug": slug, "device": "cpu", "libraries": library_versions(), "threads": args.threads,
-               "command": "python -m benchmarks.engines " + " ".join(sys.argv[1:] if argv is None else argv),
-               "reference": f"{REFERENCE} fp32", "top1_bound_points": TOP1_BOUND, "runs": runs,
-               "pooled": pooled(runs), "wall_time_s": round(time.time() - started, 1),
-               "json": _shown(json_path), "markdown": _shown(md_path)}
+    results = {
+        "benchmark": "engines",
+        "created_utc": created.isoformat(timespec="seconds"),
+        "machine": machine,
+        "machine_slug": slug,
+        "device": "cpu",
+        "libraries": library_versions(),
+        "threads": args.threads,
+        "command": "python -m benchmarks.engines " + " ".join(sys.argv[1:] if argv is None else argv),
+        "reference": f"{REFERENCE} fp32",
+        "top1_bound_points": TOP1_BOUND,
+        "runs": runs,
+        "pooled": pooled(runs),
+        "wall_time_s": round(time.time() - started, 1),
+        "json": _shown(json_path),
+        "markdown": _shown(md_path),
+    }
     text = markdown(results)
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path.write_text(text)

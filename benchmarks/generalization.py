@@ -19,6 +19,7 @@ twice chance on the mean. The table says plainly where it is not met within the 
 Results: benchmarks/results/generalization-<machine>-<date>.json and .md.
     python -m benchmarks.generalization --set optim.steps=600         # the budget, for every run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,19 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.accuracy import (REPO, SETTINGS, BenchmarkError, Run, _call, _pm, _shown, _yes, finished, results_files,
-                                 spread)
+from benchmarks.accuracy import (
+    REPO,
+    SETTINGS,
+    BenchmarkError,
+    Run,
+    _call,
+    _pm,
+    _shown,
+    _yes,
+    finished,
+    results_files,
+    spread,
+)
 from training.config import Config, ConfigError, config_from_dict, load_config
 from training.synthetic import FAMILIES
 
@@ -109,7 +121,7 @@ def plan_runs(families: list[str], seeds: list[int], root: Path, user_sets: list
                     config = resolve(argv)
                 except ConfigError as exc:
                     raise BenchmarkError(f"{arm} on {family}: {exc}") from exc
-                runs.append(FamilyRun(arm, seed, folder, argv[argv.index("--set") + 1:], config, family, argv))
+                runs.append(FamilyRun(arm, seed, folder, argv[argv.index("--set") + 1 :], config, family, argv))
     return runs
 
 
@@ -124,8 +136,11 @@ def make_dataset(root: Path, family: str, shape: DatasetShape, workers: int) -> 
     except ValueError as exc:
         raise BenchmarkError(f"dataset of {family}: {exc}") from exc
     state = f"generated in {summary['seconds']:.0f} s" if summary["generated"] else "present already"
-    print(f"[{family}] data {folder}: {len(summary['classes'])} classes, {summary['train']} training videos "
-          f"({summary['labeled']} labeled), {summary['val']} val; {state}", flush=True)
+    print(
+        f"[{family}] data {folder}: {len(summary['classes'])} classes, {summary['train']} training videos "
+        f"({summary['labeled']} labeled), {summary['val']} val; {state}",
+        flush=True,
+    )
     return summary
 
 
@@ -157,10 +172,16 @@ def family_verdict(classes: int, student: dict[int, float], baseline: dict[int, 
         raise ValueError(f"need the same seeds for both arms, got {sorted(student)} and {sorted(baseline)}")
     chance = 100.0 / classes
     s, b = spread(list(student.values())), spread(list(baseline.values()))
-    out = {"chance": chance, "twice_chance": 2 * chance, "student_mean": s["mean"], "baseline_mean": b["mean"],
-           "margin": s["mean"] - b["mean"], "beats_baseline_mean": s["mean"] > b["mean"],
-           "beats_baseline_every_seed": all(student[k] > baseline[k] for k in student),
-           "at_least_twice_chance": s["mean"] >= 2 * chance}
+    out = {
+        "chance": chance,
+        "twice_chance": 2 * chance,
+        "student_mean": s["mean"],
+        "baseline_mean": b["mean"],
+        "margin": s["mean"] - b["mean"],
+        "beats_baseline_mean": s["mean"] > b["mean"],
+        "beats_baseline_every_seed": all(student[k] > baseline[k] for k in student),
+        "at_least_twice_chance": s["mean"] >= 2 * chance,
+    }
     out["met"] = out["beats_baseline_mean"] and out["beats_baseline_every_seed"] and out["at_least_twice_chance"]
     out["failures"] = failures(out)
     return out
@@ -188,10 +209,15 @@ def summarize(runs: list[FamilyRun], metrics: dict[Path, dict]) -> dict:
         student = {seed: m["student"]["top1"] for seed, m in by_arm[METHOD].items()}
         baseline = {seed: m["student"]["top1"] for seed, m in by_arm[BASELINE].items()}
         teacher = [m["teacher"]["top1"] for m in by_arm[METHOD].values() if "teacher" in m]
-        table[family] = {"classes": classes, "class_names": sorted(FAMILIES[family]), "tuned_on": family == TUNED_FAMILY,
-                         "student": spread(list(student.values())), "teacher": spread(teacher) if teacher else None,
-                         "fixmatch_rgb": spread(list(baseline.values())),
-                         "verdict": family_verdict(classes, student, baseline)}
+        table[family] = {
+            "classes": classes,
+            "class_names": sorted(FAMILIES[family]),
+            "tuned_on": family == TUNED_FAMILY,
+            "student": spread(list(student.values())),
+            "teacher": spread(teacher) if teacher else None,
+            "fixmatch_rgb": spread(list(baseline.values())),
+            "verdict": family_verdict(classes, student, baseline),
+        }
     return table
 
 
@@ -199,17 +225,27 @@ def overall(table: dict) -> dict:
     """The verdict over all families: met where every family meets its target."""
     missed = {f: row["verdict"]["failures"] for f, row in table.items() if not row["verdict"]["met"]}
     untuned = [f for f in table if f != TUNED_FAMILY]
-    return {"families": len(table), "met": len(table) - len(missed), "all_met": not missed, "missed": missed,
-            "untuned_families": len(untuned), "enough_untuned_families": len(untuned) >= 3}
+    return {
+        "families": len(table),
+        "met": len(table) - len(missed),
+        "all_met": not missed,
+        "missed": missed,
+        "untuned_families": len(untuned),
+        "enough_untuned_families": len(untuned) >= 3,
+    }
 
 
 def budget(runs: list[FamilyRun], metrics: dict[Path, dict]) -> dict:
     steps = sorted({run_steps(metrics[r.folder], r.config) for r in runs})
     minutes = [metrics[r.folder].get("train_time_s", 0.0) / 60 for r in runs]
-    return {"steps": steps[0] if len(steps) == 1 else steps, "epochs": metrics[runs[0].folder].get("epochs"),
-            "train_minutes_per_run": spread(minutes), "train_minutes_total": sum(minutes),
-            "batch": [runs[0].config.optim.batch_labeled, runs[0].config.optim.batch_unlabeled],
-            "flip": runs[0].config.input.flip}
+    return {
+        "steps": steps[0] if len(steps) == 1 else steps,
+        "epochs": metrics[runs[0].folder].get("epochs"),
+        "train_minutes_per_run": spread(minutes),
+        "train_minutes_total": sum(minutes),
+        "batch": [runs[0].config.optim.batch_labeled, runs[0].config.optim.batch_unlabeled],
+        "flip": runs[0].config.input.flip,
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -223,36 +259,54 @@ def markdown(results: dict) -> str:
     gpu = f", {m['gpu']['name']}" if m.get("gpu") else ", no GPU"
     per_run = b["train_minutes_per_run"]
     within = f"{b['steps']} steps, {per_run['mean']:.1f} min of training per run on {results['machine_slug']}"
-    lines = [f"# Generalization benchmark: {results['machine_slug']}, {results['created_utc'][:10]}", "",
-             f"- Machine: {m['cpu']}, {m['cores']} cores{gpu} (device: {results['device']})",
-             f"- Command: `{results['command']}`",
-             f"- Method: the own-data default, `python -m training train --data-root DATA --run RUN --set "
-             f"train.seed=K{''.join(' ' + s for s in results['user_sets'])}` (no --config); FixMatch-RGB adds "
-             f"`{' '.join(ARMS[BASELINE])}`",
-             f"- Budget of every run: {b['steps']} steps ({b['epochs']} epochs on this data), batch {b['batch'][0]} labeled + "
-             f"{b['batch'][1]} unlabeled clips; training {per_run['mean']:.1f} min per run on average "
-             f"(max {per_run['max']:.1f}), {b['train_minutes_total']:.0f} min in all; wall time of this invocation "
-             f"{results['wall_time_s'] / 60:.1f} min (finished runs are reused)",
-             f"- Data per family: {shape['width']}x{shape['height']}, {shape['frames']} frames, "
-             f"{shape['train_per_class']} training videos per class ({shape['labeled_per_class']} labeled), "
-             f"{shape['val_per_class']} validation videos per class; clutter on; generator seed {shape['seed']}",
-             f"- Seeds: {', '.join(map(str, results['seeds']))} (`train.seed`)"
-             + ("; fewer for the families with runs listed as not run below (per-seed values in brackets)"
-                if results.get("not_run") else "") + f"; test: {results['views']}", "",
-             "## Top-1 per family (%, mean ± sample std over seeds, per seed in brackets)", "",
-             "| Family | classes | chance | RGB student (method) | TG teacher (method) | FixMatch-RGB "
-             "| student > FixMatch-RGB: mean / every seed | student ≥ 2× chance | target |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Generalization benchmark: {results['machine_slug']}, {results['created_utc'][:10]}",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores{gpu} (device: {results['device']})",
+        f"- Command: `{results['command']}`",
+        f"- Method: the own-data default, `python -m training train --data-root DATA --run RUN --set "
+        f"train.seed=K{''.join(' ' + s for s in results['user_sets'])}` (no --config); FixMatch-RGB adds "
+        f"`{' '.join(ARMS[BASELINE])}`",
+        f"- Budget of every run: {b['steps']} steps ({b['epochs']} epochs on this data), "
+        f"batch {b['batch'][0]} labeled + "
+        f"{b['batch'][1]} unlabeled clips; training {per_run['mean']:.1f} min per run on average "
+        f"(max {per_run['max']:.1f}), {b['train_minutes_total']:.0f} min in all; wall time of this invocation "
+        f"{results['wall_time_s'] / 60:.1f} min (finished runs are reused)",
+        f"- Data per family: {shape['width']}x{shape['height']}, {shape['frames']} frames, "
+        f"{shape['train_per_class']} training videos per class ({shape['labeled_per_class']} labeled), "
+        f"{shape['val_per_class']} validation videos per class; clutter on; generator seed {shape['seed']}",
+        f"- Seeds: {', '.join(map(str, results['seeds']))} (`train.seed`)"
+        + (
+            "; fewer for the families with runs listed as not run below (per-seed values in brackets)"
+            if results.get("not_run")
+            else ""
+        )
+        + f"; test: {results['views']}",
+        "",
+        "## Top-1 per family (%, mean ± sample std over seeds, per seed in brackets)",
+        "",
+        "| Family | classes | chance | RGB student (method) | TG teacher (method) | FixMatch-RGB "
+        "| student > FixMatch-RGB: mean / every seed | student ≥ 2× chance | target |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for family, row in table.items():
         v = row["verdict"]
         name = f"{family}{' (tuned on)' if row['tuned_on'] else ''}: {', '.join(row['class_names'])}"
         target = "met" if v["met"] else "**NOT met**"
-        lines.append(f"| {name} | {row['classes']} | {v['chance']:.1f} | {_seeds(row['student'])} "
-                     f"| {_seeds(row['teacher'])} | {_seeds(row['fixmatch_rgb'])} "
-                     f"| {_yes(v['beats_baseline_mean'])} ({v['margin']:+.1f}) / {_yes(v['beats_baseline_every_seed'])} "
-                     f"| {_yes(v['at_least_twice_chance'])} (≥ {v['twice_chance']:.1f}) | {target} |")
-    lines += ["", "Target per family: the RGB student above FixMatch-RGB on the mean and on every seed (paired by "
-              "seed), and at least twice chance on the mean.", "", "## Verdict", ""]
+        lines.append(
+            f"| {name} | {row['classes']} | {v['chance']:.1f} | {_seeds(row['student'])} "
+            f"| {_seeds(row['teacher'])} | {_seeds(row['fixmatch_rgb'])} "
+            f"| {_yes(v['beats_baseline_mean'])} ({v['margin']:+.1f}) / {_yes(v['beats_baseline_every_seed'])} "
+            f"| {_yes(v['at_least_twice_chance'])} (≥ {v['twice_chance']:.1f}) | {target} |"
+        )
+    lines += [
+        "",
+        "Target per family: the RGB student above FixMatch-RGB on the mean and on every seed (paired by "
+        "seed), and at least twice chance on the mean.",
+        "",
+        "## Verdict",
+        "",
+    ]
     if total["all_met"]:
         lines.append(f"- Target met on all {total['families']} families within {within}.")
     else:
@@ -262,43 +316,73 @@ def markdown(results: dict) -> str:
         lines.append(f"- Only {total['untuned_families']} families the recipe was not tuned on (the claim needs 3).")
     mirrored = [f for f in table if f in MIRRORED_FAMILIES]
     if b["flip"] and mirrored:
-        lines.append(f"- input.flip is on: a horizontal flip turns the classes of {', '.join(mirrored)} into one "
-                     "another, so their results say little.")
-    lines += ["", "## Runs", "", "| Run | steps | train time (min) | student Top-1 | teacher Top-1 |",
-              "| --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"- input.flip is on: a horizontal flip turns the classes of {', '.join(mirrored)} into one "
+            "another, so their results say little."
+        )
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| Run | steps | train time (min) | student Top-1 | teacher Top-1 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in results["runs"]:
         top1 = [f"{r[k]:.1f}" if r[k] is not None else "–" for k in ("student_top1", "teacher_top1")]
         lines.append(f"| `{r['folder']}` | {r['steps']} | {r['train_minutes']:.1f} | {top1[0]} | {top1[1]} |")
     missing = results.get("not_run") or []
     if missing:
-        lines += ["", f"Not run within this machine's time ({len(missing)} runs; the table holds the seeds whose two "
-                  "arms finished): " + ", ".join(f"{m['family']}/{m['arm']}-seed{m['seed']}" for m in missing) + "."]
+        lines += [
+            "",
+            f"Not run within this machine's time ({len(missing)} runs; the table holds the seeds whose two "
+            "arms finished): " + ", ".join(f"{m['family']}/{m['arm']}-seed{m['seed']}" for m in missing) + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- main
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.generalization", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.generalization",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
     shape = DatasetShape()
-    p.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES), metavar="NAME",
-                   help=f"motion families (default: {' '.join(DEFAULT_FAMILIES)}; known: {', '.join(FAMILIES)}; "
-                        f"{TUNED_FAMILY} is the one the recipe was tuned on)")
+    p.add_argument(
+        "--families",
+        nargs="+",
+        default=list(DEFAULT_FAMILIES),
+        metavar="NAME",
+        help=f"motion families (default: {' '.join(DEFAULT_FAMILIES)}; known: {', '.join(FAMILIES)}; "
+        f"{TUNED_FAMILY} is the one the recipe was tuned on)",
+    )
     p.add_argument("--seeds", type=int, default=2, help="seeds per family and arm: train.seed = 0 .. N-1 (default 2)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides for every run, e.g. the budget (optim.steps=600)")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for every run, e.g. the budget (optim.steps=600)",
+    )
     p.add_argument("--root", default="runs/generalization", help="datasets and run folders: ROOT/<family>/...")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where the JSON/markdown go")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (default 1)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes generating videos")
     for name in ("width", "height", "frames", "train_per_class", "labeled_per_class", "val_per_class"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(shape, name),
-                       help=f"dataset of each family (default {getattr(shape, name)})")
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=getattr(shape, name),
+            help=f"dataset of each family (default {getattr(shape, name)})",
+        )
     p.add_argument("--data-seed", type=int, default=shape.seed, help="seed of the generated datasets (default 0)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their command lines, run nothing")
-    p.add_argument("--finished-only", action="store_true",
-                   help="train nothing: report the seeds whose two arms have finished, and name the runs left out")
+    p.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="train nothing: report the seeds whose two arms have finished, and name the runs left out",
+    )
     return p.parse_args(argv)
 
 
@@ -316,16 +400,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1 or args.jobs < 1:
         print("error: --seeds and --jobs must be >= 1", file=sys.stderr)
         return 2
-    shape = DatasetShape(args.width, args.height, args.frames, args.train_per_class, args.labeled_per_class,
-                         args.val_per_class, args.data_seed)
+    shape = DatasetShape(
+        args.width,
+        args.height,
+        args.frames,
+        args.train_per_class,
+        args.labeled_per_class,
+        args.val_per_class,
+        args.data_seed,
+    )
     root = Path(args.root)
     try:
         runs = plan_runs(families, list(range(args.seeds)), root, args.set)
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"generalization benchmark: {len(families)} families x {len(ARMS)} arms x {args.seeds} seeds = {len(runs)} "
-          f"runs under {root}", flush=True)
+    print(
+        f"generalization benchmark: {len(families)} families x {len(ARMS)} arms x {args.seeds} seeds = {len(runs)} "
+        f"runs under {root}",
+        flush=True,
+    )
     if args.dry_run:
         for run in runs:
             print("  python -m training " + " ".join(run.argv))
@@ -345,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             for family in families:
                 make_dataset(root, family, shape, args.workers)
         with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait
-            metrics = dict(zip((r.folder for r in runs), pool.map(train, runs)))
+            metrics = dict(zip((r.folder for r in runs), pool.map(train, runs), strict=True))
         for run in runs:
             run.config = saved_config(run)  # what the recipe chose on the generated data
     except BenchmarkError as exc:
@@ -356,18 +450,38 @@ def main(argv: list[str] | None = None) -> int:
     table = summarize(runs, metrics)
     first = metrics[runs[0].folder]
     results = {
-        "benchmark": "generalization", "created_utc": created.isoformat(timespec="seconds"), "machine": machine,
-        "machine_slug": slug, "device": device,
+        "benchmark": "generalization",
+        "created_utc": created.isoformat(timespec="seconds"),
+        "machine": machine,
+        "machine_slug": slug,
+        "device": device,
         "command": "python -m benchmarks.generalization " + " ".join(sys.argv[1:] if argv is None else argv),
-        "user_sets": list(args.set), "arms": ARMS, "seeds": list(range(args.seeds)), "families": families,
-        "dataset": asdict(shape), "views": first.get("views"), "budget": budget(runs, metrics),
-        "table": table, "overall": overall(table),
-        "runs": [{"family": r.family, "arm": r.name, "seed": r.seed, "folder": _shown(r.folder),
-                  "command": "python -m training " + " ".join(r.argv), "steps": run_steps(metrics[r.folder], r.config),
-                  "train_minutes": metrics[r.folder].get("train_time_s", 0.0) / 60,
-                  "student_top1": metrics[r.folder].get("student", {}).get("top1"),
-                  "teacher_top1": metrics[r.folder].get("teacher", {}).get("top1")} for r in runs],
-        "json": _shown(json_path), "markdown": _shown(md_path), "wall_time_s": round(time.time() - started, 1),
+        "user_sets": list(args.set),
+        "arms": ARMS,
+        "seeds": list(range(args.seeds)),
+        "families": families,
+        "dataset": asdict(shape),
+        "views": first.get("views"),
+        "budget": budget(runs, metrics),
+        "table": table,
+        "overall": overall(table),
+        "runs": [
+            {
+                "family": r.family,
+                "arm": r.name,
+                "seed": r.seed,
+                "folder": _shown(r.folder),
+                "command": "python -m training " + " ".join(r.argv),
+                "steps": run_steps(metrics[r.folder], r.config),
+                "train_minutes": metrics[r.folder].get("train_time_s", 0.0) / 60,
+                "student_top1": metrics[r.folder].get("student", {}).get("top1"),
+                "teacher_top1": metrics[r.folder].get("teacher", {}).get("top1"),
+            }
+            for r in runs
+        ],
+        "json": _shown(json_path),
+        "markdown": _shown(md_path),
+        "wall_time_s": round(time.time() - started, 1),
         "not_run": [{"family": r.family, "arm": r.name, "seed": r.seed, "folder": _shown(r.folder)} for r in left_out],
     }
     text = markdown(results)

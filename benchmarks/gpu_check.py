@@ -19,6 +19,7 @@ no TensorRT, no ONNX Runtime CUDA provider, no kornia for the training step) is 
 named; on a machine without a GPU nothing else runs and no results file is written. Exit
 status 1 only when a check ran and failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,8 +80,10 @@ class Check:
         self.results[name] = result
         if result.get("problem"):
             self.failed[name] = result["problem"]
-        print(f"[{'failed' if result.get('problem') else 'done'}]    {name}: {json.dumps(result, default=str)}",
-              flush=True)
+        print(
+            f"[{'failed' if result.get('problem') else 'done'}]    {name}: {json.dumps(result, default=str)}",
+            flush=True,
+        )
         return result
 
 
@@ -88,12 +92,19 @@ def environment() -> dict:
     """Versions and capabilities that decide what the other checks can run."""
     from serving.devices import cuda_driver_version, cuda_unavailable
 
-    env = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-           "driver_cuda_version": cuda_driver_version(), "driver_reason": cuda_unavailable(),
-           "nvidia_driver": nvidia_driver(), "libraries": library_versions(),
-           "present": {name: importlib.util.find_spec(name) is not None
-                       for name in ("tensorrt", "onnxruntime", "onnx", "onnxscript", "openvino", "kornia", "decord",
-                                    "ts")}}
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "driver_cuda_version": cuda_driver_version(),
+        "driver_reason": cuda_unavailable(),
+        "nvidia_driver": nvidia_driver(),
+        "libraries": library_versions(),
+        "present": {
+            name: importlib.util.find_spec(name) is not None
+            for name in ("tensorrt", "onnxruntime", "onnx", "onnxscript", "openvino", "kornia", "decord", "ts")
+        },
+    }
     try:
         import onnxruntime as ort
 
@@ -102,10 +113,14 @@ def environment() -> dict:
         env["onnxruntime_providers"] = []
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        env.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
-                   memory_gib=round(props.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version(),
-                   bf16_supported=torch.cuda.is_bf16_supported(),
-                   nccl=".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None)
+        env.update(
+            gpu=props.name,
+            capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 1),
+            cudnn=torch.backends.cudnn.version(),
+            bf16_supported=torch.cuda.is_bf16_supported(),
+            nccl=".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None,
+        )
     return env
 
 
@@ -118,8 +133,9 @@ def nvidia_driver() -> str | None:
     if smi is None:
         return None
     try:
-        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
+        out = subprocess.run(
+            [smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
@@ -141,8 +157,9 @@ def random_batches(cfg, device_seed: int = 0) -> tuple[dict, dict]:
     spec, o = cfg.input, cfg.optim
 
     def frames(b: int) -> torch.Tensor:
-        return torch.randint(0, 256, (b, 2, 3, spec.clip_len, spec.crop_size, spec.crop_size), generator=g,
-                             dtype=torch.uint8)
+        return torch.randint(
+            0, 256, (b, 2, 3, spec.clip_len, spec.crop_size, spec.crop_size), generator=g, dtype=torch.uint8
+        )
 
     labels = torch.randint(0, NUM_CLASSES, (o.batch_labeled,), generator=g)
     labeled = {"frames": frames(o.batch_labeled), "label": labels}
@@ -150,7 +167,7 @@ def random_batches(cfg, device_seed: int = 0) -> tuple[dict, dict]:
     return labeled, unlabeled
 
 
-def one_step(net, cfg, batches, device: torch.device) -> dict:
+def one_step(net, cfg, batches: tuple[dict, dict], device: torch.device) -> dict:
     """Loss, gradient norm, time and peak memory of one full-method step (forward and backward)."""
     from training.train import total_loss, training_step
 
@@ -159,14 +176,19 @@ def one_step(net, cfg, batches, device: torch.device) -> dict:
     torch.cuda.reset_peak_memory_stats(device)
     torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    terms, _ = training_step(net, *batches, cfg, use_unlabeled=True, device=device)
+    batch_l, batch_u = batches
+    terms, _ = training_step(net, batch_l, batch_u, cfg, use_unlabeled=True, device=device)
     loss = total_loss(terms, cfg)
     loss.backward()
     torch.cuda.synchronize(device)
     grads = [p.grad.float().norm() for p in net.parameters() if p.grad is not None]
-    return {"loss": float(loss), "terms": {k: round(float(v), 5) for k, v in terms.items()},
-            "grad_norm": float(torch.stack(grads).norm()), "ms": round((time.perf_counter() - t0) * 1e3, 1),
-            "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
+    return {
+        "loss": float(loss),
+        "terms": {k: round(float(v), 5) for k, v in terms.items()},
+        "grad_norm": float(torch.stack(grads).norm()),
+        "ms": round((time.perf_counter() - t0) * 1e3, 1),
+        "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+    }
 
 
 def training_steps(device: torch.device, batch: int | None) -> dict:
@@ -186,10 +208,20 @@ def training_steps(device: torch.device, batch: int | None) -> dict:
     bf16 = one_step(net, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=True)), batches, device)
     loss_rel = abs(bf16["loss"] - fp32["loss"]) / max(abs(fp32["loss"]), 1e-12)
     grad_rel = abs(bf16["grad_norm"] - fp32["grad_norm"]) / max(fp32["grad_norm"], 1e-12)
-    result = {"config": {"width": m.width, "clip_len": cfg.input.clip_len, "crop": cfg.input.crop_size,
-                         "batch_labeled": cfg.optim.batch_labeled, "batch_unlabeled": cfg.optim.batch_unlabeled},
-              "fp32": fp32, "bf16": bf16, "loss_rel_diff": round(loss_rel, 5), "grad_norm_rel_diff": round(grad_rel, 5),
-              "bound": LOSS_RTOL}
+    result = {
+        "config": {
+            "width": m.width,
+            "clip_len": cfg.input.clip_len,
+            "crop": cfg.input.crop_size,
+            "batch_labeled": cfg.optim.batch_labeled,
+            "batch_unlabeled": cfg.optim.batch_unlabeled,
+        },
+        "fp32": fp32,
+        "bf16": bf16,
+        "loss_rel_diff": round(loss_rel, 5),
+        "grad_norm_rel_diff": round(grad_rel, 5),
+        "bound": LOSS_RTOL,
+    }
     if not loss_rel <= LOSS_RTOL:
         result["problem"] = f"bf16 loss {bf16['loss']:.5g} differs from fp32's {fp32['loss']:.5g} by {loss_rel:.3g}"
     return result
@@ -212,9 +244,14 @@ def conv3d_bf16(device: torch.device) -> dict:
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
     fwd = float((out.float() - ref).norm() / ref.norm())
+    assert xb.grad is not None and xr.grad is not None  # both went through backward()
     bwd = float((xb.grad.float() - xr.grad).norm() / xr.grad.norm())
-    result = {"forward_rel_err": round(fwd, 5), "input_grad_rel_err": round(bwd, 5), "bound": CONV_BF16_RTOL,
-              "cudnn": torch.backends.cudnn.version()}
+    result = {
+        "forward_rel_err": round(fwd, 5),
+        "input_grad_rel_err": round(bwd, 5),
+        "bound": CONV_BF16_RTOL,
+        "cudnn": torch.backends.cudnn.version(),
+    }
     if not (fwd <= CONV_BF16_RTOL and bwd <= CONV_BF16_RTOL):
         result["problem"] = f"bf16 conv3d differs from fp32 by {fwd:.3g} (forward) / {bwd:.3g} (input gradient)"
     return result
@@ -252,8 +289,12 @@ def nccl_syncbn_step(device: torch.device) -> dict:
         default_timeout = getattr(constants, "default_pg_nccl_timeout", None) or constants.default_pg_timeout
     finally:
         dist.destroy_process_group()
-    return {"backend": "nccl", "sync_batchnorm_layers": synced, "step_ms": round(ms, 1),
-            "default_collective_timeout_s": default_timeout.total_seconds() if default_timeout else None}
+    return {
+        "backend": "nccl",
+        "sync_batchnorm_layers": synced,
+        "step_ms": round(ms, 1),
+        "default_collective_timeout_s": default_timeout.total_seconds() if default_timeout else None,
+    }
 
 
 # ----------------------------------------------------------------------------- 4-6. backends
@@ -290,8 +331,16 @@ def export_artifacts(student, clip_shape: tuple[int, ...], out: Path) -> dict:
     example = torch.zeros((2, *clip_shape))
     program = torch.export.export(student, (example,), dynamic_shapes={"x": {0: Dim("views", min=1)}})
     torch.export.save(program, out / "student.pt2")
-    torch.onnx.export(student, (example,), out / "model.onnx", input_names=["clips"], output_names=["logits"],
-                      dynamic_axes={"clips": {0: "views"}, "logits": {0: "views"}}, opset_version=18, dynamo=False)
+    torch.onnx.export(
+        student,
+        (example,),
+        out / "model.onnx",
+        input_names=["clips"],
+        output_names=["logits"],
+        dynamic_axes={"clips": {0: "views"}, "logits": {0: "views"}},
+        opset_version=18,
+        dynamo=False,
+    )
     return {"onnx_exporter": "torchscript (onnxscript is not installed)"}
 
 
@@ -300,9 +349,15 @@ def manifest_for(out: Path, cfg, tensorrt: dict) -> dict:
     from serving.manifest import sha256_of
 
     files = ["model.onnx", "student.pt2"] + ([tensorrt["file"]] if tensorrt.get("file") else [])
-    return {"input": cfg.input.to_dict(), "onnx": {"file": "model.onnx", "input": "clips", "output": "logits"},
-            "torch": {"file": "student.pt2"}, "tensorrt": tensorrt, "openvino": {"offered": [], "reason": "not built"},
-            "sha256": {name: sha256_of(out / name) for name in files}, "parity": {}}
+    return {
+        "input": cfg.input.to_dict(),
+        "onnx": {"file": "model.onnx", "input": "clips", "output": "logits"},
+        "torch": {"file": "student.pt2"},
+        "tensorrt": tensorrt,
+        "openvino": {"offered": [], "reason": "not built"},
+        "sha256": {name: sha256_of(out / name) for name in files},
+        "parity": {},
+    }
 
 
 def compare(ref: np.ndarray, out: np.ndarray, abs_tol: float) -> dict:
@@ -317,23 +372,25 @@ def backend_parity(out: Path, manifest: dict, views: np.ndarray, ref: np.ndarray
     """Each CUDA backend the server has, TF32 off (served) and on, against the CPU reference."""
     import onnxruntime as ort
 
-    from export.parity import CUDA_FP32_BOUND, TENSORRT_TF32_BOUND, tensorrt_bound
+    from export.parity import CUDA_FP32_BOUND, TENSORRT_TF32_BOUND, onnx_backend, onnx_session, tensorrt_bound
     from serving.backends import OnnxRuntimeBackend, TorchExportBackend, onnxruntime_cuda_unavailable, torch_tf32
     from serving.devices import cuda_unavailable
 
-    from export.parity import onnx_backend, onnx_session
-
-    result = {"onnxruntime-cpu": compare(ref, onnx_backend(onnx_session(out / "model.onnx"))(views),
-                                         CUDA_FP32_BOUND.abs_tol)}
+    result: dict[str, Any] = {
+        "onnxruntime-cpu": compare(ref, onnx_backend(onnx_session(out / "model.onnx"))(views), CUDA_FP32_BOUND.abs_tol)
+    }
     for tf32 in (False, True):
         bound = (TENSORRT_TF32_BOUND if tf32 else CUDA_FP32_BOUND).abs_tol
         backend = TorchExportBackend(out / "student.pt2", tf32=tf32)
         result[backend.name] = compare(ref, backend(views), bound)
         reason = onnxruntime_cuda_unavailable(ort.get_available_providers(), cuda_unavailable())
         if reason is None:
-            backend = OnnxRuntimeBackend(out / "model.onnx", input_name="clips", output_name="logits", tf32=tf32)
-            result[backend.name] = compare(ref, backend(views), bound) if backend.device != "cpu" else \
-                {"skipped": backend.cuda_reason}
+            ort_backend = OnnxRuntimeBackend(out / "model.onnx", input_name="clips", output_name="logits", tf32=tf32)
+            result[ort_backend.name] = (
+                compare(ref, ort_backend(views), bound)
+                if ort_backend.device != "cpu"
+                else {"skipped": ort_backend.cuda_reason}
+            )
         else:
             result["onnxruntime-cuda" + ("-tf32" if tf32 else "")] = {"skipped": reason}
     torch_tf32(False)  # back to what the server runs
@@ -341,9 +398,14 @@ def backend_parity(out: Path, manifest: dict, views: np.ndarray, ref: np.ndarray
         from serving.backends import TensorRTBackend
 
         record = manifest["tensorrt"]
-        backend = TensorRTBackend(out / record["file"], input_name="clips", output_name="logits",
-                                  max_views=record["max_views"], precision=record["precision"])
-        result[backend.name] = compare(ref, backend(views), tensorrt_bound(record["precision"]).abs_tol)
+        trt_backend = TensorRTBackend(
+            out / record["file"],
+            input_name="clips",
+            output_name="logits",
+            max_views=record["max_views"],
+            precision=record["precision"],
+        )
+        result[trt_backend.name] = compare(ref, trt_backend(views), tensorrt_bound(record["precision"]).abs_tol)
     problems = [name for name, r in result.items() if r.get("within") is False and "tf32" not in name]
     if problems:
         result["problem"] = f"outside the fp32 parity bound: {', '.join(problems)}"
@@ -358,8 +420,9 @@ def tensorrt_record(out: Path) -> dict:
     if reason:
         return {"file": None, "reason": reason}
     try:
-        return trt_engine.build_engine(out / "model.onnx", out / "model.plan", precision="fp16",
-                                       opt_views=LATENCY_VIEWS, max_views=LATENCY_VIEWS)
+        return trt_engine.build_engine(
+            out / "model.onnx", out / "model.plan", precision="fp16", opt_views=LATENCY_VIEWS, max_views=LATENCY_VIEWS
+        )
     except trt_engine.EngineBuildError as exc:
         return {"file": None, "reason": str(exc)}
 
@@ -386,10 +449,14 @@ def auto_choice(out: Path, manifest: dict) -> dict:
     before = torch.cuda.mem_get_info()
     chosen = select_backend(out, manifest, prefer="auto", probe_views=LATENCY_VIEWS)
     free, total = torch.cuda.mem_get_info()
-    result = {"chosen": chosen.name, "device": chosen.device, "timings_ms": chosen.timings,
-              "torch_reserved_mib": round(torch.cuda.memory_reserved() / 2**20, 1),
-              "device_used_mib": round((total - free) / 2**20, 1),
-              "device_used_before_mib": round((before[1] - before[0]) / 2**20, 1)}
+    result = {
+        "chosen": chosen.name,
+        "device": chosen.device,
+        "timings_ms": chosen.timings,
+        "torch_reserved_mib": round(torch.cuda.memory_reserved() / 2**20, 1),
+        "device_used_mib": round((total - free) / 2**20, 1),
+        "device_used_before_mib": round((before[1] - before[0]) / 2**20, 1),
+    }
     del chosen
     return result
 
@@ -399,7 +466,7 @@ def latency(out: Path, manifest: dict, views: np.ndarray) -> dict:
     first call per batch size in a fresh session."""
     from serving.backends import BackendError, OnnxRuntimeBackend, load_backend
 
-    result = {}
+    result: dict[str, Any] = {}
     for kind in ("tensorrt", "onnxruntime", "torch"):
         try:
             backend = load_backend(kind, out, manifest, max_views=LATENCY_VIEWS)
@@ -416,7 +483,7 @@ def latency(out: Path, manifest: dict, views: np.ndarray) -> dict:
         del backend
     fresh = OnnxRuntimeBackend(out / "model.onnx", input_name="clips", output_name="logits")
     if fresh.device != "cpu":
-        first = {}
+        first: dict[str, dict[str, float]] = {}
         for n in (1, 3, LATENCY_VIEWS):
             calls = []
             for _ in range(2):
@@ -445,8 +512,10 @@ def backend_checks(check: Check) -> None:
         views = np.random.default_rng(0).standard_normal((LATENCY_VIEWS, *clip_shape)).astype(np.float32)
         with torch.inference_mode():
             ref = student(torch.from_numpy(views[:PARITY_VIEWS])).double().numpy()  # the CPU reference
-        parity = check.run(f"backends vs the CPU reference ({PARITY_VIEWS} full-size views)",
-                           lambda: backend_parity(out, manifest, views[:PARITY_VIEWS], ref))
+        parity = check.run(
+            f"backends vs the CPU reference ({PARITY_VIEWS} full-size views)",
+            lambda: backend_parity(out, manifest, views[:PARITY_VIEWS], ref),
+        )
         record_parity(manifest, parity or {})
         check.run("auto's choice", lambda: auto_choice(out, manifest))
         check.run(f"latency ({LATENCY_VIEWS} views)", lambda: latency(out, manifest, views))
@@ -459,11 +528,16 @@ def write_results(report: dict, results_dir: Path) -> Path:
     stem = f"gpu-check-{machine_slug(report['machine'], 'cuda')}-{dt.date.today().isoformat()}"
     path = results_dir / f"{stem}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
-    lines = [f"# gpu-check on {report['environment'].get('gpu')}", "",
-             f"torch {report['environment']['torch']} (CUDA {report['environment']['torch_cuda']}), cuDNN "
-             f"{report['environment'].get('cudnn')}, driver {report['environment'].get('nvidia_driver')}", "",
-             "| check | result |", "| --- | --- |"]
-    for name, result in report["results"].items():
+    lines = [
+        f"# gpu-check on {report['environment'].get('gpu')}",
+        "",
+        f"torch {report['environment']['torch']} (CUDA {report['environment']['torch_cuda']}), cuDNN "
+        f"{report['environment'].get('cudnn')}, driver {report['environment'].get('nvidia_driver')}",
+        "",
+        "| check | result |",
+        "| --- | --- |",
+    ]
+    for name in report["results"]:
         lines.append(f"| {name} | {'FAILED: ' + report['failed'][name] if name in report['failed'] else 'ok'} |")
     for name, reason in {**report["failed"], **report["skipped"]}.items():
         if name not in report["results"]:
@@ -475,8 +549,12 @@ def write_results(report: dict, results_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the results file goes")
-    p.add_argument("--batch", type=int, default=None,
-                   help="clips per labeled and per unlabeled batch in the training step (default: the paper's 5)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="clips per labeled and per unlabeled batch in the training step (default: the paper's 5)",
+    )
     p.add_argument("--no-write", action="store_true", help="print only, write no results file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -486,9 +564,15 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"environment": env}, indent=2, default=str), flush=True)
     if not torch.cuda.is_available():
         why = "torch has no CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU"
-        for name in ("training step bf16 vs fp32 (full size)", "conv3d bf16 vs fp32 (cuDNN)", "NCCL + SyncBN step",
-                     "export (full size)", "CUDA backends vs the CPU reference", "auto's choice",
-                     f"latency ({LATENCY_VIEWS} views)"):
+        for name in (
+            "training step bf16 vs fp32 (full size)",
+            "conv3d bf16 vs fp32 (cuDNN)",
+            "NCCL + SyncBN step",
+            "export (full size)",
+            "CUDA backends vs the CPU reference",
+            "auto's choice",
+            f"latency ({LATENCY_VIEWS} views)",
+        ):
             check.skip(name, why)
         print(f"no GPU here ({why}): everything past the environment was skipped; no results file written")
         return 0
@@ -507,13 +591,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.cuda.empty_cache()
     backend_checks(check)
 
-    report = {"measured_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-              "machine": describe_machine(), "environment": env, "results": check.results,
-              "skipped": check.skipped, "failed": check.failed}
+    report = {
+        "measured_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": describe_machine(),
+        "environment": env,
+        "results": check.results,
+        "skipped": check.skipped,
+        "failed": check.failed,
+    }
     if not args.no_write:
         print(f"written to {write_results(report, args.results_dir)}")
-    print(f"{len(check.results)} checks ran, {len(check.skipped)} skipped, {len(check.failed)} failed"
-          + (f": {', '.join(check.failed)}" if check.failed else ""))
+    print(
+        f"{len(check.results)} checks ran, {len(check.skipped)} skipped, {len(check.failed)} failed"
+        + (f": {', '.join(check.failed)}" if check.failed else "")
+    )
     return 1 if check.failed else 0
 
 

@@ -3,6 +3,7 @@
 Every results file carries this record, and its file name starts with `machine_slug`, so
 figures from different machines are never mixed up.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,10 +16,22 @@ from importlib import metadata
 # oneDNN's (torch's and OpenVINO's) instruction-set cap: set, the CPU is measured as one without
 # the instructions above the cap (e.g. AVX512_CORE_BF16: an AVX-512 CPU without AMX)
 ISA_CAP = "ONEDNN_MAX_CPU_ISA"
-THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "CUDA_VISIBLE_DEVICES",
-              ISA_CAP)
-LIBRARIES = ("torch", "onnxruntime-gpu", "onnxruntime", "onnx", "openvino", "numpy", "decord", "av", "kornia",
-             "tensorrt", "torchserve", "torch-model-archiver", "pytest-benchmark")
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "CUDA_VISIBLE_DEVICES", ISA_CAP)
+LIBRARIES = (
+    "torch",
+    "onnxruntime-gpu",
+    "onnxruntime",
+    "onnx",
+    "openvino",
+    "numpy",
+    "decord",
+    "av",
+    "kornia",
+    "tensorrt",
+    "torchserve",
+    "torch-model-archiver",
+    "pytest-benchmark",
+)
 
 
 def cpu_model() -> str:
@@ -59,13 +72,17 @@ def gpu_info() -> dict | None:
     if not torch.cuda.is_available():
         return None
     props = torch.cuda.get_device_properties(0)
-    return {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-            "capability": f"{props.major}.{props.minor}", "count": torch.cuda.device_count(),
-            "cuda": torch.version.cuda}
+    return {
+        "name": props.name,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "capability": f"{props.major}.{props.minor}",
+        "count": torch.cuda.device_count(),
+        "cuda": torch.version.cuda,
+    }
 
 
 def library_versions() -> dict:
-    versions = {"python": platform.python_version()}
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:
             versions[name] = metadata.version(name)

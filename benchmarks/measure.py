@@ -6,11 +6,12 @@ machine (other jobs, clock changes, thermal state) hit both sides alike. Latenci
 reported as median, p90 and p99 of per-call wall time, with the device synchronized around
 each call so queued GPU work is counted.
 """
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,9 +31,16 @@ def timed_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved_rounds(benchmark, contenders: dict[str, Callable[[], object]], *, profile, device: torch.device,
-                       min_rounds: int | None = None, warmup: int | None = None,
-                       settle_s: float = 0.0) -> dict[str, list[float]]:
+def interleaved_rounds(
+    benchmark,
+    contenders: dict[str, Callable[[], object]],
+    *,
+    profile,
+    device: torch.device,
+    min_rounds: int | None = None,
+    warmup: int | None = None,
+    settle_s: float = 0.0,
+) -> dict[str, list[float]]:
     """Run every contender once per round, in alternating order, under pytest-benchmark's
     `pedantic` (which records the round totals); return each contender's per-call seconds.
 
@@ -72,9 +80,16 @@ def latency_stats(seconds: list[float]) -> dict:
     if not seconds:
         raise ValueError("no samples to summarize")
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    return {"rounds": int(len(ms)), "median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
-            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
-            "min_ms": float(ms.min()), "max_ms": float(ms.max())}
+    return {
+        "rounds": int(len(ms)),
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+    }
 
 
 def ratio_stats(numerator: list[float], denominator: list[float]) -> dict:
@@ -83,9 +98,13 @@ def ratio_stats(numerator: list[float], denominator: list[float]) -> dict:
     if len(numerator) != len(denominator) or not numerator:
         raise ValueError(f"need two series of equal, non-zero length, got {len(numerator)} and {len(denominator)}")
     per_round = np.asarray(numerator, dtype=np.float64) / np.asarray(denominator, dtype=np.float64)
-    return {"median": float(np.median(per_round)), "p10": float(np.percentile(per_round, 10)),
-            "p90": float(np.percentile(per_round, 90)),
-            "of_medians": float(np.median(numerator) / np.median(denominator)), "rounds": int(len(per_round))}
+    return {
+        "median": float(np.median(per_round)),
+        "p10": float(np.percentile(per_round, 10)),
+        "p90": float(np.percentile(per_round, 90)),
+        "of_medians": float(np.median(numerator) / np.median(denominator)),
+        "rounds": int(len(per_round)),
+    }
 
 
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, *, n: int, rounds: int) -> dict:
@@ -113,13 +132,22 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, *, n: int, roun
         for name, fn in candidates.items():
             fn()
             seconds = [timed_call(fn, device) for _ in range(rounds)]
-            measured[name] = {"median_ms": float(np.median(seconds) * 1e3),
-                              "tflops": float(flops / np.median(seconds) / 1e12),
-                              "best_tflops": float(flops / np.min(seconds) / 1e12)}
+            measured[name] = {
+                "median_ms": float(np.median(seconds) * 1e3),
+                "tflops": float(flops / np.median(seconds) / 1e12),
+                "best_tflops": float(flops / np.min(seconds) / 1e12),
+            }
     best = max(measured, key=lambda k: measured[k]["tflops"])
-    return {"device": device.type, "dtype": str(dtype).removeprefix("torch."), "n": n, "rounds": rounds,
-            "threads": torch.get_num_threads() if device.type == "cpu" else None, "implementation": best,
-            **measured[best], "implementations": measured}
+    return {
+        "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "n": n,
+        "rounds": rounds,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "implementation": best,
+        **measured[best],
+        "implementations": measured,
+    }
 
 
 def store(benchmark, group: str, record: dict) -> None:

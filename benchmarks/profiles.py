@@ -11,6 +11,7 @@ Three profiles, chosen by `python -m benchmarks.run --profile` and the device:
 Rounds adapt to the machine: a case measures for about `budget_s` seconds after its warm-up,
 within [min_rounds, max_rounds], so one profile fits a slow CPU and a fast GPU alike.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,15 @@ PROFILES = ("standard", "smoke")
 
 # The paper's inference size: R3D-18, 8 frames at 224² (37.6 GFLOPs per view with the
 # temporal pool), UCF-101's 101 classes.
-FULL_ARCHITECTURE = {"name": "r3d18", "num_classes": 101, "width": 64, "temporal_pool": True, "dropout": 0.5,
-                     "bn_eps": 1e-3, "in_channels": 3}
+FULL_ARCHITECTURE = {
+    "name": "r3d18",
+    "num_classes": 101,
+    "width": 64,
+    "temporal_pool": True,
+    "dropout": 0.5,
+    "bn_eps": 1e-3,
+    "in_channels": 3,
+}
 FULL_CLIP_SHAPE = (3, 8, 224, 224)
 FULL_TRAIN_CONFIG = "configs/ucf101_10.yaml"
 # UCF-101's videos: 320x240 at 25 fps, ~7 s on average; synthetic ones of that size stand in
@@ -65,25 +73,77 @@ def get_profile(name: str, device: str) -> Profile:
     engines = ("onnxruntime", "torch-export", "openvino-fp32", "openvino-bf16", "openvino-int8")
     decode_cases = (("run", None, None), ("ucf101", 10, 3), ("ucf101", 1, 3))
     if name == "smoke":
-        return Profile(name=name, device=device, budget_s=0.05, min_rounds=2, max_rounds=3, warmup=1,
-                       ratio_min_rounds=3, matmul_n=256, sizes=("run",), views=(1, 3), cost_views=(1, 3),
-                       cost_backends={"run": engines}, serving_sizes=("run",), full_serving_views=(1, 3),
-                       decode_cases=(("run", None, None),), serving_requests=3, serving_concurrency=(1, 2),
-                       decode_rounds=2, train_steps=1, full_train_batch=None, data_clips=2)
+        return Profile(
+            name=name,
+            device=device,
+            budget_s=0.05,
+            min_rounds=2,
+            max_rounds=3,
+            warmup=1,
+            ratio_min_rounds=3,
+            matmul_n=256,
+            sizes=("run",),
+            views=(1, 3),
+            cost_views=(1, 3),
+            cost_backends={"run": engines},
+            serving_sizes=("run",),
+            full_serving_views=(1, 3),
+            decode_cases=(("run", None, None),),
+            serving_requests=3,
+            serving_concurrency=(1, 2),
+            decode_rounds=2,
+            train_steps=1,
+            full_train_batch=None,
+            data_clips=2,
+        )
     if device == "cpu":
         # 2 cores: the full-size 30-view forward takes ~3.5 s, so those cases get the fewest rounds
-        return Profile(name=name, device=device, budget_s=3.0, min_rounds=3, max_rounds=60, warmup=1,
-                       ratio_min_rounds=5, matmul_n=4096, sizes=("run", "full"), views=(1, 3, 30),
-                       cost_views=(1, 30), cost_backends={"run": engines, "full": engines},
-                       serving_sizes=("run", "full"), full_serving_views=(10, 3), decode_cases=decode_cases,
-                       serving_requests=12, serving_concurrency=(1, 4), decode_rounds=5, train_steps=3,
-                       full_train_batch=(1, 1), data_clips=24)
-    return Profile(name=name, device=device, budget_s=5.0, min_rounds=20, max_rounds=500, warmup=3,
-                   ratio_min_rounds=30, matmul_n=8192, sizes=("run", "full"), views=(1, 3, 30), cost_views=(1, 30),
-                   cost_backends={"run": engines, "full": engines}, serving_sizes=("run", "full"),
-                   full_serving_views=(10, 3), decode_cases=decode_cases, serving_requests=30,
-                   serving_concurrency=(1, 4), decode_rounds=10, train_steps=10, full_train_batch=(5, 5),
-                   data_clips=48)
+        return Profile(
+            name=name,
+            device=device,
+            budget_s=3.0,
+            min_rounds=3,
+            max_rounds=60,
+            warmup=1,
+            ratio_min_rounds=5,
+            matmul_n=4096,
+            sizes=("run", "full"),
+            views=(1, 3, 30),
+            cost_views=(1, 30),
+            cost_backends={"run": engines, "full": engines},
+            serving_sizes=("run", "full"),
+            full_serving_views=(10, 3),
+            decode_cases=decode_cases,
+            serving_requests=12,
+            serving_concurrency=(1, 4),
+            decode_rounds=5,
+            train_steps=3,
+            full_train_batch=(1, 1),
+            data_clips=24,
+        )
+    return Profile(
+        name=name,
+        device=device,
+        budget_s=5.0,
+        min_rounds=20,
+        max_rounds=500,
+        warmup=3,
+        ratio_min_rounds=30,
+        matmul_n=8192,
+        sizes=("run", "full"),
+        views=(1, 3, 30),
+        cost_views=(1, 30),
+        cost_backends={"run": engines, "full": engines},
+        serving_sizes=("run", "full"),
+        full_serving_views=(10, 3),
+        decode_cases=decode_cases,
+        serving_requests=30,
+        serving_concurrency=(1, 4),
+        decode_rounds=10,
+        train_steps=10,
+        full_train_batch=(5, 5),
+        data_clips=48,
+    )
 
 
 def profile_from_options(config) -> Profile:

@@ -9,6 +9,7 @@ benchmarks/results/<machine>-<date>.{json,md,png}.
    versions and configuration), a markdown summary the README quotes, and a latency plot.
    Running only some groups replaces those groups in the day's file and keeps the others.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,12 @@ from benchmarks.profiles import PROFILES
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-GROUP_FILES = {"no_added_cost": "test_no_added_cost.py", "backends": "test_backends.py",
-               "serving": "test_serving_path.py", "training": "test_training.py"}
+GROUP_FILES = {
+    "no_added_cost": "test_no_added_cost.py",
+    "backends": "test_backends.py",
+    "serving": "test_serving_path.py",
+    "training": "test_training.py",
+}
 FORMAT_VERSION = 1
 
 
@@ -37,8 +42,9 @@ class BenchError(Exception):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    p.add_argument("--groups", nargs="+", choices=list(GROUP_FILES), default=list(GROUP_FILES),
-                   help="groups to run (default: all)")
+    p.add_argument(
+        "--groups", nargs="+", choices=list(GROUP_FILES), default=list(GROUP_FILES), help="groups to run (default: all)"
+    )
     p.add_argument("--run", default="runs/synthetic", help="trained and exported run under test")
     p.add_argument("--profile", choices=PROFILES, default="standard", help="standard: make bench; smoke: minimal")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -70,8 +76,10 @@ def prepare_run(run: Path, *, allowed: bool) -> list[str]:
         steps.append(("export", [sys.executable, "-m", "export", "--run", str(run)]))
     for name, cmd in steps:
         if not allowed:
-            raise BenchError(f"run {run} is not {'trained' if name == 'train' else 'exported'}; "
-                             f"run `make {name} RUN={run}` first (or drop --no-prepare)")
+            raise BenchError(
+                f"run {run} is not {'trained' if name == 'train' else 'exported'}; "
+                f"run `make {name} RUN={run}` first (or drop --no-prepare)"
+            )
         print(f"[bench] {name}: {' '.join(cmd)}", flush=True)
         t0 = time.time()
         if subprocess.run(cmd, cwd=REPO).returncode != 0:
@@ -83,11 +91,24 @@ def prepare_run(run: Path, *, allowed: bool) -> list[str]:
 # ----------------------------------------------------------------------------- pytest
 def run_pytest(args, raw_json: Path) -> int:
     files = [str(HERE / GROUP_FILES[g]) for g in args.groups]
-    cmd = [sys.executable, "-m", "pytest", *files, f"--bench-run={args.run}", f"--bench-profile={args.profile}",
-           f"--bench-device={args.device}", f"--benchmark-json={raw_json}", "--benchmark-sort=name",
-           "--benchmark-columns=median,iqr,rounds", "-p", "no:cacheprovider", "-q", "-rfEs",
-           "--continue-on-collection-errors",  # a group whose imports fail here must not stop the others
-           f"--rootdir={REPO}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *files,
+        f"--bench-run={args.run}",
+        f"--bench-profile={args.profile}",
+        f"--bench-device={args.device}",
+        f"--benchmark-json={raw_json}",
+        "--benchmark-sort=name",
+        "--benchmark-columns=median,iqr,rounds",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rfEs",
+        "--continue-on-collection-errors",  # a group whose imports fail here must not stop the others
+        f"--rootdir={REPO}",
+    ]
     if args.keyword:
         cmd += ["-k", args.keyword]
     print(f"[bench] {' '.join(cmd)}", flush=True)
@@ -122,8 +143,10 @@ def results_of(raw: dict, groups: dict, *, args, started: float, load_start: tup
     info = raw["tg_action"]
     run = Path(args.run)
     manifest = json.loads((run / "export" / "manifest.json").read_text())
-    measured = {"measured_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "duration_s": round(time.time() - started, 1)}
+    measured = {
+        "measured_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "duration_s": round(time.time() - started, 1),
+    }
     return {
         "format_version": FORMAT_VERSION,
         "created_utc": measured["measured_utc"],
@@ -135,8 +158,14 @@ def results_of(raw: dict, groups: dict, *, args, started: float, load_start: tup
         "device": info["device"],
         "profile": info["profile"],
         "cudnn_benchmark": info["cudnn_benchmark"],
-        "run": {"path": str(run), "model_version": manifest["model_version"], "architecture": manifest["architecture"],
-                "input": manifest["input"], "params": manifest["params"], "flops_per_view": manifest["flops_per_view"]},
+        "run": {
+            "path": str(run),
+            "model_version": manifest["model_version"],
+            "architecture": manifest["architecture"],
+            "input": manifest["input"],
+            "params": manifest["params"],
+            "flops_per_view": manifest["flops_per_view"],
+        },
         "serving_default": serving_default(run),
         "matmul": info["matmul"],
         "groups": groups,

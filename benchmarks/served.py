@@ -8,6 +8,7 @@ initial weights of `TwoStreamNet(...).student` for the UCF-101 config, with UCF-
 videos as its validation set, and exports it with `export.build.export_run` like any run.
 Latency does not depend on the weight values; the answers of this model mean nothing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,6 +21,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -46,14 +48,36 @@ def free_ports(count: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def torchserve(run: Path, *, model_name: str = "action", workers: int = 1, batch_size: int = 1,
-               timeout: float = 240.0, backend: str = "auto"):
+def torchserve(
+    run: Path,
+    *,
+    model_name: str = "action",
+    workers: int = 1,
+    batch_size: int = 1,
+    timeout: float = 240.0,
+    backend: str = "auto",
+):
     """A TorchServe serving RUN/export/model.mar on free ports (`python -m serving start`, with
     `--backend`); yields (inference port, start seconds) and stops the server (`python -m serving stop`)."""
-    ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES))))
-    cmd = [sys.executable, "-m", "serving", "start", "--run", str(run), "--model-name", model_name,
-           "--workers", str(workers), "--batch-size", str(batch_size), "--timeout", str(timeout),
-           "--backend", backend]
+    ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving",
+        "start",
+        "--run",
+        str(run),
+        "--model-name",
+        model_name,
+        "--workers",
+        str(workers),
+        "--batch-size",
+        str(batch_size),
+        "--timeout",
+        str(timeout),
+        "--backend",
+        backend,
+    ]
     for name, port in ports.items():
         cmd += [f"--{name}-port", str(port)]
     t0 = time.perf_counter()
@@ -64,8 +88,12 @@ def torchserve(run: Path, *, model_name: str = "action", workers: int = 1, batch
     try:
         yield ports["inference"], started
     finally:
-        stop = subprocess.run([sys.executable, "-m", "serving", "stop", "--inference-port", str(ports["inference"])],
-                              capture_output=True, text=True, timeout=180)
+        stop = subprocess.run(
+            [sys.executable, "-m", "serving", "stop", "--inference-port", str(ports["inference"])],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         if stop.returncode != 0:
             raise ServerError(f"`python -m serving stop` failed (exit {stop.returncode}):\n{stop.stderr[-2000:]}")
 
@@ -79,7 +107,8 @@ def inference_key(port: int) -> str:
     state = recorded_state(port)
     if state is None:
         raise ServerError(f"no server started by `python -m serving start` is recorded for port {port}")
-    return current_key(state, "inference")
+    # token authorization is always on for the servers `serving start` records: a key exists
+    return cast(str, current_key(state, "inference"))
 
 
 class Client:
@@ -95,8 +124,13 @@ class Client:
     def predict(self, video: bytes, *, clips: int, crops: int, views: str = "all") -> tuple[int, dict, float]:
         """(status, JSON body, seconds from sending the request to reading the whole answer; the
         key is looked up before that). `views`: "all" or "adaptive"."""
-        headers = {"Content-Type": "application/octet-stream", "X-Clips": str(clips), "X-Crops": str(crops),
-                   "X-Views": views, "Authorization": f"Bearer {inference_key(self.port)}"}
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-Clips": str(clips),
+            "X-Crops": str(crops),
+            "X-Views": views,
+            "Authorization": f"Bearer {inference_key(self.port)}",
+        }
         t0 = time.perf_counter()
         self.conn.request("POST", self.path, body=video, headers=headers)
         response = self.conn.getresponse()
@@ -108,8 +142,9 @@ class Client:
         self.conn.close()
 
 
-def concurrent_requests(port: int, video: bytes, *, clips: int, crops: int, concurrency: int,
-                        requests: int) -> tuple[list[float], float, list[int]]:
+def concurrent_requests(
+    port: int, video: bytes, *, clips: int, crops: int, concurrency: int, requests: int
+) -> tuple[list[float], float, list[int]]:
     """`requests` requests from `concurrency` clients at once, each with its own connection
     sending its next request when the previous answer arrived.
     Returns (per-request seconds, wall seconds of the whole batch, statuses)."""
@@ -142,16 +177,28 @@ def full_size_run(folder: Path, videos: list[Path], *, config_file: Path, clips:
     videos = sorted(videos, key=lambda p: p.stem)  # the folder layout's classes are sorted by name
     classes = [p.stem for p in videos]
     for split in ("labeled", "val"):
-        for cls, video in zip(classes, videos):
+        for cls, video in zip(classes, videos, strict=True):
             (data / split / cls).mkdir(parents=True, exist_ok=True)
             shutil.copy(video, data / split / cls / video.name)
-    cfg = load_config(config_file, [f"data.root={data}", "data.format=folder", f"input.test_clips={clips}",
-                                    f"input.test_crops={crops}"])
+    cfg = load_config(
+        config_file,
+        [f"data.root={data}", "data.format=folder", f"input.test_clips={clips}", f"input.test_crops={crops}"],
+    )
     torch.manual_seed(cfg.train.seed)
     net = two_stream_from_config(cfg, len(classes), streams="rgb", projection=False)
     run.mkdir(parents=True)
-    torch.save({"config": cfg.to_dict(), "classes": classes, "epoch": 0, "model": model_state(net), "optimizer": {},
-                "history": [], "skipped": {}}, run / "last.pt")
+    torch.save(
+        {
+            "config": cfg.to_dict(),
+            "classes": classes,
+            "epoch": 0,
+            "model": model_state(net),
+            "optimizer": {},
+            "history": [],
+            "skipped": {},
+        },
+        run / "last.pt",
+    )
     (run / "metrics.json").write_text(json.dumps({"note": "initial weights: a latency benchmark model, not trained"}))
     export_run(run, tensorrt="off", parity_videos=1)
     return run

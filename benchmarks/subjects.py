@@ -13,14 +13,15 @@ Runners take the host-side input and return host-side logits, as a server does, 
 host/device copies are part of a GPU figure (except the "resident" variant). OpenVINO runs the
 IR the export stage's code converts from a subject's ONNX file (the `openvino_ir` fixture).
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -51,9 +52,14 @@ class Subject:
 
     def config(self) -> dict:
         """What a figure of this subject was measured on (goes into every record)."""
-        return {"size": self.size, "description": self.description, "architecture": self.architecture,
-                "clip_shape": list(self.clip_shape), "weights": self.weights,
-                "flops_per_view": self.cost.get("student_flops_per_view")}
+        return {
+            "size": self.size,
+            "description": self.description,
+            "architecture": self.architecture,
+            "clip_shape": list(self.clip_shape),
+            "weights": self.weights,
+            "flops_per_view": self.cost.get("student_flops_per_view"),
+        }
 
     def input(self, views: int) -> np.ndarray:
         """A fixed normalized-scale input (seeded N(0, 1)) of `views` views, float32."""
@@ -61,14 +67,20 @@ class Subject:
         return gen.standard_normal((views, *self.clip_shape), dtype=np.float32)
 
 
-def count_cost(student: nn.Module, plain: nn.Module, student_dir: Path, plain_dir: Path,
-               clip_shape: tuple[int, ...]) -> dict:
+def count_cost(
+    student: nn.Module, plain: nn.Module, student_dir: Path, plain_dir: Path, clip_shape: tuple[int, ...]
+) -> dict:
     """Parameters and FLOPs per view of both models, counted on the modules (torch's counter)
     and on their ONNX graphs (export.flops, where both exist), so each count checks the other."""
     view = (1, *clip_shape)
-    cost = {"student_params": count_parameters(student), "plain_params": count_parameters(plain),
-            "student_flops_per_view": torch_flops(student, view), "plain_flops_per_view": torch_flops(plain, view),
-            "student_onnx_flops_per_view": None, "plain_onnx_flops_per_view": None}
+    cost = {
+        "student_params": count_parameters(student),
+        "plain_params": count_parameters(plain),
+        "student_flops_per_view": torch_flops(student, view),
+        "plain_flops_per_view": torch_flops(plain, view),
+        "student_onnx_flops_per_view": None,
+        "plain_onnx_flops_per_view": None,
+    }
     if (student_dir / ONNX_FILE).is_file() and (plain_dir / ONNX_FILE).is_file():
         cost["student_onnx_flops_per_view"] = onnx_flops(onnx.load(str(student_dir / ONNX_FILE)), views=1)
         cost["plain_onnx_flops_per_view"] = onnx_flops(onnx.load(str(plain_dir / ONNX_FILE)), views=1)
@@ -89,8 +101,9 @@ def export_into(module: nn.Module, clip_shape: tuple[int, ...], out_dir: Path) -
     return None
 
 
-def plain_twin(architecture: dict, clip_shape: tuple[int, ...], out_dir: Path,
-               student: nn.Module) -> tuple[nn.Module, str | None]:
+def plain_twin(
+    architecture: dict, clip_shape: tuple[int, ...], out_dir: Path, student: nn.Module
+) -> tuple[nn.Module, str | None]:
     """A freshly built plain R3D-18 of `architecture` holding the student's weights, exported
     into `out_dir` like the student. The strict load checks that the two have the same
     parameters and buffers by name and shape; with the same values too, a latency difference can
@@ -108,10 +121,18 @@ def run_subject(run: Path, work: Path) -> Subject:
     spec = loaded.cfg.input
     clip_shape = (3, spec.clip_len, spec.test_crop, spec.test_crop)
     plain, missing = plain_twin(manifest["architecture"], clip_shape, work / "plain-run", loaded.student)
-    subject = Subject(size="run", description=f"exported run {manifest['model_version']}",
-                      architecture=manifest["architecture"], clip_shape=clip_shape,
-                      weights=f"trained ({run})", student=loaded.student, plain=plain, student_dir=export_dir,
-                      plain_dir=work / "plain-run", onnx_missing=missing)
+    subject = Subject(
+        size="run",
+        description=f"exported run {manifest['model_version']}",
+        architecture=manifest["architecture"],
+        clip_shape=clip_shape,
+        weights=f"trained ({run})",
+        student=loaded.student,
+        plain=plain,
+        student_dir=export_dir,
+        plain_dir=work / "plain-run",
+        onnx_missing=missing,
+    )
     subject.cost = count_cost(subject.student, plain, export_dir, subject.plain_dir, clip_shape)
     return subject
 
@@ -126,9 +147,18 @@ def full_subject(work: Path) -> Subject:
     student_dir = work / "student-full"
     missing = export_into(student, FULL_CLIP_SHAPE, student_dir)
     plain, _ = plain_twin(arch, FULL_CLIP_SHAPE, work / "plain-full", student)
-    subject = Subject(size="full", description="R3D-18 at the paper's size (UCF-101 head)", architecture=arch,
-                      clip_shape=FULL_CLIP_SHAPE, weights="initial (TwoStreamNet.student, seed 0)", student=student,
-                      plain=plain, student_dir=student_dir, plain_dir=work / "plain-full", onnx_missing=missing)
+    subject = Subject(
+        size="full",
+        description="R3D-18 at the paper's size (UCF-101 head)",
+        architecture=arch,
+        clip_shape=FULL_CLIP_SHAPE,
+        weights="initial (TwoStreamNet.student, seed 0)",
+        student=student,
+        plain=plain,
+        student_dir=student_dir,
+        plain_dir=work / "plain-full",
+        onnx_missing=missing,
+    )
     subject.cost = count_cost(student, plain, student_dir, subject.plain_dir, FULL_CLIP_SHAPE)
     return subject
 
@@ -137,13 +167,21 @@ def full_subject(work: Path) -> Subject:
 Runner = Callable[[], object]
 
 
-def torch_runner(module: nn.Module, x: np.ndarray, device: torch.device, *, channels_last: bool = False,
-                 dtype: torch.dtype | None = None, resident: bool = False) -> Runner:
+def torch_runner(
+    module: nn.Module,
+    x: np.ndarray,
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+    dtype: torch.dtype | None = None,
+    resident: bool = False,
+) -> Runner:
     """Eager PyTorch: host input -> device (channels_last_3d if asked) -> logits on the host.
     `dtype` runs the forward under autocast (bf16/fp16 on CUDA); `resident` keeps the input on
     the device beforehand and the logits there (the forward's compute alone)."""
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    model = copy.deepcopy(module).eval().to(device=device, memory_format=fmt)
+    # Module.to takes memory_format at run time; torch's stubs do not list it
+    model = copy.deepcopy(module).eval().to(device=device, memory_format=fmt)  # type: ignore[call-overload]
     host = torch.from_numpy(x)
     placed = host.to(device).contiguous(memory_format=fmt) if resident else None
 
@@ -198,7 +236,7 @@ def onnxruntime_runner(path: Path, x: np.ndarray, *, gpu: bool, threads: int = 0
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
+    providers: list[str | tuple[str, dict]] = ["CPUExecutionProvider"]
     if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         from serving.backends import cuda_provider_options
 

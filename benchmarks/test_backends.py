@@ -9,6 +9,7 @@ it is not installed, bf16 autocast on a CPU, OpenVINO bf16 on a CPU without bf16
 is skipped, and the results list why. OpenVINO int8 runs the subject's IR quantized by the
 export's NNCF step (its MFU is counted against the fp32 matmul).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,15 +19,24 @@ import torch
 
 from benchmarks.measure import interleaved_rounds, latency_stats, ratio_stats, store
 from benchmarks.profiles import profile_from_options
-from export.openvino_ir import nncf_unavailable
 from benchmarks.subjects import ONNX_FILE, onnxruntime_runner, openvino_runner, openvino_unavailable, torch_runner
+from export.openvino_ir import nncf_unavailable
 
 pytestmark = pytest.mark.benchmark(group="backends")
 # "-resident": input and logits stay on the GPU, the model's compute alone (its MFU); every
 # other case goes from host input to host logits, as a server's model call does
-BACKENDS = ("torch-eager-fp32", "torch-channels-last-3d", "torch-bf16-channels-last-3d",
-            "torch-bf16-channels-last-3d-resident", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt-fp16",
-            "openvino-cpu-fp32", "openvino-cpu-bf16", "openvino-cpu-int8")
+BACKENDS = (
+    "torch-eager-fp32",
+    "torch-channels-last-3d",
+    "torch-bf16-channels-last-3d",
+    "torch-bf16-channels-last-3d-resident",
+    "onnxruntime-cpu",
+    "onnxruntime-cuda",
+    "tensorrt-fp16",
+    "openvino-cpu-fp32",
+    "openvino-cpu-bf16",
+    "openvino-cpu-int8",
+)
 MFU_TARGET = 0.5
 SPEEDUP_REFERENCE = "onnxruntime-cpu"  # fp32
 PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -69,8 +79,9 @@ def make_runner(backend: str, s, x, device: torch.device, manifest: dict, engine
     if backend in ("torch-bf16-channels-last-3d", "torch-bf16-channels-last-3d-resident"):
         if not gpu:
             pytest.skip("bf16 autocast is measured on CUDA GPUs only")
-        runner = torch_runner(s.student, x, device, channels_last=True, dtype=torch.bfloat16,
-                              resident=backend.endswith("resident"))
+        runner = torch_runner(
+            s.student, x, device, channels_last=True, dtype=torch.bfloat16, resident=backend.endswith("resident")
+        )
         return runner, device, torch.bfloat16
     if backend.startswith(("onnxruntime", "tensorrt", "openvino")) and not (s.student_dir / ONNX_FILE).is_file():
         pytest.skip(s.onnx_missing or f"no {ONNX_FILE} in {s.student_dir}")
@@ -91,12 +102,13 @@ def make_runner(backend: str, s, x, device: torch.device, manifest: dict, engine
         reason = trt_engine.unavailable_reason()
         if reason:
             pytest.skip(f"TensorRT: {reason}")
-        engine = TensorRTBackend(tensorrt_plan(s, manifest, engine_dir), input_name="clips", output_name="logits",
-                                 max_views=30)
+        engine = TensorRTBackend(
+            tensorrt_plan(s, manifest, engine_dir), input_name="clips", output_name="logits", max_views=30
+        )
         return (lambda: engine(x)), device, torch.float16
     if backend in ("openvino-cpu-fp32", "openvino-cpu-bf16", "openvino-cpu-int8"):
         precision = backend.rsplit("-", 1)[1]
-        reason = openvino_unavailable(precision) or (precision == "int8" and nncf_unavailable())
+        reason = openvino_unavailable(precision) or (nncf_unavailable() if precision == "int8" else None)
         if reason:
             pytest.skip(f"OpenVINO {precision}: {reason}")
         ir = openvino_ir(s.student_dir / ONNX_FILE, int8=precision == "int8")
@@ -119,21 +131,36 @@ def test_backend_latency(benchmark, case, subject, profile, device, manifest, ma
     s = subject(size)
     x = s.input(views)
     runner, compute_device, dtype = make_runner(backend, s, x, device, manifest, engine_dir, openvino_ir)
-    rounds = interleaved_rounds(benchmark, speedup_contenders(backend, runner, s, x, compute_device),
-                                profile=profile, device=device)
+    rounds = interleaved_rounds(
+        benchmark, speedup_contenders(backend, runner, s, x, compute_device), profile=profile, device=device
+    )
     samples, reference = rounds[backend], rounds.get(SPEEDUP_REFERENCE)
     stats = latency_stats(samples)
     seconds = stats["median_ms"] / 1e3
     flops = s.cost["student_flops_per_view"] * views
     achieved = flops / seconds / 1e12
     peak = matmul_peak(dtype, compute_device)
-    store(benchmark, "backends", {
-        "size": size, "backend": backend, "precision": "int8" if backend.endswith("int8") else PRECISIONS[dtype], "views": views, "config": s.config(), **stats,
-        "views_per_s": views / seconds, "flops": flops, "achieved_tflops": achieved,
-        "matmul_tflops": peak, "matmul_dtype": str(dtype).removeprefix("torch."), "compute_device": compute_device.type,
-        "mfu": achieved / peak, "mfu_target": MFU_TARGET,
-        # ONNX Runtime fp32's time over this backend's, per round (the reference itself: 1.0)
-        "speedup": None if reference is None else ratio_stats(reference, samples),
-        "speedup_reference": f"{SPEEDUP_REFERENCE} fp32",
-        "reference_median_ms": None if reference is None else latency_stats(reference)["median_ms"],
-    })
+    store(
+        benchmark,
+        "backends",
+        {
+            "size": size,
+            "backend": backend,
+            "precision": "int8" if backend.endswith("int8") else PRECISIONS[dtype],
+            "views": views,
+            "config": s.config(),
+            **stats,
+            "views_per_s": views / seconds,
+            "flops": flops,
+            "achieved_tflops": achieved,
+            "matmul_tflops": peak,
+            "matmul_dtype": str(dtype).removeprefix("torch."),
+            "compute_device": compute_device.type,
+            "mfu": achieved / peak,
+            "mfu_target": MFU_TARGET,
+            # ONNX Runtime fp32's time over this backend's, per round (the reference itself: 1.0)
+            "speedup": None if reference is None else ratio_stats(reference, samples),
+            "speedup_reference": f"{SPEEDUP_REFERENCE} fp32",
+            "reference_median_ms": None if reference is None else latency_stats(reference)["median_ms"],
+        },
+    )

@@ -16,6 +16,7 @@ The end-to-end sizes: the exported run (the synthetic default: 30 views of a wid
 and R3D-18 at full width at the UCF-101 config's size (8 x 256² views of 320x240 videos, 10 x 3
 per request; benchmarks/served.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,14 @@ def describe_video(path: Path) -> dict:
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        return {"file": path.name, "bytes": path.stat().st_size, "width": stream.codec_context.width,
-                "height": stream.codec_context.height, "frames": stream.frames, "codec": stream.codec_context.name}
+        return {
+            "file": path.name,
+            "bytes": path.stat().st_size,
+            "width": stream.codec_context.width,
+            "height": stream.codec_context.height,
+            "frames": stream.frames,
+            "codec": stream.codec_context.name,
+        }
 
 
 def previous_views(data: bytes, spec, clips: int, crops: int, threads: int) -> np.ndarray:
@@ -93,8 +100,13 @@ def previous_views(data: bytes, spec, clips: int, crops: int, threads: int) -> n
     x = torch.as_tensor(read_frames(reader, idx.reshape(-1))).permute(0, 3, 1, 2)  # (N, 3, H, W)
     h, w = x.shape[-2:]
     scale = spec.test_short_side / min(h, w)
-    x = F.interpolate(x, size=(max(spec.test_short_side, round(h * scale)), max(spec.test_short_side, round(w * scale))),
-                      mode="bilinear", align_corners=False, antialias=True)
+    x = F.interpolate(
+        x,
+        size=(max(spec.test_short_side, round(h * scale)), max(spec.test_short_side, round(w * scale))),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )
     x = normalize(x.unsqueeze(2), spec).squeeze(2)
     h, w, s = x.shape[-2], x.shape[-1], spec.test_crop
     if w >= h:
@@ -121,8 +133,9 @@ def test_decode_and_preprocess(benchmark, decode_case, bench_run, manifest, prof
     clips, crops = g.clips, g.crops
     data = path.read_bytes()
     decoded = read_view_crops(data, g, formats=UPLOAD_FORMATS)
-    logits = torch.randn(clips * crops, len(manifest["classes"]) if kind == "run" else 101,
-                         generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(
+        clips * crops, len(manifest["classes"]) if kind == "run" else 101, generator=torch.Generator().manual_seed(0)
+    )
 
     def answer_json() -> str:
         # what serving.core answers after the model: mean of view softmaxes, top-5, JSON
@@ -152,23 +165,44 @@ def test_decode_and_preprocess(benchmark, decode_case, bench_run, manifest, prof
         pool.close()
     stats = {name: latency_stats(s) for name, s in samples.items()}
     ms = {name: st["median_ms"] for name, st in stats.items()}
-    store(benchmark, "serving", {
-        "kind": "decode", "video_kind": kind, "video": describe_video(path), "clips": clips, "crops": crops,
-        "views": clips * crops, "frames_sampled": clips * spec.clip_len, "frames_in_video": decoded.info.num_frames,
-        "view_shape": [3, spec.clip_len, spec.test_crop, spec.test_crop], "test_short_side": spec.test_short_side,
-        "decode_threads": 2, "previous_decode_threads": threads, "crops_mb": g.nbytes / 2**20,
-        "views_mb": clips * crops * 3 * spec.clip_len * spec.test_crop**2 * 4 / 2**20, "stages": stats,
-        "before_model_ms": ms["isolated"], "before_model_ms_in_process": ms["in_process"],
-        "isolation_overhead_ms": ms["isolated"] - ms["in_process"], "before_model_ms_previous": ms["previous"],
-    })
+    store(
+        benchmark,
+        "serving",
+        {
+            "kind": "decode",
+            "video_kind": kind,
+            "video": describe_video(path),
+            "clips": clips,
+            "crops": crops,
+            "views": clips * crops,
+            "frames_sampled": clips * spec.clip_len,
+            "frames_in_video": decoded.info.num_frames,
+            "view_shape": [3, spec.clip_len, spec.test_crop, spec.test_crop],
+            "test_short_side": spec.test_short_side,
+            "decode_threads": 2,
+            "previous_decode_threads": threads,
+            "crops_mb": g.nbytes / 2**20,
+            "views_mb": clips * crops * 3 * spec.clip_len * spec.test_crop**2 * 4 / 2**20,
+            "stages": stats,
+            "before_model_ms": ms["isolated"],
+            "before_model_ms_in_process": ms["in_process"],
+            "isolation_overhead_ms": ms["isolated"] - ms["in_process"],
+            "before_model_ms_previous": ms["previous"],
+        },
+    )
     assert to_views(decoded.crops).shape == (clips * crops, 3, spec.clip_len, spec.test_crop, spec.test_crop)
 
 
 @pytest.fixture(scope="session")
 def full_served_run(tmp_path_factory, profile, ucf_size_videos) -> Path:
     clips, crops = profile.full_serving_views
-    return full_size_run(tmp_path_factory.mktemp("served-full"), ucf_size_videos(),
-                         config_file=REPO / FULL_TRAIN_CONFIG, clips=clips, crops=crops)
+    return full_size_run(
+        tmp_path_factory.mktemp("served-full"),
+        ucf_size_videos(),
+        config_file=REPO / FULL_TRAIN_CONFIG,
+        clips=clips,
+        crops=crops,
+    )
 
 
 def require_server() -> None:
@@ -219,42 +253,85 @@ def test_http_end_to_end(benchmark, served, bench_run, manifest, profile, ucf_si
             assert status == 200, f"HTTP {status}: {body}"
             bodies.append(body)
 
-        contenders = {"http": http, "in_process": lambda: core.predict(data, clips=clips, crops=crops),
-                      "model": lambda: core.forward([prepared.views])}
-        samples = interleaved_rounds(benchmark, contenders, profile=profile, device=CPU,
-                                     min_rounds=profile.serving_requests, settle_s=SETTLE_S)
+        contenders = {
+            "http": http,
+            "in_process": lambda: core.predict(data, clips=clips, crops=crops),
+            "model": lambda: core.forward([prepared.views]),
+        }
+        samples = interleaved_rounds(
+            benchmark, contenders, profile=profile, device=CPU, min_rounds=profile.serving_requests, settle_s=SETTLE_S
+        )
         client.close()
-        levels = [{"concurrency": 1, "requests": len(samples["http"]), **latency_stats(samples["http"]),
-                   "requests_per_s": len(samples["http"]) / sum(samples["http"])}]
+        levels = [
+            {
+                "concurrency": 1,
+                "requests": len(samples["http"]),
+                **latency_stats(samples["http"]),
+                "requests_per_s": len(samples["http"]) / sum(samples["http"]),
+            }
+        ]
         for concurrency in (c for c in profile.serving_concurrency if c > 1):
-            seconds, wall, statuses = concurrent_requests(port, data, clips=clips, crops=crops, concurrency=concurrency,
-                                                          requests=max(profile.serving_requests, 2 * concurrency))
+            seconds, wall, statuses = concurrent_requests(
+                port,
+                data,
+                clips=clips,
+                crops=crops,
+                concurrency=concurrency,
+                requests=max(profile.serving_requests, 2 * concurrency),
+            )
             assert set(statuses) == {200}, f"statuses at concurrency {concurrency}: {sorted(set(statuses))}"
-            levels.append({"concurrency": concurrency, "requests": len(seconds), **latency_stats(seconds),
-                           "requests_per_s": len(seconds) / wall})
+            levels.append(
+                {
+                    "concurrency": concurrency,
+                    "requests": len(seconds),
+                    **latency_stats(seconds),
+                    "requests_per_s": len(seconds) / wall,
+                }
+            )
 
     ratio = ratio_stats(samples["http"], samples["model"])
     server_ms = {k: float(np.median([b["timings_ms"][k] for b in bodies])) for k in bodies[0]["timings_ms"]}
     arch = served_manifest["architecture"]
-    store(benchmark, "serving", {
-        "kind": "http", "size": served,
-        "config": {"model_version": served_manifest["model_version"], "weights": "trained" if served == "run" else
-                   "initial (a latency benchmark model)", "width": arch["width"], "num_classes": arch["num_classes"],
-                   "view_shape": [3, spec["clip_len"], spec["test_crop"], spec["test_crop"]],
-                   "clips": clips, "crops": crops, "views": clips * crops, "backend": core.backend.name,
-                   "workers": 1, "batch_size": 1, "threads": threads, "video": describe_video(video),
-                   "flops_per_view": served_manifest["flops_per_view"]},
-        "server_start_s": start_s, "levels": levels,
-        "http": latency_stats(samples["http"]), "in_process": latency_stats(samples["in_process"]),
-        "model": latency_stats(samples["model"]),
-        "ratio_http_to_model": ratio, "ratio_in_process_to_model": ratio_stats(samples["in_process"], samples["model"]),
-        "server_timings_ms": server_ms, "target": E2E_TARGET, "within_target": ratio["median"] <= E2E_TARGET,
-    })
+    store(
+        benchmark,
+        "serving",
+        {
+            "kind": "http",
+            "size": served,
+            "config": {
+                "model_version": served_manifest["model_version"],
+                "weights": "trained" if served == "run" else "initial (a latency benchmark model)",
+                "width": arch["width"],
+                "num_classes": arch["num_classes"],
+                "view_shape": [3, spec["clip_len"], spec["test_crop"], spec["test_crop"]],
+                "clips": clips,
+                "crops": crops,
+                "views": clips * crops,
+                "backend": core.backend.name,
+                "workers": 1,
+                "batch_size": 1,
+                "threads": threads,
+                "video": describe_video(video),
+                "flops_per_view": served_manifest["flops_per_view"],
+            },
+            "server_start_s": start_s,
+            "levels": levels,
+            "http": latency_stats(samples["http"]),
+            "in_process": latency_stats(samples["in_process"]),
+            "model": latency_stats(samples["model"]),
+            "ratio_http_to_model": ratio,
+            "ratio_in_process_to_model": ratio_stats(samples["in_process"], samples["model"]),
+            "server_timings_ms": server_ms,
+            "target": E2E_TARGET,
+            "within_target": ratio["median"] <= E2E_TARGET,
+        },
+    )
     # the server answers what the same code answers in-process
     served_answer = bodies[-1]
     assert [p["label"] for p in served_answer["predictions"]] == [p["label"] for p in local["predictions"]]
-    assert np.allclose([p["score"] for p in served_answer["predictions"]], [p["score"] for p in local["predictions"]],
-                       atol=1e-5)
+    assert np.allclose(
+        [p["score"] for p in served_answer["predictions"]], [p["score"] for p in local["predictions"]], atol=1e-5
+    )
     assert served_answer["views"]["count"] == clips * crops
 
 
@@ -280,36 +357,58 @@ def test_http_speedup(benchmark, served, bench_run, profile, ucf_size_videos, re
             status, body, _ = client.predict(data, clips=clips, crops=crops, views=views)
             assert status == 200, f"{name}: HTTP {status}: {body}"
             bodies[name].append(body)
+
         return send
 
-    with torchserve(exports["auto"].parent) as (auto_port, _), \
-            torchserve(exports["onnxruntime"].parent, backend="onnxruntime") as (ort_port, _):
+    with (
+        torchserve(exports["auto"].parent) as (auto_port, _),
+        torchserve(exports["onnxruntime"].parent, backend="onnxruntime") as (ort_port, _),
+    ):
         auto, ort = Client(auto_port), Client(ort_port)
         contenders = {"onnxruntime": sender(ort, "onnxruntime"), "auto": sender(auto, "auto")}
         if adaptive:
             contenders["auto_adaptive"] = sender(auto, "auto_adaptive", "adaptive")
-        samples = interleaved_rounds(benchmark, contenders, profile=profile, device=CPU,
-                                     min_rounds=profile.ratio_min_rounds, settle_s=SETTLE_S)
+        samples = interleaved_rounds(
+            benchmark, contenders, profile=profile, device=CPU, min_rounds=profile.ratio_min_rounds, settle_s=SETTLE_S
+        )
         auto.close()
         ort.close()
 
     top = {name: [b["predictions"][0]["label"] for b in got] for name, got in bodies.items() if got}
     speedup = ratio_stats(samples["onnxruntime"], samples["auto"])
     arch = served_manifest["architecture"]
-    store(benchmark, "serving", {
-        "kind": "http_speedup", "size": served,
-        "config": {"model_version": served_manifest["model_version"], "weights": "trained" if served == "run" else
-                   "initial (a latency benchmark model)", "width": arch["width"], "num_classes": arch["num_classes"],
-                   "view_shape": [3, spec["clip_len"], spec["test_crop"], spec["test_crop"]],
-                   "clips": clips, "crops": crops, "views": clips * crops, "workers": 1, "batch_size": 1,
-                   "video": describe_video(video), "flops_per_view": served_manifest["flops_per_view"]},
-        "backends": {name: got[0]["backend"] for name, got in bodies.items() if got},
-        "latency": {name: latency_stats(s) for name, s in samples.items()},
-        "speedup": speedup,
-        "speedup_adaptive": ratio_stats(samples["onnxruntime"], samples["auto_adaptive"]) if adaptive else None,
-        "adaptive_mean_views": float(np.mean([b["views"]["count"] for b in bodies["auto_adaptive"]])) if adaptive
-        else None,
-        "same_top1_as_onnxruntime": {name: labels == top["onnxruntime"][:len(labels)] for name, labels in top.items()},
-        "target": SPEEDUP_TARGET, "within_target": speedup["median"] >= SPEEDUP_TARGET,
-    })
+    store(
+        benchmark,
+        "serving",
+        {
+            "kind": "http_speedup",
+            "size": served,
+            "config": {
+                "model_version": served_manifest["model_version"],
+                "weights": "trained" if served == "run" else "initial (a latency benchmark model)",
+                "width": arch["width"],
+                "num_classes": arch["num_classes"],
+                "view_shape": [3, spec["clip_len"], spec["test_crop"], spec["test_crop"]],
+                "clips": clips,
+                "crops": crops,
+                "views": clips * crops,
+                "workers": 1,
+                "batch_size": 1,
+                "video": describe_video(video),
+                "flops_per_view": served_manifest["flops_per_view"],
+            },
+            "backends": {name: got[0]["backend"] for name, got in bodies.items() if got},
+            "latency": {name: latency_stats(s) for name, s in samples.items()},
+            "speedup": speedup,
+            "speedup_adaptive": ratio_stats(samples["onnxruntime"], samples["auto_adaptive"]) if adaptive else None,
+            "adaptive_mean_views": float(np.mean([b["views"]["count"] for b in bodies["auto_adaptive"]]))
+            if adaptive
+            else None,
+            "same_top1_as_onnxruntime": {
+                name: labels == top["onnxruntime"][: len(labels)] for name, labels in top.items()
+            },
+            "target": SPEEDUP_TARGET,
+            "within_target": speedup["median"] >= SPEEDUP_TARGET,
+        },
+    )
     assert all(b["views"]["count"] == clips * crops for b in bodies["auto"] + bodies["onnxruntime"])

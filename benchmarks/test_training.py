@@ -14,6 +14,7 @@ Sizes: the run's own config (the synthetic default), and the UCF-101 config at t
 size (8 x 224², width 64) on synthetic clips: random frames for the step, UCF-sized
 synthetic videos (320x240) for the data pipeline.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,17 +71,21 @@ class TrainStep:
         model = dataclasses.replace(cfg.model, zero_init_residual=False, head_init_std=0.01)
         self.net = two_stream_from_config(dataclasses.replace(cfg, model=model), num_classes).to(device).train()
         # a small lr: the batch is noise, and the weights must stay finite over many steps
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=1e-4, momentum=cfg.optim.momentum,
-                                         weight_decay=cfg.optim.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.net.parameters(), lr=1e-4, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+        )
         spec, g = cfg.input, torch.Generator().manual_seed(0)
         bl, bu = cfg.optim.batch_labeled, cfg.optim.batch_unlabeled
 
         def batch(n: int) -> dict:
             # the loader's output: (B, 2, 3, T, S, S) uint8 frames and their TG successors
-            frames = torch.randint(0, 256, (n, 2, 3, spec.clip_len, spec.crop_size, spec.crop_size), generator=g,
-                                   dtype=torch.uint8)
-            return {"frames": frames.pin_memory() if device.type == "cuda" else frames,
-                    "label": torch.randint(0, num_classes, (n,), generator=g)}
+            frames = torch.randint(
+                0, 256, (n, 2, 3, spec.clip_len, spec.crop_size, spec.crop_size), generator=g, dtype=torch.uint8
+            )
+            return {
+                "frames": frames.pin_memory() if device.type == "cuda" else frames,
+                "label": torch.randint(0, num_classes, (n,), generator=g),
+            }
 
         self.batch_l, self.batch_u = batch(bl), batch(bu)
         self.clips = bl + bu  # dataset clips consumed per step
@@ -88,8 +93,7 @@ class TrainStep:
         self.network_clips = streams * (bl + 2 * bu)  # what train.py logs as speed/clips_per_s
 
     def __call__(self) -> float:
-        terms, _ = training_step(self.net, self.batch_l, self.batch_u, self.cfg, use_unlabeled=True,
-                                 device=self.device)
+        terms, _ = training_step(self.net, self.batch_l, self.batch_u, self.cfg, use_unlabeled=True, device=self.device)
         loss = total_loss(terms, self.cfg)
         value = float(loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
@@ -116,11 +120,18 @@ class TrainStep:
 
 def step_config(cfg: Config, size: str, device: torch.device) -> dict:
     spec = cfg.input
-    return {"size": size, "source": "run config.yaml" if size == "run" else FULL_TRAIN_CONFIG,
-            "batch_labeled": cfg.optim.batch_labeled, "batch_unlabeled": cfg.optim.batch_unlabeled,
-            "width": cfg.model.width, "clip": [spec.clip_len, spec.crop_size, spec.crop_size],
-            "amp_bf16": device.type == "cuda" and cfg.train.amp, "tg_stride": cfg.tg.stride,
-            "input": "random uint8 frames (cost does not depend on content)", "use_unlabeled": True}
+    return {
+        "size": size,
+        "source": "run config.yaml" if size == "run" else FULL_TRAIN_CONFIG,
+        "batch_labeled": cfg.optim.batch_labeled,
+        "batch_unlabeled": cfg.optim.batch_unlabeled,
+        "width": cfg.model.width,
+        "clip": [spec.clip_len, spec.crop_size, spec.crop_size],
+        "amp_bf16": device.type == "cuda" and cfg.train.amp,
+        "tg_stride": cfg.tg.stride,
+        "input": "random uint8 frames (cost does not depend on content)",
+        "use_unlabeled": True,
+    }
 
 
 def test_training_step(benchmark, size, bench_run, manifest, profile, device, matmul_peak):
@@ -128,23 +139,35 @@ def test_training_step(benchmark, size, bench_run, manifest, profile, device, ma
         cfg, num_classes = run_config(bench_run), len(manifest["classes"])
     else:
         cfg, num_classes = full_config(profile.full_train_batch), 101
-    steps = {"method": TrainStep(cfg, num_classes, device), "fixmatch": TrainStep(fixmatch_config(cfg), num_classes,
-                                                                                  device)}
+    steps = {
+        "method": TrainStep(cfg, num_classes, device),
+        "fixmatch": TrainStep(fixmatch_config(cfg), num_classes, device),
+    }
     flops = {name: step.flops() for name, step in steps.items()}  # one step each: also the warm-up
-    samples = interleaved_rounds(benchmark, steps, profile=profile, device=device, min_rounds=profile.train_steps,
-                                 warmup=0)
+    samples = interleaved_rounds(
+        benchmark, steps, profile=profile, device=device, min_rounds=profile.train_steps, warmup=0
+    )
     amp = device.type == "cuda" and cfg.train.amp
     peak = matmul_peak(torch.bfloat16 if amp else torch.float32)
-    record = {"size": size, "config": step_config(cfg, size, device),
-              "overhead": ratio_stats(samples["method"], samples["fixmatch"]),
-              "matmul_tflops": peak, "matmul_dtype": "bfloat16" if amp else "float32"}
+    record = {
+        "size": size,
+        "config": step_config(cfg, size, device),
+        "overhead": ratio_stats(samples["method"], samples["fixmatch"]),
+        "matmul_tflops": peak,
+        "matmul_dtype": "bfloat16" if amp else "float32",
+    }
     for name, step in steps.items():
         stats = latency_stats(samples[name])
         seconds = stats["median_ms"] / 1e3
-        record[name] = {**stats, "clips_per_s": step.clips / seconds,
-                        "network_clips_per_s": step.network_clips / seconds,
-                        "flops_per_step": flops[name], "achieved_tflops": flops[name] / seconds / 1e12,
-                        "mfu": flops[name] / seconds / 1e12 / peak, "peak_memory_gib": step.peak_memory_gib()}
+        record[name] = {
+            **stats,
+            "clips_per_s": step.clips / seconds,
+            "network_clips_per_s": step.network_clips / seconds,
+            "flops_per_step": flops[name],
+            "achieved_tflops": flops[name] / seconds / 1e12,
+            "mfu": flops[name] / seconds / 1e12 / peak,
+            "peak_memory_gib": step.peak_memory_gib(),
+        }
     store(benchmark, "training", {"kind": "step", **record})
     assert all(math.isfinite(step()) for step in steps.values()), "the loss is not finite"
 
@@ -175,21 +198,41 @@ def test_data_pipeline(benchmark, size, bench_run, profile, ucf_size_videos):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as training.data.worker_init sets in every loader process
     try:
-        samples = interleaved_rounds(benchmark, {"batch": one_batch}, profile=profile, device=torch.device("cpu"),
-                                     min_rounds=math.ceil(profile.data_clips / batch))["batch"]
+        samples = interleaved_rounds(
+            benchmark,
+            {"batch": one_batch},
+            profile=profile,
+            device=torch.device("cpu"),
+            min_rounds=math.ceil(profile.data_clips / batch),
+        )["batch"]
     finally:
         torch.set_num_threads(threads)
     stats = latency_stats(samples)
     out = one_batch()
     spec = cfg.input
-    store(benchmark, "training", {
-        "kind": "data", "size": size,
-        "config": {"size": size, "videos": videos, "batch": batch, "clip_len": spec.clip_len, "interval": spec.interval,
-                   "short_side": spec.short_side, "crop_size": spec.crop_size, "tg_stride": cfg.tg.stride,
-                   "decode_threads": cfg.data.decode_threads, "torch_threads": 1},
-        **stats, "clips_per_s_per_worker": batch / (stats["median_ms"] / 1e3),
-        "frames_decoded_per_clip": 2 * spec.clip_len,
-    })
+    store(
+        benchmark,
+        "training",
+        {
+            "kind": "data",
+            "size": size,
+            "config": {
+                "size": size,
+                "videos": videos,
+                "batch": batch,
+                "clip_len": spec.clip_len,
+                "interval": spec.interval,
+                "short_side": spec.short_side,
+                "crop_size": spec.crop_size,
+                "tg_stride": cfg.tg.stride,
+                "decode_threads": cfg.data.decode_threads,
+                "torch_threads": 1,
+            },
+            **stats,
+            "clips_per_s_per_worker": batch / (stats["median_ms"] / 1e3),
+            "frames_decoded_per_clip": 2 * spec.clip_len,
+        },
+    )
     assert tuple(out["frames"].shape) == (batch, 2, 3, spec.clip_len, spec.crop_size, spec.crop_size)
     assert not out["skipped"], f"unreadable videos: {out['skipped']}"
 
@@ -225,21 +268,33 @@ def test_loader_passes(benchmark, size, bench_run, profile):
             state["epoch"] += 1
             stream = cycle_batches(loader, sampler, state["epoch"])
             return sum(len(next(stream)["label"]) for _ in range(batches))
+
         return consume
 
-    contenders = {f"{name}_{'persistent' if persistent else 'respawned'}": contender(items, persistent)
-                  for name, items in sets.items() for persistent in (True, False)}
-    samples = interleaved_rounds(benchmark, contenders, profile=profile, device=torch.device("cpu"), min_rounds=3,
-                                 warmup=1)
+    contenders = {
+        f"{name}_{'persistent' if persistent else 'respawned'}": contender(items, persistent)
+        for name, items in sets.items()
+        for persistent in (True, False)
+    }
+    samples = interleaved_rounds(
+        benchmark, contenders, profile=profile, device=torch.device("cpu"), min_rounds=3, warmup=1
+    )
     clips = batches * batch
-    record = {"kind": "loader_passes", "size": size, "batches_per_round": batches, "batch": batch, "workers": 1,
-              "videos": {name: len(items) for name, items in sets.items()}}
+    record = {
+        "kind": "loader_passes",
+        "size": size,
+        "batches_per_round": batches,
+        "batch": batch,
+        "workers": 1,
+        "videos": {name: len(items) for name, items in sets.items()},
+    }
     for name, series in samples.items():
         stats = latency_stats(series)
         record[name] = {**stats, "clips_per_s": clips / (stats["median_ms"] / 1e3)}
     record["small_over_large_time"] = {
         "persistent": ratio_stats(samples["small_persistent"], samples["large_persistent"]),
-        "respawned": ratio_stats(samples["small_respawned"], samples["large_respawned"])}
+        "respawned": ratio_stats(samples["small_respawned"], samples["large_respawned"]),
+    }
     record["persistent_speedup_small"] = ratio_stats(samples["small_respawned"], samples["small_persistent"])
     store(benchmark, "training", record)
     assert all(c() == clips for c in contenders.values())

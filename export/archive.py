@@ -4,6 +4,7 @@ The handler imports the installed `serving` package (its core, backends and the 
 reader, `serving.manifest`), so the archive carries only the handler file and the artifacts;
 torch-model-archiver is run as a subprocess, as its CLI is its API.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,9 +25,24 @@ def serving_handler() -> Path | None:
 def build_archive(export_dir: Path, *, handler: Path, model_name: str, version: str, files: list[str]) -> Path:
     """Write `export_dir/model.mar` holding `handler` and `files` (names inside `export_dir`)."""
     extra = ",".join(str(export_dir / name) for name in files)
-    cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", model_name, "--version", version,
-           "--handler", str(handler), "--extra-files", extra, "--export-path", str(export_dir),
-           "--archive-format", "default", "--force"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "model_archiver.model_packaging",
+        "--model-name",
+        model_name,
+        "--version",
+        version,
+        "--handler",
+        str(handler),
+        "--extra-files",
+        extra,
+        "--export-path",
+        str(export_dir),
+        "--archive-format",
+        "default",
+        "--force",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]

@@ -11,6 +11,7 @@ Everything is written into a temporary folder beside `RUN/export` and renamed in
 when every check passed, so a failed export leaves nothing behind and keeps an older complete
 export.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,22 +22,36 @@ import shutil
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, cast
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import torch.nn as nn
 from torch.export import Dim
 
+from export import adaptive, openvino_ir, trt_engine
 from export.archive import build_archive, serving_handler
 from export.flops import onnx_flops, torch_flops
-from export.parity import (CUDA_FP32_BOUND, ONNXRUNTIME_BOUND, OPENVINO_BOUNDS, Backend, Bound, Comparison,
-                           ParityError, check_parity, decoded_views, onnx_backend, onnx_session, tensorrt_bound,
-                           torch_backend)
-from export import adaptive, openvino_ir, trt_engine
+from export.parity import (
+    CUDA_FP32_BOUND,
+    ONNXRUNTIME_BOUND,
+    OPENVINO_BOUNDS,
+    Backend,
+    Bound,
+    Comparison,
+    ParityError,
+    check_parity,
+    decoded_views,
+    onnx_backend,
+    onnx_session,
+    tensorrt_bound,
+    torch_backend,
+)
 from serving.backends import OnnxRuntimeBackend, TorchExportBackend, onnxruntime_cuda_unavailable  # what serves
 from serving.devices import cuda_device_name, cuda_unavailable
 from serving.manifest import FILE_NAME, MODEL_NAME_PATTERN, Manifest, artifact_digests, input_record, write_manifest
@@ -75,9 +90,15 @@ def _first_lines(exc: BaseException, n: int = 2) -> str:
 
 def architecture_of(cfg: Config, num_classes: int) -> dict:
     """The student's constructor arguments, as the manifest records them."""
-    return {"name": "r3d18", "num_classes": num_classes, "width": cfg.model.width,
-            "temporal_pool": cfg.model.temporal_pool, "dropout": cfg.model.dropout, "bn_eps": cfg.model.bn_eps,
-            "in_channels": 3}
+    return {
+        "name": "r3d18",
+        "num_classes": num_classes,
+        "width": cfg.model.width,
+        "temporal_pool": cfg.model.temporal_pool,
+        "dropout": cfg.model.dropout,
+        "bn_eps": cfg.model.bn_eps,
+        "in_channels": 3,
+    }
 
 
 def build_r3d18(architecture: dict) -> R3D18:
@@ -100,30 +121,38 @@ def load_run(run: Path) -> LoadedRun:
     ours = isinstance(ckpt, dict) and all(k in ckpt for k in CHECKPOINT_KEYS) and isinstance(ckpt["model"], dict)
     if not ours:
         found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ExportError(f"{ckpt_path}: not a checkpoint of this project's training "
-                          f"(expected keys {', '.join(CHECKPOINT_KEYS)}; found {found})")
+        raise ExportError(
+            f"{ckpt_path}: not a checkpoint of this project's training "
+            f"(expected keys {', '.join(CHECKPOINT_KEYS)}; found {found})"
+        )
     try:
         cfg = config_from_dict(ckpt["config"])
     except (ConfigError, TypeError, AttributeError) as exc:
         raise ExportError(f"{ckpt_path}: the saved config is not valid here ({exc})") from exc
     state = ckpt["model"].get("student")
     if state is None:
-        raise ExportError(f"{ckpt_path}: the checkpoint has no RGB student to export "
-                          f"(loss.streams={cfg.loss.streams}); export needs a run that trains the RGB network")
+        raise ExportError(
+            f"{ckpt_path}: the checkpoint has no RGB student to export "
+            f"(loss.streams={cfg.loss.streams}); export needs a run that trains the RGB network"
+        )
     classes = list(ckpt["classes"])
     architecture = architecture_of(cfg, len(classes))
     student = build_r3d18(architecture)
     try:
         student.load_state_dict(state)
     except RuntimeError as exc:
-        raise ExportError(f"{ckpt_path}: the student weights are not an R3D-18 of the run's config "
-                          f"(width {cfg.model.width}, {len(classes)} classes): {_first_lines(exc)}") from exc
+        raise ExportError(
+            f"{ckpt_path}: the student weights are not an R3D-18 of the run's config "
+            f"(width {cfg.model.width}, {len(classes)} classes): {_first_lines(exc)}"
+        ) from exc
     student.eval()
 
     metrics_path = run / "metrics.json"
     if not metrics_path.is_file():
-        raise ExportError(f"{metrics_path} is missing: the run stopped at epoch {ckpt['epoch']} of "
-                          f"{cfg.optim.epochs}; finish it (re-run the same train command) before exporting")
+        raise ExportError(
+            f"{metrics_path} is missing: the run stopped at epoch {ckpt['epoch']} of "
+            f"{cfg.optim.epochs}; finish it (re-run the same train command) before exporting"
+        )
     try:
         metrics = json.loads(metrics_path.read_text())
     except json.JSONDecodeError as exc:
@@ -138,11 +167,15 @@ def validation_split(loaded: LoadedRun) -> DataSplits:
     except ConfigError as exc:
         raise ExportError(f"the run's validation data cannot be read: {exc}") from exc
     if not splits.val:
-        raise ExportError(f"run {loaded.run} has no validation videos (data.val_list / ROOT/val is empty or unset): "
-                          "the export checks parity on real validation clips")
+        raise ExportError(
+            f"run {loaded.run} has no validation videos (data.val_list / ROOT/val is empty or unset): "
+            "the export checks parity on real validation clips"
+        )
     if splits.classes != loaded.classes:
-        raise ExportError(f"the dataset's classes {splits.classes[:5]}... differ from the checkpoint's "
-                          f"{loaded.classes[:5]}...: data.root points at another dataset")
+        raise ExportError(
+            f"the dataset's classes {splits.classes[:5]}... differ from the checkpoint's "
+            f"{loaded.classes[:5]}...: data.root points at another dataset"
+        )
     return splits
 
 
@@ -161,11 +194,11 @@ def _quiet_exporter():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
-def export_student(student: R3D18, clip_shape: tuple[int, ...], out_dir: Path) -> torch.export.ExportedProgram:
+def export_student(student: nn.Module, clip_shape: tuple[int, ...], out_dir: Path) -> torch.export.ExportedProgram:
     """student.pt2 (ExportedProgram) and model.onnx, both from one torch.export graph with a
     dynamic number of views; returns the program."""
     example = torch.zeros((2, *clip_shape))
@@ -174,9 +207,17 @@ def export_student(student: R3D18, clip_shape: tuple[int, ...], out_dir: Path) -
         program = torch.export.export(student, (example,), dynamic_shapes={"x": {0: views}})
         torch.export.save(program, out_dir / "student.pt2")
         # external_data=False: one self-contained file (torch 2.13 otherwise writes model.onnx.data)
-        torch.onnx.export(program, (example,), out_dir / "model.onnx", input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_shapes={"x": {0: views}}, opset_version=OPSET,
-                          external_data=False, verbose=False)
+        torch.onnx.export(
+            program,
+            (example,),
+            out_dir / "model.onnx",
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"x": {0: views}},
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
     return program
 
 
@@ -198,17 +239,24 @@ def check_onnx_graph(path: Path, clip_shape: tuple[int, ...], num_classes: int) 
     return model
 
 
-def zero_added_cost(student: R3D18, architecture: dict, onnx_model: onnx.ModelProto,
-                    clip_shape: tuple[int, ...]) -> dict:
+def zero_added_cost(
+    student: R3D18, architecture: dict, onnx_model: onnx.ModelProto, clip_shape: tuple[int, ...]
+) -> dict:
     """Parameters and FLOPs of the exported student against a freshly built plain R3D-18 of the
     same architecture: the method must add nothing at inference."""
     plain = build_r3d18(architecture)
     view = (1, *clip_shape)
-    cost = {"params": count_parameters(student), "plain_r3d18_params": count_parameters(plain),
-            "flops_per_view": torch_flops(student, view), "plain_r3d18_flops_per_view": torch_flops(plain, view),
-            "onnx_flops_per_view": onnx_flops(onnx_model, views=1)}
-    if not (cost["params"] == cost["plain_r3d18_params"]
-            and cost["flops_per_view"] == cost["plain_r3d18_flops_per_view"] == cost["onnx_flops_per_view"]):
+    cost = {
+        "params": count_parameters(student),
+        "plain_r3d18_params": count_parameters(plain),
+        "flops_per_view": torch_flops(student, view),
+        "plain_r3d18_flops_per_view": torch_flops(plain, view),
+        "onnx_flops_per_view": onnx_flops(onnx_model, views=1),
+    }
+    if not (
+        cost["params"] == cost["plain_r3d18_params"]
+        and cost["flops_per_view"] == cost["plain_r3d18_flops_per_view"] == cost["onnx_flops_per_view"]
+    ):
         raise ExportError(f"the exported student does not cost what a plain R3D-18 costs: {cost}")
     return cost
 
@@ -246,10 +294,20 @@ class ExportOptions:
     adaptive_target: float
 
 
-def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", model_name: str = "action",
-               precision: str = "fp16", parity_videos: int = 16, max_views: int = 30, archive: bool = True,
-               openvino_bounds: dict[str, Bound] = OPENVINO_BOUNDS, adaptive_videos: int = adaptive.DEFAULT_VIDEOS,
-               adaptive_target: float = adaptive.DEFAULT_TARGET) -> Path:
+def export_run(
+    run: Path,
+    *,
+    tensorrt: str = "auto",
+    openvino: str = "auto",
+    model_name: str = "action",
+    precision: str = "fp16",
+    parity_videos: int = 16,
+    max_views: int = 30,
+    archive: bool = True,
+    openvino_bounds: dict[str, Bound] = OPENVINO_BOUNDS,
+    adaptive_videos: int = adaptive.DEFAULT_VIDEOS,
+    adaptive_target: float = adaptive.DEFAULT_TARGET,
+) -> Path:
     """Export a finished run's student into `run/export` and return that folder.
 
     tensorrt: "auto" builds an engine where TensorRT and a GPU exist (an engine that fails to
@@ -264,10 +322,18 @@ def export_run(run: Path, *, tensorrt: str = "auto", openvino: str = "auto", mod
     validation videos it is evaluated on, at most this many each (0: no rule). Raises ExportError
     on bad input or a failed check, leaving no partial folder behind."""
     run = Path(run)
-    options = ExportOptions(tensorrt=tensorrt, openvino=openvino, model_name=model_name, precision=precision,
-                            parity_videos=parity_videos, max_views=max_views, archive=archive,
-                            openvino_bounds=openvino_bounds, adaptive_videos=adaptive_videos,
-                            adaptive_target=adaptive_target)
+    options = ExportOptions(
+        tensorrt=tensorrt,
+        openvino=openvino,
+        model_name=model_name,
+        precision=precision,
+        parity_videos=parity_videos,
+        max_views=max_views,
+        archive=archive,
+        openvino_bounds=openvino_bounds,
+        adaptive_videos=adaptive_videos,
+        adaptive_target=adaptive_target,
+    )
     # everything that can be refused is refused before the minutes of work below
     check_options(options)
     check_exporter()
@@ -303,22 +369,28 @@ def check_options(options: ExportOptions) -> None:
     if options.parity_videos < 1 or options.max_views < 1:
         raise ExportError("parity_videos and max_views must be at least 1")
     if options.adaptive_videos < 0 or not 0.0 < options.adaptive_target <= 1.0:
-        raise ExportError(f"adaptive_videos must be at least 0 and adaptive_target in (0, 1], got "
-                          f"{options.adaptive_videos} and {options.adaptive_target}")
+        raise ExportError(
+            f"adaptive_videos must be at least 0 and adaptive_target in (0, 1], got "
+            f"{options.adaptive_videos} and {options.adaptive_target}"
+        )
 
 
 def check_exporter() -> None:
     if importlib.util.find_spec("onnxscript") is None:
-        raise ExportError("the ONNX exporter needs the onnxscript package (torch's dynamo exporter is built on it): "
-                          "pip install onnxscript")
+        raise ExportError(
+            "the ONNX exporter needs the onnxscript package (torch's dynamo exporter is built on it): "
+            "pip install onnxscript"
+        )
 
 
 def archive_handler(archive: bool) -> Path | None:
     """The serving handler model.mar packs (None where the serving package is not installed)."""
     handler = serving_handler()
     if archive and handler is None:
-        raise ExportError("serving/handler.py not found: model.mar packs the serving handler; install the serving "
-                          "package, or export without the archive (--no-archive)")
+        raise ExportError(
+            "serving/handler.py not found: model.mar packs the serving handler; install the serving "
+            "package, or export without the archive (--no-archive)"
+        )
     return handler
 
 
@@ -331,25 +403,42 @@ def optional_backend_reason(flag: str, mode: str, unavailable: Callable[[], str 
     return reason
 
 
-def write_export(out: Path, loaded: LoadedRun, splits: DataSplits, options: ExportOptions, *,
-                 handler: Path | None, trt_reason: str | None, ov_reason: str | None) -> None:
+def write_export(
+    out: Path,
+    loaded: LoadedRun,
+    splits: DataSplits,
+    options: ExportOptions,
+    *,
+    handler: Path | None,
+    trt_reason: str | None,
+    ov_reason: str | None,
+) -> None:
     """Every artifact of the export into `out`, in order: the student's graphs, the optional
     engines, the parity gates, the adaptive views' rule, the manifest and the archive."""
     spec = loaded.cfg.input
     onnx_record, cost = write_student_graph(out, loaded)
-    trt_record, runner = optional_engine(out, trt_reason, precision=options.precision, max_views=options.max_views,
-                                         required=options.tensorrt == "on")
+    trt_record, runner = optional_engine(
+        out, trt_reason, precision=options.precision, max_views=options.max_views, required=options.tensorrt == "on"
+    )
     ov_record, ov_runners = optional_openvino(out, ov_reason, splits, spec, max_views=options.max_views)
     bounded = {p: (r, options.openvino_bounds.get(p, OPENVINO_BOUNDS[p])) for p, r in ov_runners.items()}
-    parity = parity_check(loaded, splits, out, runner, trt_precision=trt_record.get("precision"),
-                          max_views=options.max_views, openvino_runners=bounded, limit=options.parity_videos)
+    parity = parity_check(
+        loaded,
+        splits,
+        out,
+        runner,
+        trt_precision=trt_record.get("precision"),
+        max_views=options.max_views,
+        openvino_runners=bounded,
+        limit=options.parity_videos,
+    )
     if ov_reason is None:
         ov_record = gate_openvino(out, ov_record, parity["openvino"], required=options.openvino == "on")
-    adaptive_record = adaptive_views_rule(out, splits, spec, ov_record, ov_runners, videos=options.adaptive_videos,
-                                          target=options.adaptive_target)
+    adaptive_record = adaptive_views_rule(
+        out, splits, spec, ov_record, ov_runners, videos=options.adaptive_videos, target=options.adaptive_target
+    )
 
-    artifacts = (["model.onnx", "student.pt2"] + (["model.plan"] if trt_record.get("file") else [])
-                 + ov_record["files"])
+    artifacts = ["model.onnx", "student.pt2"] + (["model.plan"] if trt_record.get("file") else []) + ov_record["files"]
     model_version = f"{loaded.run.resolve().name}-epoch{loaded.epoch}"
     manifest = Manifest(
         model_name=options.model_name,
@@ -365,15 +454,19 @@ def write_export(out: Path, loaded: LoadedRun, splits: DataSplits, options: Expo
         tensorrt=trt_record,
         openvino=ov_record,
         sha256=artifact_digests(out, artifacts),
-        training={"run": str(loaded.run.resolve()), "epoch": loaded.epoch, "metrics": loaded.metrics,
-                  "config": loaded.cfg.to_dict()},
+        training={
+            "run": str(loaded.run.resolve()),
+            "epoch": loaded.epoch,
+            "metrics": loaded.metrics,
+            "config": loaded.cfg.to_dict(),
+        },
         parity=parity,
         adaptive_views=adaptive_record,
     )
     write_manifest(out, manifest)
     if options.archive:
-        pack_archive(out, handler, model_name=options.model_name, version=model_version,
-                     files=artifacts + [FILE_NAME])
+        assert handler is not None  # archive_handler refuses an archive without one
+        pack_archive(out, handler, model_name=options.model_name, version=model_version, files=artifacts + [FILE_NAME])
 
 
 def write_student_graph(out: Path, loaded: LoadedRun) -> tuple[dict, dict]:
@@ -386,15 +479,26 @@ def write_student_graph(out: Path, loaded: LoadedRun) -> tuple[dict, dict]:
     onnx_model = check_onnx_graph(out / "model.onnx", clip_shape, len(loaded.classes))
     cost = zero_added_cost(loaded.student, loaded.architecture, onnx_model, clip_shape)
     opset = next(o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
-    log.info("exported the student (%d parameters, %.3g GFLOPs per view, opset %d) in %.1f s",
-             cost["params"], cost["flops_per_view"] / 1e9, opset, time.time() - t0)
-    record = {"file": "model.onnx", "opset": opset, "input": INPUT_NAME, "output": OUTPUT_NAME,
-              "producer": f"{onnx_model.producer_name} {onnx_model.producer_version}".strip()}
+    log.info(
+        "exported the student (%d parameters, %.3g GFLOPs per view, opset %d) in %.1f s",
+        cost["params"],
+        cost["flops_per_view"] / 1e9,
+        opset,
+        time.time() - t0,
+    )
+    record = {
+        "file": "model.onnx",
+        "opset": opset,
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "producer": f"{onnx_model.producer_name} {onnx_model.producer_version}".strip(),
+    }
     return record, cost
 
 
-def optional_engine(out: Path, reason: str | None, *, precision: str, max_views: int,
-                    required: bool) -> tuple[dict, Backend | None]:
+def optional_engine(
+    out: Path, reason: str | None, *, precision: str, max_views: int, required: bool
+) -> tuple[dict, Backend | None]:
     """The TensorRT engine where `reason` (optional_backend_reason) is None: the manifest's
     "tensorrt" record and a runner for the parity check."""
     if reason is not None:
@@ -409,8 +513,13 @@ def tensorrt_engine(out: Path, *, precision: str, max_views: int, required: bool
     logged reason and no engine: the rest of the export does not depend on it."""
     t0 = time.time()
     try:
-        record = trt_engine.build_engine(out / "model.onnx", out / "model.plan", precision=precision,
-                                         opt_views=min(30, max_views), max_views=max_views)
+        record = trt_engine.build_engine(
+            out / "model.onnx",
+            out / "model.plan",
+            precision=precision,
+            opt_views=min(30, max_views),
+            max_views=max_views,
+        )
         runner = trt_engine.engine_runner(out / "model.plan", max_views=max_views, precision=record["precision"])
     except Exception as exc:  # EngineBuildError, or the runtime failing to load what was built
         reason = f"the {precision} engine could not be built here: {_first_lines(exc, 1)}"
@@ -423,8 +532,9 @@ def tensorrt_engine(out: Path, *, precision: str, max_views: int, required: bool
     return record, runner
 
 
-def optional_openvino(out: Path, reason: str | None, splits: DataSplits, spec: InputSpec, *,
-                      max_views: int) -> tuple[dict, dict[str, Backend]]:
+def optional_openvino(
+    out: Path, reason: str | None, splits: DataSplits, spec: InputSpec, *, max_views: int
+) -> tuple[dict, dict[str, Backend]]:
     """The OpenVINO IR where `reason` (optional_backend_reason) is None, with its int8 IR: the
     manifest's "openvino" record (not yet gated) and a runner per precision measured here."""
     if reason is not None:
@@ -445,15 +555,24 @@ def gate_openvino(out: Path, record: dict, reports: dict[str, dict], *, required
     """The "openvino" record after each precision's parity gate (`openvino_ir.gate`); with
     `required` (--openvino on), no precision passing is an ExportError."""
     record = openvino_ir.gate(record, reports, out)
-    log.info("OpenVINO precisions offered to the server: %s",
-             ", ".join(record["offered"]) or f"none, {record['reason']}")
+    log.info(
+        "OpenVINO precisions offered to the server: %s", ", ".join(record["offered"]) or f"none, {record['reason']}"
+    )
     if required and not record["offered"]:
         raise ExportError(f"--openvino on: {record['reason']}")
     return record
 
 
-def adaptive_views_rule(out: Path, splits: DataSplits, spec: InputSpec, ov_record: dict, ov_runners: dict[str, Backend],
-                        *, videos: int, target: float) -> dict:
+def adaptive_views_rule(
+    out: Path,
+    splits: DataSplits,
+    spec: InputSpec,
+    ov_record: dict,
+    ov_runners: dict[str, Backend],
+    *,
+    videos: int,
+    target: float,
+) -> dict:
     """The manifest's "adaptive_views": the stopping rule calibrated on training videos and
     evaluated on validation videos (`export.adaptive`)."""
     t0 = time.time()
@@ -462,8 +581,9 @@ def adaptive_views_rule(out: Path, splits: DataSplits, spec: InputSpec, ov_recor
         scorer, scored_with = ov_runners["fp32"], "openvino-cpu-fp32"
     else:
         scorer, scored_with = onnx_backend(onnx_session(out / "model.onnx")), "onnxruntime-cpu"
-    record = adaptive.adaptive_views(splits.labeled, splits.val, splits.root, spec, scorer, scored_with=scored_with,
-                                     videos=videos, target=target)
+    record = adaptive.adaptive_views(
+        splits.labeled, splits.val, splits.root, spec, scorer, scored_with=scored_with, videos=videos, target=target
+    )
     log.info("adaptive views (%.1f s): %s", time.time() - t0, adaptive.describe(record))
     return record
 
@@ -484,16 +604,18 @@ def cuda_backends(export_dir: Path, max_views: int) -> tuple[dict[str, Backend],
     found: dict[str, Backend] = {}
     reason = onnxruntime_cuda_unavailable(ort.get_available_providers(), cuda_unavailable())
     if reason is None:
-        ort_cuda = OnnxRuntimeBackend(export_dir / "model.onnx", input_name=INPUT_NAME, output_name=OUTPUT_NAME,
-                                      max_views=max_views)
+        ort_cuda = OnnxRuntimeBackend(
+            export_dir / "model.onnx", input_name=INPUT_NAME, output_name=OUTPUT_NAME, max_views=max_views
+        )
         if ort_cuda.name == "onnxruntime-cuda":
             found["onnxruntime-cuda"] = chunked(ort_cuda, max_views)
         reason = ort_cuda.cuda_reason
     if reason:
         log.info("ONNX Runtime CUDA not checked: %s", reason)
     if torch.cuda.is_available():
-        found["exported_program-cuda"] = chunked(TorchExportBackend(export_dir / "student.pt2", max_views=max_views),
-                                                 max_views)
+        found["exported_program-cuda"] = chunked(
+            TorchExportBackend(export_dir / "student.pt2", max_views=max_views), max_views
+        )
     else:
         log.info("ExportedProgram on CUDA not checked: torch has no CUDA GPU here")
     return found, {"gpu": cuda_device_name(0), "cuda_backends": sorted(found)}
@@ -504,8 +626,17 @@ def chunked(backend, max_views: int) -> Backend:
     return lambda views: np.concatenate([backend(views[i : i + max_views]) for i in range(0, len(views), max_views)])
 
 
-def parity_check(loaded: LoadedRun, splits: DataSplits, export_dir: Path, runner, *, trt_precision: str | None,
-                 openvino_runners: dict[str, tuple[Backend, Bound]], limit: int, max_views: int = 30) -> dict:
+def parity_check(
+    loaded: LoadedRun,
+    splits: DataSplits,
+    export_dir: Path,
+    runner,
+    *,
+    trt_precision: str | None,
+    openvino_runners: dict[str, tuple[Backend, Bound]],
+    limit: int,
+    max_views: int = 30,
+) -> dict:
     """PyTorch student vs every backend the manifest offers that runs here: ONNX Runtime (CPU,
     and CUDA where present), TensorRT and each OpenVINO precision on every view of up to `limit`
     decoded validation videos; the saved ExportedProgram (CPU, and CUDA where torch has it) on the
@@ -534,14 +665,18 @@ def parity_check(loaded: LoadedRun, splits: DataSplits, export_dir: Path, runner
         if i == 0:
             pt2_cmp.add(ref, exported(views))
     if ort_cmp.videos == 0:
-        raise ExportError(f"none of the run's {len(splits.val)} validation videos could be decoded "
-                          f"(under {splits.root}): no clips for the parity check")
-    parity = {"machine": machine,
-              "onnxruntime": ort_cmp.report(ONNXRUNTIME_BOUND),
-              "exported_program": pt2_cmp.report(ONNXRUNTIME_BOUND),
-              **{key: cmp.report(CUDA_FP32_BOUND) for key, cmp in cuda_cmp.items()},
-              "tensorrt": None if runner is None else trt_cmp.report(tensorrt_bound(trt_precision)),
-              "openvino": {p: ov_cmp[p].report(bound) for p, (_, bound) in openvino_runners.items()}}
+        raise ExportError(
+            f"none of the run's {len(splits.val)} validation videos could be decoded "
+            f"(under {splits.root}): no clips for the parity check"
+        )
+    parity: dict[str, Any] = {
+        "machine": machine,
+        "onnxruntime": ort_cmp.report(ONNXRUNTIME_BOUND),
+        "exported_program": pt2_cmp.report(ONNXRUNTIME_BOUND),
+        **{key: cmp.report(CUDA_FP32_BOUND) for key, cmp in cuda_cmp.items()},
+        "tensorrt": None if runner is None else trt_cmp.report(tensorrt_bound(cast(str, trt_precision))),
+        "openvino": {p: ov_cmp[p].report(bound) for p, (_, bound) in openvino_runners.items()},
+    }
     try:
         for name in ("onnxruntime", "exported_program", *cuda_cmp, "tensorrt"):
             if parity[name] is not None:
@@ -549,14 +684,31 @@ def parity_check(loaded: LoadedRun, splits: DataSplits, export_dir: Path, runner
     except ParityError as exc:
         raise ExportError(f"parity check failed: {exc}") from exc
     o = parity["onnxruntime"]
-    log.info("parity on %d videos / %d views in %.1f s: ONNX Runtime max |diff| %.2e (bound %.1e), top-1 agreement "
-             "%.4f%s", o["videos"], o["views"], time.time() - t0, o["max_abs_diff"], o["bound"], o["top1_agreement"],
-             "" if runner is None else f"; TensorRT max |diff| {parity['tensorrt']['max_abs_diff']:.2e}")
+    log.info(
+        "parity on %d videos / %d views in %.1f s: ONNX Runtime max |diff| %.2e (bound %.1e), top-1 agreement %.4f%s",
+        o["videos"],
+        o["views"],
+        time.time() - t0,
+        o["max_abs_diff"],
+        o["bound"],
+        o["top1_agreement"],
+        "" if runner is None else f"; TensorRT max |diff| {parity['tensorrt']['max_abs_diff']:.2e}",
+    )
     for key in cuda_cmp:
-        log.info("%s on %s: max |diff| %.2e (bound %.1e)", key, machine["gpu"], parity[key]["max_abs_diff"],
-                 parity[key]["bound"])
+        log.info(
+            "%s on %s: max |diff| %.2e (bound %.1e)",
+            key,
+            machine["gpu"],
+            parity[key]["max_abs_diff"],
+            parity[key]["bound"],
+        )
     for precision, r in parity["openvino"].items():
-        log.info("OpenVINO %s: max |diff| %.2e (bound %.1e), top-1 agreement %.4f, Top-1 accuracy %s points vs "
-                 "PyTorch", precision, r["max_abs_diff"], r["bound"], r["top1_agreement"],
-                 "–" if r["top1_accuracy_diff"] is None else f"{r['top1_accuracy_diff']:+.2f}")
+        log.info(
+            "OpenVINO %s: max |diff| %.2e (bound %.1e), top-1 agreement %.4f, Top-1 accuracy %s points vs PyTorch",
+            precision,
+            r["max_abs_diff"],
+            r["bound"],
+            r["top1_agreement"],
+            "–" if r["top1_accuracy_diff"] is None else f"{r['top1_accuracy_diff']:+.2f}",
+        )
     return parity

@@ -10,6 +10,7 @@ views (`training.adaptive_views.adaptive_answer` with the manifest's stopping ru
 report adds the mean views used and the Top-1 agreement with all views; it goes to
 `RUN/eval_onnx_adaptive.json`.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,9 @@ class Answers:
     agreements: int = 0
 
 
-def evaluate_onnx(run: Path, *, clips: int | None = None, crops: int | None = None, threads: int = 0,
-                  views: str = "all") -> dict:
+def evaluate_onnx(
+    run: Path, *, clips: int | None = None, crops: int | None = None, threads: int = 0, views: str = "all"
+) -> dict:
     """Accuracy of RUN/export/model.onnx on the run's validation set with all views, or with
     `views="adaptive"`; writes RUN/eval_onnx.json (RUN/eval_onnx_adaptive.json)."""
     if views not in ("all", "adaptive"):
@@ -75,12 +77,20 @@ def evaluate_onnx(run: Path, *, clips: int | None = None, crops: int | None = No
     answers = answer_videos(session, manifest["onnx"]["input"], splits, spec, rule)
     report = accuracy_metrics(np.stack(answers.scores), np.array(answers.labels), num_classes)
     if rule is not None:
-        report["adaptive"] = {"rule": rule.to_dict(), "mean_views": float(np.mean(answers.views_used)),
-                              "top1_agreement_with_all_views": answers.agreements / len(answers.scores)}
-    report.update({"skipped_videos": len(splits.val) - len(answers.scores),
-                   "views": f"{spec.test_clips} clips x {spec.test_crops} crops" + (", adaptive" if rule else ""),
-                   "backend": "onnxruntime CPUExecutionProvider", "model": str(onnx_path.resolve()),
-                   "model_version": manifest["model_version"]})
+        report["adaptive"] = {
+            "rule": rule.to_dict(),
+            "mean_views": float(np.mean(answers.views_used)),
+            "top1_agreement_with_all_views": answers.agreements / len(answers.scores),
+        }
+    report.update(
+        {
+            "skipped_videos": len(splits.val) - len(answers.scores),
+            "views": f"{spec.test_clips} clips x {spec.test_crops} crops" + (", adaptive" if rule else ""),
+            "backend": "onnxruntime CPUExecutionProvider",
+            "model": str(onnx_path.resolve()),
+            "model_version": manifest["model_version"],
+        }
+    )
     (run / ("eval_onnx.json" if rule is None else "eval_onnx_adaptive.json")).write_text(json.dumps(report, indent=2))
     return report
 
@@ -114,13 +124,16 @@ def stopping_rule(export_dir: Path, manifest: dict) -> StoppingRule:
     """The adaptive views' rule the export calibrated; an ExportError for an export without one."""
     record = manifest.get("adaptive_views") or {}
     if record.get("rule") is None:
-        raise ExportError(f"{export_dir} has no calibrated stopping rule for adaptive views "
-                          f"({record.get('reason', 'an export made before adaptive views')}); re-export the run")
+        raise ExportError(
+            f"{export_dir} has no calibrated stopping rule for adaptive views "
+            f"({record.get('reason', 'an export made before adaptive views')}); re-export the run"
+        )
     return StoppingRule.from_dict(record["rule"])
 
 
-def answer_videos(session: ort.InferenceSession, input_name: str, splits: DataSplits, spec: InputSpec,
-                  rule: StoppingRule | None) -> Answers:
+def answer_videos(
+    session: ort.InferenceSession, input_name: str, splits: DataSplits, spec: InputSpec, rule: StoppingRule | None
+) -> Answers:
     """Every decodable validation video answered with all its views, or as the server answers a
     request for adaptive views when there is a `rule`."""
     answers = Answers()

@@ -5,6 +5,7 @@ graph (Conv and Gemm/MatMul nodes with their inferred shapes). Both count a mult
 FLOPs and ignore element-wise ops, pooling and bias adds, so for the same network they agree
 exactly, and the export can show that the student costs what a plain R3D-18 costs.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,6 @@ import torch
 from onnx import numpy_helper, shape_inference
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
 
 # ops with multiply-adds that this counter does not handle (an R3D-18 has none of them)
 UNCOUNTED_MAC_OPS = ("ConvTranspose", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "Einsum")

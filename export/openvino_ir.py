@@ -17,11 +17,13 @@ openvino is a dependency but imported lazily, and `unavailable_reason` says in o
 cannot be written here (like TensorRT's engine, the export goes on without it); likewise nncf for
 the int8 IR.
 """
+
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -70,18 +72,27 @@ def write_ir(onnx_path: Path, out_dir: Path) -> dict:
     here = openvino_cpu_precisions()
     precisions = {}
     for precision in OPENVINO_PRECISIONS:
-        record = {"graph": GRAPH_FILE, "weights": WEIGHTS_FILE, "status": "measuring"}
+        record: dict[str, Any] = {"graph": GRAPH_FILE, "weights": WEIGHTS_FILE, "status": "measuring"}
         if precision == "int8":
             record.update(graph=INT8_GRAPH_FILE, weights=INT8_WEIGHTS_FILE, status="calibrating")
         if precision not in here:
-            record.update(status="unavailable", reason=f"this CPU does not run {precision} natively (OpenVINO's "
-                                                       f"OPTIMIZATION_CAPABILITIES lacks {precision.upper()})")
+            record.update(
+                status="unavailable",
+                reason=f"this CPU does not run {precision} natively (OpenVINO's "
+                f"OPTIMIZATION_CAPABILITIES lacks {precision.upper()})",
+            )
         elif precision == "int8" and nncf_unavailable():
             record.update(status="unavailable", reason=nncf_unavailable())
         precisions[precision] = record
-    return {"files": [GRAPH_FILE, WEIGHTS_FILE], "openvino_version": ov.get_version(), "converted_from": onnx_path.name,
-            "cpu": ov.Core().get_property("CPU", "FULL_DEVICE_NAME"), "precisions": precisions, "offered": [],
-            "reason": None}
+    return {
+        "files": [GRAPH_FILE, WEIGHTS_FILE],
+        "openvino_version": ov.get_version(),
+        "converted_from": onnx_path.name,
+        "cpu": ov.Core().get_property("CPU", "FULL_DEVICE_NAME"),
+        "precisions": precisions,
+        "offered": [],
+        "reason": None,
+    }
 
 
 def training_views(items: list, root: Path, spec, *, views: int = INT8_CALIBRATION_VIEWS) -> Iterator[np.ndarray]:
@@ -124,8 +135,9 @@ def precision_runners(export_dir: Path, record: dict, *, max_views: int) -> dict
     for precision, entry in record["precisions"].items():
         if entry["status"] != "measuring":
             continue
-        backend = OpenVinoBackend(export_dir / entry["graph"], export_dir / entry["weights"], precision=precision,
-                                  max_views=max_views)
+        backend = OpenVinoBackend(
+            export_dir / entry["graph"], export_dir / entry["weights"], precision=precision, max_views=max_views
+        )
         runners[precision] = chunked(backend, max_views)
     return runners
 
@@ -152,8 +164,11 @@ def gate(record: dict, reports: dict[str, dict], export_dir: Path) -> dict:
         except ParityError as exc:
             entry.update(status="refused", reason=str(exc))
     record["offered"] = [p for p in OPENVINO_PRECISIONS if record["precisions"][p]["status"] == "passed"]
-    kept = {name for p in record["offered"] for name in (record["precisions"][p]["graph"],
-                                                         record["precisions"][p]["weights"])}
+    kept = {
+        name
+        for p in record["offered"]
+        for name in (record["precisions"][p]["graph"], record["precisions"][p]["weights"])
+    }
     for name in record["files"]:
         if name not in kept:
             (export_dir / name).unlink()

@@ -4,12 +4,13 @@ Every view of each video comes from `training.views` (the one test-view implemen
 server also uses), goes through the PyTorch student once as the reference and through each
 exported backend, and the differences are accumulated over all views.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -56,9 +57,11 @@ CUDA_FP32_BOUND = ONNXRUNTIME_BOUND
 # 3e-3 (full size) to 9e-3 (the tests' tiny run) x max(1, max |logit|), so 5e-2 leaves a margin
 # of five or more; a reduced precision is served only if it also costs at most half a point of
 # Top-1 on the videos checked.
-OPENVINO_BOUNDS = {"fp32": Bound(abs_tol=1e-3, min_top1=0.99),
-                   "bf16": Bound(abs_tol=5e-2, min_top1=0.95, max_top1_drop=0.5),
-                   "int8": Bound(abs_tol=0.15, min_top1=0.9, max_top1_drop=0.5)}
+OPENVINO_BOUNDS = {
+    "fp32": Bound(abs_tol=1e-3, min_top1=0.99),
+    "bf16": Bound(abs_tol=5e-2, min_top1=0.95, max_top1_drop=0.5),
+    "int8": Bound(abs_tol=0.15, min_top1=0.9, max_top1_drop=0.5),
+}
 
 
 class ParityError(Exception):
@@ -98,15 +101,22 @@ class Comparison:
         abs_bound = bound.abs_tol * max(1.0, self.max_abs_ref)
         accuracy = 100.0 * self.correct / self.labeled if self.labeled else None
         reference = 100.0 * self.reference_correct / self.labeled if self.labeled else None
-        return {"videos": self.videos, "views": self.views,
-                "max_abs_diff": self.max_abs_diff if self.finite else float("inf"),
-                "max_rel_err": (self.max_abs_diff / self.max_abs_ref if self.max_abs_ref else 0.0) if self.finite
-                else float("inf"),
-                "top1_agreement": self.top1_agree / self.views if self.views else 0.0,
-                "bound": abs_bound, "top1_bound": bound.min_top1,
-                "labeled_videos": self.labeled, "top1_accuracy": accuracy, "reference_top1_accuracy": reference,
-                "top1_accuracy_diff": None if accuracy is None else accuracy - reference,
-                "top1_drop_bound": bound.max_top1_drop}
+        return {
+            "videos": self.videos,
+            "views": self.views,
+            "max_abs_diff": self.max_abs_diff if self.finite else float("inf"),
+            "max_rel_err": (self.max_abs_diff / self.max_abs_ref if self.max_abs_ref else 0.0)
+            if self.finite
+            else float("inf"),
+            "top1_agreement": self.top1_agree / self.views if self.views else 0.0,
+            "bound": abs_bound,
+            "top1_bound": bound.min_top1,
+            "labeled_videos": self.labeled,
+            "top1_accuracy": accuracy,
+            "reference_top1_accuracy": reference,
+            "top1_accuracy_diff": None if accuracy is None or reference is None else accuracy - reference,
+            "top1_drop_bound": bound.max_top1_drop,
+        }
 
 
 def video_top1(logits: np.ndarray) -> int:
@@ -120,16 +130,21 @@ def check_parity(name: str, report: dict) -> None:
     if not report["views"]:
         raise ParityError(f"{name}: no views were compared")
     if not report["max_abs_diff"] <= report["bound"]:  # also catches inf/NaN
-        raise ParityError(f"{name}: max |logit difference| {report['max_abs_diff']:.3g} over {report['views']} views "
-                          f"exceeds the bound {report['bound']:.3g}")
+        raise ParityError(
+            f"{name}: max |logit difference| {report['max_abs_diff']:.3g} over {report['views']} views "
+            f"exceeds the bound {report['bound']:.3g}"
+        )
     if report["top1_agreement"] < report["top1_bound"]:
-        raise ParityError(f"{name}: top-1 agreement {report['top1_agreement']:.4f} with PyTorch is below "
-                          f"{report['top1_bound']}")
+        raise ParityError(
+            f"{name}: top-1 agreement {report['top1_agreement']:.4f} with PyTorch is below {report['top1_bound']}"
+        )
     drop_bound, diff = report.get("top1_drop_bound"), report.get("top1_accuracy_diff")
     if drop_bound is not None and diff is not None and -diff > drop_bound:
-        raise ParityError(f"{name}: Top-1 accuracy {report['top1_accuracy']:.2f} % on {report['labeled_videos']} "
-                          f"videos is {-diff:.2f} points below PyTorch's {report['reference_top1_accuracy']:.2f} % "
-                          f"(at most {drop_bound} allowed)")
+        raise ParityError(
+            f"{name}: Top-1 accuracy {report['top1_accuracy']:.2f} % on {report['labeled_videos']} "
+            f"videos is {-diff:.2f} points below PyTorch's {report['reference_top1_accuracy']:.2f} % "
+            f"(at most {drop_bound} allowed)"
+        )
 
 
 def tensorrt_bound(precision: str) -> Bound:
@@ -137,8 +152,9 @@ def tensorrt_bound(precision: str) -> Bound:
     try:
         return TENSORRT_BOUNDS[precision]
     except KeyError:
-        raise ValueError(f"no parity bound for a TensorRT {precision!r} engine; expected one of "
-                         f"{', '.join(TENSORRT_BOUNDS)}") from None
+        raise ValueError(
+            f"no parity bound for a TensorRT {precision!r} engine; expected one of {', '.join(TENSORRT_BOUNDS)}"
+        ) from None
 
 
 def onnx_session(path: Path, *, threads: int = 0) -> ort.InferenceSession:
@@ -163,8 +179,15 @@ def torch_backend(module: nn.Module) -> Backend:
     return run
 
 
-def decoded_views(items: list[VideoItem], root: Path, spec: InputSpec, *, limit: int | None = None,
-                  clips: int | None = None, crops: int | None = None) -> Iterator[tuple[VideoItem, np.ndarray]]:
+def decoded_views(
+    items: list[VideoItem],
+    root: Path,
+    spec: InputSpec,
+    *,
+    limit: int | None = None,
+    clips: int | None = None,
+    crops: int | None = None,
+) -> Iterator[tuple[VideoItem, np.ndarray]]:
     """(video, its normalized test views (V, 3, T, H, W) float32) for up to `limit` readable
     videos; unreadable ones are logged and skipped (the caller counts what it got)."""
     taken = 0

@@ -15,6 +15,7 @@ installed module offers rather than by its version string:
   and matmuls to 10 mantissa bits. A "tf32" engine keeps it on; an "fp32" engine clears it, so
   that the label and the parity bound it is held to are true.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,12 +64,16 @@ def build_plan(trt, precision: str) -> BuildPlan:
         if weak_fp16:
             return BuildPlan("fp16", "weak", 0, ("FP16",), (), fp16_graph=False)
         if strongly_typed is None:
-            raise EngineBuildError(f"TensorRT {getattr(trt, '__version__', '?')} offers neither BuilderFlag.FP16 nor "
-                                   "strongly typed networks: cannot build an fp16 engine")
+            raise EngineBuildError(
+                f"TensorRT {getattr(trt, '__version__', '?')} offers neither BuilderFlag.FP16 nor "
+                "strongly typed networks: cannot build an fp16 engine"
+            )
         return BuildPlan("fp16", "strong", strong_flags, (), (), fp16_graph=True)
     if not hasattr(flags, "TF32"):
-        raise EngineBuildError(f"TensorRT {getattr(trt, '__version__', '?')} has no BuilderFlag.TF32: cannot say "
-                               f"whether a {precision} engine would run in TF32")
+        raise EngineBuildError(
+            f"TensorRT {getattr(trt, '__version__', '?')} has no BuilderFlag.TF32: cannot say "
+            f"whether a {precision} engine would run in TF32"
+        )
     if precision == "tf32":
         return BuildPlan("tf32", typing, 0, ("TF32",), (), fp16_graph=False)
     return BuildPlan("fp32", typing, 0, (), ("TF32",), fp16_graph=False)
@@ -124,8 +129,16 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def build_engine(onnx_path: Path, plan_path: Path, *, precision: str = "fp16", min_views: int = 1,
-                 opt_views: int = 30, max_views: int = 30, workspace_gib: float = 4.0) -> dict:
+def build_engine(
+    onnx_path: Path,
+    plan_path: Path,
+    *,
+    precision: str = "fp16",
+    min_views: int = 1,
+    opt_views: int = 30,
+    max_views: int = 30,
+    workspace_gib: float = 4.0,
+) -> dict:
     """Parse the ONNX file, build an engine of `precision` (fp16, tf32 or fp32) whose
     optimization profile covers `min_views` to `max_views` views (tuned for `opt_views`), and
     write it to `plan_path`. Returns the manifest's "tensorrt" record; raises EngineBuildError
@@ -137,17 +150,36 @@ def build_engine(onnx_path: Path, plan_path: Path, *, precision: str = "fp16", m
     except Exception as exc:  # ImportError, or a broken install failing to load its libraries
         raise EngineBuildError(f"tensorrt does not import ({_first_line(exc)})") from exc
     try:
-        return _build(trt, onnx_path, plan_path, build_plan(trt, precision), min_views=min_views,
-                      opt_views=opt_views, max_views=max_views, workspace_gib=workspace_gib)
+        return _build(
+            trt,
+            onnx_path,
+            plan_path,
+            build_plan(trt, precision),
+            min_views=min_views,
+            opt_views=opt_views,
+            max_views=max_views,
+            workspace_gib=workspace_gib,
+        )
     except EngineBuildError:
         raise
     except Exception as exc:  # an API this TensorRT lacks, a CUDA error, an out-of-memory: one line, no traceback
-        raise EngineBuildError(f"TensorRT {trt.__version__} could not build a {precision} engine "
-                               f"({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} could not build a {precision} engine "
+            f"({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
 
 
-def _build(trt, onnx_path: Path, plan_path: Path, plan: BuildPlan, *, min_views: int, opt_views: int,
-           max_views: int, workspace_gib: float) -> dict:
+def _build(
+    trt,
+    onnx_path: Path,
+    plan_path: Path,
+    plan: BuildPlan,
+    *,
+    min_views: int,
+    opt_views: int,
+    max_views: int,
+    workspace_gib: float,
+) -> dict:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(plan.network_flags)  # explicit batch is the only mode since 10
@@ -176,11 +208,24 @@ def _build(trt, onnx_path: Path, plan_path: Path, plan: BuildPlan, *, min_views:
         raise EngineBuildError("TensorRT failed to build the engine (see its log above)")
     with open(plan_path, "wb") as f:
         f.write(serialized)
-    log.info("TensorRT %s: %s engine, %s typing%s", trt.__version__, plan.precision, plan.typing,
-             ", graph converted to fp16" if plan.fp16_graph else "")
-    return {"file": plan_path.name, "precision": plan.precision, "typing": plan.typing,
-            "tf32": plan.precision == "tf32", "min_views": min_views, "opt_views": opt_views,
-            "max_views": max_views, "tensorrt_version": trt.__version__, "gpu": torch.cuda.get_device_name(0)}
+    log.info(
+        "TensorRT %s: %s engine, %s typing%s",
+        trt.__version__,
+        plan.precision,
+        plan.typing,
+        ", graph converted to fp16" if plan.fp16_graph else "",
+    )
+    return {
+        "file": plan_path.name,
+        "precision": plan.precision,
+        "typing": plan.typing,
+        "tf32": plan.precision == "tf32",
+        "min_views": min_views,
+        "opt_views": opt_views,
+        "max_views": max_views,
+        "tensorrt_version": trt.__version__,
+        "gpu": torch.cuda.get_device_name(0),
+    }
 
 
 def engine_runner(plan_path: Path, *, max_views: int, precision: str = "fp16"):
@@ -190,8 +235,9 @@ def engine_runner(plan_path: Path, *, max_views: int, precision: str = "fp16"):
     from serving.backends import BackendError, TensorRTBackend
 
     try:
-        backend = TensorRTBackend(Path(plan_path), input_name=INPUT_NAME, output_name=OUTPUT_NAME,
-                                  max_views=max_views, precision=precision)
+        backend = TensorRTBackend(
+            Path(plan_path), input_name=INPUT_NAME, output_name=OUTPUT_NAME, max_views=max_views, precision=precision
+        )
     except BackendError as exc:
         raise EngineBuildError(str(exc)) from exc
 

@@ -27,6 +27,7 @@ serving/preflight.py), the recorded servers and their processes serving/server_r
 readiness and health serving/probes.py, keys serving/tokens.py, the addresses and ports
 serving/addresses.py, and what TorchServe is given serving/torchserve_config.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ from serving.torchserve_config import StartOptions
 def start_options(args: argparse.Namespace) -> StartOptions:
     """The start command's options as the library takes them (each field is the option's dest)."""
     ports = {name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS}
-    return StartOptions(ports=ports, **{f.name: getattr(args, f.name) for f in fields(StartOptions)
-                                        if f.name != "ports"})
+    return StartOptions(
+        ports=ports, **{f.name: getattr(args, f.name) for f in fields(StartOptions) if f.name != "ports"}
+    )
 
 
 def start(args: argparse.Namespace) -> int:
@@ -84,12 +86,16 @@ def key(args: argparse.Namespace) -> int:
     try:
         found = current_key(state, args.kind)
     except (OSError, ValueError, KeyError) as exc:
-        raise ServeError(f"cannot read or renew the {args.kind} key in {state['key_file']} "
-                         f"({getattr(exc, 'reason', None) or exc}); is the server on port {args.inference_port} "
-                         "still running (`python -m serving health`)?") from None
+        raise ServeError(
+            f"cannot read or renew the {args.kind} key in {state['key_file']} "
+            f"({getattr(exc, 'reason', None) or exc}); is the server on port {args.inference_port} "
+            "still running (`python -m serving health`)?"
+        ) from None
     if found is None:
-        raise ServeError(f"the server on port {args.inference_port} was started without token authorization "
-                         "(by an older version of this command): restart it")
+        raise ServeError(
+            f"the server on port {args.inference_port} was started without token authorization "
+            "(by an older version of this command): restart it"
+        )
     print(found)
     return 0
 
@@ -117,19 +123,35 @@ def add_start_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("start", help="serve RUN/export/model.mar with TorchServe (on 127.0.0.1 unless --host)")
     p.add_argument("--run", required=True, help="run folder holding export/model.mar (make export)")
     p.add_argument("--model-name", default="action", help="the name in /predictions/<name>")
-    p.add_argument("--host", default=HOST,
-                   help="address the inference listener binds (0.0.0.0: every interface); management and gRPC "
-                        "stay on 127.0.0.1. Token authorization is on whatever the address")
-    p.add_argument("--metrics-host", default=HOST,
-                   help="address the Prometheus metrics listener binds (it takes no key: keep it on 127.0.0.1 "
-                        "unless a scraper elsewhere needs it)")
-    p.add_argument("--token-expiration-min", type=float, default=60,
-                   help="minutes a key lives (--foreground renews the keys before that, `key` on demand)")
-    p.add_argument("--log-file-size", default="10MB",
-                   help="size at which each TorchServe log file under RUN/serve/logs is rotated (KB, MB or GB)")
+    p.add_argument(
+        "--host",
+        default=HOST,
+        help="address the inference listener binds (0.0.0.0: every interface); management and gRPC "
+        "stay on 127.0.0.1. Token authorization is on whatever the address",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=HOST,
+        help="address the Prometheus metrics listener binds (it takes no key: keep it on 127.0.0.1 "
+        "unless a scraper elsewhere needs it)",
+    )
+    p.add_argument(
+        "--token-expiration-min",
+        type=float,
+        default=60,
+        help="minutes a key lives (--foreground renews the keys before that, `key` on demand)",
+    )
+    p.add_argument(
+        "--log-file-size",
+        default="10MB",
+        help="size at which each TorchServe log file under RUN/serve/logs is rotated (KB, MB or GB)",
+    )
     p.add_argument("--log-backups", type=int, default=2, help="rotated files kept per log, besides the live one")
-    p.add_argument("--foreground", action="store_true",
-                   help="stay attached after readiness; SIGTERM/SIGINT stop the server (a container's entry point)")
+    p.add_argument(
+        "--foreground",
+        action="store_true",
+        help="stay attached after readiness; SIGTERM/SIGINT stop the server (a container's entry point)",
+    )
     add_model_options(p)
     p.add_argument("--timeout", type=float, default=180.0, help="s to wait for the model's workers to be ready")
     for name, default in DEFAULT_PORTS.items():
@@ -143,19 +165,28 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="requests TorchServe batches into one handler call")
     p.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill")
     p.add_argument("--response-timeout", type=int, default=300, help="s a worker may take for one batch")
-    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
-                   help="auto: the fastest runtime that runs here, timed by each worker; openvino: its fastest "
-                        "precision that passed the export's parity gate (openvino-int8, -bf16, -fp32: that one)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKEND_CHOICES,
+        help="auto: the fastest runtime that runs here, timed by each worker; openvino: its fastest "
+        "precision that passed the export's parity gate (openvino-int8, -bf16, -fp32: that one)",
+    )
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per worker (default: cores / workers)")
     p.add_argument("--max-views", type=int, default=30, help="views per model call (bounds the memory of a batch)")
-    p.add_argument("--adaptive-views", action="store_true",
-                   help="answer requests that do not choose (views=all|adaptive) with adaptive views: clips "
-                        "coarse-to-fine until the export's calibrated stopping rule holds (SERVING_VIEWS)")
+    p.add_argument(
+        "--adaptive-views",
+        action="store_true",
+        help="answer requests that do not choose (views=all|adaptive) with adaptive views: clips "
+        "coarse-to-fine until the export's calibrated stopping rule holds (SERVING_VIEWS)",
+    )
     p.add_argument("--decoders", type=int, help="upload decode helpers per worker (default 2; SERVING_DECODERS)")
-    p.add_argument("--decode-timeout", type=float,
-                   help="s one upload's decode may take (default 30; SERVING_DECODE_TIMEOUT)")
-    p.add_argument("--decode-memory-mb", type=int,
-                   help="address space of a decode helper (default 3072; SERVING_DECODE_MEMORY_MB)")
+    p.add_argument(
+        "--decode-timeout", type=float, help="s one upload's decode may take (default 30; SERVING_DECODE_TIMEOUT)"
+    )
+    p.add_argument(
+        "--decode-memory-mb", type=int, help="address space of a decode helper (default 3072; SERVING_DECODE_MEMORY_MB)"
+    )
 
 
 def add_stop_command(sub: argparse._SubParsersAction) -> None:
@@ -173,12 +204,20 @@ def add_health_command(sub: argparse._SubParsersAction) -> None:
 
 
 def add_key_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("key", help="print the key of the server started on --inference-port, renewed first when "
-                                   "it is about to expire: curl -H \"Authorization: Bearer $(python -m serving key)\"")
+    p = sub.add_parser(
+        "key",
+        help="print the key of the server started on --inference-port, renewed first when "
+        'it is about to expire: curl -H "Authorization: Bearer $(python -m serving key)"',
+    )
     p.add_argument("--inference-port", type=int, default=8080)
-    p.add_argument("--kind", choices=KEY_KINDS, default="inference",
-                   help="inference: /ping and /predictions; management: the management API (HTTP and gRPC)")
+    p.add_argument(
+        "--kind",
+        choices=KEY_KINDS,
+        default="inference",
+        help="inference: /ping and /predictions; management: the management API (HTTP and gRPC)",
+    )
     p.set_defaults(func=key)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,6 @@
 """Where TorchServe's listeners live: the five ports, the address each binds, and whether a port
 is free there (one check for `python -m serving start` and the demo's preflight)."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -9,8 +10,13 @@ from serving.errors import ServeError
 
 HOST = "127.0.0.1"  # management and gRPC always, inference and metrics unless --host / --metrics-host say otherwise
 # TorchServe's listeners and their default ports, in the order of the start options
-DEFAULT_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc_inference": 7070,
-                 "grpc_management": 7071}
+DEFAULT_PORTS = {
+    "inference": 8080,
+    "management": 8081,
+    "metrics": 8082,
+    "grpc_inference": 7070,
+    "grpc_management": 7071,
+}
 
 
 def parse_host(text: str, option: str = "--host") -> str:
@@ -19,8 +25,10 @@ def parse_host(text: str, option: str = "--host") -> str:
     try:
         return str(ipaddress.ip_address("127.0.0.1" if text == "localhost" else text))
     except ValueError:
-        raise ServeError(f"{option} {text!r} is not an IP address: give 127.0.0.1 (this machine only), "
-                         "0.0.0.0 (every interface) or one of this machine's addresses") from None
+        raise ServeError(
+            f"{option} {text!r} is not an IP address: give 127.0.0.1 (this machine only), "
+            "0.0.0.0 (every interface) or one of this machine's addresses"
+        ) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -58,11 +66,18 @@ def check_local_address(host: str, option: str = "--host") -> None:
         try:
             s.bind((host, 0))
         except OSError as exc:
-            raise ServeError(f"{option} {host} cannot be bound here ({exc.strerror}): it must be one of this "
-                             "machine's addresses, 0.0.0.0 or 127.0.0.1") from None
+            raise ServeError(
+                f"{option} {host} cannot be bound here ({exc.strerror}): it must be one of this "
+                "machine's addresses, 0.0.0.0 or 127.0.0.1"
+            ) from None
 
 
 def listener_hosts(host: str, metrics_host: str) -> dict[str, str]:
     """The address each of TorchServe's listeners binds, by port name."""
-    return {"inference": host, "management": HOST, "metrics": metrics_host, "grpc_inference": HOST,
-            "grpc_management": HOST}
+    return {
+        "inference": host,
+        "management": HOST,
+        "metrics": metrics_host,
+        "grpc_inference": HOST,
+        "grpc_management": HOST,
+    }

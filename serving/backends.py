@@ -16,6 +16,7 @@ backend's `name` says the runtime, the device and, where it is not fp32, the pre
 (`onnxruntime-cuda`, `torch-cpu`, `tensorrt-cuda-fp16`, `openvino-cpu-bf16`); CUDA backends
 run in true fp32 (TF32 off), the precision the export's parity gate held them to.
 """
+
 from __future__ import annotations
 
 import gc
@@ -23,6 +24,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +33,16 @@ from serving.manifest import sha256_of
 
 log = logging.getLogger(__name__)
 
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch", "openvino", "openvino-fp32", "openvino-bf16",
-                   "openvino-int8")
+BACKEND_CHOICES = (
+    "auto",
+    "tensorrt",
+    "onnxruntime",
+    "torch",
+    "openvino",
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+)
 DEFAULT_MAX_VIEWS = 30  # one 10x3 request per forward; bounds the activations of a chunk
 # ties go to the earlier one; OpenVINO comes last, so it replaces the incumbents only when it is
 # measurably faster (AUTO_MIN_GAIN). "openvino" stands for each precision the export offers and
@@ -128,7 +138,7 @@ def torch_tf32(enabled: bool) -> None:
 
 
 def device_label(gpu_id: int) -> str:
-    """"cuda:N (GPU name)" as the driver names it."""
+    """ "cuda:N (GPU name)" as the driver names it."""
     return f"cuda:{gpu_id} ({cuda_device_name(gpu_id) or 'unknown GPU'})"
 
 
@@ -137,8 +147,17 @@ class OnnxRuntimeBackend:
     driver reports a GPU, else on the CPU; the backend's name comes from the provider the
     session actually uses. `tf32` only for measurements (`make gpu-check`): the server runs fp32."""
 
-    def __init__(self, path: Path, *, input_name: str, output_name: str, threads: int = 0,
-                 max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0, tf32: bool = False):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        input_name: str,
+        output_name: str,
+        threads: int = 0,
+        max_views: int = DEFAULT_MAX_VIEWS,
+        gpu_id: int = 0,
+        tf32: bool = False,
+    ):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -170,8 +189,9 @@ class TensorRTBackend:
 
     Inputs above the engine profile's `max_views` must be split by the caller."""
 
-    def __init__(self, path: Path, *, input_name: str, output_name: str, max_views: int, gpu_id: int = 0,
-                 precision: str = "fp16"):
+    def __init__(
+        self, path: Path, *, input_name: str, output_name: str, max_views: int, gpu_id: int = 0, precision: str = "fp16"
+    ):
         import tensorrt as trt  # optional: GPU machines only
         import torch
 
@@ -213,8 +233,9 @@ class TorchExportBackend:
     has it (torch is the runtime here, so its own answer is the one that counts), in fp32 with
     TF32 off unless `tf32` (measurements only)."""
 
-    def __init__(self, path: Path, *, threads: int = 0, max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0,
-                 tf32: bool = False):
+    def __init__(
+        self, path: Path, *, threads: int = 0, max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0, tf32: bool = False
+    ):
         import torch
 
         self.torch = torch
@@ -226,7 +247,8 @@ class TorchExportBackend:
         if on_cuda:
             torch_tf32(tf32)
         module = torch.export.load(str(path)).module().to(self.torch_device)
-        self.module = module.to(memory_format=torch.channels_last_3d)
+        # Module.to takes memory_format at run time; torch's stubs do not list it
+        self.module = module.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         self.max_views = max_views
         self.name = f"torch-{self.torch_device.type}" + ("-tf32" if on_cuda and tf32 else "")
         self.device = device_label(gpu_id) if on_cuda else "cpu"
@@ -246,11 +268,12 @@ class OpenVinoBackend:
     batch). The precision hint is always set: the CPU plugin's default is bf16 wherever the CPU has
     it, so an IR compiled without a hint would not run in fp32 there."""
 
-    def __init__(self, graph: Path, weights: Path, *, precision: str, threads: int = 0,
-                 max_views: int = DEFAULT_MAX_VIEWS):
+    def __init__(
+        self, graph: Path, weights: Path, *, precision: str, threads: int = 0, max_views: int = DEFAULT_MAX_VIEWS
+    ):
         ov = import_openvino()
         core = ov.Core()
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision]}
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision]}
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = threads  # otherwise OpenVINO's default: one per core
         self.compiled = core.compile_model(core.read_model(str(graph), str(weights)), "CPU", config)
@@ -293,8 +316,9 @@ def openvino_precision(manifest: dict, requested: str | None) -> str:
         return requested
     usable = [p for p in OPENVINO_PRECISIONS if p in record["offered"] and p in here]
     if not usable:
-        raise BackendError(f"this CPU runs none of the OpenVINO precisions the export offers "
-                           f"({', '.join(record['offered'])})")
+        raise BackendError(
+            f"this CPU runs none of the OpenVINO precisions the export offers ({', '.join(record['offered'])})"
+        )
     return usable[0]
 
 
@@ -308,7 +332,9 @@ def openvino_kinds(manifest: dict) -> list[str]:
         here = openvino_cpu_precisions()
     except Exception:  # not installed or broken: load_backend("openvino") gives the reason
         return ["openvino"]
-    usable = [f"openvino-{p}" for p in reversed(OPENVINO_PRECISIONS) if p in (record.get("offered") or []) and p in here]
+    usable = [
+        f"openvino-{p}" for p in reversed(OPENVINO_PRECISIONS) if p in (record.get("offered") or []) and p in here
+    ]
     return usable or ["openvino"]
 
 
@@ -331,14 +357,20 @@ def tensorrt_unavailable(manifest: dict) -> str | None:
     import torch
 
     if not torch.cuda.is_available():
-        return ("the TensorRT backend uses torch CUDA tensors as its buffers and this torch is CPU-only (the "
-                "default serving image: its SERVE_* build arguments add CUDA torch and TensorRT, README \"Docker\")")
+        return (
+            "the TensorRT backend uses torch CUDA tensors as its buffers and this torch is CPU-only (the "
+            'default serving image: its SERVE_* build arguments add CUDA torch and TensorRT, README "Docker")'
+        )
     return None
 
 
 # manifest["parity"] keys of the reports that cover each backend name
-PARITY_KEYS = {"onnxruntime-cpu": "onnxruntime", "onnxruntime-cuda": "onnxruntime-cuda",
-               "torch-cpu": "exported_program", "torch-cuda": "exported_program-cuda"}
+PARITY_KEYS = {
+    "onnxruntime-cpu": "onnxruntime",
+    "onnxruntime-cuda": "onnxruntime-cuda",
+    "torch-cpu": "exported_program",
+    "torch-cuda": "exported_program-cuda",
+}
 
 
 def parity_unchecked(manifest: dict, name: str) -> str | None:
@@ -356,8 +388,15 @@ def parity_unchecked(manifest: dict, name: str) -> str | None:
     return f"{name}: the export's parity gate ran {where}; this backend's results were never compared with PyTorch"
 
 
-def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 0,
-                 max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0):
+def load_backend(
+    kind: str,
+    export_dir: Path,
+    manifest: dict,
+    *,
+    threads: int = 0,
+    max_views: int = DEFAULT_MAX_VIEWS,
+    gpu_id: int = 0,
+):
     """Build one backend by kind ("tensorrt", "onnxruntime", "torch", "openvino" at its fastest
     offered precision, "openvino-fp32", "openvino-bf16", "openvino-int8"); raise BackendError if it
     cannot run here. `gpu_id` is the GPU to use where one is visible (TorchServe gives each worker one)."""
@@ -367,13 +406,19 @@ def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 
             raise BackendError(reason)
         record = manifest["tensorrt"]
         path = verified_artifact(export_dir, manifest, record["file"])
-        backend = TensorRTBackend(path, input_name=manifest["onnx"]["input"], output_name=manifest["onnx"]["output"],
-                                  max_views=min(max_views, int(record["max_views"])), gpu_id=gpu_id,
-                                  precision=record.get("precision", "fp16"))
+        backend = TensorRTBackend(
+            path,
+            input_name=manifest["onnx"]["input"],
+            output_name=manifest["onnx"]["output"],
+            max_views=min(max_views, int(record["max_views"])),
+            gpu_id=gpu_id,
+            precision=record.get("precision", "fp16"),
+        )
         built_on, here = record.get("gpu"), cuda_device_name(gpu_id)
         if built_on and here and built_on != here:  # an engine is tuned for (and usually tied to) its GPU model
-            log.warning("the TensorRT engine was built and parity-checked on %s; this worker runs it on %s", built_on,
-                        here)
+            log.warning(
+                "the TensorRT engine was built and parity-checked on %s; this worker runs it on %s", built_on, here
+            )
         return backend
     if kind == "onnxruntime":
         try:
@@ -382,9 +427,17 @@ def load_backend(kind: str, export_dir: Path, manifest: dict, *, threads: int = 
             raise BackendError("onnxruntime is not installed") from exc
         record = manifest.get("onnx") or {}
         path = verified_artifact(export_dir, manifest, record.get("file"))
-        return warn_unchecked(manifest, OnnxRuntimeBackend(path, input_name=record["input"],
-                                                           output_name=record["output"], threads=threads,
-                                                           max_views=max_views, gpu_id=gpu_id))
+        return warn_unchecked(
+            manifest,
+            OnnxRuntimeBackend(
+                path,
+                input_name=record["input"],
+                output_name=record["output"],
+                threads=threads,
+                max_views=max_views,
+                gpu_id=gpu_id,
+            ),
+        )
     if kind == "torch":
         record = manifest.get("torch") or {}
         path = verified_artifact(export_dir, manifest, record.get("file"))
@@ -457,8 +510,16 @@ def candidate_kinds(prefer: str, manifest: dict) -> list[str]:
     return [prefer]
 
 
-def select_backend(export_dir: Path, manifest: dict, *, prefer: str = "auto", threads: int = 0,
-                   max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0, probe_views: int | None = None):
+def select_backend(
+    export_dir: Path,
+    manifest: dict,
+    *,
+    prefer: str = "auto",
+    threads: int = 0,
+    max_views: int = DEFAULT_MAX_VIEWS,
+    gpu_id: int = 0,
+    probe_views: int | None = None,
+):
     """The backend named by `prefer`, or with "auto" the fastest of those that run here.
 
     "auto" loads TensorRT, ONNX Runtime, PyTorch and each OpenVINO precision the export offers in
@@ -489,8 +550,13 @@ def select_backend(export_dir: Path, manifest: dict, *, prefer: str = "auto", th
     timings = {kind: time_backend(b, views) for kind, b in loaded.items()} if len(loaded) > 1 and probe_views else {}
     chosen = loaded[fastest(timings)] if timings else next(iter(loaded.values()))
     chosen.timings = {loaded[k].name: round(v * 1e3, 3) for k, v in timings.items()}
-    log.info("backend %s on %s chosen (ms per %d views: %s)", chosen.name, chosen.device, n,
-             ", ".join(f"{k} {v:.1f}" for k, v in chosen.timings.items()) or "the only one that runs here")
+    log.info(
+        "backend %s on %s chosen (ms per %d views: %s)",
+        chosen.name,
+        chosen.device,
+        n,
+        ", ".join(f"{k} {v:.1f}" for k, v in chosen.timings.items()) or "the only one that runs here",
+    )
     release_others(loaded, chosen)
     return chosen
 
@@ -510,5 +576,7 @@ def release_others(loaded: dict, chosen) -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-        log.info("CUDA memory reserved by torch after releasing the other backends: %.0f MiB",
-                 torch.cuda.memory_reserved() / 2**20)
+        log.info(
+            "CUDA memory reserved by torch after releasing the other backends: %.0f MiB",
+            torch.cuda.memory_reserved() / 2**20,
+        )

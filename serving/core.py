@@ -17,13 +17,15 @@ The request path, in order:
      cheap next to the model), so what it saves is model time.
 Every problem with a request is a `RequestError` carrying its HTTP status and a JSON body.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -89,15 +91,23 @@ def parse_int(name: str, value, low: int, high: int) -> int:
     try:
         number = int(text)
     except ValueError:
-        raise RequestError(400, "invalid_option",
-                           f"{name} must be an integer from {low} to {high}, got {text[:40]!r}") from None
+        raise RequestError(
+            400, "invalid_option", f"{name} must be an integer from {low} to {high}, got {text[:40]!r}"
+        ) from None
     if not low <= number <= high:
         raise RequestError(400, "invalid_option", f"{name} must be from {low} to {high}, got {number}")
     return number
 
 
-def parse_request(fields_: Mapping, headers: Mapping | None, *, num_classes: int, default_clips: int,
-                  default_crops: int, default_views: str = "all") -> tuple[bytes, Options]:
+def parse_request(
+    fields_: Mapping,
+    headers: Mapping | None,
+    *,
+    num_classes: int,
+    default_clips: int,
+    default_crops: int,
+    default_views: str = "all",
+) -> tuple[bytes, Options]:
     """(video bytes, options) from one request's fields and headers; RequestError when either
     is missing or out of bounds.
 
@@ -108,32 +118,52 @@ def parse_request(fields_: Mapping, headers: Mapping | None, *, num_classes: int
     """
     video_keys = [k for k in VIDEO_FIELDS if k in fields_]
     if not video_keys:
-        raise RequestError(400, "missing_video", "no video in the request: send the file as the raw body with "
-                           "'Content-Type: application/octet-stream' or as multipart form field 'data' (a body sent "
-                           f"as a URL-encoded form is split into fields; got fields {sorted(str(k)[:24] for k in fields_)[:8]})")
+        raise RequestError(
+            400,
+            "missing_video",
+            "no video in the request: send the file as the raw body with "
+            "'Content-Type: application/octet-stream' or as multipart form field 'data' (a body sent "
+            f"as a URL-encoded form is split into fields; got fields {sorted(str(k)[:24] for k in fields_)[:8]})",
+        )
     unknown = sorted(str(k)[:24] for k in fields_ if k not in VIDEO_FIELDS and k not in OPTION_FIELDS)
     if unknown:
-        raise RequestError(400, "unknown_field", f"unknown form field(s) {unknown[:8]}; accepted: data, "
-                           + ", ".join(OPTION_FIELDS))
+        raise RequestError(
+            400, "unknown_field", f"unknown form field(s) {unknown[:8]}; accepted: data, " + ", ".join(OPTION_FIELDS)
+        )
     video = fields_[video_keys[0]]
     if not isinstance(video, (bytes, bytearray)):
-        raise RequestError(400, "invalid_body", f"the video arrived decoded as {type(video).__name__} (a JSON or text "
-                           "Content-Type): send it as 'application/octet-stream' or as multipart field 'data'")
+        raise RequestError(
+            400,
+            "invalid_body",
+            f"the video arrived decoded as {type(video).__name__} (a JSON or text "
+            "Content-Type): send it as 'application/octet-stream' or as multipart field 'data'",
+        )
     if len(video) == 0:
         raise RequestError(400, "empty_body", "the request carries an empty file (0 bytes)")
     if len(video) > MAX_UPLOAD_BYTES:
-        raise RequestError(413, "upload_too_large", f"the upload has {len(video)} bytes, more than the limit of "
-                           f"{MAX_UPLOAD_BYTES}")
+        raise RequestError(
+            413, "upload_too_large", f"the upload has {len(video)} bytes, more than the limit of {MAX_UPLOAD_BYTES}"
+        )
 
-    raw = {OPTION_HEADERS[k.lower()]: v for k, v in (headers or {}).items()
-           if isinstance(k, str) and k.lower() in OPTION_HEADERS}
+    raw = {
+        OPTION_HEADERS[k.lower()]: v
+        for k, v in (headers or {}).items()
+        if isinstance(k, str) and k.lower() in OPTION_HEADERS
+    }
     raw.update({k: fields_[k] for k in OPTION_FIELDS if k in fields_})
-    return video, parse_options(raw, num_classes=num_classes, default_clips=default_clips,
-                                default_crops=default_crops, default_views=default_views)
+    # bytes or bytearray (TorchServe's multipart fields): the decoders read either alike
+    return cast(bytes, video), parse_options(
+        raw,
+        num_classes=num_classes,
+        default_clips=default_clips,
+        default_crops=default_crops,
+        default_views=default_views,
+    )
 
 
-def parse_options(raw: Mapping, *, num_classes: int, default_clips: int, default_crops: int,
-                  default_views: str = "all") -> Options:
+def parse_options(
+    raw: Mapping, *, num_classes: int, default_clips: int, default_crops: int, default_views: str = "all"
+) -> Options:
     """Options from {"topk"|"clips"|"crops"|"views": text or bytes}; absent ones take their
     defaults (topk 5 capped at the number of classes, the manifest's clips and crops, the
     server's views)."""
@@ -196,9 +226,18 @@ class InferenceCore:
     rule; ValueError when the export has none).
     """
 
-    def __init__(self, export_dir: Path, *, backend: str = "auto", threads: int = 0,
-                 max_views: int = DEFAULT_MAX_VIEWS, gpu_id: int = 0, decoder: DecodePool | None = None,
-                 limits: DecodeLimits = DecodeLimits(), views: str = "all"):
+    def __init__(
+        self,
+        export_dir: Path,
+        *,
+        backend: str = "auto",
+        threads: int = 0,
+        max_views: int = DEFAULT_MAX_VIEWS,
+        gpu_id: int = 0,
+        decoder: DecodePool | None = None,
+        limits: DecodeLimits = DecodeLimits(),
+        views: str = "all",
+    ):
         if max_views < 1:
             raise ValueError(f"max_views must be at least 1, got {max_views}")
         if views not in VIEW_MODES:
@@ -209,27 +248,48 @@ class InferenceCore:
         self.classes = list(self.manifest["classes"])
         self.rule = adaptive_rule(self.manifest)
         if views == "adaptive" and self.rule is None:
-            raise ValueError(f"adaptive views by default, but {self.export_dir} has no calibrated stopping rule "
-                             f"({unavailable_reason(self.manifest)}); re-export the run")
+            raise ValueError(
+                f"adaptive views by default, but {self.export_dir} has no calibrated stopping rule "
+                f"({unavailable_reason(self.manifest)}); re-export the run"
+            )
         self.default_views = views
         if threads > 0:
             torch.set_num_threads(threads)  # the normalization in crops_to_views runs on torch
         self.decoder, self.limits = decoder, limits
-        self.backend = select_backend(self.export_dir, self.manifest, prefer=backend, threads=threads,
-                                      max_views=max_views, gpu_id=gpu_id)
+        self.backend = select_backend(
+            self.export_dir, self.manifest, prefer=backend, threads=threads, max_views=max_views, gpu_id=gpu_id
+        )
         # the sha256 of the artifact this backend runs (verified against the manifest on load)
-        self.model_info = {"name": self.manifest["model_name"], "version": self.manifest["model_version"],
-                           "sha256": self.manifest["sha256"][self.backend.path.name]}
-        log.info("serving %s %s with backend %s on %s (%d classes, %dx%d views of %d frames at %d px; %s views by "
-                 "default, adaptive rule %s)", self.model_info["name"], self.model_info["version"], self.backend.name,
-                 self.backend.device, len(self.classes), self.spec.test_clips, self.spec.test_crops,
-                 self.spec.clip_len, self.spec.test_crop, self.default_views, self.rule)
+        self.model_info = {
+            "name": self.manifest["model_name"],
+            "version": self.manifest["model_version"],
+            "sha256": self.manifest["sha256"][self.backend.path.name],
+        }
+        log.info(
+            "serving %s %s with backend %s on %s (%d classes, %dx%d views of %d frames at %d px; %s views by "
+            "default, adaptive rule %s)",
+            self.model_info["name"],
+            self.model_info["version"],
+            self.backend.name,
+            self.backend.device,
+            len(self.classes),
+            self.spec.test_clips,
+            self.spec.test_crops,
+            self.spec.clip_len,
+            self.spec.test_crop,
+            self.default_views,
+            self.rule,
+        )
 
     def status(self) -> dict:
         """What serves and where: the worker's record for `python -m serving health`."""
-        return {"model": dict(self.model_info), "backend": self.backend.name, "device": self.backend.device,
-                "parity_checked": getattr(self.backend, "parity_checked", True),
-                "timings_ms": dict(getattr(self.backend, "timings", {}))}
+        return {
+            "model": dict(self.model_info),
+            "backend": self.backend.name,
+            "device": self.backend.device,
+            "parity_checked": getattr(self.backend, "parity_checked", True),
+            "timings_ms": dict(getattr(self.backend, "timings", {})),
+        }
 
     def warm_up(self) -> None:
         """Zero views through the backend, so that the first request does not pay for the
@@ -244,12 +304,21 @@ class InferenceCore:
             self.backend(np.zeros((n, 3, s.clip_len, s.test_crop, s.test_crop), dtype=np.float32))
 
     def parse(self, fields_: Mapping, headers: Mapping | None = None) -> tuple[bytes, Options]:
-        video, options = parse_request(fields_, headers, num_classes=len(self.classes),
-                                       default_clips=self.spec.test_clips, default_crops=self.spec.test_crops,
-                                       default_views=self.default_views)
+        video, options = parse_request(
+            fields_,
+            headers,
+            num_classes=len(self.classes),
+            default_clips=self.spec.test_clips,
+            default_crops=self.spec.test_crops,
+            default_views=self.default_views,
+        )
         if options.views == "adaptive" and self.rule is None:
-            raise RequestError(400, "adaptive_views_unavailable", "this model has no calibrated stopping rule for "
-                               f"adaptive views ({unavailable_reason(self.manifest)}); send views=all")
+            raise RequestError(
+                400,
+                "adaptive_views_unavailable",
+                "this model has no calibrated stopping rule for "
+                f"adaptive views ({unavailable_reason(self.manifest)}); send views=all",
+            )
         return video, options
 
     def prepare(self, video: bytes, options: Options) -> Prepared:
@@ -274,8 +343,9 @@ class InferenceCore:
         except (RejectedUpload, VideoRejected) as exc:
             raise RequestError(exc.status, exc.code, exc.detail) from None
         decode_s = time.perf_counter() - t0 - spent["views"]  # through the pool: the crossing too
-        return Prepared(views=views, options=options, frames=frames, decode_ms=decode_s * 1e3,
-                        preprocess_ms=spent["views"] * 1e3)
+        return Prepared(
+            views=views, options=options, frames=frames, decode_ms=decode_s * 1e3, preprocess_ms=spent["views"] * 1e3
+        )
 
     def forward(self, arrays: list[np.ndarray]) -> np.ndarray:
         """Logits (sum of rows, C) of the rows of `arrays`, at most `max_views` per backend call."""
@@ -287,40 +357,49 @@ class InferenceCore:
         In rounds: the first sends every view of each "all" request and the first step of each
         adaptive one; each later round the next clip of every adaptive request not yet decided.
         A request's `inference` time is that of the rounds it took part in."""
-        adaptive = [AdaptiveViews(self.rule, clips=p.options.clips, crops=p.options.crops)
-                    if p.options.views == "adaptive" else None for p in batch]
+        # prepare() refuses adaptive requests when the manifest has no rule
+        adaptive = [
+            AdaptiveViews(cast(StoppingRule, self.rule), clips=p.options.clips, crops=p.options.crops)
+            if p.options.views == "adaptive"
+            else None
+            for p in batch
+        ]
         logits: list[np.ndarray | None] = [None] * len(batch)
         inference_s = [0.0] * len(batch)
         pending = list(range(len(batch)))
         while pending:
-            rows = [batch[i].views if adaptive[i] is None else
-                    batch[i].views[adaptive[i].view_rows(adaptive[i].next_clips())] for i in pending]
+            rows = [
+                batch[i].views if (a := adaptive[i]) is None else batch[i].views[a.view_rows(a.next_clips())]
+                for i in pending
+            ]
             t0 = time.perf_counter()
             out = self.forward(rows)
             spent = time.perf_counter() - t0
             start, still = 0, []
-            for i, part in zip(pending, rows):
+            for i, part in zip(pending, rows, strict=True):
                 step, start = out[start : start + len(part)], start + len(part)
                 inference_s[i] += spent
-                if adaptive[i] is None:
+                a = adaptive[i]
+                if a is None:
                     logits[i] = step
-                elif not adaptive[i].add(step):
+                elif not a.add(step):
                     still.append(i)
             pending = still
         return [self.answer(p, logits[i], adaptive[i], inference_s[i] * 1e3) for i, p in enumerate(batch)]
 
-    def answer(self, p: Prepared, logits: np.ndarray | None, adaptive: AdaptiveViews | None,
-               inference_ms: float) -> dict:
+    def answer(
+        self, p: Prepared, logits: np.ndarray | None, adaptive: AdaptiveViews | None, inference_ms: float
+    ) -> dict:
         """A request's answer from the logits of all its views, or from its finished adaptive
         evaluation (the views it used, in order, and why it stopped)."""
-        views = {"clips": p.options.clips, "crops": p.options.crops}
+        views: dict[str, Any] = {"clips": p.options.clips, "crops": p.options.crops}
         if adaptive is None:
+            assert logits is not None  # a request with all its views has their logits
             scores = average_view_scores(torch.from_numpy(logits)).numpy()
             views["count"] = int(len(logits))
         else:
             scores = adaptive.scores
-            views.update(count=adaptive.views_used, mode="adaptive", clips_used=list(adaptive.used),
-                         stop=adaptive.stop)
+            views.update(count=adaptive.views_used, mode="adaptive", clips_used=list(adaptive.used), stop=adaptive.stop)
         order = np.argsort(-scores, kind="stable")[: p.options.topk]
         ms = {"decode": p.decode_ms, "preprocess": p.preprocess_ms, "inference": inference_ms}
         ms["total"] = sum(ms.values())
@@ -333,10 +412,20 @@ class InferenceCore:
             "timings_ms": {k: round(v, 3) for k, v in ms.items()},
         }
 
-    def predict(self, video: bytes, *, topk: int | None = None, clips: int | None = None,
-                crops: int | None = None, views: str | None = None) -> dict:
+    def predict(
+        self,
+        video: bytes,
+        *,
+        topk: int | None = None,
+        clips: int | None = None,
+        crops: int | None = None,
+        views: str | None = None,
+    ) -> dict:
         """One video's answer for in-process callers, with a request's defaults, bounds and
         errors (RequestError)."""
-        given = {k: str(v) for k, v in (("topk", topk), ("clips", clips), ("crops", crops), ("views", views))
-                 if v is not None}
+        given = {
+            k: str(v)
+            for k, v in (("topk", topk), ("clips", clips), ("crops", crops), ("views", views))
+            if v is not None
+        }
         return self.predict_prepared([self.prepare(*self.parse({"body": video, **given}))])[0]

@@ -14,6 +14,7 @@ long work. The first failure ends the demo with one line naming the stage and th
 a non-zero exit. The server is stopped whatever happens once its start has begun (errors,
 Ctrl-C, SIGTERM). The served answer is also written to RUN/demo_answer.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import cast
 
 from serving.addresses import DEFAULT_PORTS, HOST, taken_ports
 from serving.server_records import recorded_state, state_path
@@ -68,8 +70,10 @@ def check_java() -> str:
     java = find_java()
     if java is None:
         where = f"$JAVA_HOME/bin/java ({os.environ['JAVA_HOME']})" if os.environ.get("JAVA_HOME") else "PATH"
-        raise DemoError(f"Java not found on {where}: TorchServe needs Java {MIN_JAVA} or newer "
-                        "(e.g. apt-get install openjdk-17-jre-headless, or set JAVA_HOME)")
+        raise DemoError(
+            f"Java not found on {where}: TorchServe needs Java {MIN_JAVA} or newer "
+            "(e.g. apt-get install openjdk-17-jre-headless, or set JAVA_HOME)"
+        )
     try:
         shown = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -78,8 +82,10 @@ def check_java() -> str:
     if major is None:
         raise DemoError(f"could not read the version of {java} from `java -version`: {shown.stderr.strip()[:200]!r}")
     if major < MIN_JAVA:
-        raise DemoError(f"{java} is Java {major}; TorchServe needs Java {MIN_JAVA} or newer "
-                        "(install openjdk-17-jre-headless and put it first on PATH, or set JAVA_HOME)")
+        raise DemoError(
+            f"{java} is Java {major}; TorchServe needs Java {MIN_JAVA} or newer "
+            "(install openjdk-17-jre-headless and put it first on PATH, or set JAVA_HOME)"
+        )
     return f"Java {major} ({java})"
 
 
@@ -90,10 +96,13 @@ def check_ports(ports: dict[str, int]) -> None:
     if not taken:
         return
     recorded = state_path(ports["inference"]).is_file()
-    hint = ("a server started by `make serve` or an earlier demo is recorded there: stop it with "
-            f"`python -m serving stop --inference-port {ports['inference']}`" if recorded else
-            "stop the program using them (`ss -ltnp` shows it) or pick free ones with --inference-port, "
-            "--management-port, --metrics-port, --grpc-inference-port, --grpc-management-port")
+    hint = (
+        "a server started by `make serve` or an earlier demo is recorded there: stop it with "
+        f"`python -m serving stop --inference-port {ports['inference']}`"
+        if recorded
+        else "stop the program using them (`ss -ltnp` shows it) or pick free ones with --inference-port, "
+        "--management-port, --metrics-port, --grpc-inference-port, --grpc-management-port"
+    )
     raise DemoError(f"port(s) already in use on {HOST}: {', '.join(taken)}; {hint}")
 
 
@@ -103,8 +112,10 @@ def check_disk(run: Path) -> str:
         existing = existing.parent
     free = shutil.disk_usage(existing).free
     if free < MIN_FREE_BYTES:
-        raise DemoError(f"only {free / 2**20:.0f} MiB free on the disk of {existing}; the demo needs "
-                        f"{MIN_FREE_BYTES / 2**30:.0f} GiB (free some space or choose another --run)")
+        raise DemoError(
+            f"only {free / 2**20:.0f} MiB free on the disk of {existing}; the demo needs "
+            f"{MIN_FREE_BYTES / 2**30:.0f} GiB (free some space or choose another --run)"
+        )
     return f"{free / 2**30:.1f} GiB free"
 
 
@@ -135,8 +146,11 @@ class Stages:
         print(f"\n=== {self.current}", flush=True)
 
     def done(self) -> None:
-        print(f"=== {self.current}: done in {format_seconds(time.monotonic() - self.started)} "
-              f"({format_seconds(time.monotonic() - self.t0)} so far)", flush=True)
+        print(
+            f"=== {self.current}: done in {format_seconds(time.monotonic() - self.started)} "
+            f"({format_seconds(time.monotonic() - self.t0)} so far)",
+            flush=True,
+        )
 
 
 def format_seconds(seconds: float) -> str:
@@ -154,8 +168,9 @@ def run_command(cmd: list[str]) -> None:
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals))
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+        )
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
         raise
@@ -200,16 +215,20 @@ def inference_key(inference_port: int) -> str:
     if state is None:
         raise DemoError(f"no server is recorded for port {inference_port} after its start")
     try:
-        return current_key(state, "inference")
+        # token authorization is always on for the servers `serving start` records: a key exists
+        return cast(str, current_key(state, "inference"))
     except (OSError, ValueError, KeyError) as exc:
         raise DemoError(f"cannot read the server's inference key from {state['key_file']}: {exc}") from None
 
 
 def classify(url: str, video: Path, key: str, timeout: float) -> dict:
     """POST the video as the raw body; the JSON answer, or a DemoError with the server's error."""
-    request = urllib.request.Request(url, data=video.read_bytes(), method="POST",
-                                     headers={"Content-Type": "application/octet-stream",
-                                              "Authorization": f"Bearer {key}"})
+    request = urllib.request.Request(
+        url,
+        data=video.read_bytes(),
+        method="POST",
+        headers={"Content-Type": "application/octet-stream", "Authorization": f"Bearer {key}"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
@@ -227,8 +246,10 @@ def classify(url: str, video: Path, key: str, timeout: float) -> dict:
 
 def show_answer(answer: dict, true_label: str | None) -> None:
     model, views, ms = answer["model"], answer["views"], answer["timings_ms"]
-    print(f"  model {model['name']} {model['version']} on {answer['backend']}: {views['count']} views "
-          f"({views['clips']} clips x {views['crops']} crops) from {answer['frames']} frames")
+    print(
+        f"  model {model['name']} {model['version']} on {answer['backend']}: {views['count']} views "
+        f"({views['clips']} clips x {views['crops']} crops) from {answer['frames']} frames"
+    )
     print("  timings: " + ", ".join(f"{k} {v:.0f} ms" for k, v in ms.items()))
     width = max(len(p["label"]) for p in answer["predictions"])
     print(f"  top-{len(answer['predictions'])}:")
@@ -263,8 +284,21 @@ def demo(args, ports: dict[str, int], stages: Stages) -> str:
     port_args = [arg for name, port in ports.items() for arg in (f"--{name.replace('_', '-')}-port", str(port))]
     stages.begin(3, "start TorchServe")
     args.server_begun = True  # from here on main() stops the server whatever happens
-    run_command([python, "-m", "serving", "start", "--run", args.run, "--model-name", args.model_name,
-                 "--timeout", str(args.start_timeout), *port_args])
+    run_command(
+        [
+            python,
+            "-m",
+            "serving",
+            "start",
+            "--run",
+            args.run,
+            "--model-name",
+            args.model_name,
+            "--timeout",
+            str(args.start_timeout),
+            *port_args,
+        ]
+    )
     stages.done()
 
     stages.begin(4, "classify a held-out video over HTTP")
@@ -275,8 +309,9 @@ def demo(args, ports: dict[str, int], stages: Stages) -> str:
     url = f"http://{HOST}:{ports['inference']}/predictions/{args.model_name}"
     print(f"  POST {url}  <- {video} ({video.stat().st_size / 1024:.0f} KiB, application/octet-stream)", flush=True)
     answer = classify(url, video, inference_key(ports["inference"]), timeout=args.request_timeout)
-    (run / "demo_answer.json").write_text(json.dumps({"video": str(video), "true_label": true_label,
-                                                      "answer": answer}, indent=2))
+    (run / "demo_answer.json").write_text(
+        json.dumps({"video": str(video), "true_label": true_label, "answer": answer}, indent=2)
+    )
     show_answer(answer, true_label)
     print(f"  full answer: {run / 'demo_answer.json'}")
     stages.done()
@@ -287,15 +322,22 @@ def demo(args, ports: dict[str, int], stages: Stages) -> str:
     stages.done()
 
     default_ports = ports == DEFAULT_PORTS
-    serve = f"make serve RUN={args.run} MODEL_NAME={args.model_name}" if default_ports else \
-        f"python -m serving start --run {args.run} --model-name {args.model_name} {shlex.join(port_args)}"
+    serve = (
+        f"make serve RUN={args.run} MODEL_NAME={args.model_name}"
+        if default_ports
+        else f"python -m serving start --run {args.run} --model-name {args.model_name} {shlex.join(port_args)}"
+    )
     key = "python -m serving key" + ("" if ports["inference"] == 8080 else f" --inference-port {ports['inference']}")
-    print(f"\nto serve it again: {serve}\nto ask it: curl -H \"Authorization: Bearer $({key})\" "
-          f"-H 'Content-Type: application/octet-stream' --data-binary @{shlex.quote(str(video))} {url}")
+    print(
+        f'\nto serve it again: {serve}\nto ask it: curl -H "Authorization: Bearer $({key})" '
+        f"-H 'Content-Type: application/octet-stream' --data-binary @{shlex.quote(str(video))} {url}"
+    )
     best = answer["predictions"][0]
     truth = f"; true label {true_label}" if true_label is not None else ""
-    return (f"demo finished in {format_seconds(time.monotonic() - stages.t0)}: the served model says "
-            f"{best['label']} ({best['score']:.4f}) for {video.name}{truth}")
+    return (
+        f"demo finished in {format_seconds(time.monotonic() - stages.t0)}: the served model says "
+        f"{best['label']} ({best['score']:.4f}) for {video.name}{truth}"
+    )
 
 
 def raise_on_sigterm(signum, frame):

@@ -5,6 +5,7 @@ torch for preprocessing, so `torch.cuda.is_available()` says nothing about the G
 driver library (`libcuda.so.1`, mounted into a container by `docker run --gpus`) answers for
 every runtime: no library or no device means no GPU, whatever the Python packages are.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -16,6 +16,7 @@ read by `python -m serving health`).
 A request that fails is answered on its own with its 4xx/5xx status and a JSON
 {"error", "detail"} body; the others of the batch are answered normally.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -49,10 +50,15 @@ def env_int(name: str, default: int) -> int:
 
 def decode_pool_from_env() -> DecodePool:
     seconds = env_number("SERVING_DECODE_TIMEOUT", 30.0, float)
-    limits = HelperLimits(memory_mb=env_int("SERVING_DECODE_MEMORY_MB", 3072), cpu_seconds=int(2 * seconds) + 1,
-                          wall_seconds=seconds + 5.0, decode=DecodeLimits(max_seconds=seconds))
-    return DecodePool(env_int("SERVING_DECODERS", 2), limits=limits,
-                      queue_seconds=env_number("SERVING_DECODE_QUEUE", 10.0, float))
+    limits = HelperLimits(
+        memory_mb=env_int("SERVING_DECODE_MEMORY_MB", 3072),
+        cpu_seconds=int(2 * seconds) + 1,
+        wall_seconds=seconds + 5.0,
+        decode=DecodeLimits(max_seconds=seconds),
+    )
+    return DecodePool(
+        env_int("SERVING_DECODERS", 2), limits=limits, queue_seconds=env_number("SERVING_DECODE_QUEUE", 10.0, float)
+    )
 
 
 def upload_size(request: dict) -> int:
@@ -87,11 +93,15 @@ class ActionHandler:
         self.pool = decode_pool_from_env()  # started first: the helpers import while the model loads
         atexit.register(self.pool.close)
         self.threads = ThreadPoolExecutor(len(self.pool.pids()), thread_name_prefix="decode")
-        self.core = InferenceCore(Path(properties["model_dir"]), decoder=self.pool,
-                                  backend=os.environ.get("SERVING_BACKEND", "auto") or "auto",
-                                  threads=env_int("SERVING_THREADS", 0), max_views=env_int("SERVING_MAX_VIEWS", 30),
-                                  views=os.environ.get("SERVING_VIEWS", "").strip() or "all",
-                                  gpu_id=properties.get("gpu_id") or 0)  # TorchServe's GPU for this worker
+        self.core = InferenceCore(
+            Path(properties["model_dir"]),
+            decoder=self.pool,
+            backend=os.environ.get("SERVING_BACKEND", "auto") or "auto",
+            threads=env_int("SERVING_THREADS", 0),
+            max_views=env_int("SERVING_MAX_VIEWS", 30),
+            views=os.environ.get("SERVING_VIEWS", "").strip() or "all",
+            gpu_id=properties.get("gpu_id") or 0,
+        )  # TorchServe's GPU for this worker
         self.core.warm_up()
         self.pool.wait_ready()
         write_status(os.environ.get("SERVING_STATUS_DIR", "").strip(), self.core.status())
@@ -99,28 +109,34 @@ class ActionHandler:
 
     def prepare_one(self, request: dict, headers) -> Prepared | RequestError:
         try:
+            assert self.core is not None  # set by initialize
             video, options = self.core.parse(request, headers)
             return self.core.prepare(video, options)
         except RequestError as exc:
             return exc
         except Exception as exc:  # one broken request must not fail the others of its batch
             log.exception("a request failed while it was prepared")
-            return RequestError(500, "internal_error", f"preparing the request failed unexpectedly: {type(exc).__name__}")
+            return RequestError(
+                500, "internal_error", f"preparing the request failed unexpectedly: {type(exc).__name__}"
+            )
 
     def preprocess(self, data: list[dict], context) -> list[Prepared | RequestError]:
         """Each request's views, or the error it gets answered with; the uploads of a batch are
         decoded concurrently, one per helper."""
         headers = [context.get_all_request_header(idx) for idx in range(len(data))]
+        assert self.threads is not None  # set by initialize
         prepared = list(self.threads.map(self.prepare_one, data, headers))
-        for request, result in zip(data, prepared):
+        for request, result in zip(data, prepared, strict=True):
             if isinstance(result, RequestError):  # one line per refusal; never the upload's bytes
-                log.info("refused request: status=%d code=%s bytes=%d", result.status, result.code,
-                         upload_size(request))
+                log.info(
+                    "refused request: status=%d code=%s bytes=%d", result.status, result.code, upload_size(request)
+                )
         return prepared
 
     def inference(self, prepared: list[Prepared | RequestError]) -> list[dict | RequestError]:
         """The good requests of the batch go through the model together."""
         good = [p for p in prepared if isinstance(p, Prepared)]
+        assert self.core is not None  # set by initialize
         try:
             answers = iter(self.core.predict_prepared(good))
         except Exception as exc:  # answer every request of the batch instead of TorchServe's bare 503

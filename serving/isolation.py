@@ -20,6 +20,7 @@ passed over a Unix socket: the upload in, the uint8 crops out (a 10 x 3 request 
 in place). A helper that crashes, runs out of memory or time is replaced, and its request gets
 a 422 JSON answer; a request that finds every helper busy for `queue_seconds` gets a 503.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -73,7 +75,7 @@ class RejectedUpload(Exception):
 
 
 # ----------------------------------------------------------------------------- messages
-def send_message(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
+def send_message(sock: socket.socket, message: dict, fds: Sequence[int] = ()) -> None:
     payload = json.dumps(message).encode()
     data = struct.pack("!I", len(payload)) + payload
     if fds:
@@ -115,8 +117,13 @@ class Helper:
         env = dict(os.environ, MALLOC_ARENA_MAX="2", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving.isolation", str(theirs.fileno()), json.dumps(asdict(limits))],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env=env, close_fds=True)
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
+        )
         theirs.close()
         self.sock = ours
         self.ready = False
@@ -162,17 +169,21 @@ def ended_helper_error(helper: Helper, what: str) -> RejectedUpload:
     """The 422 for a helper that did not answer, from how it ended."""
     code = helper.process.returncode
     if helper.killed_by_us and what == "timeout":
-        return RejectedUpload(422, "decode_timeout", f"decoding the upload took longer than "
-                              f"{helper.limits.wall_seconds:g} s")
+        return RejectedUpload(
+            422, "decode_timeout", f"decoding the upload took longer than {helper.limits.wall_seconds:g} s"
+        )
     if code == -signal.SIGXCPU:
-        return RejectedUpload(422, "decode_cpu_limit", f"decoding the upload used more than "
-                              f"{helper.limits.cpu_seconds} s of CPU time")
+        return RejectedUpload(
+            422, "decode_cpu_limit", f"decoding the upload used more than {helper.limits.cpu_seconds} s of CPU time"
+        )
     if code == -signal.SIGKILL and not helper.killed_by_us:  # the kernel's out-of-memory killer
-        return RejectedUpload(422, "decode_memory_limit", "decoding the upload needed more memory than the machine "
-                              "could give")
+        return RejectedUpload(
+            422, "decode_memory_limit", "decoding the upload needed more memory than the machine could give"
+        )
     reason = signal.Signals(-code).name if code is not None and code < 0 else f"exit status {code}"
-    return RejectedUpload(422, "decoder_crashed", f"the decoder failed on this file ({reason}); the file is "
-                          "malformed or hostile")
+    return RejectedUpload(
+        422, "decoder_crashed", f"the decoder failed on this file ({reason}); the file is malformed or hostile"
+    )
 
 
 class DecodePool:
@@ -226,8 +237,11 @@ class DecodePool:
                 job = {"in_len": len(data), "out_offset": out_offset, "geometry": asdict(geometry)}
                 reply = self._run(helper, job, memfd)
                 if not reply.get("ok"):
-                    raise RejectedUpload(int(reply.get("status", 422)), str(reply.get("code", "undecodable_video")),
-                                         str(reply.get("detail", ""))[:500])
+                    raise RejectedUpload(
+                        int(reply.get("status", 422)),
+                        str(reply.get("code", "undecodable_video")),
+                        str(reply.get("detail", ""))[:500],
+                    )
                 crops = np.ndarray(geometry.shape, dtype=np.uint8, buffer=shared, offset=out_offset)
                 try:
                     result = convert(crops)
@@ -244,8 +258,9 @@ class DecodePool:
             try:
                 helper = self.idle.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise RejectedUpload(503, "decoders_busy", f"every decoder was busy for {self.queue_seconds:g} s; "
-                                     "retry later") from None
+                raise RejectedUpload(
+                    503, "decoders_busy", f"every decoder was busy for {self.queue_seconds:g} s; retry later"
+                ) from None
             if helper.process.poll() is None:
                 return helper
             log.warning("decoder helper %d ended while idle (%s); replacing it", helper.pid, helper.process.returncode)
@@ -257,7 +272,7 @@ class DecodePool:
         turned into the request's RejectedUpload."""
         try:
             reply = helper.run(job, memfd)
-        except socket.timeout:
+        except TimeoutError:
             what = "timeout"
         except (EOFError, ConnectionError, ValueError, OSError):
             what = "ended"
@@ -273,8 +288,12 @@ class DecodePool:
             helper.process.wait()
             helper.sock.close()
         error = ended_helper_error(helper, what)
-        log.warning("decoder helper %d %s (%s); replacing it", helper.pid,
-                    "timed out" if what == "timeout" else f"ended with {helper.process.returncode}", error.code)
+        log.warning(
+            "decoder helper %d %s (%s); replacing it",
+            helper.pid,
+            "timed out" if what == "timeout" else f"ended with {helper.process.returncode}",
+            error.code,
+        )
         self._replace(helper)
         raise error
 
@@ -315,16 +334,25 @@ def serve_job(job: dict, memfd: int, limits: HelperLimits) -> dict:
         out = np.ndarray(geometry.shape, dtype=np.uint8, buffer=shared, offset=job["out_offset"])
         t0 = time.perf_counter()
         try:
-            decoded = read_view_crops(data, geometry, limits=limits.decode, formats=UPLOAD_FORMATS, out=out,
-                                      threads=limits.threads)
+            decoded = read_view_crops(
+                data, geometry, limits=limits.decode, formats=UPLOAD_FORMATS, out=out, threads=limits.threads
+            )
         except VideoRejected as exc:
             return {"ok": False, "status": exc.status, "code": exc.code, "detail": exc.detail}
         except (MemoryError, BlockingIOError):  # BlockingIOError: no memory for a decoder thread
-            return {"ok": False, "status": 422, "code": "decode_memory_limit",
-                    "detail": f"decoding the upload needed more than {limits.memory_mb} MB"}
+            return {
+                "ok": False,
+                "status": 422,
+                "code": "decode_memory_limit",
+                "detail": f"decoding the upload needed more than {limits.memory_mb} MB",
+            }
         except Exception as exc:  # a file that breaks the decoder in a way not foreseen: that request only
-            return {"ok": False, "status": 422, "code": "decode_failed",
-                    "detail": f"the decoder failed on this file ({type(exc).__name__})"}
+            return {
+                "ok": False,
+                "status": 422,
+                "code": "decode_failed",
+                "detail": f"the decoder failed on this file ({type(exc).__name__})",
+            }
         finally:
             del out
         info = decoded.info.to_dict()

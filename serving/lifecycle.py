@@ -6,8 +6,10 @@ waits until the model's workers are READY (with a deadline). With --foreground i
 after readiness (a container's PID 1): SIGTERM/SIGINT stop the server and exit 0, a server that
 dies on its own exits 1, and the keys are renewed before they expire. Stopping, health and keys
 live in serving/server_records.py, serving/probes.py and serving/tokens.py."""
+
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import shutil
@@ -17,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from serving.addresses import HOST, is_loopback, listener_hosts, url_host
 from serving.preflight import check_hosts, check_startable
@@ -35,27 +38,54 @@ def start(options: StartOptions) -> int:
     manifest = check_startable(options, run, listener_hosts(host, metrics_host))
     warn_if_metrics_exposed(metrics_host, options.ports["metrics"])
     if options.foreground:
-        sys.stdout.reconfigure(line_buffering=True)  # a container's log shows each line as it comes
+        # a container's log shows each line as it comes
+        cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
 
     serve = prepare_serve_dir(run)
-    write_config(serve.config, ports=options.ports, model_store=serve.export, model_name=options.model_name,
-                 version=manifest["model_version"], workers=options.workers, batch_size=options.batch_size,
-                 max_batch_delay=options.max_batch_delay, response_timeout=options.response_timeout, host=host,
-                 metrics_host=metrics_host, token_expiration_min=options.token_expiration_min)
+    write_config(
+        serve.config,
+        ports=options.ports,
+        model_store=serve.export,
+        model_name=options.model_name,
+        version=manifest["model_version"],
+        workers=options.workers,
+        batch_size=options.batch_size,
+        max_batch_delay=options.max_batch_delay,
+        response_timeout=options.response_timeout,
+        host=host,
+        metrics_host=metrics_host,
+        token_expiration_min=options.token_expiration_min,
+    )
     threads = options.threads or max(1, (os.cpu_count() or 1) // options.workers)
     env = server_environment(options, threads=threads, serve_dir=serve.path, log_dir=serve.logs, tmp_dir=serve.tmp)
     log_offset = file_size(serve.model_log)  # TorchServe appends to the logs of earlier starts
     caught = catch_stop_signals()
     proc = launch(torchserve_command(serve.config, serve.export), env, serve, options.log_backups)
-    state_file, state = record_server(proc.pid, run=str(run), model_name=options.model_name, ports=options.ports,
-                                      host=host, metrics_host=metrics_host, key_file=str(serve.key_file),
-                                      token_expiration_min=options.token_expiration_min, logs=str(serve.logs))
+    state_file, state = record_server(
+        proc.pid,
+        run=str(run),
+        model_name=options.model_name,
+        ports=options.ports,
+        host=host,
+        metrics_host=metrics_host,
+        key_file=str(serve.key_file),
+        token_expiration_min=options.token_expiration_min,
+        logs=str(serve.logs),
+    )
 
-    failure = wait_until_ready(proc, state, caught, workers=options.workers, timeout=options.timeout,
-                               model_log=serve.model_log, log_offset=log_offset)
+    failure = wait_until_ready(
+        proc,
+        state,
+        caught,
+        workers=options.workers,
+        timeout=options.timeout,
+        model_log=serve.model_log,
+        log_offset=log_offset,
+    )
     if failure:
-        return stop_unready(state_file, state, failure, caught, foreground=options.foreground, serve=serve,
-                            log_offset=log_offset)
+        return stop_unready(
+            state_file, state, failure, caught, foreground=options.foreground, serve=serve, log_offset=log_offset
+        )
     print_started(options, state, manifest, threads)
     if not options.foreground:
         return 0
@@ -66,6 +96,7 @@ def start(options: StartOptions) -> int:
 class ServeDir:
     """RUN/serve/: TorchServe's working directory (its config, key file and the workers' records),
     with its logs and temporary files; the model store is the run's export."""
+
     path: Path
 
     @property
@@ -108,8 +139,11 @@ def prepare_serve_dir(run: Path) -> ServeDir:
 
 def warn_if_metrics_exposed(metrics_host: str, metrics_port: int) -> None:
     if not is_loopback(metrics_host):
-        print(f"warning: the metrics listener on {metrics_host} needs no key: anyone who reaches "
-              f"{metrics_host}:{metrics_port} can read the server's metrics", file=sys.stderr)
+        print(
+            f"warning: the metrics listener on {metrics_host} needs no key: anyone who reaches "
+            f"{metrics_host}:{metrics_port} can read the server's metrics",
+            file=sys.stderr,
+        )
 
 
 def catch_stop_signals() -> list[int]:
@@ -129,8 +163,16 @@ def launch(command: list[str], env: dict[str, str], serve: ServeDir, log_backups
         # umask 077: TorchServe creates key_file.json with the process umask and only then narrows
         # it to 0600, so that with the usual 022 the keys are world-readable for a moment; its
         # logs and unpacked model are the server user's alone too
-        return subprocess.Popen(command, cwd=serve.path, env=env, stdout=console, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
+        return subprocess.Popen(
+            command,
+            cwd=serve.path,
+            env=env,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            umask=0o077,
+        )
 
 
 def roll_console_log(log_dir: Path, backups: int) -> Path:
@@ -150,8 +192,16 @@ def private_file(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
-def wait_until_ready(proc: subprocess.Popen, state: dict, caught: list[int], *, workers: int, timeout: float,
-                     model_log: Path, log_offset: int) -> str | None:
+def wait_until_ready(
+    proc: subprocess.Popen,
+    state: dict,
+    caught: list[int],
+    *,
+    workers: int,
+    timeout: float,
+    model_log: Path,
+    log_offset: int,
+) -> str | None:
     """None once the model's `workers` are READY, else why not. TorchServe restarts a worker that
     fails to load forever, so the first failure in the model log ends the wait."""
     deadline = time.monotonic() + timeout
@@ -182,15 +232,25 @@ def file_size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
 
-def stop_unready(state_file: Path, state: dict, failure: str, caught: list[int], *, foreground: bool,
-                 serve: ServeDir, log_offset: int) -> int:
+def stop_unready(
+    state_file: Path,
+    state: dict,
+    failure: str,
+    caught: list[int],
+    *,
+    foreground: bool,
+    serve: ServeDir,
+    log_offset: int,
+) -> int:
     """Stop a server whose workers did not become ready and say why; returns start's exit code:
     a stop signal is a stop asked for (0 attached, else 128 + the signal), anything else is 1,
     reported with the model log's new lines."""
     if caught:
         stop_recorded(state_file)
-        print(f"stopped the TorchServe on port {state['ports']['inference']} before it was ready: {failure}",
-              file=sys.stderr)
+        print(
+            f"stopped the TorchServe on port {state['ports']['inference']} before it was ready: {failure}",
+            file=sys.stderr,
+        )
         return 0 if foreground else 128 + caught[0]
     lines = new_log_text(serve.model_log, log_offset).splitlines()[-40:]
     tail = "\n".join(line.split(" MODEL_LOG - ", 1)[-1] for line in lines)  # without the log4j prefixes
@@ -204,20 +264,25 @@ def print_started(options: StartOptions, state: dict, manifest: dict, threads: i
     stop_hint = "make serve-stop" if port == 8080 else f"python -m serving stop --inference-port {port}"
     if options.foreground:
         stop_hint = f"SIGTERM or Ctrl-C to this process, or {stop_hint}"
-    renewal = "renewed before they expire while this process runs" if options.foreground else \
-        f"valid {options.token_expiration_min:g} min; `serving key` renews one that is about to expire"
-    print(f"serving {manifest['model_name']} {manifest['model_version']} at "
-          f"http://{url_host(state['host'])}:{ports['inference']}/predictions/{options.model_name}\n"
-          f"  workers {options.workers}, batch size {options.batch_size}, backend {options.backend}, "
-          f"{threads} threads per worker, {'adaptive' if options.adaptive_views else 'all'} views by default\n"
-          f"  management http://{HOST}:{ports['management']} (management key)  "
-          f"metrics http://{url_host(state['metrics_host'])}:{ports['metrics']}/metrics (no key)\n"
-          f"  keys in {state['key_file']} ({renewal}): every inference and management call needs its key\n"
-          f"    inference key: {key_command(port)}\n"
-          f"    management key: {key_command(port, 'management')}\n"
-          f"  logs {state['logs']} (each file rotated at {options.log_file_size}, {options.log_backups} rotated kept)\n"
-          f"  try: {curl_example(state)}\n"
-          f"  stop with: {stop_hint}")
+    renewal = (
+        "renewed before they expire while this process runs"
+        if options.foreground
+        else f"valid {options.token_expiration_min:g} min; `serving key` renews one that is about to expire"
+    )
+    print(
+        f"serving {manifest['model_name']} {manifest['model_version']} at "
+        f"http://{url_host(state['host'])}:{ports['inference']}/predictions/{options.model_name}\n"
+        f"  workers {options.workers}, batch size {options.batch_size}, backend {options.backend}, "
+        f"{threads} threads per worker, {'adaptive' if options.adaptive_views else 'all'} views by default\n"
+        f"  management http://{HOST}:{ports['management']} (management key)  "
+        f"metrics http://{url_host(state['metrics_host'])}:{ports['metrics']}/metrics (no key)\n"
+        f"  keys in {state['key_file']} ({renewal}): every inference and management call needs its key\n"
+        f"    inference key: {key_command(port)}\n"
+        f"    management key: {key_command(port, 'management')}\n"
+        f"  logs {state['logs']} (each file rotated at {options.log_file_size}, {options.log_backups} rotated kept)\n"
+        f"  try: {curl_example(state)}\n"
+        f"  stop with: {stop_hint}"
+    )
 
 
 def key_command(inference_port: int, kind: str = "inference") -> str:
@@ -232,8 +297,10 @@ def curl_example(state: dict) -> str:
     """A ready-to-paste request: the key comes from `serving key` when curl runs, so it is neither
     printed here nor stale after a renewal."""
     url = inference_url(state, f"/predictions/{state['model_name']}")
-    return (f'curl -H "Authorization: Bearer $({key_command(state["ports"]["inference"])})" '
-            f'-H "Content-Type: application/octet-stream" --data-binary @VIDEO.mp4 {url}')
+    return (
+        f'curl -H "Authorization: Bearer $({key_command(state["ports"]["inference"])})" '
+        f'-H "Content-Type: application/octet-stream" --data-binary @VIDEO.mp4 {url}'
+    )
 
 
 def stay_attached(proc: subprocess.Popen, state_file: Path, state: dict, caught: list[int]) -> int:
@@ -252,12 +319,16 @@ def stay_attached(proc: subprocess.Popen, state_file: Path, state: dict, caught:
                 print(f"the TorchServe on port {state['ports']['inference']} was stopped by `python -m serving stop`")
                 return 0
             stop_recorded(state_file)  # its workers can outlive the launcher and the frontend
-            print(f"error: TorchServe exited on its own with code {proc.returncode} (logs: {state['logs']})",
-                  file=sys.stderr)
+            print(
+                f"error: TorchServe exited on its own with code {proc.returncode} (logs: {state['logs']})",
+                file=sys.stderr,
+            )
             return 1
         renew_at = renew_when_due(state, renew_at)
         time.sleep(0.5)
     ended = stop_recorded(state_file)
-    print(f"stopped the TorchServe on port {state['ports']['inference']} on {signal.Signals(caught[0]).name} "
-          f"({ended} processes)")
+    print(
+        f"stopped the TorchServe on port {state['ports']['inference']} on {signal.Signals(caught[0]).name} "
+        f"({ended} processes)"
+    )
     return 0

@@ -9,6 +9,7 @@ The server reads it from the installed `serving` package (the archive's handler 
 Only the standard library at import: `python -m serving stop | health | key` read the name rule
 without loading torch; the input spec (training.views, which imports torch) is read on demand.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -102,6 +103,7 @@ def load_manifest(export_dir: Path) -> dict:
         raise FileNotFoundError(f"no {FILE_NAME} in {export_dir} (make export writes it)")
     manifest = json.loads(path.read_text())
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported format_version {manifest.get('format_version')!r} "
-                         f"(expected {FORMAT_VERSION})")
+        raise ValueError(
+            f"{path}: unsupported format_version {manifest.get('format_version')!r} (expected {FORMAT_VERSION})"
+        )
     return manifest

@@ -3,6 +3,7 @@ first failure is the one reported): the addresses, the start's settings, the run
 model settings against it, the installation, servers already recorded, free ports. Each failure
 is a ServeError whose message says what to do. The port check and the torchserve launcher are
 the ones the demo's preflight uses too (serving/addresses.py, serving/torchserve_config.py)."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,6 @@ from serving.errors import ServeError
 from serving.manifest import MODEL_NAME_PATTERN, load_manifest
 from serving.server_records import alive, server_processes, state_path
 from serving.torchserve_config import DECODE_MINIMUMS, LOG_SIZE_PATTERN, StartOptions, torchserve_executable
-
 
 
 def check_hosts(options: StartOptions) -> tuple[str, str]:
@@ -45,8 +45,10 @@ def check_server_settings(options: StartOptions) -> None:
     if not options.token_expiration_min > 0:
         raise ServeError("--token-expiration-min must be more than 0")
     if not LOG_SIZE_PATTERN.match(options.log_file_size) or options.log_backups < 1:
-        raise ServeError(f"--log-file-size {options.log_file_size!r} must be a number and KB, MB or GB (e.g. '10MB'), "
-                         "and --log-backups at least 1")
+        raise ServeError(
+            f"--log-file-size {options.log_file_size!r} must be a number and KB, MB or GB (e.g. '10MB'), "
+            "and --log-backups at least 1"
+        )
 
 
 def load_export(export_dir: Path, run_text: str) -> dict:
@@ -62,8 +64,9 @@ def check_model_settings(options: StartOptions, export_dir: Path, manifest: dict
     from serving.core import adaptive_rule, unavailable_reason
 
     if not MODEL_NAME_PATTERN.match(options.model_name):
-        raise ServeError(f"model name {options.model_name!r} must be letters, digits, '_', '.', '-' "
-                         "(it is part of the URL)")
+        raise ServeError(
+            f"model name {options.model_name!r} must be letters, digits, '_', '.', '-' (it is part of the URL)"
+        )
     if min(options.workers, options.batch_size, options.max_views) < 1:
         raise ServeError("--workers, --batch-size and --max-views must be at least 1")
     for option, minimum in DECODE_MINIMUMS.items():
@@ -71,8 +74,10 @@ def check_model_settings(options: StartOptions, export_dir: Path, manifest: dict
         if value is not None and value < minimum:
             raise ServeError(f"--{option.replace('_', '-')} must be at least {minimum}, got {value}")
     if options.adaptive_views and adaptive_rule(manifest) is None:
-        raise ServeError(f"--adaptive-views: {export_dir} has no calibrated stopping rule "
-                         f"({unavailable_reason(manifest)}); re-export the run (make export RUN={options.run})")
+        raise ServeError(
+            f"--adaptive-views: {export_dir} has no calibrated stopping rule "
+            f"({unavailable_reason(manifest)}); re-export the run (make export RUN={options.run})"
+        )
     try:  # the check each worker makes on load, made here once so that a failure reads plainly
         select_backend(export_dir, manifest, prefer=options.backend, threads=1, probe_views=0)
     except BackendError as exc:
@@ -96,18 +101,26 @@ def check_not_served(run: Path, inference_port: int) -> None:
         if not alive(server_processes(recorded)):
             recorded_file.unlink()  # a server that is gone (machine restarted, processes killed)
         elif recorded_file == state_file:
-            raise ServeError(f"a server started by `python -m serving start` already runs on port {inference_port} "
-                             f"(pid {recorded['pid']}, run {recorded['run']}): stop it with `make serve-stop` first")
+            raise ServeError(
+                f"a server started by `python -m serving start` already runs on port {inference_port} "
+                f"(pid {recorded['pid']}, run {recorded['run']}): stop it with `make serve-stop` first"
+            )
         elif recorded["run"] == str(run):
-            raise ServeError(f"run {run} is already served on port {recorded['ports']['inference']} (its logs and "
-                             f"unpacked model live in {run / 'serve'}): stop that server first")
+            raise ServeError(
+                f"run {run} is already served on port {recorded['ports']['inference']} (its logs and "
+                f"unpacked model live in {run / 'serve'}): stop that server first"
+            )
 
 
 def check_ports_free(ports: dict[str, int], hosts: dict[str, str]) -> None:
     only_loopback = set(hosts.values()) == {HOST}
-    taken = [f"{name.replace('_', ' ')} {ports[name]}" + ("" if only_loopback else f" on {hosts[name]}")
-             for name in taken_ports(ports, hosts)]
+    taken = [
+        f"{name.replace('_', ' ')} {ports[name]}" + ("" if only_loopback else f" on {hosts[name]}")
+        for name in taken_ports(ports, hosts)
+    ]
     if taken:
         where = f" on {HOST}" if only_loopback else ""
-        raise ServeError(f"port(s) already in use{where}: {', '.join(taken)}; stop the program using them "
-                         "(`make serve-stop` stops a server started by `make serve`) or choose other ports")
+        raise ServeError(
+            f"port(s) already in use{where}: {', '.join(taken)}; stop the program using them "
+            "(`make serve-stop` stops a server started by `make serve`) or choose other ports"
+        )

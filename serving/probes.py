@@ -2,6 +2,7 @@
 model's workers READY, what `start` waits for) and health (/ping, what `health` and the serving
 image's HEALTHCHECK report), each with the server's own keys; and what its live workers serve
 with, from the records they write once ready."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ def workers_ready(state: dict, workers: int) -> bool:
     try:
         if get_json(inference_url(state, "/ping"), key=current_key(state, "inference")).get("status") != "Healthy":
             return False
-        described = get_json(f"http://{HOST}:{state['ports']['management']}/models/{state['model_name']}",
-                             key=current_key(state, "management"))
+        described = get_json(
+            f"http://{HOST}:{state['ports']['management']}/models/{state['model_name']}",
+            key=current_key(state, "management"),
+        )
     except (OSError, ValueError):  # not listening yet, no key file yet, or the model is not registered yet
         return False
     states = [w.get("status") for w in described[0].get("workers", [])] if described else []
@@ -71,8 +74,9 @@ def worker_summary(serve_dir: Path) -> str:
             continue
         if not psutil.pid_exists(int(status.get("pid", -1))):
             continue
-        line = f"{status['backend']} on {status['device']}" + ("" if status.get("parity_checked", True)
-                                                               else " (parity not checked at export)")
+        line = f"{status['backend']} on {status['device']}" + (
+            "" if status.get("parity_checked", True) else " (parity not checked at export)"
+        )
         seen[line] = seen.get(line, 0) + 1
     count = sum(seen.values())
     return f"{count} worker{'s' if count != 1 else ''}: " + ", ".join(seen) if seen else ""

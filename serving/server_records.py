@@ -2,6 +2,7 @@
 its inference port (so that `stop`, `health` and `key` find it without being told the run), and
 its processes (launcher, Java frontend, Python workers) are found by the session `start` gave
 them. Stopping a recorded server ends that process tree and removes its record and keys."""
+
 from __future__ import annotations
 
 import json

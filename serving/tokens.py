@@ -2,6 +2,7 @@
 the keys into RUN/serve/key_file.json (owner only). Reading a key that stays valid for the
 renewal margin, renewing keys through the token API under the key file's lock, and the
 attached start's renewal schedule."""
+
 from __future__ import annotations
 
 import contextlib
@@ -95,8 +96,10 @@ def renew_when_due(state: dict, renew_at: float) -> float:
     try:
         keys, renewed = renew_expiring_keys(state)
         for kind in renewed:
-            print(f"renewed the {kind} key in {state['key_file']} "
-                  f"(valid until {expiry_of(keys, kind):%Y-%m-%d %H:%M:%S} UTC)")
+            print(
+                f"renewed the {kind} key in {state['key_file']} "
+                f"(valid until {expiry_of(keys, kind):%Y-%m-%d %H:%M:%S} UTC)"
+            )
         return next_renewal(state)
     except (OSError, ValueError, KeyError) as exc:
         print(f"warning: could not renew the keys ({exc}); trying again in 10 s", file=sys.stderr)

@@ -1,6 +1,7 @@
 """What one `python -m serving start` hands TorchServe: the start's options (StartOptions), its
 config.properties (serving/config.properties with this start's ports, addresses and model
 settings), the log4j configuration, the environment the handler reads, and the command line."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,11 @@ LOG_SIZE_PATTERN = re.compile(r"^\d+ ?(KB|MB|GB)$", re.IGNORECASE)  # what log4j
 
 
 # `start` options -> the environment variables the handler reads (serving/handler.py)
-DECODE_OPTIONS = {"decoders": "SERVING_DECODERS", "decode_timeout": "SERVING_DECODE_TIMEOUT",
-                  "decode_memory_mb": "SERVING_DECODE_MEMORY_MB"}
+DECODE_OPTIONS = {
+    "decoders": "SERVING_DECODERS",
+    "decode_timeout": "SERVING_DECODE_TIMEOUT",
+    "decode_memory_mb": "SERVING_DECODE_MEMORY_MB",
+}
 DECODE_MINIMUMS = {"decoders": 1, "decode_timeout": 0.1, "decode_memory_mb": 512}  # a helper imports in ~200 MB
 
 
@@ -27,6 +31,7 @@ DECODE_MINIMUMS = {"decoders": 1, "decode_timeout": 0.1, "decode_memory_mb": 512
 class StartOptions:
     """The options of one start, as `python -m serving start` documents them (its defaults live
     there); ports by listener name, as in DEFAULT_PORTS."""
+
     run: str  # as given: the messages repeat it (make export RUN=...)
     model_name: str
     ports: dict[str, int]
@@ -50,14 +55,36 @@ class StartOptions:
     timeout: float  # s to wait for the model's workers to be ready
 
 
-def write_config(path: Path, *, ports: dict, model_store: Path, model_name: str, version: str, workers: int,
-                 batch_size: int, max_batch_delay: int, response_timeout: int, host: str = HOST,
-                 metrics_host: str = HOST, token_expiration_min: float = 60) -> None:
+def write_config(
+    path: Path,
+    *,
+    ports: dict,
+    model_store: Path,
+    model_name: str,
+    version: str,
+    workers: int,
+    batch_size: int,
+    max_batch_delay: int,
+    response_timeout: int,
+    host: str = HOST,
+    metrics_host: str = HOST,
+    token_expiration_min: float = 60,
+) -> None:
     """serving/config.properties with this start's ports, addresses, key lifetime (minutes) and
     model settings replacing its own."""
-    models = {model_name: {version: {"defaultVersion": True, "marName": "model.mar", "minWorkers": workers,
-                                     "maxWorkers": workers, "batchSize": batch_size, "maxBatchDelay": max_batch_delay,
-                                     "responseTimeout": response_timeout}}}
+    models = {
+        model_name: {
+            version: {
+                "defaultVersion": True,
+                "marName": "model.mar",
+                "minWorkers": workers,
+                "maxWorkers": workers,
+                "batchSize": batch_size,
+                "maxBatchDelay": max_batch_delay,
+                "responseTimeout": response_timeout,
+            }
+        }
+    }
     settings = {
         "inference_address": f"http://{url_host(host)}:{ports['inference']}",
         "management_address": f"http://{HOST}:{ports['management']}",
@@ -87,20 +114,38 @@ def torchserve_executable() -> Path:
 
 
 def torchserve_command(config: Path, model_store: Path) -> list[str]:
-    return [str(torchserve_executable()), "--start", "--foreground", "--ts-config", str(config),
-            "--model-store", str(model_store), "--no-config-snapshots", "--log-config", str(LOG_CONFIG)]
+    return [
+        str(torchserve_executable()),
+        "--start",
+        "--foreground",
+        "--ts-config",
+        str(config),
+        "--model-store",
+        str(model_store),
+        "--no-config-snapshots",
+        "--log-config",
+        str(LOG_CONFIG),
+    ]
 
 
-def server_environment(options: StartOptions, *, threads: int, serve_dir: Path, log_dir: Path,
-                       tmp_dir: Path) -> dict[str, str]:
+def server_environment(
+    options: StartOptions, *, threads: int, serve_dir: Path, log_dir: Path, tmp_dir: Path
+) -> dict[str, str]:
     """This process's environment plus what TorchServe, serving/log4j2.xml and the handler read."""
-    env = dict(os.environ,
-               TEMP=str(tmp_dir),  # java.io.tmpdir: unpacked models and the workers' sockets
-               TMPDIR=str(tmp_dir),  # the launcher's pid file, so that other TorchServes do not collide
-               LOG_LOCATION=str(log_dir), METRICS_LOCATION=str(log_dir),  # read by serving/log4j2.xml
-               SERVING_LOG_FILE_SIZE=options.log_file_size, SERVING_LOG_BACKUPS=str(options.log_backups),
-               SERVING_BACKEND=options.backend, SERVING_THREADS=str(threads), SERVING_MAX_VIEWS=str(options.max_views),
-               SERVING_VIEWS="adaptive" if options.adaptive_views else "all", SERVING_STATUS_DIR=str(serve_dir))
+    env = dict(
+        os.environ,
+        TEMP=str(tmp_dir),  # java.io.tmpdir: unpacked models and the workers' sockets
+        TMPDIR=str(tmp_dir),  # the launcher's pid file, so that other TorchServes do not collide
+        LOG_LOCATION=str(log_dir),
+        METRICS_LOCATION=str(log_dir),  # read by serving/log4j2.xml
+        SERVING_LOG_FILE_SIZE=options.log_file_size,
+        SERVING_LOG_BACKUPS=str(options.log_backups),
+        SERVING_BACKEND=options.backend,
+        SERVING_THREADS=str(threads),
+        SERVING_MAX_VIEWS=str(options.max_views),
+        SERVING_VIEWS="adaptive" if options.adaptive_views else "all",
+        SERVING_STATUS_DIR=str(serve_dir),
+    )
     # the upload decoders' limits (serving/handler.py): given options win over the environment
     for option, name in DECODE_OPTIONS.items():
         if getattr(options, option) is not None:

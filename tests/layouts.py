@@ -1,4 +1,5 @@
 """Small dataset trees in the paper datasets' published layouts, and lists in VideoSSL's format."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,9 @@ def tiny_video(path: Path, seed: int, frames: int = 20) -> Path:
     return write_video(path, rng.integers(0, 255, (frames, 32, 40, 3), dtype=np.uint8))
 
 
-def make_ucf101_tree(root: Path, classes: list[str], *, train_per_class: int, test_per_class: int = 1,
-                     videos: bool = True) -> dict[str, list[str]]:
+def make_ucf101_tree(
+    root: Path, classes: list[str], *, train_per_class: int, test_per_class: int = 1, videos: bool = True
+) -> dict[str, list[str]]:
     """`root/UCF-101/<Class>/v_<Class>_gNN_c01.avi` and `root/ucfTrainTestlist/` (split 1), then
     `python -m training prepare ucf101` -> classes.txt, lists/{train,val}.txt. Returns the
     training and test entries as the official lists name them (`Class/v_Class_gNN_c01.avi`).
@@ -36,7 +38,8 @@ def make_ucf101_tree(root: Path, classes: list[str], *, train_per_class: int, te
                 path.write_bytes(b"")
             entries["train" if g <= train_per_class else "test"].append(name)
     (lists / "trainlist01.txt").write_text(
-        "".join(f"{n} {classes.index(n.split('/')[0]) + 1}\r\n" for n in entries["train"]))
+        "".join(f"{n} {classes.index(n.split('/')[0]) + 1}\r\n" for n in entries["train"])
+    )
     (lists / "testlist01.txt").write_text("".join(n + "\r\n" for n in entries["test"]))
     prepare("ucf101", root)
     return entries

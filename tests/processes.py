@@ -1,5 +1,6 @@
 """What a test checks after stopping a server: the processes a run folder still has and the
 ports still listening on loopback (both must be none)."""
+
 from __future__ import annotations
 
 import socket

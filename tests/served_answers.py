@@ -1,6 +1,7 @@
 """What a served answer is checked against: the validation videos of a run's synthetic data,
 the offline evaluation of one video (the way export's accuracy check scores it, over every view
 or with adaptive views), and the bad uploads with the status and error code each must get."""
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,7 @@ def val_videos(run: Path) -> list[tuple[Path, str]]:
     return videos
 
 
-def offline_scores(path: Path, export_dir: Path, spec: InputSpec, session: ort.InferenceSession,
-                   **views) -> np.ndarray:
+def offline_scores(path: Path, export_dir: Path, spec: InputSpec, session: ort.InferenceSession, **views) -> np.ndarray:
     """Offline evaluation of one video: decode_test_views from its path + normalize + ONNX
     Runtime + average_view_scores, the way the export's accuracy check scores it."""
     x = normalize(decode_test_views(str(path), spec, **views).views, spec).numpy()

@@ -8,6 +8,7 @@ a key that is about to expire), the management helpers its management key.
     pid, rss, logs = worker_pid(server), worker_rss(server), log_bytes(server)
     stop_server(server)
 """
+
 from __future__ import annotations
 
 import http.client
@@ -64,12 +65,13 @@ def free_ports(n: int) -> list[int]:
 
 
 def serving_cli(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serving", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "serving", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def port_args(ports: list[int]) -> list[str]:
-    return [arg for name, port in zip(PORT_NAMES, ports) for arg in (f"--{name}-port", str(port))]
+    return [arg for name, port in zip(PORT_NAMES, ports, strict=True) for arg in (f"--{name}-port", str(port))]
 
 
 def server_key(inference_port: int, kind: str = "inference") -> str:
@@ -83,8 +85,9 @@ def auth_header(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def post(port: int, body: bytes, headers: dict | None = None, model: str = "action",
-         key: str | None = None) -> tuple[int, bytes]:
+def post(
+    port: int, body: bytes, headers: dict | None = None, model: str = "action", key: str | None = None
+) -> tuple[int, bytes]:
     """POST /predictions/<model> with the server's inference key, or `key` (e.g. a wrong one; ""
     sends no Authorization header)."""
     headers = {**auth_header(server_key(port) if key is None else key), **(headers or {})}
@@ -113,16 +116,40 @@ def multipart(fields: dict[str, bytes]) -> tuple[bytes, dict]:
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def start_server(run: Path, *, batch_size: int = 1, threads: int = 2, extra_env: dict | None = None,
-                 timeout: float = 180, max_batch_delay: int = 20, options: tuple[str, ...] = ()) -> Server:
+def start_server(
+    run: Path,
+    *,
+    batch_size: int = 1,
+    threads: int = 2,
+    extra_env: dict | None = None,
+    timeout: float = 180,
+    max_batch_delay: int = 20,
+    options: tuple[str, ...] = (),
+) -> Server:
     """`python -m serving start` of RUN/export/model.mar on free loopback ports, one worker, until
     it is ready. `extra_env` is merged into the environment: the Java frontend and its Python
     worker inherit it (how tests pass the handler's limits). `options`: more start options."""
     ports = free_ports(len(PORT_NAMES))
     env = dict(os.environ, **(extra_env or {}))
-    started = serving_cli("start", "--run", str(run), "--workers", "1", "--batch-size", str(batch_size),
-                          "--max-batch-delay", str(max_batch_delay), "--threads", str(threads),
-                          "--timeout", str(timeout), *options, *port_args(ports), timeout=timeout + 60, env=env)
+    started = serving_cli(
+        "start",
+        "--run",
+        str(run),
+        "--workers",
+        "1",
+        "--batch-size",
+        str(batch_size),
+        "--max-batch-delay",
+        str(max_batch_delay),
+        "--threads",
+        str(threads),
+        "--timeout",
+        str(timeout),
+        *options,
+        *port_args(ports),
+        timeout=timeout + 60,
+        env=env,
+    )
     assert started.returncode == 0, started.stdout + started.stderr
     assert f"at http://{HOST}:{ports[0]}/predictions/action" in started.stdout, started.stdout
     launcher = psutil.Process(json.loads(state_path(ports[0]).read_text())["pid"])

@@ -1,5 +1,6 @@
 """The accuracy benchmark and its robustness test: corruptions against PIL's own ImageEnhance,
 the table and verdict arithmetic, the run plan, and a tiny end-to-end benchmark that resumes."""
+
 import json
 from pathlib import Path
 
@@ -8,13 +9,29 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
-from benchmarks.accuracy import (DEFAULT_CONFIG, SETTINGS, BenchmarkError, finished, main as bench_main,
-                                 markdown, plan_runs, spread, summarize, verdict)
+from benchmarks.accuracy import (
+    DEFAULT_CONFIG,
+    SETTINGS,
+    BenchmarkError,
+    finished,
+    markdown,
+    plan_runs,
+    spread,
+    summarize,
+    verdict,
+)
+from benchmarks.accuracy import main as bench_main
 from tests.tinyrun import tiny_overrides
 from training.config import load_config
+from training.robustness import (
+    CORRUPTIONS,
+    adjust_brightness,
+    adjust_contrast,
+    corruption,
+    corruption_factor,
+    to_grayscale,
+)
 from training.scoring import score_videos
-from training.robustness import (CORRUPTIONS, adjust_brightness, adjust_contrast, corruption, corruption_factor,
-                                 to_grayscale)
 
 
 # ----------------------------------------------------------------------------- corruptions
@@ -39,7 +56,7 @@ def pil_frames(views: torch.Tensor, fn) -> np.ndarray:
 def test_contrast_and_brightness_match_pil_image_enhance(factor):
     views = random_views()
     for ours, enhancer in ((adjust_contrast, ImageEnhance.Contrast), (adjust_brightness, ImageEnhance.Brightness)):
-        expected = pil_frames(views, lambda im: enhancer(im).enhance(factor))
+        expected = pil_frames(views, lambda im, enhancer=enhancer: enhancer(im).enhance(factor))
         got = ours(views, factor).numpy()
         diff = np.abs(got - expected)
         # PIL blends in single/double precision in C; an exact .5 may truncate the other way
@@ -168,9 +185,12 @@ def fake_results(top1: dict[str, list[float]]) -> dict:
                 metrics["teacher"] = {"top1": v + 1, "top5": v + 11, "mean_class": v + 1}
             if name == "fixmatch-tg":
                 del metrics["student"]
-            rob = {"student": {k: {"top1": v - d} for k, d in zip(CORRUPTIONS, (1.0, 2.0, 10.0))}}
-            results[name][seed] = {"folder": f"runs/{name}-seed{seed}", "metrics": metrics,
-                                   "eval": {"robustness": rob} if name in ("fixmatch-rgb", "full") else {}}
+            rob = {"student": {k: {"top1": v - d} for k, d in zip(CORRUPTIONS, (1.0, 2.0, 10.0), strict=True)}}
+            results[name][seed] = {
+                "folder": f"runs/{name}-seed{seed}",
+                "metrics": metrics,
+                "eval": {"robustness": rob} if name in ("fixmatch-rgb", "full") else {},
+            }
     return results
 
 
@@ -181,8 +201,17 @@ def test_spread_is_mean_and_sample_std():
 
 
 def test_summary_and_verdict_follow_the_numbers():
-    table = summarize(fake_results({"fixmatch-rgb": [40, 44], "fixmatch-tg": [60, 62], "align": [55, 57],
-                                    "contrast": [50, 52], "full": [60, 61]}))
+    table = summarize(
+        fake_results(
+            {
+                "fixmatch-rgb": [40, 44],
+                "fixmatch-tg": [60, 62],
+                "align": [55, 57],
+                "contrast": [50, 52],
+                "full": [60, 61],
+            }
+        )
+    )
     assert table["full"]["student"]["top1"]["mean"] == 60.5 and table["full"]["teacher"]["top1"]["mean"] == 61.5
     assert "student" not in table["fixmatch-tg"] and "teacher" not in table["fixmatch-rgb"]
     assert table["full"]["robustness"]["grayscale"]["drop"]["mean"] == 10.0
@@ -191,8 +220,9 @@ def test_summary_and_verdict_follow_the_numbers():
     assert v["margin"] == 18.5 and v["beats_by_more_than_spread"] and v["every_seed_beats_every_seed"]
     assert v["align_between"] and v["contrast_between"] and v["align_above_contrast"]
     assert "supervised_top1" not in v
-    with_reference = verdict(summarize(fake_results({"fixmatch-rgb": [40, 44], "full": [60, 61],
-                                                     "supervised": [80, 82]})))
+    with_reference = verdict(
+        summarize(fake_results({"fixmatch-rgb": [40, 44], "full": [60, 61], "supervised": [80, 82]}))
+    )
     assert with_reference["supervised_top1"] == 81 and with_reference["baseline_below_supervised"] == 39
 
     close = verdict(summarize(fake_results({"fixmatch-rgb": [40, 50], "full": [47, 48]})))
@@ -204,15 +234,33 @@ def test_summary_and_verdict_follow_the_numbers():
 def test_markdown_has_the_table_1_rows_and_the_robustness_table():
     runs = fake_results({"fixmatch-rgb": [40, 44], "align": [55, 57], "full": [60, 61]})
     table = summarize(runs)
-    results = {"table": table, "verdict": verdict(table), "machine_slug": "cpu-2c", "created_utc": "2026-01-01T00:00",
-               "machine": {"cpu": "CPU", "cores": 2, "gpu": None}, "wall_time_s": 600, "train_time_s": 500,
-               "command": "python -m x",
-               "config": "configs/synthetic.yaml", "common_overrides": [], "epochs": 8, "seeds": [0, 1],
-               "dataset": {"classes": 5, "labeled_videos": 20, "unlabeled_videos": 200, "labeled_split": "given",
-                           "val_videos": 50, "views": "10 clips x 3 crops"},
-               "runs": {n: {s: {"folder": r["folder"], "metrics": r["metrics"]} for s, r in by.items()}
-                        for n, by in runs.items()},
-               "markdown": "benchmarks/results/x.md", "figures": {}}
+    results = {
+        "table": table,
+        "verdict": verdict(table),
+        "machine_slug": "cpu-2c",
+        "created_utc": "2026-01-01T00:00",
+        "machine": {"cpu": "CPU", "cores": 2, "gpu": None},
+        "wall_time_s": 600,
+        "train_time_s": 500,
+        "command": "python -m x",
+        "config": "configs/synthetic.yaml",
+        "common_overrides": [],
+        "epochs": 8,
+        "seeds": [0, 1],
+        "dataset": {
+            "classes": 5,
+            "labeled_videos": 20,
+            "unlabeled_videos": 200,
+            "labeled_split": "given",
+            "val_videos": 50,
+            "views": "10 clips x 3 crops",
+        },
+        "runs": {
+            n: {s: {"folder": r["folder"], "metrics": r["metrics"]} for s, r in by.items()} for n, by in runs.items()
+        },
+        "markdown": "benchmarks/results/x.md",
+        "figures": {},
+    }
     text = markdown(results)
     assert "| FixMatch, RGB | 42.0 ± 2.8 | 52.0 ± 2.8 | – | – | 54.1 |" in text
     assert "| both (ours) | 60.5 ± 0.7 |" in text and "| + alignment | 56.0 ± 1.4 |" in text
@@ -224,8 +272,19 @@ def test_markdown_has_the_table_1_rows_and_the_robustness_table():
 @pytest.mark.slow
 def test_tiny_benchmark_writes_results_and_resumes_without_retraining(tmp_path, capsys):
     data = tmp_path / "data"
-    args = ["--configs", "fixmatch-rgb", "full", "--seeds", "1", "--root", str(tmp_path / "runs"),
-            "--out", str(tmp_path / "results"), "--set", *tiny_overrides(data)]
+    args = [
+        "--configs",
+        "fixmatch-rgb",
+        "full",
+        "--seeds",
+        "1",
+        "--root",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "results"),
+        "--set",
+        *tiny_overrides(data),
+    ]
     assert bench_main(args) == 0
     written = sorted((tmp_path / "results").glob("accuracy-*"))
     json_path = next(p for p in written if p.suffix == ".json")

@@ -1,6 +1,7 @@
 """Adaptive views: the coarse-to-fine clip order, the stopping rule on hand-made logits, the
 calibration on synthetic scores, the manifest's record, and the served answer against the
 offline adaptive answer of the same export."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,11 +13,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.adaptive import ScoredVideos, adaptive_record, calibrate, evaluate_rule, spread
+from export.adaptive import ScoredVideos, adaptive_record, calibrate, spread
 from serving.core import InferenceCore, Options, RequestError, parse_request
 from tests.served_answers import offline_adaptive, val_videos
-from training.adaptive_views import (AdaptiveViews, StoppingRule, adaptive_answer, coarse_to_fine, replay,
-                                     stop_reason, view_probabilities)
+from training.adaptive_views import (
+    AdaptiveViews,
+    StoppingRule,
+    adaptive_answer,
+    coarse_to_fine,
+    stop_reason,
+    view_probabilities,
+)
 from training.data import VideoItem
 
 
@@ -24,7 +31,7 @@ from training.data import VideoItem
 def covering_radius(chosen, clips: int) -> float:
     """The largest distance from a point of the video to its nearest chosen clip centre."""
     points = sorted((c + 0.5) / clips for c in chosen)
-    return max([points[0], 1 - points[-1]] + [(b - a) / 2 for a, b in zip(points, points[1:])])
+    return max([points[0], 1 - points[-1]] + [(b - a) / 2 for a, b in zip(points, points[1:], strict=False)])
 
 
 @pytest.mark.parametrize("clips", range(1, 13))
@@ -49,8 +56,9 @@ def test_the_ten_clip_order_covers_the_video_at_3_4_and_5_clips_as_well_as_any()
 
 
 # ----------------------------------------------------------------------------- the stopping rule
-def clip_logits(per_clip: dict[int, list[float]], *, clips: int = 10, crops: int = 3,
-                default: list[float] | None = None) -> np.ndarray:
+def clip_logits(
+    per_clip: dict[int, list[float]], *, clips: int = 10, crops: int = 3, default: list[float] | None = None
+) -> np.ndarray:
     """Clip-major (clips * crops, C) logits whose views of clip c all have softmax per_clip[c]."""
     rows = []
     for c in range(clips):
@@ -61,8 +69,10 @@ def clip_logits(per_clip: dict[int, list[float]], *, clips: int = 10, crops: int
 
 def test_it_stops_at_the_first_clip_where_the_margin_holds():
     order = coarse_to_fine(10)  # 4, 8, 1, ...
-    logits = clip_logits({order[0]: [0.4, 0.3, 0.2, 0.1], order[1]: [0.9, 0.05, 0.03, 0.02],
-                          order[2]: [0.9, 0.05, 0.03, 0.02]}, default=[0.25, 0.25, 0.25, 0.25])
+    logits = clip_logits(
+        {order[0]: [0.4, 0.3, 0.2, 0.1], order[1]: [0.9, 0.05, 0.03, 0.02], order[2]: [0.9, 0.05, 0.03, 0.02]},
+        default=[0.25, 0.25, 0.25, 0.25],
+    )
     # running margins of the mean: 0.1 after 1 clip, 0.475 after 2, 0.6 after 3
     for margin, clips_used in ((0.05, 1), (0.4, 2), (0.5, 3)):
         state = adaptive_answer(logits, StoppingRule(min_clips=1, margin=margin), clips=10, crops=3)
@@ -76,8 +86,12 @@ def test_it_never_stops_before_the_minimum():
     for min_clips in (1, 2, 3, 5):
         state = adaptive_answer(logits, StoppingRule(min_clips=min_clips, margin=0.0), clips=10, crops=3)
         assert (state.stop, state.views_used) == ("margin", 3 * min_clips)
-    assert stop_reason(StoppingRule(min_clips=3, margin=0.0), np.array([6.0, 0.0]), clips_seen=2, views_seen=6,
-                       views_total=30) is None
+    assert (
+        stop_reason(
+            StoppingRule(min_clips=3, margin=0.0), np.array([6.0, 0.0]), clips_seen=2, views_seen=6, views_total=30
+        )
+        is None
+    )
 
 
 def test_it_falls_back_to_every_view_when_nothing_decides():
@@ -86,8 +100,9 @@ def test_it_falls_back_to_every_view_when_nothing_decides():
     assert (state.stop, state.views_used, state.used) == ("all", 30, list(coarse_to_fine(10)))
     np.testing.assert_allclose(state.scores, 0.25)
     # fewer clips than the minimum: all of them
-    state = adaptive_answer(clip_logits({}, clips=2, default=[0.9, 0.1]), StoppingRule(min_clips=3, margin=0.0),
-                            clips=2, crops=3)
+    state = adaptive_answer(
+        clip_logits({}, clips=2, default=[0.9, 0.1]), StoppingRule(min_clips=3, margin=0.0), clips=2, crops=3
+    )
     assert (state.stop, state.views_used) == ("all", 6)
 
 
@@ -105,7 +120,7 @@ def test_it_stops_when_the_views_left_cannot_change_the_answer():
 
 def test_the_servers_step_by_step_evaluation_equals_the_replay():
     rng = np.random.default_rng(0)
-    for trial in range(20):
+    for _ in range(20):
         logits = rng.normal(0, 3, (30, 5))
         rule = StoppingRule(min_clips=int(rng.integers(1, 4)), margin=float(rng.choice([0.1, 0.3, 0.6])))
         state = AdaptiveViews(rule, clips=10, crops=3)
@@ -207,8 +222,14 @@ def test_the_served_adaptive_answer_equals_the_offline_one(run, rule):
     for path, _ in val_videos(run):
         answer = core.predict(path.read_bytes(), topk=3)
         offline = offline_adaptive(path, core.spec, session, core.rule)
-        assert answer["views"] == {"clips": 2, "crops": 3, "count": offline.views_used, "mode": "adaptive",
-                                   "clips_used": offline.used, "stop": offline.stop}
+        assert answer["views"] == {
+            "clips": 2,
+            "crops": 3,
+            "count": offline.views_used,
+            "mode": "adaptive",
+            "clips_used": offline.used,
+            "stop": offline.stop,
+        }
         order = np.argsort(-offline.scores, kind="stable")
         assert [p["index"] for p in answer["predictions"]] == order.tolist()
         np.testing.assert_allclose([p["score"] for p in answer["predictions"]], offline.scores[order], atol=1e-6)
@@ -221,20 +242,27 @@ def test_adaptive_and_all_view_requests_batched_together_equal_each_alone(run):
     core.rule = StoppingRule(1, 0.0)
     videos = [p.read_bytes() for p, _ in val_videos(run)[:3]]
     options = [Options(3, 2, 3, "adaptive"), Options(3, 2, 3), Options(2, 2, 1, "adaptive")]
-    together = core.predict_prepared([core.prepare(v, o) for v, o in zip(videos, options)])
-    for v, o, answer in zip(videos, options, together):
+    together = core.predict_prepared([core.prepare(v, o) for v, o in zip(videos, options, strict=True)])
+    for v, o, answer in zip(videos, options, together, strict=True):
         alone = core.predict(v, topk=o.topk, clips=o.clips, crops=o.crops, views=o.views)
         assert answer["views"] == alone["views"]
         assert [p["index"] for p in answer["predictions"]] == [p["index"] for p in alone["predictions"]]
-        np.testing.assert_allclose([p["score"] for p in answer["predictions"]],
-                                   [p["score"] for p in alone["predictions"]], atol=1e-6)
+        np.testing.assert_allclose(
+            [p["score"] for p in answer["predictions"]], [p["score"] for p in alone["predictions"]], atol=1e-6
+        )
     assert [a["views"]["count"] for a in together] == [3, 6, 1]
     assert "mode" not in together[1]["views"]  # all views: the answer as before
 
 
 def test_views_option_as_field_or_header_and_its_errors(run, tmp_path):
-    parse = lambda fields, headers=None, **kw: parse_request(fields, headers, num_classes=3, default_clips=2,  # noqa
-                                                             default_crops=3, **kw)[1]
+    parse = lambda fields, headers=None, **kw: parse_request(  # noqa: E731
+        fields,
+        headers,
+        num_classes=3,
+        default_clips=2,  # noqa
+        default_crops=3,
+        **kw,
+    )[1]
     assert parse({"body": b"v"}).views == "all"
     assert parse({"body": b"v"}, default_views="adaptive").views == "adaptive"
     assert parse({"data": b"v", "views": b"adaptive"}).views == "adaptive"

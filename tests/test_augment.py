@@ -1,6 +1,5 @@
-import torch
-
 import pytest
+import torch
 
 from training.augment import RANDAUGMENT_OPS, _op, make_views, op_strengths, strong_augment
 from training.views import InputSpec

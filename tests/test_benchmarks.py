@@ -5,6 +5,7 @@ profiles and the merging of results files are checked on known inputs.
 No assertion here is about how fast anything is: the figures are checked for shape,
 consistency (equal costs, counts, FLOP relations) and finiteness only.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,7 +23,8 @@ import torch
 from benchmarks.machine import describe_machine, library_versions, machine_slug
 from benchmarks.measure import interleaved_rounds, latency_stats, ratio_stats
 from benchmarks.profiles import get_profile
-from benchmarks.run import GROUP_FILES, main as bench_main, merge_previous
+from benchmarks.run import GROUP_FILES, merge_previous
+from benchmarks.run import main as bench_main
 from serving.backends import openvino_cpu_precisions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,8 +60,13 @@ def test_ratio_stats_per_round():
 def test_interleaved_rounds_alternate_the_order(benchmark):
     profile = get_profile("smoke", "cpu")
     calls = []
-    samples = interleaved_rounds(benchmark, {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                 profile=profile, device=torch.device("cpu"), min_rounds=4)
+    samples = interleaved_rounds(
+        benchmark,
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        profile=profile,
+        device=torch.device("cpu"),
+        min_rounds=4,
+    )
     warm = 2 * profile.warmup
     measured = calls[warm:]
     assert len(samples["a"]) == len(samples["b"]) == len(measured) // 2 >= 4
@@ -76,8 +83,12 @@ def test_machine_slug_names_the_device():
     assert machine_slug(gpu_machine, "cuda") == "nvidia-h200"
     assert machine_slug(gpu_machine, "cpu") == "intel-xeon-platinum-8480c-16c"  # CPU figures on a GPU machine
     # under oneDNN's instruction-set cap the CPU is measured as another one (here: without AMX)
-    capped = {"cpu": "Intel(R) Xeon(R) Processor", "cores": 2, "gpu": None,
-              "env": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}}
+    capped = {
+        "cpu": "Intel(R) Xeon(R) Processor",
+        "cores": 2,
+        "gpu": None,
+        "env": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+    }
     assert machine_slug(capped, "cpu") == "intel-xeon-2c-max-isa-avx512-core-bf16"
 
 
@@ -102,14 +113,24 @@ def test_profiles_by_name_and_device():
 
 
 def test_merging_keeps_the_groups_a_partial_run_did_not_measure(tmp_path):
-    old = {"profile": {"name": "standard"}, "device": "cpu", "groups": {"training": [{"kind": "step"}],
-                                                                        "backends": [{"old": True}]},
-           "group_runs": {"training": {"measured_utc": "T1"}, "backends": {"measured_utc": "T1"}},
-           "skipped": [{"test": "benchmarks/test_training.py::x", "reason": "r"}], "failed": []}
+    old = {
+        "profile": {"name": "standard"},
+        "device": "cpu",
+        "groups": {"training": [{"kind": "step"}], "backends": [{"old": True}]},
+        "group_runs": {"training": {"measured_utc": "T1"}, "backends": {"measured_utc": "T1"}},
+        "skipped": [{"test": "benchmarks/test_training.py::x", "reason": "r"}],
+        "failed": [],
+    }
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old))
-    new = {"profile": {"name": "standard"}, "device": "cpu", "groups": {"backends": [{"old": False}]},
-           "group_runs": {"backends": {"measured_utc": "T2"}}, "skipped": [], "failed": []}
+    new = {
+        "profile": {"name": "standard"},
+        "device": "cpu",
+        "groups": {"backends": [{"old": False}]},
+        "group_runs": {"backends": {"measured_utc": "T2"}},
+        "skipped": [],
+        "failed": [],
+    }
     merged = merge_previous(new, path)
     assert merged["groups"] == {"backends": [{"old": False}], "training": [{"kind": "step"}]}
     assert merged["group_runs"]["training"]["measured_utc"] == "T1" and merged["skipped"][0]["reason"] == "r"
@@ -142,9 +163,28 @@ def smoke(tiny_run, tmp_path_factory):
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "serve", "logs"))
     export_run(run, tensorrt="off")
     out = base / "results"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--run", str(run), "--profile", "smoke",
-                           "--device", "cpu", "--out", str(out), "--no-prepare", "--groups", *GROUP_FILES],
-                          cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--run",
+            str(run),
+            "--profile",
+            "smoke",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--no-prepare",
+            "--groups",
+            *GROUP_FILES,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_S,
+    )
     files = sorted(out.glob("*.json"))
     results = json.loads(files[0].read_text()) if files else None
     return proc.returncode, results, out, proc.stdout + proc.stderr
@@ -195,8 +235,12 @@ def test_results_record_machine_versions_and_the_run(smoke):
 def test_no_added_cost_records(smoke):
     _, results, _, _ = smoke
     records = results["groups"]["no_added_cost"]
-    engines = ("onnxruntime-cpu", "torch-export-cpu", *(f"openvino-cpu-{p}" for p in OPENVINO_HERE),
-               *(["openvino-cpu-int8"] if INT8_HERE else []))
+    engines = (
+        "onnxruntime-cpu",
+        "torch-export-cpu",
+        *(f"openvino-cpu-{p}" for p in OPENVINO_HERE),
+        *(["openvino-cpu-int8"] if INT8_HERE else []),
+    )
     assert {(r["backend"], r["views"]) for r in records} == {(b, v) for b in engines for v in (1, 3)}
     for r in records:
         assert r["params"]["equal"] and r["params"]["student"] == r["params"]["plain"] == 131_871
@@ -213,8 +257,13 @@ def test_backends_records_and_skips(smoke):
     _, results, _, _ = smoke
     records = results["groups"]["backends"]
     measured = {(r["backend"], r["views"]) for r in records}
-    backends = ("torch-eager-fp32", "torch-channels-last-3d", "onnxruntime-cpu",
-                *(f"openvino-cpu-{p}" for p in OPENVINO_HERE), *(["openvino-cpu-int8"] if INT8_HERE else []))
+    backends = (
+        "torch-eager-fp32",
+        "torch-channels-last-3d",
+        "onnxruntime-cpu",
+        *(f"openvino-cpu-{p}" for p in OPENVINO_HERE),
+        *(["openvino-cpu-int8"] if INT8_HERE else []),
+    )
     assert measured == {(b, v) for b in backends for v in (1, 3)}
     for r in records:
         assert r["median_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]

@@ -21,25 +21,41 @@ def test_every_shipped_config_loads(path):
 
 
 def test_overrides_reach_every_ablation_switch():
-    cfg = load_config(None, ["loss.align=off", "loss.contrast=off", "loss.fusion=probs", "loss.stop_gradient=off",
-                             "loss.align_stages=[3,4]", "loss.temperature=0.1", "tg.stride=7", "model.temporal_pool=false",
-                             "optim.warmup_epochs=0", "optim.sup_warmup_epochs=0", "train.precise_bn=off"])
+    cfg = load_config(
+        None,
+        [
+            "loss.align=off",
+            "loss.contrast=off",
+            "loss.fusion=probs",
+            "loss.stop_gradient=off",
+            "loss.align_stages=[3,4]",
+            "loss.temperature=0.1",
+            "tg.stride=7",
+            "model.temporal_pool=false",
+            "optim.warmup_epochs=0",
+            "optim.sup_warmup_epochs=0",
+            "train.precise_bn=off",
+        ],
+    )
     assert cfg.loss.align == "off" and cfg.loss.contrast is False and cfg.loss.fusion == "probs"
     assert cfg.loss.stop_gradient is False and cfg.loss.align_stages == [3, 4] and cfg.loss.temperature == 0.1
     assert cfg.tg.stride == 7 and cfg.model.temporal_pool is False and cfg.train.precise_bn is False
     assert load_config(None, ["loss.align=l1"]).loss.align == "l1"
 
 
-@pytest.mark.parametrize("override, key", [
-    ("loss.algin=off", "loss.algin"),
-    ("nonsense.x=1", "nonsense"),
-    ("optim.epochs=ten", "optim.epochs"),
-    ("optim.lr=fast", "optim.lr"),
-    ("loss.contrast=3", "loss.contrast"),
-    ("loss.fusion=mean", "loss.fusion"),
-    ("loss.align_stages=[5]", "loss.align_stages"),
-    ("input.crop_size=300", "input.crop_size"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("loss.algin=off", "loss.algin"),
+        ("nonsense.x=1", "nonsense"),
+        ("optim.epochs=ten", "optim.epochs"),
+        ("optim.lr=fast", "optim.lr"),
+        ("loss.contrast=3", "loss.contrast"),
+        ("loss.fusion=mean", "loss.fusion"),
+        ("loss.align_stages=[5]", "loss.align_stages"),
+        ("input.crop_size=300", "input.crop_size"),
+    ],
+)
 def test_bad_keys_and_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])

@@ -5,12 +5,32 @@ import torch
 from tests.videofiles import decoded_index, frame_coded, write_video
 from training.augment import split_modalities, temporal_gradient
 from training.config import ConfigError, DataConfig
-from training.data import (EvalClips, ListResolver, SeededSampler, TrainClips, VideoItem, collate_skipping, make_labeled_split,
-                           read_folder_layout, read_video_list, resolve_splits, weak_geometric)
+from training.data import (
+    EvalClips,
+    ListResolver,
+    SeededSampler,
+    TrainClips,
+    VideoItem,
+    collate_skipping,
+    make_labeled_split,
+    read_folder_layout,
+    read_video_list,
+    resolve_splits,
+    weak_geometric,
+)
 from training.views import InputSpec
 
-SPEC = InputSpec(clip_len=4, interval=3, short_side=48, crop_size=32, crop_area=[0.2, 1.0], test_clips=2, test_crops=3,
-                 test_short_side=48, test_crop=48)
+SPEC = InputSpec(
+    clip_len=4,
+    interval=3,
+    short_side=48,
+    crop_size=32,
+    crop_area=[0.2, 1.0],
+    test_clips=2,
+    test_crops=3,
+    test_short_side=48,
+    test_crop=48,
+)
 
 
 def test_weak_view_is_identical_for_frames_and_successors():
@@ -52,7 +72,7 @@ def test_train_clips_sample_frames_and_their_successors(tmp_path):
             cur = [decoded_index(x[0, :, t]) for t in range(4)]
             nxt = [decoded_index(x[1, :, t]) for t in range(4)]
             assert np.diff(cur).tolist() == [3, 3, 3]
-            assert [n - c for c, n in zip(cur, nxt)] == [stride] * 4
+            assert [n - c for c, n in zip(cur, nxt, strict=True)] == [stride] * 4
     again = ds[(0, (0, 2, 0))]["frames"]
     assert torch.equal(again, ds[(0, (0, 2, 0))]["frames"])  # a sample depends only on its seed
 
@@ -113,8 +133,14 @@ def test_drawn_split_is_saved_and_reused(tmp_path):
 
 
 def test_folder_layout(tmp_path):
-    for path in ["labeled/walk/a.mp4", "labeled/run/b.avi", "unlabeled/x/c.mp4", "unlabeled/d.webm", "val/run/e.mp4",
-                 "labeled/run/notes.txt"]:
+    for path in [
+        "labeled/walk/a.mp4",
+        "labeled/run/b.avi",
+        "unlabeled/x/c.mp4",
+        "unlabeled/d.webm",
+        "val/run/e.mp4",
+        "labeled/run/notes.txt",
+    ]:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_bytes(b"x")
     classes, labeled, unlabeled, val = read_folder_layout(tmp_path)
@@ -145,9 +171,15 @@ def test_list_formats_path_label_frames_and_extensionless(tmp_path):
     lst = tmp_path / "l.txt"
     lst.write_text("\ufeffA/v_a 120 1\r\nB/v_b.avi 0\nC\\v_c.mp4\n")  # rawframes, videos, unlabeled (BOM, CRLF)
     assert read_video_list(lst, num_classes=2, require_labels=False) == [
-        VideoItem("A/v_a", 1), VideoItem("B/v_b.avi", 0), VideoItem("C/v_c.mp4", -1)]
-    for bad, message in (("a 1 2 3\n", "expected 'path \\[num_frames\\] label'"), ("a 12 x\n", "frame count and a label"),
-                         ("a -3 1\n", "frame count -3")):
+        VideoItem("A/v_a", 1),
+        VideoItem("B/v_b.avi", 0),
+        VideoItem("C/v_c.mp4", -1),
+    ]
+    for bad, message in (
+        ("a 1 2 3\n", "expected 'path \\[num_frames\\] label'"),
+        ("a 12 x\n", "frame count and a label"),
+        ("a -3 1\n", "frame count -3"),
+    ):
         lst.write_text(bad)
         with pytest.raises(ConfigError, match=message):
             read_video_list(lst, num_classes=2, require_labels=False)
@@ -160,19 +192,33 @@ def _tree(root, paths):
 
 
 def test_resolver_finds_published_entries_under_the_dataset_root(tmp_path):
-    _tree(tmp_path, ["UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi", "UCF-101/YoYo/v_YoYo_g01_c01.avi",
-                     "hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",
-                     "train/air_drumming/-def456uvw_000005_000015.mkv", "val/zumba/val0000001a_000003_000013.mp4"])
+    _tree(
+        tmp_path,
+        [
+            "UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi",
+            "UCF-101/YoYo/v_YoYo_g01_c01.avi",
+            "hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi",
+            "train/air_drumming/-def456uvw_000005_000015.mkv",
+            "val/zumba/val0000001a_000003_000013.mp4",
+        ],
+    )
     r = ListResolver(tmp_path)
-    r.add_known(["UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi",
-                 "train/air_drumming/-def456uvw_000005_000015.mkv"])
+    r.add_known(
+        ["UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi", "train/air_drumming/-def456uvw_000005_000015.mkv"]
+    )
     assert r.resolve("UCF-101/YoYo/v_YoYo_g01_c01.avi") == "UCF-101/YoYo/v_YoYo_g01_c01.avi"  # as is
     # VideoSSL rawframes (UCF-101): no extension, relative to the frames folder, other case
-    assert r.resolve("HandstandPushups/v_HandstandPushups_g01_c01") == "UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi"
+    assert (
+        r.resolve("HandstandPushups/v_HandstandPushups_g01_c01")
+        == "UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi"
+    )
     # K400's _videos.txt variant: .mp4 named, .mkv on disk, under train/
     assert r.resolve("air_drumming/-def456uvw_000005_000015.mp4") == "train/air_drumming/-def456uvw_000005_000015.mkv"
     # not in the known list: found on disk under a top-level folder (HMDB-51, a K400 val entry)
-    assert r.resolve("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0") == "hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi"
+    assert (
+        r.resolve("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0")
+        == "hmdb51/brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi"
+    )
     assert r.resolve("zumba/val0000001a_000003_000013.mp4") == "val/zumba/val0000001a_000003_000013.mp4"
     assert r.resolve("YoYo/v_YoYo_g99_c01") is None
     items, missing = r.resolve_items([VideoItem("YoYo/v_YoYo_g01_c01", 2), VideoItem("YoYo/v_YoYo_g99_c01", 2)])

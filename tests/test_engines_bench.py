@@ -1,6 +1,7 @@
 """`python -m benchmarks.engines` on the tiny exported run: every engine the export offers answers
 every validation video; the ONNX Runtime row is the offline evaluation of the exported model;
 refused precisions are reported, not run."""
+
 from __future__ import annotations
 
 import json
@@ -61,9 +62,13 @@ def test_the_report_names_every_run_and_engine(engines_results):
 
 def test_pooled_weights_runs_by_their_videos():
     def run(videos, ref_top1, other_top1, agree):
-        return {"videos": videos, "rows": [
-            {"engine": REFERENCE, "top1": ref_top1, "top1_agreement_with_reference": 1.0},
-            {"engine": "openvino-int8", "top1": other_top1, "top1_agreement_with_reference": agree}]}
+        return {
+            "videos": videos,
+            "rows": [
+                {"engine": REFERENCE, "top1": ref_top1, "top1_agreement_with_reference": 1.0},
+                {"engine": "openvino-int8", "top1": other_top1, "top1_agreement_with_reference": agree},
+            ],
+        }
 
     # 1 of 10 videos lost, 0 of 30: 1 of 40 = 2.5 points; agreement (0.9 * 10 + 1.0 * 30) / 40
     rows = {p["engine"]: p for p in pooled([run(10, 50.0, 40.0, 0.9), run(30, 60.0, 60.0, 1.0)])}

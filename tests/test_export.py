@@ -1,5 +1,6 @@
 """Export: the student alone to ONNX / ExportedProgram (/ TensorRT), parity on real decoded
 clips, zero added cost, the manifest and archive, and bad input that leaves nothing behind."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ from export.parity import Bound, onnx_session
 from serving.manifest import input_spec_from_manifest, sha256_of
 from training.config import config_from_dict
 from training.data import resolve_splits
-from training.scoring import accuracy_metrics, score_videos
 from training.models import R3D18, TwoStreamNet, count_parameters, r3d18_from_config
+from training.scoring import accuracy_metrics, score_videos
 from training.views import decode_test_views, normalize
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,8 +52,11 @@ def randomize_weights(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module
     with torch.no_grad():
         for name, t in module.state_dict().items():
             if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
-                        else torch.randn(t.shape, generator=g) * 0.1)
+                t.copy_(
+                    torch.rand(t.shape, generator=g) + 0.5
+                    if name.endswith("running_var")
+                    else torch.randn(t.shape, generator=g) * 0.1
+                )
     return module
 
 
@@ -98,18 +102,37 @@ def test_export_writes_the_files_and_a_manifest_that_round_trips(exported, manif
     assert manifest["model_version"] == "run-epoch3" and manifest["created_utc"].endswith("Z")
     assert manifest["classes"] == ckpt["classes"] == ["move_left", "move_right", "move_up"]
     assert input_spec_from_manifest(manifest["input"]) == cfg.input  # every InputSpec field, as trained
-    assert {k: manifest["input"][k] for k in ("channel_order", "layout", "dtype", "value_range")} == \
-        {"channel_order": "RGB", "layout": "NCTHW", "dtype": "float32", "value_range": [0, 255]}
-    assert manifest["architecture"] == {"name": "r3d18", "num_classes": 3, "width": 4, "temporal_pool": True,
-                                        "dropout": 0.5, "bn_eps": 0.001, "in_channels": 3}
-    assert manifest["onnx"] == {**manifest["onnx"], "file": "model.onnx", "opset": 18, "input": "clips",
-                                "output": "logits"}
+    assert {k: manifest["input"][k] for k in ("channel_order", "layout", "dtype", "value_range")} == {
+        "channel_order": "RGB",
+        "layout": "NCTHW",
+        "dtype": "float32",
+        "value_range": [0, 255],
+    }
+    assert manifest["architecture"] == {
+        "name": "r3d18",
+        "num_classes": 3,
+        "width": 4,
+        "temporal_pool": True,
+        "dropout": 0.5,
+        "bn_eps": 0.001,
+        "in_channels": 3,
+    }
+    assert manifest["onnx"] == {
+        **manifest["onnx"],
+        "file": "model.onnx",
+        "opset": 18,
+        "input": "clips",
+        "output": "logits",
+    }
     assert manifest["torch"]["file"] == "student.pt2"
     assert manifest["training"]["run"] == str(exported.resolve()) and manifest["training"]["epoch"] == 3
     assert manifest["training"]["metrics"] == json.loads((exported / "metrics.json").read_text())
 
-    artifacts = ({"model.onnx", "student.pt2"} | ({"model.plan"} if manifest["tensorrt"]["file"] else set())
-                 | set(manifest["openvino"]["files"]))
+    artifacts = (
+        {"model.onnx", "student.pt2"}
+        | ({"model.plan"} if manifest["tensorrt"]["file"] else set())
+        | set(manifest["openvino"]["files"])
+    )
     assert manifest["openvino"]["files"] == ["model.xml", "model.bin"]  # fp32 passes its gate wherever openvino runs
     assert {"model.xml", "model.bin"} <= names and set(manifest["sha256"]) == artifacts
     for name, digest in manifest["sha256"].items():
@@ -208,8 +231,9 @@ def test_onnx_accuracy_reproduces_the_runs_30_view_metrics(exported, student, ca
     # and the same figures as the PyTorch student through training's own 30-view evaluation
     cfg = config_from_dict(torch.load(exported / "last.pt", weights_only=True)["config"])
     splits = resolve_splits(cfg.data, exported, is_main=False)
-    scores, labels, _ = score_videos(student, splits.val, splits.root, cfg.input, modality="rgb", tg_stride=1,
-                                     device=torch.device("cpu"))
+    scores, labels, _ = score_videos(
+        student, splits.val, splits.root, cfg.input, modality="rgb", tg_stride=1, device=torch.device("cpu")
+    )
     assert accuracy_metrics(scores, labels, 3)["top1"] == pytest.approx(report["top1"])
     assert evaluate_onnx(exported, clips=1, crops=1)["views"] == "1 clips x 1 crops"
 
@@ -261,8 +285,9 @@ def test_archive_without_the_handler_is_refused_by_name(tiny_run, tmp_path, caps
 # ----------------------------------------------------------------------------- bad input
 def test_missing_run_folder_exits_nonzero_with_its_name(tmp_path):
     missing = tmp_path / "no-such-run"
-    proc = subprocess.run([sys.executable, "-m", "export", "--run", str(missing)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", "--run", str(missing)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == f"error: run folder not found: {missing}"
     assert not missing.exists()
@@ -280,16 +305,19 @@ def _no_val(ckpt):
     ckpt["config"]["data"]["val_list"] = ""
 
 
-@pytest.mark.parametrize("breakage, message", [
-    ("corrupt", "last.pt: not a readable checkpoint"),
-    ("truncated", "last.pt: not a readable checkpoint"),
-    ("state_dict_only", "not a checkpoint of this project's training"),
-    ("other_architecture", "the student weights are not an R3D-18 of the run's config (width 8, 3 classes)"),
-    ("teacher_only", "the checkpoint has no RGB student to export"),
-    ("no_validation_data", "has no validation videos"),
-    ("no_checkpoint", "no checkpoint in the run folder"),
-    ("no_metrics", "metrics.json is missing: the run stopped at epoch 3"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("corrupt", "last.pt: not a readable checkpoint"),
+        ("truncated", "last.pt: not a readable checkpoint"),
+        ("state_dict_only", "not a checkpoint of this project's training"),
+        ("other_architecture", "the student weights are not an R3D-18 of the run's config (width 8, 3 classes)"),
+        ("teacher_only", "the checkpoint has no RGB student to export"),
+        ("no_validation_data", "has no validation videos"),
+        ("no_checkpoint", "no checkpoint in the run folder"),
+        ("no_metrics", "metrics.json is missing: the run stopped at epoch 3"),
+    ],
+)
 def test_bad_runs_exit_nonzero_naming_the_problem_and_leave_nothing(tiny_run, tmp_path, capsys, breakage, message):
     run = copy_run(tiny_run, tmp_path / "run")
     ckpt_path = run / "last.pt"

@@ -1,5 +1,6 @@
 """Figures of a run: confusion matrix values, curves from a history, RGB vs TG frames of real
 videos, and `python -m training evaluate --figures --robustness` on a real tiny run."""
+
 import json
 import shutil
 
@@ -10,8 +11,16 @@ import torch
 from tests.videofiles import write_video
 from training.data import VideoItem
 from training.evaluate import main as evaluate_main
-from training.figures import (FAST_STRIDE, SLOW_STRIDE, clip_modalities, confusion_matrix, curves_figure,
-                              frames_figure, readable_clips, tg_display)
+from training.figures import (
+    FAST_STRIDE,
+    SLOW_STRIDE,
+    clip_modalities,
+    confusion_matrix,
+    curves_figure,
+    frames_figure,
+    readable_clips,
+    tg_display,
+)
 from training.views import InputSpec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -38,10 +47,23 @@ def test_tg_display_maps_no_change_to_mid_grey_and_clips():
 
 def test_curves_figure_plots_every_group_and_tolerates_missing_values(tmp_path):
     history = [
-        {"epoch": 1, "loss/total": 3.0, "loss/sup_rgb": 2.0, "pseudo/mask_rate_rgb": 0.1,
-         "pseudo/pseudo_acc_rgb": float("nan")},
-        {"epoch": 2, "loss/total": 2.0, "loss/sup_rgb": 1.5, "loss/unsup_rgb": 0.4, "pseudo/mask_rate_rgb": 0.5,
-         "pseudo/pseudo_acc_rgb": 0.7, "val/student_top1": 40.0, "lr": 0.01},
+        {
+            "epoch": 1,
+            "loss/total": 3.0,
+            "loss/sup_rgb": 2.0,
+            "pseudo/mask_rate_rgb": 0.1,
+            "pseudo/pseudo_acc_rgb": float("nan"),
+        },
+        {
+            "epoch": 2,
+            "loss/total": 2.0,
+            "loss/sup_rgb": 1.5,
+            "loss/unsup_rgb": 0.4,
+            "pseudo/mask_rate_rgb": 0.5,
+            "pseudo/pseudo_acc_rgb": 0.7,
+            "val/student_top1": 40.0,
+            "lr": 0.01,
+        },
     ]
     assert is_png(curves_figure(history, tmp_path / "curves.png"))
     assert is_png(curves_figure([], tmp_path / "empty.png"))

@@ -3,6 +3,7 @@ and 11 API surfaces, the fp16 graph a strongly typed engine is built from, build
 one-line errors, CUDA detection from the driver (not torch), the parity bounds of each
 precision, the server's view of unchecked parity, and `make gpu-check` on a CPU-only machine.
 Where `tensorrt` imports and a GPU is visible, real engines are built in every precision."""
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,24 @@ import torch
 from benchmarks import gpu_check
 from export import trt_engine
 from export.build import ExportError, export_student, tensorrt_engine
-from export.parity import (CUDA_FP32_BOUND, TENSORRT_FP16_BOUND, TENSORRT_FP32_BOUND, TENSORRT_TF32_BOUND,
-                           Comparison, ParityError, check_parity, tensorrt_bound)
-from serving.backends import (BackendError, cuda_provider_options, load_backend, onnxruntime_cuda_unavailable,
-                              parity_unchecked, tensorrt_unavailable)
+from export.parity import (
+    CUDA_FP32_BOUND,
+    TENSORRT_FP16_BOUND,
+    TENSORRT_FP32_BOUND,
+    TENSORRT_TF32_BOUND,
+    Comparison,
+    ParityError,
+    check_parity,
+    tensorrt_bound,
+)
+from serving.backends import (
+    BackendError,
+    cuda_provider_options,
+    load_backend,
+    onnxruntime_cuda_unavailable,
+    parity_unchecked,
+    tensorrt_unavailable,
+)
 from serving.devices import cuda_device_count, cuda_device_name, cuda_unavailable
 from serving.probes import worker_summary
 from training.models import R3D18
@@ -35,8 +50,11 @@ def tensorrt_api(*, weak_fp16: bool, strongly_typed: bool = True, tf32: bool = T
     flags = {"FP16": 0} if weak_fp16 else {}
     flags.update({"TF32": 2} if tf32 else {})
     network = {"STRONGLY_TYPED": 1} if strongly_typed else {}
-    return SimpleNamespace(__version__=version, BuilderFlag=SimpleNamespace(**flags),
-                           NetworkDefinitionCreationFlag=SimpleNamespace(**network))
+    return SimpleNamespace(
+        __version__=version,
+        BuilderFlag=SimpleNamespace(**flags),
+        NetworkDefinitionCreationFlag=SimpleNamespace(**network),
+    )
 
 
 TENSORRT_10 = tensorrt_api(weak_fp16=True)
@@ -55,8 +73,13 @@ def tiny_onnx(tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- precision selection
 def test_tensorrt_10_builds_fp16_with_its_weak_typing_flag():
     plan = trt_engine.build_plan(TENSORRT_10, "fp16")
-    assert (plan.precision, plan.typing, plan.set_flags, plan.fp16_graph, plan.network_flags) == \
-        ("fp16", "weak", ("FP16",), False, 0)
+    assert (plan.precision, plan.typing, plan.set_flags, plan.fp16_graph, plan.network_flags) == (
+        "fp16",
+        "weak",
+        ("FP16",),
+        False,
+        0,
+    )
 
 
 def test_tensorrt_11_builds_fp16_from_an_fp16_graph_in_a_strongly_typed_network():
@@ -160,8 +183,10 @@ def test_cuda_comes_from_the_driver_not_from_torch():
 def test_onnxruntime_asks_for_cuda_only_with_the_provider_and_a_gpu():
     gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert onnxruntime_cuda_unavailable(gpu_build, None) is None
-    assert onnxruntime_cuda_unavailable(gpu_build, "no CUDA driver (libcuda.so.1 not found)") == \
-        "no CUDA driver (libcuda.so.1 not found)"
+    assert (
+        onnxruntime_cuda_unavailable(gpu_build, "no CUDA driver (libcuda.so.1 not found)")
+        == "no CUDA driver (libcuda.so.1 not found)"
+    )
     assert "no CUDA provider" in onnxruntime_cuda_unavailable(["CPUExecutionProvider"], None)
     assert cuda_provider_options(1) == {"device_id": 1, "use_tf32": 0, "cudnn_conv_algo_search": "EXHAUSTIVE"}
     assert cuda_provider_options(0, tf32=True)["use_tf32"] == 1
@@ -177,14 +202,22 @@ def test_without_a_gpu_the_onnxruntime_backend_says_it_runs_on_the_cpu(tiny_onnx
 
 # ----------------------------------------------------------------------------- parity as the server sees it
 def test_the_server_names_cuda_backends_the_export_never_compared():
-    cpu_export = {"parity": {"machine": {"gpu": None, "cuda_backends": []}, "onnxruntime": {"views": 6},
-                             "exported_program": {"views": 6}}}
+    cpu_export = {
+        "parity": {
+            "machine": {"gpu": None, "cuda_backends": []},
+            "onnxruntime": {"views": 6},
+            "exported_program": {"views": 6},
+        }
+    }
     assert parity_unchecked(cpu_export, "onnxruntime-cpu") is None and parity_unchecked(cpu_export, "torch-cpu") is None
     for name in ("onnxruntime-cuda", "torch-cuda"):
-        assert parity_unchecked(cpu_export, name) == (f"{name}: the export's parity gate ran on a machine without a "
-                                                      "GPU; this backend's results were never compared with PyTorch")
-    gpu_export = {"parity": {**cpu_export["parity"], "machine": {"gpu": "NVIDIA H200"},
-                             "onnxruntime-cuda": {"views": 6}}}
+        assert parity_unchecked(cpu_export, name) == (
+            f"{name}: the export's parity gate ran on a machine without a "
+            "GPU; this backend's results were never compared with PyTorch"
+        )
+    gpu_export = {
+        "parity": {**cpu_export["parity"], "machine": {"gpu": "NVIDIA H200"}, "onnxruntime-cuda": {"views": 6}}
+    }
     assert parity_unchecked(gpu_export, "onnxruntime-cuda") is None
     assert "ran on NVIDIA H200, where torch-cuda did not run" in parity_unchecked(gpu_export, "torch-cuda")
 
@@ -200,8 +233,9 @@ def test_health_names_each_live_workers_backend_and_device(tmp_path):
     status = {"backend": "onnxruntime-cuda", "device": "cuda:0 (NVIDIA H200)", "parity_checked": False}
     (tmp_path / "worker-1.json").write_text(json.dumps({**status, "pid": os.getpid()}))
     (tmp_path / "worker-2.json").write_text(json.dumps({**status, "backend": "torch-cpu", "pid": 2**22 + 7}))  # gone
-    assert worker_summary(tmp_path) == ("1 worker: onnxruntime-cuda on cuda:0 (NVIDIA H200) "
-                                        "(parity not checked at export)")
+    assert worker_summary(tmp_path) == (
+        "1 worker: onnxruntime-cuda on cuda:0 (NVIDIA H200) (parity not checked at export)"
+    )
     assert worker_summary(tmp_path / "none") == ""
 
 
@@ -224,8 +258,7 @@ def test_real_engines_build_in_each_precision_and_match_onnxruntime(tiny_onnx, t
     import onnxruntime as ort
     import tensorrt as trt
 
-    record = trt_engine.build_engine(tiny_onnx, tmp_path / "model.plan", precision=precision, opt_views=4,
-                                     max_views=8)
+    record = trt_engine.build_engine(tiny_onnx, tmp_path / "model.plan", precision=precision, opt_views=4, max_views=8)
     expected = trt_engine.build_plan(trt, precision)
     assert (record["precision"], record["typing"], record["tf32"]) == (precision, expected.typing, precision == "tf32")
     runner = trt_engine.engine_runner(tmp_path / "model.plan", max_views=8, precision=precision)

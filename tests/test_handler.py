@@ -3,6 +3,7 @@ over (raw body, multipart fields, headers), each answered with its own status an
 
 The context is TorchServe's own `ts.context.Context` with one `RequestProcessor` per request,
 set up the way `ts.service.Service.predict` does before it calls a handler."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,9 @@ from tests.served_answers import bad_uploads, val_videos
 
 
 def make_context(run, headers: list[dict]) -> Context:
-    context = Context("action", str(run / "export"), manifest=None, batch_size=len(headers), gpu=None,
-                      mms_version="0.12.0")
+    context = Context(
+        "action", str(run / "export"), manifest=None, batch_size=len(headers), gpu=None, mms_version="0.12.0"
+    )
     context.request_processor = [RequestProcessor(h) for h in headers]
     return context
 
@@ -24,8 +26,9 @@ def handle(handler: ActionHandler, run, requests: list[dict], headers: list[dict
     """-> (bodies, [(status, content type)]) for one batch."""
     context = make_context(run, headers or [{} for _ in requests])
     bodies = handler.handle(requests, context)
-    return bodies, [(context.get_response_status(i)[0], context.get_response_content_type(i))
-                    for i in range(len(requests))]
+    return bodies, [
+        (context.get_response_status(i)[0], context.get_response_content_type(i)) for i in range(len(requests))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +41,12 @@ def handler(run) -> ActionHandler:
     h = ActionHandler()
     h.initialize(make_context(run, [{}]))
     # auto: the fastest here
-    assert h.initialized and h.core.backend.name in ("onnxruntime-cpu", "torch-cpu", "openvino-cpu-fp32",
-                                                     "openvino-cpu-bf16")
+    assert h.initialized and h.core.backend.name in (
+        "onnxruntime-cpu",
+        "torch-cpu",
+        "openvino-cpu-fp32",
+        "openvino-cpu-bf16",
+    )
     return h
 
 
@@ -68,22 +75,28 @@ def test_a_batch_of_several_requests_is_answered_request_by_request(handler, run
     assert bodies[2]["error"] == "not_a_video" and "not a readable video" in bodies[2]["detail"]
     assert bodies[3]["views"] == {"clips": 1, "crops": 3, "count": 3} and len(bodies[3]["predictions"]) == 2
     # every answer of the batch equals the same request sent alone
-    for request, header, body in ((requests[0], {}, bodies[0]), (requests[1], {}, bodies[1]),
-                                  (requests[3], headers[3], bodies[3])):
+    for request, header, body in (
+        (requests[0], {}, bodies[0]),
+        (requests[1], {}, bodies[1]),
+        (requests[3], headers[3], bodies[3]),
+    ):
         (alone,), (status,) = handle(handler, run, [request], [header])
         assert status[0] == 200 and scores(alone).keys() == scores(body).keys()
         np.testing.assert_allclose(list(scores(alone).values()), list(scores(body).values()), atol=1e-6)
 
 
-@pytest.mark.parametrize("request_, headers, status, code", [
-    ({"body": bytearray()}, {}, 400, "empty_body"),
-    ({}, {}, 400, "missing_video"),
-    ({"data": bytearray(b"x"), "size": bytearray(b"3")}, {}, 400, "unknown_field"),
-    ({"data": "VIDEO", "topk": bytearray(b"9")}, {}, 400, "invalid_option"),
-    ({"data": "VIDEO", "clips": bytearray(b"11")}, {}, 400, "invalid_option"),
-    ({"data": "VIDEO", "crops": bytearray(b"0")}, {}, 400, "invalid_option"),
-    ({"body": "VIDEO"}, {"X-Topk": "zero"}, 400, "invalid_option"),
-])
+@pytest.mark.parametrize(
+    "request_, headers, status, code",
+    [
+        ({"body": bytearray()}, {}, 400, "empty_body"),
+        ({}, {}, 400, "missing_video"),
+        ({"data": bytearray(b"x"), "size": bytearray(b"3")}, {}, 400, "unknown_field"),
+        ({"data": "VIDEO", "topk": bytearray(b"9")}, {}, 400, "invalid_option"),
+        ({"data": "VIDEO", "clips": bytearray(b"11")}, {}, 400, "invalid_option"),
+        ({"data": "VIDEO", "crops": bytearray(b"0")}, {}, 400, "invalid_option"),
+        ({"body": "VIDEO"}, {"X-Topk": "zero"}, 400, "invalid_option"),
+    ],
+)
 def test_request_errors_get_their_status_and_json_body(handler, run, videos, request_, headers, status, code):
     request_ = {k: (bytearray(videos[0]) if v == "VIDEO" else v) for k, v in request_.items()}
     (body,), ((got, content_type),) = handle(handler, run, [request_], [headers])
@@ -122,8 +135,9 @@ def test_an_unexpected_error_in_one_request_spares_the_rest_of_the_batch(handler
         return prepare(video, options)
 
     monkeypatch.setattr(handler.core, "prepare", flaky)
-    bodies, statuses = handle(handler, run, [{"data": bytearray(videos[0]), "clips": bytearray(b"1")},
-                                             {"body": bytearray(videos[1])}])
+    bodies, statuses = handle(
+        handler, run, [{"data": bytearray(videos[0]), "clips": bytearray(b"1")}, {"body": bytearray(videos[1])}]
+    )
     assert [s for s, _ in statuses] == [500, 200]
     assert bodies[0]["error"] == "internal_error" and bodies[1]["views"]["count"] == 6
 
@@ -143,9 +157,16 @@ def test_adaptive_views_by_default_from_the_environment_and_views_all_per_reques
     monkeypatch.setenv("SERVING_VIEWS", "adaptive")  # what `python -m serving start --adaptive-views` sets
     h = ActionHandler()
     h.initialize(make_context(run, [{}]))
-    bodies, statuses = handle(h, run, [{"body": bytearray(videos[0])}, {"body": bytearray(videos[0])},
-                                       {"data": bytearray(videos[0]), "views": bytearray(b"all")}],
-                              [{}, {"X-Views": "all"}, {}])
+    bodies, statuses = handle(
+        h,
+        run,
+        [
+            {"body": bytearray(videos[0])},
+            {"body": bytearray(videos[0])},
+            {"data": bytearray(videos[0]), "views": bytearray(b"all")},
+        ],
+        [{}, {"X-Views": "all"}, {}],
+    )
     assert [s for s, _ in statuses] == [200, 200, 200]
     assert bodies[0]["views"]["mode"] == "adaptive" and bodies[0]["views"]["count"] in (3, 6)
     assert bodies[1]["views"] == bodies[2]["views"] == {"clips": 2, "crops": 3, "count": 6}

@@ -12,6 +12,7 @@ The layers, from the bottom:
 The TorchServe handler loads no process management, and no modules import each other, directly
 or through others.
 """
+
 from __future__ import annotations
 
 import ast
@@ -86,7 +87,8 @@ def project_modules() -> dict[str, Path]:
 
 def is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports_in(source: str, module: str, path: Path, modules: set[str]) -> list[Import]:
@@ -157,27 +159,44 @@ def layer_violation(i: Import) -> str | None:
 
 
 def test_the_checker_resolves_imports_the_way_python_runs_them():
-    source = ("from typing import TYPE_CHECKING\n"
-              "import serving.core\n"
-              "from serving import lifecycle, addresses\n"
-              "from serving.tokens import KEY_KINDS\n"
-              "from . import core as c\n"
-              "if TYPE_CHECKING:\n"
-              "    from training.views import InputSpec\n"
-              "class A:\n"
-              "    import psutil\n"
-              "def f():\n"
-              "    if True:\n"
-              "        from training.train import main\n")
-    modules = {"serving", "serving.core", "serving.lifecycle", "serving.addresses", "serving.tokens",
-               "training.views", "training.train"}
-    found = [(i.target, i.line, i.lazy, i.type_only)
-             for i in imports_in(source, "serving.demo", ROOT / "serving" / "demo.py", modules)]
-    assert found == [("typing", 1, False, False), ("serving.core", 2, False, False),
-                     ("serving.lifecycle", 3, False, False), ("serving.addresses", 3, False, False),
-                     ("serving.tokens", 4, False, False), ("serving.core", 5, False, False),
-                     ("training.views", 7, False, True), ("psutil", 9, False, False),
-                     ("training.train", 12, True, False)]
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "import serving.core\n"
+        "from serving import lifecycle, addresses\n"
+        "from serving.tokens import KEY_KINDS\n"
+        "from . import core as c\n"
+        "if TYPE_CHECKING:\n"
+        "    from training.views import InputSpec\n"
+        "class A:\n"
+        "    import psutil\n"
+        "def f():\n"
+        "    if True:\n"
+        "        from training.train import main\n"
+    )
+    modules = {
+        "serving",
+        "serving.core",
+        "serving.lifecycle",
+        "serving.addresses",
+        "serving.tokens",
+        "training.views",
+        "training.train",
+    }
+    found = [
+        (i.target, i.line, i.lazy, i.type_only)
+        for i in imports_in(source, "serving.demo", ROOT / "serving" / "demo.py", modules)
+    ]
+    assert found == [
+        ("typing", 1, False, False),
+        ("serving.core", 2, False, False),
+        ("serving.lifecycle", 3, False, False),
+        ("serving.addresses", 3, False, False),
+        ("serving.tokens", 4, False, False),
+        ("serving.core", 5, False, False),
+        ("training.views", 7, False, True),
+        ("psutil", 9, False, False),
+        ("training.train", 12, True, False),
+    ]
     assert {package_of(m) for m in project_modules()} == set(PACKAGES)
     assert HANDLER in project_modules() and all(m in project_modules() for m in SERVING_PROCESSES)
     assert all(m in project_modules() for m in SERVING_USES_OF_TRAINING)
@@ -185,9 +204,13 @@ def test_the_checker_resolves_imports_the_way_python_runs_them():
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN_PACKAGES))
 def test_each_package_imports_only_the_layers_below_it(package):
-    broken = [f"{i.where()}: {why}" for i in all_imports()
-              if package_of(i.importer) == package and (why := layer_violation(i))
-              and (i.importer, i.target) not in KNOWN_LAYER_EXCEPTIONS]
+    broken = [
+        f"{i.where()}: {why}"
+        for i in all_imports()
+        if package_of(i.importer) == package
+        and (why := layer_violation(i))
+        and (i.importer, i.target) not in KNOWN_LAYER_EXCEPTIONS
+    ]
     assert not broken, "imports that break the layering:\n" + "\n".join(broken)
 
 
@@ -219,10 +242,15 @@ def test_the_handler_loads_no_process_management():
             if i.target not in reached and (i.target in modules or i.target in forbidden):
                 reached[i.target] = reached[module] + [i]
                 queue.append(i.target)
-    why = {**{m: "process management" for m in SERVING_PROCESSES}, **{m: "uses psutil" for m in psutil_modules()},
-           "psutil": "psutil"}
-    broken = [f"{m} ({why[m]}), loaded by:\n    " + "\n    ".join(i.where() for i in reached[m])
-              for m in sorted(forbidden & set(reached))]
+    why = {
+        **{m: "process management" for m in SERVING_PROCESSES},
+        **{m: "uses psutil" for m in psutil_modules()},
+        "psutil": "psutil",
+    }
+    broken = [
+        f"{m} ({why[m]}), loaded by:\n    " + "\n    ".join(i.where() for i in reached[m])
+        for m in sorted(forbidden & set(reached))
+    ]
     assert not broken, f"{HANDLER} loads process management:\n  " + "\n  ".join(broken)
 
 

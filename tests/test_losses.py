@@ -33,7 +33,7 @@ def _ce(row, label):
 def test_supervised_loss():
     logits = [[2.0, 1.0, 0.0], [0.0, 0.0, 3.0], [1.0, 4.0, -1.0]]
     labels = [0, 2, 0]
-    expected = sum(_ce(r, y) for r, y in zip(logits, labels)) / 3
+    expected = sum(_ce(r, y) for r, y in zip(logits, labels, strict=True)) / 3
     got = supervised_loss(torch.tensor(logits), torch.tensor(labels))
     assert got.ndim == 0
     assert got.item() == pytest.approx(expected, rel=1e-6)
@@ -76,10 +76,12 @@ def _fused(fusion):
     p_rgb = [_softmax(r) for r in Z_RGB]
     p_tg = [_softmax(r) for r in Z_TG]
     if fusion == "logits":
-        both = [_softmax([(a + b) / 2 for a, b in zip(ra, rb)]) for ra, rb in zip(Z_RGB, Z_TG)]
+        both = [
+            _softmax([(a + b) / 2 for a, b in zip(ra, rb, strict=True)]) for ra, rb in zip(Z_RGB, Z_TG, strict=True)
+        ]
         return {"rgb": both, "tg": both}
     if fusion == "probs":
-        both = [[(a + b) / 2 for a, b in zip(pa, pb)] for pa, pb in zip(p_rgb, p_tg)]
+        both = [[(a + b) / 2 for a, b in zip(pa, pb, strict=True)] for pa, pb in zip(p_rgb, p_tg, strict=True)]
         return {"rgb": both, "tg": both}
     if fusion == "rgb":
         return {"rgb": p_rgb, "tg": p_rgb}
@@ -105,8 +107,10 @@ def test_pseudo_labels_fusion_modes(fusion):
 
 def test_pseudo_labels_modes_really_differ():
     # guards the fixture above: otherwise a mode mix-up could pass unnoticed
-    masks = {f: pseudo_labels(torch.tensor(Z_RGB), torch.tensor(Z_TG), fusion=f, threshold=THRESHOLD) for f in
-             ("logits", "probs", "rgb", "tg", "self")}
+    masks = {
+        f: pseudo_labels(torch.tensor(Z_RGB), torch.tensor(Z_TG), fusion=f, threshold=THRESHOLD)
+        for f in ("logits", "probs", "rgb", "tg", "self")
+    }
     assert masks["logits"]["rgb"][1][0] == 0.0 and masks["probs"]["rgb"][1][0] == 1.0
     assert masks["rgb"]["tg"][0].tolist() != masks["tg"]["tg"][0].tolist()
     assert masks["self"]["rgb"][0].tolist() != masks["self"]["tg"][0].tolist()
@@ -220,13 +224,14 @@ def test_alignment_stop_gradient(kind, stop_gradient):
 
 def _info_nce_reference(rgb, tg, tau):
     """Straightforward loop: normalize, cosine matrix S[i][j] = <rgb_i, tg_j>, CE both ways."""
+
     def unit(v):
         n = math.sqrt(sum(a * a for a in v))
         return [a / n for a in v]
 
     q_rgb, q_tg = [unit(v) for v in rgb], [unit(v) for v in tg]
     b = len(q_rgb)
-    sim = [[sum(a * c for a, c in zip(q_rgb[i], q_tg[j])) for j in range(b)] for i in range(b)]
+    sim = [[sum(a * c for a, c in zip(q_rgb[i], q_tg[j], strict=True)) for j in range(b)] for i in range(b)]
     rgb_to_tg = sum(_ce([sim[i][j] / tau for j in range(b)], i) for i in range(b)) / b
     tg_to_rgb = sum(_ce([sim[j][i] / tau for j in range(b)], i) for i in range(b)) / b
     return (rgb_to_tg + tg_to_rgb) / 2
@@ -238,10 +243,20 @@ def test_contrastive_hand_computed(tau):
     rgb, tg = [[3.0, 0.0], [0.0, 2.0]], [[1.0, 0.0], [1.0, 1.0]]
     s = 1 / math.sqrt(2)
     closed_form = 0.5 * (
-        (-1 / tau + math.log(math.exp(1 / tau) + math.exp(s / tau))
-         - s / tau + math.log(math.exp(0) + math.exp(s / tau))) / 2
-        + (-1 / tau + math.log(math.exp(1 / tau) + math.exp(0))
-           - s / tau + math.log(math.exp(s / tau) + math.exp(s / tau))) / 2
+        (
+            -1 / tau
+            + math.log(math.exp(1 / tau) + math.exp(s / tau))
+            - s / tau
+            + math.log(math.exp(0) + math.exp(s / tau))
+        )
+        / 2
+        + (
+            -1 / tau
+            + math.log(math.exp(1 / tau) + math.exp(0))
+            - s / tau
+            + math.log(math.exp(s / tau) + math.exp(s / tau))
+        )
+        / 2
     )
     assert _info_nce_reference(rgb, tg, tau) == pytest.approx(closed_form)
     got = contrastive_loss(torch.tensor(rgb), torch.tensor(tg), temperature=tau)

@@ -5,10 +5,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.losses import contrastive_loss, dense_alignment_loss
 from training.config import load_config
-from training.models import (BasicBlock3d, ProjectionHead, R3D18, TwoStreamNet, count_parameters,
-                             r3d18_from_architecture, r3d18_from_config, two_stream_from_config)
+from training.losses import contrastive_loss, dense_alignment_loss
+from training.models import (
+    R3D18,
+    BasicBlock3d,
+    ProjectionHead,
+    TwoStreamNet,
+    count_parameters,
+    r3d18_from_architecture,
+    r3d18_from_config,
+    two_stream_from_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +34,7 @@ def test_stage_shapes_full_width(temporal_pool, frames):
     model = R3D18(101, temporal_pool=temporal_pool).eval()
     with torch.no_grad():
         feats = model.features(torch.randn(1, 3, 8, 224, 224))
-    expected = [(1, c, t, s, s) for c, t, s in zip((64, 128, 256, 512), frames, (56, 28, 14, 7))]
+    expected = [(1, c, t, s, s) for c, t, s in zip((64, 128, 256, 512), frames, (56, 28, 14, 7), strict=True)]
     assert [tuple(f.shape) for f in feats] == expected
     assert model.stage_channels == (64, 128, 256, 512)
     assert model.feature_dim == 512
@@ -56,8 +64,11 @@ def test_init(full_r3d18):
 
 def test_zero_init_residual_option():
     model = R3D18(5, width=4, zero_init_residual=True)
-    assert all(torch.all(b.bn2.weight == 0) and torch.all(b.bn1.weight == 1)
-               for b in model.modules() if isinstance(b, BasicBlock3d))
+    assert all(
+        torch.all(b.bn2.weight == 0) and torch.all(b.bn1.weight == 1)
+        for b in model.modules()
+        if isinstance(b, BasicBlock3d)
+    )
 
 
 def test_forward_equals_classify_pool_features():
@@ -89,7 +100,7 @@ def test_projection_head():
         assert abs(lin.weight.std().item() - 0.01) < 2e-4 and abs(lin.weight.mean().item()) < 2e-4
     torch.manual_seed(0)
     default = ProjectionHead(512, init_std=0)  # PyTorch's Kaiming-uniform: bound 1/sqrt(512)
-    assert abs(default.net[0].weight.abs().max().item() - 512 ** -0.5) < 1e-3
+    assert abs(default.net[0].weight.abs().max().item() - 512**-0.5) < 1e-3
 
 
 @pytest.mark.parametrize(
@@ -132,13 +143,23 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 
 def test_the_factories_pass_every_model_key_of_the_config():
-    cfg = load_config(None, ["model.width=4", "model.temporal_pool=false", "model.dropout=0.2", "model.bn_eps=0.00001",
-                             "model.zero_init_residual=true", "model.head_init_std=0"])
+    cfg = load_config(
+        None,
+        [
+            "model.width=4",
+            "model.temporal_pool=false",
+            "model.dropout=0.2",
+            "model.bn_eps=0.00001",
+            "model.zero_init_residual=true",
+            "model.head_init_std=0",
+        ],
+    )
     torch.manual_seed(0)
     net = two_stream_from_config(cfg, 5)
     torch.manual_seed(0)
-    by_hand = TwoStreamNet(5, width=4, temporal_pool=False, dropout=0.2, bn_eps=1e-5, zero_init_residual=True,
-                           head_init_std=0.0)
+    by_hand = TwoStreamNet(
+        5, width=4, temporal_pool=False, dropout=0.2, bn_eps=1e-5, zero_init_residual=True, head_init_std=0.0
+    )
     assert _same_weights(net, by_hand)  # head_init_std=0: PyTorch's init, drawn from the same seed
     for model in (net.student, net.teacher):
         assert model.temporal_pool is None and model.dropout.p == 0.2
@@ -159,8 +180,17 @@ def test_the_students_initial_weights_are_a_plain_r3d18_built_from_the_same_seed
     torch.manual_seed(0)
     plain = r3d18_from_config(cfg, 5)
     torch.manual_seed(0)
-    from_record = r3d18_from_architecture({"name": "r3d18", "num_classes": 5, "width": 4, "temporal_pool": True,
-                                           "dropout": 0.5, "bn_eps": 1e-3, "in_channels": 3})
+    from_record = r3d18_from_architecture(
+        {
+            "name": "r3d18",
+            "num_classes": 5,
+            "width": 4,
+            "temporal_pool": True,
+            "dropout": 0.5,
+            "bn_eps": 1e-3,
+            "in_channels": 3,
+        }
+    )
     assert _same_weights(student, plain) and _same_weights(student, from_record)
 
 

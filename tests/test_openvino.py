@@ -2,6 +2,7 @@
 NNCF-quantized IR of its own, where nncf is installed), the server's loading of it (sha256, the
 precision served), `auto` choosing it only where it is measurably faster, `--backend openvino`,
 and an environment without openvino."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,19 @@ from export.build import ExportError, export_run
 from export.openvino_ir import nncf_unavailable
 from export.parity import OPENVINO_BOUNDS, Bound
 from serving.__main__ import main as serving_cli
-from serving.backends import (AUTO_ORDER, BACKEND_CHOICES, OPENVINO_PRECISIONS, BackendError, fastest, import_openvino,
-                              kind_of, load_backend, openvino_cpu_precisions, openvino_kinds, select_backend)
+from serving.backends import (
+    AUTO_ORDER,
+    BACKEND_CHOICES,
+    OPENVINO_PRECISIONS,
+    BackendError,
+    fastest,
+    import_openvino,
+    kind_of,
+    load_backend,
+    openvino_cpu_precisions,
+    openvino_kinds,
+    select_backend,
+)
 from serving.core import InferenceCore
 from serving.manifest import sha256_of
 from tests.served_answers import val_videos
@@ -33,10 +45,16 @@ NEVER = Bound(abs_tol=0.0, min_top1=1.0)  # no reduced or reordered arithmetic i
 # the tiny run's logits nearly tie (it trains 3 epochs), so bf16 flips a view or two of 36 (measured:
 # 34 agree) and its real gate refuses it; where a test needs bf16 served, it lets it through
 # int8 on the tiny run's width-4 network moves its logits by ~35 % (measured 0.17 of 0.5): refused too
-LENIENT = {"fp32": OPENVINO_BOUNDS["fp32"], "bf16": Bound(abs_tol=1.0, min_top1=0.0),
-           "int8": Bound(abs_tol=1.0, min_top1=0.0)}
-FILES = {"int8": ("model-int8.xml", "model-int8.bin"), "bf16": ("model.xml", "model.bin"),
-         "fp32": ("model.xml", "model.bin")}
+LENIENT = {
+    "fp32": OPENVINO_BOUNDS["fp32"],
+    "bf16": Bound(abs_tol=1.0, min_top1=0.0),
+    "int8": Bound(abs_tol=1.0, min_top1=0.0),
+}
+FILES = {
+    "int8": ("model-int8.xml", "model-int8.bin"),
+    "bf16": ("model.xml", "model.bin"),
+    "fp32": ("model.xml", "model.bin"),
+}
 
 
 def copy_run(src: Path, dst: Path) -> Path:
@@ -77,7 +95,9 @@ def test_export_writes_an_ir_with_its_sha256_and_a_gate_per_precision(tiny_expor
             continue
         report = manifest["parity"]["openvino"][precision]
         assert report["videos"] == 6 and report["views"] == 36 and report["labeled_videos"] == 6
-        assert report["top1_accuracy_diff"] == pytest.approx(report["top1_accuracy"] - report["reference_top1_accuracy"])
+        assert report["top1_accuracy_diff"] == pytest.approx(
+            report["top1_accuracy"] - report["reference_top1_accuracy"]
+        )
         assert report["reference_top1_accuracy"] == pytest.approx(manifest["training"]["metrics"]["student"]["top1"])
         assert entry["status"] in ("passed", "refused")
         assert (entry["status"] == "refused") == ("reason" in entry)
@@ -93,8 +113,9 @@ def test_export_writes_an_ir_with_its_sha256_and_a_gate_per_precision(tiny_expor
                 load_backend(f"openvino-{precision}", out, manifest, threads=1)
 
     # the files of the offered precisions, no others (a refused int8 IR is deleted)
-    assert record["files"] == ["model.xml", "model.bin"] + (["model-int8.xml", "model-int8.bin"]
-                                                          if "int8" in record["offered"] else [])
+    assert record["files"] == ["model.xml", "model.bin"] + (
+        ["model-int8.xml", "model-int8.bin"] if "int8" in record["offered"] else []
+    )
     assert {p.name for p in out.glob("model*.xml")} | {p.name for p in out.glob("model*.bin")} == set(record["files"])
     for name in record["files"]:
         assert sha256_of(out / name) == manifest["sha256"][name]
@@ -151,7 +172,9 @@ def test_a_precision_that_fails_its_gate_is_refused_and_not_served(tiny_run, tmp
     export_run(run, tensorrt="off", archive=False, openvino_bounds={**OPENVINO_BOUNDS, **never})
     manifest = read_manifest(run)
     refused = manifest["openvino"]["precisions"][FASTEST_HERE]
-    assert refused["status"] == "refused" and refused["reason"].startswith(f"{FASTEST_HERE} parity: max |logit difference|")
+    assert refused["status"] == "refused" and refused["reason"].startswith(
+        f"{FASTEST_HERE} parity: max |logit difference|"
+    )
     assert FASTEST_HERE not in manifest["openvino"]["offered"] and "fp32" in manifest["openvino"]["offered"]
     assert load_backend("openvino", run / "export", manifest).name == "openvino-cpu-fp32"
     with pytest.raises(BackendError, match=f"does not offer OpenVINO {FASTEST_HERE}: refused at export"):
@@ -176,13 +199,15 @@ def test_no_precision_passing_writes_no_ir_and_the_server_says_why(refused_run, 
 def test_openvino_on_fails_when_no_precision_passes(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "run")
     with pytest.raises(ExportError, match="--openvino on: no precision passed its parity gate"):
-        export_run(run, tensorrt="off", openvino="on", archive=False,
-                   openvino_bounds={p: NEVER for p in OPENVINO_PRECISIONS})
+        export_run(
+            run, tensorrt="off", openvino="on", archive=False, openvino_bounds={p: NEVER for p in OPENVINO_PRECISIONS}
+        )
     assert sorted(p.name for p in run.iterdir() if "export" in p.name) == []
 
 
-def test_without_openvino_the_export_goes_on_or_fails_cleanly_and_the_server_says_why(tiny_run, tiny_export,
-                                                                                     tmp_path, monkeypatch, capsys):
+def test_without_openvino_the_export_goes_on_or_fails_cleanly_and_the_server_says_why(
+    tiny_run, tiny_export, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError, as where it is missing
     run = copy_run(tiny_run, tmp_path / "run")
     assert export_cli(["--run", str(run), "--tensorrt", "off", "--openvino", "on", "--no-archive"]) == 1
@@ -215,18 +240,24 @@ def test_the_backend_agrees_with_onnxruntime_on_real_decoded_views(lenient_run):
             scores_b = {p["index"]: p["score"] for p in b["predictions"]}
             # fp32: the same model to rounding; bf16: its logits move by up to ~1e-2 (the gate's figures);
             # int8 on the tiny width-4 network by up to ~0.2
-            np.testing.assert_allclose([scores_b[i] for i in scores_a], list(scores_a.values()),
-                                       atol={"fp32": 1e-6, "bf16": 1e-2, "int8": 0.1}[precision])
+            np.testing.assert_allclose(
+                [scores_b[i] for i in scores_a],
+                list(scores_a.values()),
+                atol={"fp32": 1e-6, "bf16": 1e-2, "int8": 0.1}[precision],
+            )
             if precision == "fp32":
                 assert a["predictions"][0]["index"] == b["predictions"][0]["index"]
 
 
-@pytest.mark.parametrize("seconds, chosen", [
-    ({"fp32": 1.0, "bf16": 1.2, "int8": 0.5}, "int8"),
-    # bf16 slower than fp32 (as measured on this CPU with its AMX units switched off), int8 within 10 %
-    ({"fp32": 1.0, "bf16": 1.2, "int8": 0.95}, "fp32"),
-    ({"fp32": 1.0, "bf16": 0.5, "int8": 0.48}, "bf16"),
-])
+@pytest.mark.parametrize(
+    "seconds, chosen",
+    [
+        ({"fp32": 1.0, "bf16": 1.2, "int8": 0.5}, "int8"),
+        # bf16 slower than fp32 (as measured on this CPU with its AMX units switched off), int8 within 10 %
+        ({"fp32": 1.0, "bf16": 1.2, "int8": 0.95}, "fp32"),
+        ({"fp32": 1.0, "bf16": 0.5, "int8": 0.48}, "bf16"),
+    ],
+)
 def test_backend_openvino_serves_the_precision_timed_fastest(lenient_run, monkeypatch, seconds, chosen):
     """The timings are given (the machine's own would make the outcome depend on its load)."""
     assert {"openvino", "openvino-fp32", "openvino-bf16", "openvino-int8"} <= set(BACKEND_CHOICES)
@@ -288,7 +319,11 @@ def test_auto_serves_openvino_where_it_is_timed_fastest_and_names_it(lenient_run
     export_dir = lenient_run / "export"
     core = InferenceCore(export_dir, threads=2)
     # every precision timed; at equal times the least reduced one (fp32) keeps its place
-    assert set(core.backend.timings) == {"onnxruntime-cpu", "torch-cpu", *(f"openvino-cpu-{p}" for p in HERE_PRECISIONS)}
+    assert set(core.backend.timings) == {
+        "onnxruntime-cpu",
+        "torch-cpu",
+        *(f"openvino-cpu-{p}" for p in HERE_PRECISIONS),
+    }
     expected = "openvino-cpu-fp32" if chosen == "openvino" else "onnxruntime-cpu"
     assert core.backend.name == expected and kind_of(core.backend.name) in BACKEND_CHOICES
     answer = core.predict(val_videos(lenient_run)[0][0].read_bytes())

@@ -1,5 +1,6 @@
 """Training on the user's own videos: the recipe chosen from the data and the machine, the budget
 in steps, the plan printed before the run, and the training log."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,18 @@ from training.schedule import learning_rate, resolve_schedule
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_folder_dataset(root: Path, classes=("swipe_left", "swipe_right", "wave"), *, labeled=2, unlabeled=4, val=1,
-                        frames=20, width=40, height=32, fps=25) -> Path:
+def make_folder_dataset(
+    root: Path,
+    classes=("swipe_left", "swipe_right", "wave"),
+    *,
+    labeled=2,
+    unlabeled=4,
+    val=1,
+    frames=20,
+    width=40,
+    height=32,
+    fps=25,
+) -> Path:
     rng = np.random.default_rng(0)
 
     def video(path: Path) -> None:
@@ -56,14 +67,22 @@ def test_recipe_follows_the_data_and_says_why(folder):
     assert recipe.device == "cpu" and recipe.base == CPU_BASE and recipe.classes == 3
     assert cfg.loss.threshold == confidence_threshold(3) and cfg.input.flip is False
     # 40 x 32 videos: trained at their own 32 px short side, not upscaled to the recipe's 64
-    assert (cfg.input.short_side, cfg.input.crop_size, cfg.input.test_short_side, cfg.input.test_crop) == (32, 28, 32, 32)
+    assert (cfg.input.short_side, cfg.input.crop_size, cfg.input.test_short_side, cfg.input.test_crop) == (
+        32,
+        28,
+        32,
+        32,
+    )
     # 20 frames hold a clip of 8 at interval 2 (15 frames): the recipe's interval at 25 fps stays
     assert cfg.input.interval == 2 and cfg.optim.steps == 1200 and cfg.data.format == "folder"
     # 10 unlabeled videos (labeled ones included) in batches of 8: 1 step per epoch, 1200 epochs
     assert resolve_schedule(cfg, 10, 1).epochs == 1200
     assert (cfg.train.eval_every, cfg.train.precise_bn_every, cfg.train.checkpoint_every) == (60, 120, 30)
     text = "\n".join(recipe.describe())
-    assert "loss.threshold = 0.84: 3 classes" in text and "input.flip = False: off: a mirrored video may change class" in text
+    assert (
+        "loss.threshold = 0.84: 3 classes" in text
+        and "input.flip = False: off: a mirrored video may change class" in text
+    )
     assert "median short side is 32 px" in text and recipe.videos.opened == 10
 
 
@@ -110,15 +129,28 @@ def test_steps_and_epochs_both_stated_is_an_error_that_names_them():
         load_config(None, ["optim.warmup_steps=5"])  # an epoch budget has no warm-up in steps
     with pytest.raises(ConfigError, match=r"optim.warmup_steps \(50\) exceeds optim.steps \(10\)"):
         load_config(None, ["optim.steps=10", "optim.warmup_steps=50"])
-    cfg = load_config(REPO / "configs" / "synthetic.yaml", ["optim.steps=0", "optim.warmup_steps=0",
-                                                            "optim.sup_warmup_steps=0", "optim.epochs=3"])
+    cfg = load_config(
+        REPO / "configs" / "synthetic.yaml",
+        ["optim.steps=0", "optim.warmup_steps=0", "optim.sup_warmup_steps=0", "optim.epochs=3"],
+    )
     assert resolve_schedule(cfg, 160, 1).budget == "epochs"
 
 
 # ----------------------------------------------------------------------------- a run
-TINY = ["model.width=4", "input.clip_len=4", "input.test_clips=2", "optim.batch_labeled=2", "optim.batch_unlabeled=4",
-        "optim.steps=5", "optim.warmup_steps=1", "optim.sup_warmup_steps=2", "train.precise_bn_batches=1",
-        "train.precise_bn_batch_size=4", "data.num_workers=1", "train.log_every=1"]
+TINY = [
+    "model.width=4",
+    "input.clip_len=4",
+    "input.test_clips=2",
+    "optim.batch_labeled=2",
+    "optim.batch_unlabeled=4",
+    "optim.steps=5",
+    "optim.warmup_steps=1",
+    "optim.sup_warmup_steps=2",
+    "train.precise_bn_batches=1",
+    "train.precise_bn_batch_size=4",
+    "data.num_workers=1",
+    "train.log_every=1",
+]
 
 
 TRAIN_TIMEOUT_S = 600

@@ -1,4 +1,5 @@
 """`python -m training train --dry-run`: the plan of a run, printed without training or writing."""
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,18 @@ def dry_run(capsys, *args: str) -> tuple[int, str]:
 
 def test_paper_config_with_a_videossl_list_prints_its_class_counts_and_the_authors_warm_up(ucf_tree, tmp_path, capsys):
     run = tmp_path / "run"
-    code, out = dry_run(capsys, "--config", str(REPO / "configs/ucf101_20.yaml"), "--data-root", str(ucf_tree),
-                        "--set", f"data.labeled_list={VIDEOSSL}", "--run", str(run), "--no-time")
+    code, out = dry_run(
+        capsys,
+        "--config",
+        str(REPO / "configs/ucf101_20.yaml"),
+        "--data-root",
+        str(ucf_tree),
+        "--set",
+        f"data.labeled_list={VIDEOSSL}",
+        "--run",
+        str(run),
+        "--no-time",
+    )
     assert code == 0, out
     assert "ApplyEyeMakeup 3, Basketball 1, HandstandPushups 0, YoYo 2" in out  # the list's imbalance
     assert re.search(r"labeled\s+6 videos\s+3 of 4 classes; per class min 0, median 1.5, max 3", out)
@@ -45,8 +56,10 @@ def test_paper_config_with_a_videossl_list_prints_its_class_counts_and_the_autho
     assert re.search(r"unlabeled\s+24 videos", out) and re.search(r"val\s+4 videos", out)
     assert "files labeled   all listed videos found; 6 probed, all open" in out
     # the authors' warm-up: lr ramp and supervised-only phase over the same 30 epochs
-    assert ("supervised warm-up: unlabeled loss off for the first 30 epochs (120 steps); strong views forwarded "
-            "from the first step") in out
+    assert (
+        "supervised warm-up: unlabeled loss off for the first 30 epochs (120 steps); strong views forwarded "
+        "from the first step"
+    ) in out
     assert "lr warm-up: linear from 0.1x over the first 120 steps, per iteration; one cosine over the whole run" in out
     # 1 process x (5 + 5): lr 0.025; the UCF-101 values of tests/test_recipe.py scaled by 0.025 / 0.2
     assert "budget 180 epochs (optim.epochs) of 4 steps; total 720 steps" in out
@@ -61,8 +74,17 @@ def test_paper_config_with_a_videossl_list_prints_its_class_counts_and_the_autho
 def test_missing_and_unreadable_videos_are_problems(ucf_tree, tmp_path, capsys):
     listed = tmp_path / "with_missing.txt"
     listed.write_text((ucf_tree / VIDEOSSL).read_text() + "YoYo/v_YoYo_g42_c01 20 3\n")
-    args = ["--config", str(REPO / "configs/ucf101_20.yaml"), "--data-root", str(ucf_tree), "--no-time",
-            "--run", str(tmp_path / "run"), "--set", f"data.labeled_list={listed}"]
+    args = [
+        "--config",
+        str(REPO / "configs/ucf101_20.yaml"),
+        "--data-root",
+        str(ucf_tree),
+        "--no-time",
+        "--run",
+        str(tmp_path / "run"),
+        "--set",
+        f"data.labeled_list={listed}",
+    ]
     code, out = dry_run(capsys, *args)
     assert code == 1 and "labeled: 1 listed videos not found" in out and "missing: YoYo/v_YoYo_g42_c01" in out
     code, out = dry_run(capsys, *args, "--allow-missing")
@@ -70,25 +92,53 @@ def test_missing_and_unreadable_videos_are_problems(ucf_tree, tmp_path, capsys):
 
     broken = tmp_path / "broken"
     import shutil
+
     shutil.copytree(ucf_tree, broken)
     (broken / "UCF-101/YoYo/v_YoYo_g03_c01.avi").write_bytes(b"not a video" * 100)
-    code, out = dry_run(capsys, "--config", str(REPO / "configs/ucf101_20.yaml"), "--data-root", str(broken),
-                        "--no-time", "--probe", "-1", "--run", str(tmp_path / "run"))
+    code, out = dry_run(
+        capsys,
+        "--config",
+        str(REPO / "configs/ucf101_20.yaml"),
+        "--data-root",
+        str(broken),
+        "--no-time",
+        "--probe",
+        "-1",
+        "--run",
+        str(tmp_path / "run"),
+    )
     assert code == 1 and "unlabeled: 1 of 24 probed videos cannot be opened" in out
     assert "drawn class-balanced" not in out  # 4 classes: not a paper dataset, no note about VideoSSL
 
 
 def test_a_config_problem_and_a_changed_run_folder(ucf_tree, tmp_path, capsys):
-    code, out = dry_run(capsys, "--config", str(REPO / "configs/ucf101_20.yaml"), "--data-root", str(tmp_path / "nowhere"),
-                        "--no-time", "--run", str(tmp_path / "run"))
+    code, out = dry_run(
+        capsys,
+        "--config",
+        str(REPO / "configs/ucf101_20.yaml"),
+        "--data-root",
+        str(tmp_path / "nowhere"),
+        "--no-time",
+        "--run",
+        str(tmp_path / "run"),
+    )
     assert code == 1 and "data.root: dataset folder not found" in out
     run = tmp_path / "started"
     run.mkdir()
     cfg = load_config(REPO / "configs/ucf101_20.yaml", [f"data.root={ucf_tree}", "optim.epochs=90"])
     from training.config import save_config
+
     save_config(cfg, run / "config.yaml")
-    code, out = dry_run(capsys, "--config", str(REPO / "configs/ucf101_20.yaml"), "--data-root", str(ucf_tree),
-                        "--no-time", "--run", str(run))
+    code, out = dry_run(
+        capsys,
+        "--config",
+        str(REPO / "configs/ucf101_20.yaml"),
+        "--data-root",
+        str(ucf_tree),
+        "--no-time",
+        "--run",
+        str(run),
+    )
     assert code == 1 and "was started with a different config (optim.epochs)" in out
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
 
@@ -120,8 +170,22 @@ def test_time_from_a_timed_step_or_from_flops_and_a_measured_rate(ucf_tree, monk
 
 def test_make_train_dry_run_passes_the_flag_and_the_process_count():
     # --no-print-directory: under `make test` this make is nested and would print its directory
-    out = subprocess.run(["make", "--no-print-directory", "-n", "train", "DRY_RUN=1", "GPUS=8", "CONFIG=configs/k400_10.yaml",
-                          "DATA_ROOT=/data/k400"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            "train",
+            "DRY_RUN=1",
+            "GPUS=8",
+            "CONFIG=configs/k400_10.yaml",
+            "DATA_ROOT=/data/k400",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     line = out.stdout.strip().splitlines()[-1]
     assert line.endswith("--dry-run --processes 8") and "torchrun" not in line

@@ -1,5 +1,6 @@
 """Official annotation layouts -> list files, on small fake trees (prepare only reads
 annotations and checks that videos exist, so empty placeholder files will do)."""
+
 from __future__ import annotations
 
 import re
@@ -28,23 +29,29 @@ def read_lines(path: Path) -> list[str]:
 # ----------------------------------------------------------------------------- UCF-101
 @pytest.fixture
 def ucf(tmp_path) -> Path:
-    touch(tmp_path,
-          "UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi",
-          "UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
-          # The archive's folder is `HandstandPushups`, its files `v_HandStandPushups_*`.
-          "UCF-101/HandstandPushups/v_HandStandPushups_g08_c01.avi",
-          "UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi",
-          "UCF-101/YoYo/v_YoYo_g08_c01.avi")  # v_YoYo_g01_c01.avi (a test video) is missing
+    touch(
+        tmp_path,
+        "UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi",
+        "UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
+        # The archive's folder is `HandstandPushups`, its files `v_HandStandPushups_*`.
+        "UCF-101/HandstandPushups/v_HandStandPushups_g08_c01.avi",
+        "UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi",
+        "UCF-101/YoYo/v_YoYo_g08_c01.avi",
+    )  # v_YoYo_g01_c01.avi (a test video) is missing
     lists = tmp_path / "ucfTrainTestlist"
     write(lists / "classInd.txt", "1 ApplyEyeMakeup\r\n2 HandstandPushups\r\n3 YoYo\r\n")
-    write(lists / "trainlist01.txt",
-          "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\n"
-          "HandStandPushups/v_HandStandPushups_g08_c01.avi 2\r\n"
-          "YoYo/v_YoYo_g08_c01.avi 3\r\n")
-    write(lists / "testlist01.txt",
-          "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\n"
-          "HandstandPushups/v_HandstandPushups_g01_c01.avi\r\n"
-          "YoYo/v_YoYo_g01_c01.avi\r\n\r\n")
+    write(
+        lists / "trainlist01.txt",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\n"
+        "HandStandPushups/v_HandStandPushups_g08_c01.avi 2\r\n"
+        "YoYo/v_YoYo_g08_c01.avi 3\r\n",
+    )
+    write(
+        lists / "testlist01.txt",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\n"
+        "HandstandPushups/v_HandstandPushups_g01_c01.avi\r\n"
+        "YoYo/v_YoYo_g01_c01.avi\r\n\r\n",
+    )
     return tmp_path
 
 
@@ -81,21 +88,27 @@ def test_ucf101_missing_annotation_names_its_path(ucf, name):
 # ----------------------------------------------------------------------------- HMDB-51
 @pytest.fixture
 def hmdb(tmp_path) -> Path:
-    touch(tmp_path,
-          "hmdb51/brush_hair/a_brush_hair_u_nm_np1_ba_goo_0.avi",
-          "hmdb51/brush_hair/b_brush_hair_u_nm_np1_ba_goo_1.avi",
-          "hmdb51/brush_hair/c_brush_hair_u_nm_np1_ba_goo_2.avi",
-          "hmdb51/cartwheel/d_cartwheel_f_cm_np1_le_bad_0.avi",
-          "hmdb51/cartwheel/e_cartwheel_f_cm_np1_le_bad_1.avi")
+    touch(
+        tmp_path,
+        "hmdb51/brush_hair/a_brush_hair_u_nm_np1_ba_goo_0.avi",
+        "hmdb51/brush_hair/b_brush_hair_u_nm_np1_ba_goo_1.avi",
+        "hmdb51/brush_hair/c_brush_hair_u_nm_np1_ba_goo_2.avi",
+        "hmdb51/cartwheel/d_cartwheel_f_cm_np1_le_bad_0.avi",
+        "hmdb51/cartwheel/e_cartwheel_f_cm_np1_le_bad_1.avi",
+    )
     splits = tmp_path / "testTrainMulti_7030_splits"
-    write(splits / "brush_hair_test_split1.txt",
-          "a_brush_hair_u_nm_np1_ba_goo_0.avi 1 \r\n"
-          "b_brush_hair_u_nm_np1_ba_goo_1.avi 2 \r\n"
-          "c_brush_hair_u_nm_np1_ba_goo_2.avi 0 \r\n")
-    write(splits / "cartwheel_test_split1.txt",
-          "d_cartwheel_f_cm_np1_le_bad_0.avi 2 \n"
-          "e_cartwheel_f_cm_np1_le_bad_1.avi 1 \n"
-          "f_cartwheel_f_cm_np1_le_bad_2.avi 1 \n")  # not on disk
+    write(
+        splits / "brush_hair_test_split1.txt",
+        "a_brush_hair_u_nm_np1_ba_goo_0.avi 1 \r\n"
+        "b_brush_hair_u_nm_np1_ba_goo_1.avi 2 \r\n"
+        "c_brush_hair_u_nm_np1_ba_goo_2.avi 0 \r\n",
+    )
+    write(
+        splits / "cartwheel_test_split1.txt",
+        "d_cartwheel_f_cm_np1_le_bad_0.avi 2 \n"
+        "e_cartwheel_f_cm_np1_le_bad_1.avi 1 \n"
+        "f_cartwheel_f_cm_np1_le_bad_2.avi 1 \n",
+    )  # not on disk
     # Another split's file must be ignored.
     write(splits / "brush_hair_test_split2.txt", "a_brush_hair_u_nm_np1_ba_goo_0.avi 2 \n")
     return tmp_path
@@ -148,23 +161,29 @@ def test_hmdb51_missing_split_folder_names_its_path(tmp_path):
 # ----------------------------------------------------------------------------- Kinetics-400
 @pytest.fixture
 def kinetics(tmp_path) -> Path:
-    write(tmp_path / "annotations/train.csv",
-          "label,youtube_id,time_start,time_end,split,is_cc\n"
-          "abseiling,--abc123xyz,20,30,train,0\n"
-          '"air drumming",-def456uvw,5,15,train,0\n'
-          "air drumming,ghi789rst_,100,110,train,0\n"  # not on disk
-          "zumba,jkl000aaa11,0,10,train,0\n")
-    write(tmp_path / "annotations/validate.csv",
-          "label,youtube_id,time_start,time_end,split\r\n"
-          "zumba,val0000001a,3,13,val\r\n"
-          "abseiling,val0000002b,7,17,val\r\n")
-    touch(tmp_path,
-          "train/abseiling/--abc123xyz_000020_000030.mp4",
-          "train/air_drumming/-def456uvw_000005_000015.mkv",
-          "train/zumba/jkl000aaa11_000000_000010.webm",
-          "train/zumba/jkl000aaa11_000000_000010.mp4",  # two formats of one clip: mp4 is taken
-          "val/zumba/val0000001a_000003_000013.mp4",
-          "val/abseiling/val0000002b_000007_000017.mp4")
+    write(
+        tmp_path / "annotations/train.csv",
+        "label,youtube_id,time_start,time_end,split,is_cc\n"
+        "abseiling,--abc123xyz,20,30,train,0\n"
+        '"air drumming",-def456uvw,5,15,train,0\n'
+        "air drumming,ghi789rst_,100,110,train,0\n"  # not on disk
+        "zumba,jkl000aaa11,0,10,train,0\n",
+    )
+    write(
+        tmp_path / "annotations/validate.csv",
+        "label,youtube_id,time_start,time_end,split\r\n"
+        "zumba,val0000001a,3,13,val\r\n"
+        "abseiling,val0000002b,7,17,val\r\n",
+    )
+    touch(
+        tmp_path,
+        "train/abseiling/--abc123xyz_000020_000030.mp4",
+        "train/air_drumming/-def456uvw_000005_000015.mkv",
+        "train/zumba/jkl000aaa11_000000_000010.webm",
+        "train/zumba/jkl000aaa11_000000_000010.mp4",  # two formats of one clip: mp4 is taken
+        "val/zumba/val0000001a_000003_000013.mp4",
+        "val/abseiling/val0000002b_000007_000017.mp4",
+    )
     return tmp_path
 
 

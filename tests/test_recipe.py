@@ -1,5 +1,6 @@
 """The paper configs pinned to the authors' code (lambert-x/video-semisup at 17cc13c): the values
 below are computed by hand from their configs, not from this project's code (docs/RECIPE.md)."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment import _op, op_strengths
 from tests.layouts import make_ucf101_tree, write_videossl_list
+from training.augment import _op, op_strengths
 from training.config import load_config
 from training.data import VideoItem, resolve_splits
 from training.models import BasicBlock3d, two_stream_from_config
@@ -34,8 +35,12 @@ def test_ucf101_lr_at_the_start_of_an_epoch_is_the_authors(epoch):
     steps = 238  # 9,537 videos / (8 GPUs x 5 clips) per step
     assert steps_per_pass(9537, 8, cfg) == steps
     schedule = resolve_schedule(cfg, 9537, 8)
-    assert (schedule.budget, schedule.steps_per_epoch, schedule.epochs, schedule.warmup_iters) == \
-        ("epochs", steps, 180, 30 * steps)
+    assert (schedule.budget, schedule.steps_per_epoch, schedule.epochs, schedule.warmup_iters) == (
+        "epochs",
+        steps,
+        180,
+        30 * steps,
+    )
     base = scaled_lr(cfg, world_size=8)
     assert base == pytest.approx(0.2)
     lr = learning_rate(epoch * steps, base_lr=base, schedule=schedule, cfg=cfg)
@@ -47,17 +52,26 @@ def test_warm_up_ramps_per_iteration_and_the_cosine_steps_per_epoch():
     schedule = Schedule("epochs", steps_per_epoch=10, epochs=180, warmup_iters=300, sup_warmup_epochs=30)
     lr = [learning_rate(it, base_lr=0.2, schedule=schedule, cfg=cfg) for it in range(0, 400)]
     for e in range(30):  # within a warm-up epoch: rising every step (the ramp is per iteration)
-        assert all(a < b for a, b in zip(lr[e * 10 : e * 10 + 10], lr[e * 10 + 1 : e * 10 + 10]))
+        assert all(a < b for a, b in zip(lr[e * 10 : e * 10 + 10], lr[e * 10 + 1 : e * 10 + 10], strict=False))
     assert lr[300] == pytest.approx(0.18660254)  # the warm-up ends on the regular (cosine) lr
     assert lr[300:310] == [lr[300]] * 10  # after it: constant within an epoch (by_epoch cosine)
     assert lr[309] > lr[310]
 
 
-@pytest.mark.parametrize("name, warmup, epochs, batch, lr_at_8_gpus", [
-    ("ucf101_5", 30, 180, 5, 0.2), ("ucf101_10", 30, 180, 5, 0.2), ("ucf101_20", 30, 180, 5, 0.2),
-    ("ucf101_50", 30, 180, 5, 0.2), ("hmdb51_40", 60, 360, 5, 0.2), ("hmdb51_50", 60, 360, 5, 0.2),
-    ("hmdb51_60", 60, 360, 5, 0.2), ("k400_1", 10, 45, 8, 0.2), ("k400_10", 15, 90, 8, 0.2),
-])
+@pytest.mark.parametrize(
+    "name, warmup, epochs, batch, lr_at_8_gpus",
+    [
+        ("ucf101_5", 30, 180, 5, 0.2),
+        ("ucf101_10", 30, 180, 5, 0.2),
+        ("ucf101_20", 30, 180, 5, 0.2),
+        ("ucf101_50", 30, 180, 5, 0.2),
+        ("hmdb51_40", 60, 360, 5, 0.2),
+        ("hmdb51_50", 60, 360, 5, 0.2),
+        ("hmdb51_60", 60, 360, 5, 0.2),
+        ("k400_1", 10, 45, 8, 0.2),
+        ("k400_10", 15, 90, 8, 0.2),
+    ],
+)
 def test_each_paper_config_has_the_authors_schedule_and_batch(name, warmup, epochs, batch, lr_at_8_gpus):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     o = cfg.optim
@@ -72,8 +86,13 @@ def test_the_cpu_default_keeps_the_schedule_it_was_tuned_with():
     # its 160 unlabeled videos in batches of 8: the 60 epochs of 20 steps it was tuned with, the
     # ramp over 5 epochs, the unlabeled loss from epoch 10, then a cosine over the remaining 55
     schedule = resolve_schedule(cfg, 160, 1)
-    assert (schedule.budget, schedule.steps_per_epoch, schedule.epochs, schedule.warmup_iters,
-            schedule.sup_warmup_epochs) == ("steps", 20, 60, 100, 10)
+    assert (
+        schedule.budget,
+        schedule.steps_per_epoch,
+        schedule.epochs,
+        schedule.warmup_iters,
+        schedule.sup_warmup_epochs,
+    ) == ("steps", 20, 60, 100, 10)
     assert learning_rate(0, base_lr=1.0, schedule=schedule, cfg=cfg) == pytest.approx(0.1)
     assert learning_rate(100, base_lr=1.0, schedule=schedule, cfg=cfg) == pytest.approx(1.0)
     assert learning_rate(100 + 550, base_lr=1.0, schedule=schedule, cfg=cfg) == pytest.approx(0.5)
@@ -176,8 +195,10 @@ def test_a_videossl_list_loads_with_its_imbalance_intact(tmp_path):
     entries = make_ucf101_tree(tmp_path, classes, train_per_class=6, videos=False)["train"]
     chosen = [e for e in entries if e.startswith("ApplyEyeMakeup/")][:3] + entries[6:7] + entries[18:20]
     write_videossl_list(tmp_path / "videossl" / "ucf101_train_5_percent_labeled_split_1_rawframes.txt", chosen, classes)
-    cfg = load_config(CONFIGS / "ucf101_5.yaml", [f"data.root={tmp_path}",
-                                                  "data.labeled_list=videossl/ucf101_train_5_percent_labeled_split_1_rawframes.txt"])
+    cfg = load_config(
+        CONFIGS / "ucf101_5.yaml",
+        [f"data.root={tmp_path}", "data.labeled_list=videossl/ucf101_train_5_percent_labeled_split_1_rawframes.txt"],
+    )
     splits = resolve_splits(cfg.data, None)
     counts = [sum(it.label == c for it in splits.labeled) for c in range(len(classes))]
     assert counts == [3, 1, 0, 2]
@@ -205,8 +226,13 @@ def _precise_bn_rank(rank: int, world: int, port: int, root: str, items: list, o
     seen = [b["index"].tolist() for b in loader]
     torch.manual_seed(0)
     model = R3D18(3, width=4)
-    used = precise_bn(model, (normalize(b["views"][:, 0].float(), spec) for b in loader), num_batches=2,
-                      device=torch.device("cpu"), info=info)
+    used = precise_bn(
+        model,
+        (normalize(b["views"][:, 0].float(), spec) for b in loader),
+        num_batches=2,
+        device=torch.device("cpu"),
+        info=info,
+    )
     stats = model.stem[1].running_mean.tolist()
     everything = gather_objects({"seen": seen, "used": used, "stats": stats}, info)
     if rank == 0:
@@ -300,16 +326,39 @@ def test_each_paper_config_runs_two_steps_end_to_end_on_the_cpu(path, ucf_like_t
     from tests.tinyrun import tiny_overrides
     from training.train import main as train_main
 
-    small = [o for o in tiny_overrides(ucf_like_tree, **{
-        "optim.epochs": 1, "train.max_steps_per_epoch": 2, "train.precise_bn_batches": 1,
-        "train.precise_bn_batch_size": 2}) if not o.startswith(("data.root", "data.synthetic", "optim.batch",
-                                                                 "optim.warmup_epochs", "optim.sup_warmup", "optim.steps",
-                                                                 "optim.warmup_steps"))]
+    small = [
+        o
+        for o in tiny_overrides(
+            ucf_like_tree,
+            **{
+                "optim.epochs": 1,
+                "train.max_steps_per_epoch": 2,
+                "train.precise_bn_batches": 1,
+                "train.precise_bn_batch_size": 2,
+            },
+        )
+        if not o.startswith(
+            (
+                "data.root",
+                "data.synthetic",
+                "optim.batch",
+                "optim.warmup_epochs",
+                "optim.sup_warmup",
+                "optim.steps",
+                "optim.warmup_steps",
+            )
+        )
+    ]
     run = tmp_path / "run"
-    assert train_main(["--config", str(path), "--data-root", str(ucf_like_tree), "--run", str(run), "--set", *small]) == 0
+    assert (
+        train_main(["--config", str(path), "--data-root", str(ucf_like_tree), "--run", str(run), "--set", *small]) == 0
+    )
     cfg = load_config(path)
     log = (run / "train.log").read_text()
-    assert f"2 steps/epoch x 1 epochs = 2 steps (budget in epochs); total batch {cfg.optim.batch_labeled + cfg.optim.batch_unlabeled}" in log
+    assert (
+        "2 steps/epoch x 1 epochs = 2 steps (budget in epochs); "
+        f"total batch {cfg.optim.batch_labeled + cfg.optim.batch_unlabeled}" in log
+    )
     assert "PreciseBN: student BatchNorm statistics recomputed over 1 batches" in log
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["score_average"] == "score" and metrics["student"]["videos"] == 3

@@ -9,6 +9,7 @@ RUN/serve/logs rotate at --log-file-size keeping --log-backups files. The attach
 the keys before they expire and stops on SIGTERM with exit 0 and no process left, a TorchServe
 that dies on its own ends it with exit 1, and health follows the server (0 while it is up, 1
 with a reason once it is gone)."""
+
 from __future__ import annotations
 
 import http.client
@@ -33,8 +34,17 @@ from serving.tokens import KEY_FILE
 from serving.torchserve_config import write_config
 from tests.processes import listening, processes_of
 from tests.served_answers import val_videos
-from tests.server import (Server, free_ports, log_bytes, management_get, port_args, serving_cli, start_server,
-                          stop_server, worker_pid)
+from tests.server import (
+    Server,
+    free_ports,
+    log_bytes,
+    management_get,
+    port_args,
+    serving_cli,
+    start_server,
+    stop_server,
+    worker_pid,
+)
 
 LOG4J_LOGS = ("access_log", "model_log", "model_metrics", "ts_log", "ts_metrics")
 
@@ -51,8 +61,14 @@ def machine_address() -> str:
     return "0.0.0.0" if address.startswith("127.") else address
 
 
-def request(host: str, port: int, method: str, path: str, key: str | None = None, body: bytes | None = None,
-            ) -> tuple[int, bytes]:
+def request(
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    key: str | None = None,
+    body: bytes | None = None,
+) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/octet-stream"} if body else {}
     if key:
         headers["Authorization"] = f"Bearer {key}"
@@ -89,9 +105,25 @@ def read_until(server: subprocess.Popen, pattern: str) -> tuple[str, re.Match]:
 
 
 def attached_start(run: Path, ports: list[int], *options: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "serving", "start", "--run", str(run), "--foreground",
-                             "--threads", "2", *options, *port_args(ports)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "start",
+            "--run",
+            str(run),
+            "--foreground",
+            "--threads",
+            "2",
+            *options,
+            *port_args(ports),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
 
 
 @pytest.fixture
@@ -125,8 +157,7 @@ def loopback(tiny_export, tmp_path_factory) -> Server:
     run = tmp_path_factory.mktemp("loopback") / "run"
     shutil.copytree(tiny_export / "export", run / "export")
     shutil.copy(tiny_export / "config.yaml", run / "config.yaml")  # where val_videos finds the videos
-    server = start_server(run, options=("--token-expiration-min", "1", "--log-file-size", "1KB",
-                                        "--log-backups", "1"))
+    server = start_server(run, options=("--token-expiration-min", "1", "--log-file-size", "1KB", "--log-backups", "1"))
     yield server
     stop_server(server)
 
@@ -237,8 +268,9 @@ def test_loopback_logs_rotate_at_the_size_bound(loopback):
 def test_key_renews_a_key_about_to_expire_and_the_old_one_stops_working(loopback):
     """One-minute keys: `key` renews the key once it is within half its lifetime of expiring."""
     old = key_cli(loopback.port).stdout.strip()
-    expires = datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", key_file_of(loopback.run)["inference"]
-                                            ["expiration time"]).replace("Z", "+00:00")).timestamp()
+    expires = datetime.fromisoformat(
+        re.sub(r"(\.\d{6})\d*", r"\1", key_file_of(loopback.run)["inference"]["expiration time"]).replace("Z", "+00:00")
+    ).timestamp()
     time.sleep(max(0.0, expires - 30 - time.time() + 1))
     new = key_cli(loopback.port).stdout.strip()
     assert new and new != old and new == key_file_of(loopback.run)["inference"]["key"]
@@ -300,7 +332,9 @@ def test_attached_start_on_a_reachable_address_needs_the_key_renews_it_and_stops
     assert not key_file.exists()
     after = health(inference)
     assert after.returncode == 1
-    assert after.stderr == f"unhealthy: no server started by `python -m serving start` is recorded for port {inference}\n"
+    assert (
+        after.stderr == f"unhealthy: no server started by `python -m serving start` is recorded for port {inference}\n"
+    )
     gone = key_cli(inference)
     assert gone.returncode == 1 and "no server started by `python -m serving start` is recorded" in gone.stderr
 
@@ -315,8 +349,9 @@ def test_attached_start_exits_1_when_torchserve_dies_and_health_follows(run):
         assert refused(request(HOST, ports[0], "GET", "/ping"))  # on loopback too
         up = health(ports[0])
         assert up.returncode == 0  # and it names what the ready worker serves with, and where
-        assert re.fullmatch(rf"healthy: the TorchServe on port {ports[0]}; 1 worker: [a-z0-9-]+ on cpu\n", up.stdout), \
+        assert re.fullmatch(rf"healthy: the TorchServe on port {ports[0]}; 1 worker: [a-z0-9-]+ on cpu\n", up.stdout), (
             up.stdout
+        )
 
         processes = psutil.Process(server.pid).children(recursive=True)
         frontend = [p for p in processes if "org.pytorch.serve.ModelServer" in " ".join(p.cmdline())]
@@ -355,17 +390,27 @@ def test_health_key_and_start_without_a_server_or_with_bad_options(tmp_path):
 
 
 def test_start_refuses_bad_log_and_key_settings(tmp_path):
-    for options, message in ((("--log-file-size", "10"), "--log-file-size '10' must be a number and KB, MB or GB"),
-                             (("--log-backups", "0"), "--log-backups at least 1"),
-                             (("--token-expiration-min", "0"), "--token-expiration-min must be more than 0")):
+    for options, message in (
+        (("--log-file-size", "10"), "--log-file-size '10' must be a number and KB, MB or GB"),
+        (("--log-backups", "0"), "--log-backups at least 1"),
+        (("--token-expiration-min", "0"), "--token-expiration-min must be more than 0"),
+    ):
         started = serving_cli("start", "--run", str(tmp_path), *options)
         assert started.returncode == 1 and message in started.stderr, (options, started.stderr)
 
 
 def test_config_copy_binds_host_and_metrics_host_and_never_turns_token_auth_off(tmp_path):
     ports = {"inference": 1, "management": 2, "metrics": 3, "grpc_inference": 4, "grpc_management": 5}
-    common = dict(ports=ports, model_store=tmp_path, model_name="action", version="1", workers=1, batch_size=1,
-                  max_batch_delay=50, response_timeout=300)
+    common = dict(
+        ports=ports,
+        model_store=tmp_path,
+        model_name="action",
+        version="1",
+        workers=1,
+        batch_size=1,
+        max_batch_delay=50,
+        response_timeout=300,
+    )
 
     def settings(path: Path) -> dict:
         lines = [line for line in path.read_text().splitlines() if "=" in line and not line.startswith("#")]
@@ -375,8 +420,11 @@ def test_config_copy_binds_host_and_metrics_host_and_never_turns_token_auth_off(
     write_config(tmp_path / "public", **common, host="0.0.0.0", token_expiration_min=30)
     write_config(tmp_path / "scraped", **common, host="0.0.0.0", metrics_host="0.0.0.0", token_expiration_min=0.5)
     loopback, public, scraped = (settings(tmp_path / name) for name in ("loopback", "public", "scraped"))
-    assert (loopback["token_expiration_min"], public["token_expiration_min"], scraped["token_expiration_min"]) == \
-        ("60", "30", "0.5")
+    assert (loopback["token_expiration_min"], public["token_expiration_min"], scraped["token_expiration_min"]) == (
+        "60",
+        "30",
+        "0.5",
+    )
     assert (loopback["inference_address"], loopback["metrics_address"]) == ("http://127.0.0.1:1", "http://127.0.0.1:3")
     assert (public["inference_address"], public["metrics_address"]) == ("http://0.0.0.0:1", "http://127.0.0.1:3")
     assert (scraped["inference_address"], scraped["metrics_address"]) == ("http://0.0.0.0:1", "http://0.0.0.0:3")
@@ -386,7 +434,9 @@ def test_config_copy_binds_host_and_metrics_host_and_never_turns_token_auth_off(
         assert config["grpc_inference_address"] == config["grpc_management_address"] == "127.0.0.1"
 
 
-@pytest.mark.parametrize("option,value", [("--decoders", "0"), ("--decode-timeout", "0"), ("--decode-memory-mb", "100")])
+@pytest.mark.parametrize(
+    "option,value", [("--decoders", "0"), ("--decode-timeout", "0"), ("--decode-memory-mb", "100")]
+)
 def test_decode_limits_below_their_minimum_are_refused_before_anything_starts(tiny_export, option, value):
     from tests.server import free_ports, port_args, serving_cli
 

@@ -1,6 +1,7 @@
 """The server-agnostic inference core on a real export of the tiny run: request parsing and
 bounds, decoding real video files from memory, every bad-upload path, batching and chunking,
 backend selection, and equality with offline evaluation of the same ONNX model."""
+
 from __future__ import annotations
 
 import json
@@ -51,15 +52,18 @@ def test_raw_body_and_multipart_fields_and_headers():
     assert options.topk == 2  # a form field wins over a header
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"body": b"v", "topk": b"0"}, "topk must be from 1 to 3, got 0"),
-    ({"body": b"v", "topk": b"4"}, "topk must be from 1 to 3, got 4"),
-    ({"body": b"v", "clips": str(MAX_CLIPS + 1).encode()}, f"clips must be from 1 to {MAX_CLIPS}"),
-    ({"body": b"v", "clips": b"0"}, "clips must be from 1 to"),
-    ({"body": b"v", "crops": b"4"}, "crops must be from 1 to 3, got 4"),
-    ({"body": b"v", "crops": b"two"}, "crops must be an integer from 1 to 3, got 'two'"),
-    ({"body": b"v", "topk": b"1.5"}, "topk must be an integer"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"body": b"v", "topk": b"0"}, "topk must be from 1 to 3, got 0"),
+        ({"body": b"v", "topk": b"4"}, "topk must be from 1 to 3, got 4"),
+        ({"body": b"v", "clips": str(MAX_CLIPS + 1).encode()}, f"clips must be from 1 to {MAX_CLIPS}"),
+        ({"body": b"v", "clips": b"0"}, "clips must be from 1 to"),
+        ({"body": b"v", "crops": b"4"}, "crops must be from 1 to 3, got 4"),
+        ({"body": b"v", "crops": b"two"}, "crops must be an integer from 1 to 3, got 'two'"),
+        ({"body": b"v", "topk": b"1.5"}, "topk must be an integer"),
+    ],
+)
 def test_out_of_range_and_malformed_options_are_400(fields, message):
     with pytest.raises(RequestError) as info:
         parse(fields)
@@ -72,15 +76,18 @@ def test_out_of_range_header_option_is_400():
         parse({"body": b"v"}, {"X-Clips": "99"})
 
 
-@pytest.mark.parametrize("fields, status, code, message", [
-    ({"body": b""}, 400, "empty_body", "empty file (0 bytes)"),
-    ({"data": bytearray()}, 400, "empty_body", "empty file"),
-    ({}, 400, "missing_video", "multipart form field 'data'"),
-    ({"\x00\x00 ftypisom": b"", "x264 core": b"1"}, 400, "missing_video", "URL-encoded form"),
-    ({"file": b"abc"}, 400, "missing_video", "got fields ['file']"),
-    ({"data": b"abc", "top_k": b"2"}, 400, "unknown_field", "unknown form field(s) ['top_k']"),
-    ({"body": {"video": "x"}}, 400, "invalid_body", "decoded as dict"),
-])
+@pytest.mark.parametrize(
+    "fields, status, code, message",
+    [
+        ({"body": b""}, 400, "empty_body", "empty file (0 bytes)"),
+        ({"data": bytearray()}, 400, "empty_body", "empty file"),
+        ({}, 400, "missing_video", "multipart form field 'data'"),
+        ({"\x00\x00 ftypisom": b"", "x264 core": b"1"}, 400, "missing_video", "URL-encoded form"),
+        ({"file": b"abc"}, 400, "missing_video", "got fields ['file']"),
+        ({"data": b"abc", "top_k": b"2"}, 400, "unknown_field", "unknown form field(s) ['top_k']"),
+        ({"body": {"video": "x"}}, 400, "invalid_body", "decoded as dict"),
+    ],
+)
 def test_missing_empty_or_misnamed_video_is_400(fields, status, code, message):
     with pytest.raises(RequestError) as info:
         parse(fields)
@@ -99,7 +106,7 @@ def test_iter_chunks_keeps_every_row_in_order_and_bounds_the_chunk():
 # ----------------------------------------------------------------------------- predictions
 def test_answer_equals_offline_evaluation_of_the_same_onnx_model(run, core, manifest):
     session = ort.InferenceSession(str(run / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
-    for path, label in val_videos(run):
+    for path, _label in val_videos(run):
         answer = core.predict(path.read_bytes())
         expected = offline_scores(path, run / "export", core.spec, session)
         served = np.zeros(len(core.classes))
@@ -112,8 +119,11 @@ def test_answer_equals_offline_evaluation_of_the_same_onnx_model(run, core, mani
         assert [p["score"] for p in answer["predictions"]] == sorted(served, reverse=True)
         assert answer["views"] == {"clips": 2, "crops": 3, "count": 6}  # the tiny run's test views
         assert answer["frames"] == 20  # the synthetic videos' length
-    assert answer["model"] == {"name": "action", "version": manifest["model_version"],
-                               "sha256": manifest["sha256"]["model.onnx"]}
+    assert answer["model"] == {
+        "name": "action",
+        "version": manifest["model_version"],
+        "sha256": manifest["sha256"]["model.onnx"],
+    }
     assert answer["backend"] == "onnxruntime-cpu"
     timings = answer["timings_ms"]
     assert set(timings) == {"decode", "preprocess", "inference", "total"} and all(v >= 0 for v in timings.values())
@@ -133,14 +143,15 @@ def test_batched_and_chunked_requests_equal_each_request_alone(run):
     core = InferenceCore(run / "export", threads=2, max_views=4)  # chunks cut across requests
     videos = [p.read_bytes() for p, _ in val_videos(run)[:3]]
     options = [Options(3, 2, 3), Options(2, 1, 1), Options(3, 3, 2)]
-    prepared = [core.prepare(v, o) for v, o in zip(videos, options)]
+    prepared = [core.prepare(v, o) for v, o in zip(videos, options, strict=True)]
     together = core.predict_prepared(prepared)
-    for v, o, answer in zip(videos, options, together):
+    for v, o, answer in zip(videos, options, together, strict=True):
         alone = core.predict(v, topk=o.topk, clips=o.clips, crops=o.crops)
         assert answer["views"] == alone["views"] and answer["views"]["count"] == o.clips * o.crops
         assert [p["index"] for p in answer["predictions"]] == [p["index"] for p in alone["predictions"]]
-        np.testing.assert_allclose([p["score"] for p in answer["predictions"]],
-                                   [p["score"] for p in alone["predictions"]], atol=1e-6)
+        np.testing.assert_allclose(
+            [p["score"] for p in answer["predictions"]], [p["score"] for p in alone["predictions"]], atol=1e-6
+        )
     assert core.predict_prepared([]) == []
 
 
@@ -204,7 +215,9 @@ def test_auto_backend_is_the_one_measured_fastest(run, manifest):
     # the CPU runtimes run here, each OpenVINO precision the export offers on its own: each was
     # timed on one default request's views, in the order auto prefers them
     here = openvino_cpu_precisions()
-    openvino = [f"openvino-cpu-{p}" for p in ("fp32", "bf16", "int8") if p in manifest["openvino"]["offered"] and p in here]
+    openvino = [
+        f"openvino-cpu-{p}" for p in ("fp32", "bf16", "int8") if p in manifest["openvino"]["offered"] and p in here
+    ]
     assert list(backend.timings) == ["onnxruntime-cpu", "torch-cpu", *openvino]
     assert backend.name == fastest(backend.timings)
     assert select_backend(run / "export", manifest, prefer="onnxruntime", threads=1).timings == {}
@@ -220,8 +233,9 @@ def test_torch_backend_agrees_with_onnxruntime(run, manifest):
         data = path.read_bytes()
         a, b = core.predict(data), torch_core.predict(data)
         assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
-        np.testing.assert_allclose([p["score"] for p in a["predictions"]], [p["score"] for p in b["predictions"]],
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            [p["score"] for p in a["predictions"]], [p["score"] for p in b["predictions"]], atol=1e-4
+        )
 
 
 def test_auto_falls_back_to_torch_without_onnx_and_refuses_a_tampered_artifact(run, manifest, tmp_path):
@@ -242,6 +256,7 @@ def test_tensorrt_backend_is_refused_with_the_reason_where_it_cannot_run(run, ma
     pytest.importorskip("onnxruntime")
     try:
         import tensorrt  # noqa: F401
+
         if torch.cuda.is_available() and (manifest.get("tensorrt") or {}).get("file"):
             pytest.skip("TensorRT runs here: covered by test_tensorrt_backend_matches_onnxruntime")
     except ImportError:

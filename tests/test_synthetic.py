@@ -1,5 +1,6 @@
 """The synthetic motion dataset: files, layout, determinism, idempotence, and that only motion
 tells the classes apart. Tiny sizes keep every test to a few seconds."""
+
 from __future__ import annotations
 
 import hashlib
@@ -76,8 +77,7 @@ def test_layout_and_lists_agree(tiny):
         assert name.startswith(f"labeled/{classes[label]}/"), name
     for name, label in val:
         assert name.startswith(f"val/{classes[label]}/"), name
-    assert {n for n, _ in train} - {n for n, _ in labeled} == {
-        n for n, _ in train if n.startswith("unlabeled/")}
+    assert {n for n, _ in train} - {n for n, _ in labeled} == {n for n, _ in train if n.startswith("unlabeled/")}
 
     # The folder layout holds exactly the listed videos.
     on_disk = {p.relative_to(tiny).as_posix() for p in tiny.rglob("*.mp4")}
@@ -223,18 +223,29 @@ def test_motion_is_visible_in_every_clip_window():
     # A training clip: 8 frames every 4 frames (29 raw frames), starting anywhere.
     for motion in MOTIONS:
         for i in range(3):
-            video = render_video(motion, video_rng(0, "train", motion, i), frames=48, width=32, height=24,
-                                 clutter=False).astype(np.float32)
+            video = render_video(
+                motion, video_rng(0, "train", motion, i), frames=48, width=32, height=24, clutter=False
+            ).astype(np.float32)
             for start in range(48 - 28):
-                clip = video[start:start + 29:4]
+                clip = video[start : start + 29 : 4]
                 change = np.abs(np.diff(clip, axis=0)).mean((1, 2, 3)).max()
                 assert change > 1.0, (motion, i, start, change)
 
 
 # ----------------------------------------------------------------------------- motion families
-ORIGINAL_MOTIONS = ("move_right", "move_left", "move_up", "move_down", "rotate_cw", "rotate_ccw", "zoom_in", "zoom_out",
-                    "oscillate_horizontal", "bounce_vertical")
-LATER_MOTIONS = MOTIONS[len(ORIGINAL_MOTIONS):]
+ORIGINAL_MOTIONS = (
+    "move_right",
+    "move_left",
+    "move_up",
+    "move_down",
+    "rotate_cw",
+    "rotate_ccw",
+    "zoom_in",
+    "zoom_out",
+    "oscillate_horizontal",
+    "bounce_vertical",
+)
+LATER_MOTIONS = MOTIONS[len(ORIGINAL_MOTIONS) :]
 # sha256 of the original ten motions rendered before the later motions existed (see below).
 ORIGINAL_RENDER_SHA256 = "40d52c47a558a13564036e492a0e1245681219bdfd8b8597062947e1a8741ef6"
 
@@ -242,11 +253,13 @@ ORIGINAL_RENDER_SHA256 = "40d52c47a558a13564036e492a0e1245681219bdfd8b8597062947
 def test_original_motions_keep_their_order_and_render_exactly_as_before():
     # A video's generator is seeded with its motion's index, so any reordering or change in how
     # these render would silently change every existing dataset.
-    assert MOTIONS[:len(ORIGINAL_MOTIONS)] == ORIGINAL_MOTIONS
+    assert MOTIONS[: len(ORIGINAL_MOTIONS)] == ORIGINAL_MOTIONS
     digest = hashlib.sha256()
     for motion in ORIGINAL_MOTIONS:
         for clutter in (True, False):
-            video = render_video(motion, video_rng(3, "val", motion, 5), frames=12, width=32, height=24, clutter=clutter)
+            video = render_video(
+                motion, video_rng(3, "val", motion, 5), frames=12, width=32, height=24, clutter=clutter
+            )
             digest.update(video.tobytes())
     assert digest.hexdigest() == ORIGINAL_RENDER_SHA256
     assert synthetic.GENERATOR_VERSION == 2
@@ -297,7 +310,7 @@ def test_later_motions_share_the_first_frame_and_differ_after_it():
         for motions in FAMILIES.values():
             later = [videos[m][1:] for m in motions if m in videos]
             for i, a in enumerate(later):
-                for b in later[i + 1:]:
+                for b in later[i + 1 :]:
                     assert not np.array_equal(a, b)
 
 
@@ -311,10 +324,11 @@ def test_appearance_alone_does_not_predict_the_class_within_a_family(family):
 def test_later_motions_are_visible_in_every_clip_of_8_frames_2_apart():
     for motion in LATER_MOTIONS:
         for i in range(3):
-            video = render_video(motion, video_rng(0, "train", motion, i), frames=48, width=64, height=48,
-                                 clutter=False).astype(np.float32)
+            video = render_video(
+                motion, video_rng(0, "train", motion, i), frames=48, width=64, height=48, clutter=False
+            ).astype(np.float32)
             for start in range(48 - 14):
-                change = np.abs(np.diff(video[start:start + 15:2], axis=0)).mean((1, 2, 3)).max()
+                change = np.abs(np.diff(video[start : start + 15 : 2], axis=0)).mean((1, 2, 3)).max()
                 assert change > 0.5, (motion, i, start, change)
 
 
@@ -328,11 +342,19 @@ def test_speed_bands_do_not_overlap_and_render_in_order():
     for k in range(1, 5):
         speeds = np.concatenate([np.diff(trajectory(f"move_right_speed{k}", i)[0]) for i in range(20)]) / 72
         bands.append((speeds.min(), speeds.max()))
-    for (_, slower_max), (faster_min, _) in zip(bands, bands[1:]):
+    for (_, slower_max), (faster_min, _) in zip(bands, bands[1:], strict=False):
         assert faster_min > 1.3 * slower_max, bands
-    rendered = [np.median([global_flow(render_video(m, video_rng(0, "val", m, i), frames=16, width=64, height=48,
-                                                    clutter=False))[0] for i in range(6)])
-                for m in FAMILIES["speeds"]]
+    rendered = [
+        np.median(
+            [
+                global_flow(render_video(m, video_rng(0, "val", m, i), frames=16, width=64, height=48, clutter=False))[
+                    0
+                ]
+                for i in range(6)
+            ]
+        )
+        for m in FAMILIES["speeds"]
+    ]
     assert rendered == sorted(rendered) and rendered[0] > 0, rendered
 
 
@@ -346,8 +368,12 @@ def test_circles_turn_the_way_their_names_say():
 
 
 def test_accelerating_motions_speed_up_or_slow_down_steadily():
-    for motion, sign, part in (("accelerate_right", 1, 0), ("decelerate_right", -1, 0),
-                               ("spin_up_cw", 1, 2), ("spin_down_cw", -1, 2)):
+    for motion, sign, part in (
+        ("accelerate_right", 1, 0),
+        ("decelerate_right", -1, 0),
+        ("spin_up_cw", 1, 2),
+        ("spin_down_cw", -1, 2),
+    ):
         for i in range(10):
             rate = np.diff(trajectory(motion, i)[part])
             assert np.all(rate > 0), motion  # always rightward, always clockwise
@@ -370,8 +396,14 @@ def test_size_changes_stay_in_range_and_zooms_keep_their_sense():
 def test_family_round_trips_through_config_generate_and_cli(tmp_path, capsys):
     from training.config import load_config
 
-    cfg = load_config(None, ["data.synthetic_size.family=periodic", "data.synthetic_size.num_classes=0",
-                             *(f"data.synthetic_size.{k}={v}" for k, v in TINY.items() if k != "num_classes")])
+    cfg = load_config(
+        None,
+        [
+            "data.synthetic_size.family=periodic",
+            "data.synthetic_size.num_classes=0",
+            *(f"data.synthetic_size.{k}={v}" for k, v in TINY.items() if k != "num_classes"),
+        ],
+    )
     assert cfg.data.synthetic_size.family == "periodic"
     root = tmp_path / "periodic"
     summary = generate(root, **asdict(cfg.data.synthetic_size))

@@ -3,6 +3,7 @@
 evaluation of the same ONNX model, every bad input gets its 4xx and the worker keeps serving,
 a bounded load test (200 requests at concurrency 8) has no failures and no memory growth, and
 stop leaves no process behind."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,18 @@ from serving.core import adaptive_rule, spec_from_manifest
 from serving.server_records import state_path
 from tests.processes import listening
 from tests.served_answers import bad_uploads, offline_adaptive, offline_scores, val_videos
-from tests.server import (Server, free_ports, multipart, port_args, post, post_video, serving_cli, start_server,
-                          stop_server, worker_pid)
+from tests.server import (
+    Server,
+    free_ports,
+    multipart,
+    port_args,
+    post,
+    post_video,
+    serving_cli,
+    start_server,
+    stop_server,
+    worker_pid,
+)
 
 BATCH_SIZE = 4  # TorchServe batches concurrent requests into one handler call
 RSS_BOUND_MIB = 50  # worker memory growth allowed over the load test
@@ -62,14 +73,24 @@ def test_served_answers_equal_offline_evaluation_of_the_same_onnx_model(server, 
         if not bf16:
             assert answer["predictions"][0]["index"] == int(expected.argmax())
         assert answer["predictions"][0]["label"] == manifest["classes"][answer["predictions"][0]["index"]]
-        assert answer["views"] == {"clips": spec.test_clips, "crops": spec.test_crops,
-                                   "count": spec.test_clips * spec.test_crops}
+        assert answer["views"] == {
+            "clips": spec.test_clips,
+            "crops": spec.test_crops,
+            "count": spec.test_clips * spec.test_crops,
+        }
         assert answer["frames"] == 20
     # "auto" serves with whichever CPU backend it timed faster; the answer names its artifact
-    artifact = {"onnxruntime-cpu": "model.onnx", "torch-cpu": "student.pt2", "openvino-cpu-fp32": "model.bin",
-                "openvino-cpu-bf16": "model.bin"}[answer["backend"]]
-    assert answer["model"] == {"name": manifest["model_name"], "version": manifest["model_version"],
-                               "sha256": manifest["sha256"][artifact]}
+    artifact = {
+        "onnxruntime-cpu": "model.onnx",
+        "torch-cpu": "student.pt2",
+        "openvino-cpu-fp32": "model.bin",
+        "openvino-cpu-bf16": "model.bin",
+    }[answer["backend"]]
+    assert answer["model"] == {
+        "name": manifest["model_name"],
+        "version": manifest["model_version"],
+        "sha256": manifest["sha256"][artifact],
+    }
     assert set(answer["timings_ms"]) == {"decode", "preprocess", "inference", "total"}
     assert len(videos) == 6
 
@@ -83,8 +104,14 @@ def test_served_adaptive_views_equal_the_offline_adaptive_answer(server, run):
         status, answer = post_video(server.port, path.read_bytes(), **{"X-Views": "adaptive"})
         assert status == 200, answer
         offline = offline_adaptive(path, spec, session, rule)
-        assert answer["views"] == {"clips": spec.test_clips, "crops": spec.test_crops, "count": offline.views_used,
-                                   "mode": "adaptive", "clips_used": offline.used, "stop": offline.stop}
+        assert answer["views"] == {
+            "clips": spec.test_clips,
+            "crops": spec.test_crops,
+            "count": offline.views_used,
+            "mode": "adaptive",
+            "clips_used": offline.used,
+            "stop": offline.stop,
+        }
         served = np.zeros(len(manifest["classes"]))
         for p in answer["predictions"]:
             served[p["index"]] = p["score"]
@@ -134,8 +161,10 @@ def test_load_200_requests_at_concurrency_8_without_failures_or_memory_growth(se
     goods = [p.read_bytes() for p, _ in val_videos(run)]
     bads = [(data, status) for data, status, _ in bad_uploads(goods[0]).values()]
     # 3 of every 4 requests are good videos, the 4th one of the bad uploads
-    plan = [(bads[i // 4 % len(bads)][0], bads[i // 4 % len(bads)][1]) if i % 4 == 3 else (goods[i % len(goods)], 200)
-            for i in range(200)]
+    plan = [
+        (bads[i // 4 % len(bads)][0], bads[i // 4 % len(bads)][1]) if i % 4 == 3 else (goods[i % len(goods)], 200)
+        for i in range(200)
+    ]
 
     def send(item):
         data, expected = item
@@ -152,9 +181,11 @@ def test_load_200_requests_at_concurrency_8_without_failures_or_memory_growth(se
     failures = [(i, status) for i, (ok, _, status) in enumerate(results) if not ok]
     latencies = np.array([ms for _, ms, _ in results])
     grown = (rss_after - rss_before) / 2**20
-    print(f"\nload: {len(results)} requests at concurrency 8, batch size {BATCH_SIZE}: "
-          f"p50 {np.percentile(latencies, 50):.1f} ms, p95 {np.percentile(latencies, 95):.1f} ms, "
-          f"{len(failures)} failed; worker RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB")
+    print(
+        f"\nload: {len(results)} requests at concurrency 8, batch size {BATCH_SIZE}: "
+        f"p50 {np.percentile(latencies, 50):.1f} ms, p95 {np.percentile(latencies, 95):.1f} ms, "
+        f"{len(failures)} failed; worker RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB"
+    )
     assert failures == []
     assert grown < RSS_BOUND_MIB, f"worker RSS grew by {grown:.1f} MiB"
     assert server.worker().pid == worker.pid
@@ -199,12 +230,18 @@ def test_a_worker_that_cannot_load_fails_the_start_at_once_with_the_model_log(ru
     copy = tmp_path / "run"
     shutil.copytree(run / "export", copy / "export")
     ports = free_ports(5)
-    started = subprocess.run([sys.executable, "-m", "serving", "start", "--run", str(copy), "--timeout", "150",
-                              *port_args(ports)], capture_output=True, text=True, timeout=240,
-                             env=dict(os.environ, PYTHONPATH=str(broken.parent)))  # the workers import the broken one
+    started = subprocess.run(
+        [sys.executable, "-m", "serving", "start", "--run", str(copy), "--timeout", "150", *port_args(ports)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ, PYTHONPATH=str(broken.parent)),
+    )  # the workers import the broken one
     assert started.returncode == 1
     assert "error: the model's worker failed to load; last lines of" in started.stderr
     assert "ModuleNotFoundError" in started.stderr or "serving is broken" in started.stderr
     assert not state_path(ports[0]).exists()
-    assert not [p.pid for p in psutil.process_iter(["cmdline"]) if str(copy / "serve") in " ".join(p.info["cmdline"] or [])]
+    assert not [
+        p.pid for p in psutil.process_iter(["cmdline"]) if str(copy / "serve") in " ".join(p.info["cmdline"] or [])
+    ]
     assert not any(listening(port) for port in ports)

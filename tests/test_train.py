@@ -1,4 +1,5 @@
 """End-to-end training runs at a tiny size: real synthetic videos, real loaders, real checkpoints."""
+
 import json
 import os
 import signal
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.distributed import DistInfo
 from tests.tinyrun import tiny_overrides
-from training.train import SkipLog, main as train_main
+from training.distributed import DistInfo
+from training.train import SkipLog
+from training.train import main as train_main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,9 +68,19 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data_ro
 
 @pytest.mark.slow
 def test_loss_falls_on_a_short_run(tmp_path, data_root):
-    overrides = tiny_overrides(data_root, **{"optim.epochs": 8, "optim.sup_warmup_epochs": 8, "loss.contrast": "off",
-                                              "loss.align": "off", "train.eval_every": 0, "train.precise_bn": "off",
-                                              "model.dropout": 0.0, "optim.lr": 0.5})
+    overrides = tiny_overrides(
+        data_root,
+        **{
+            "optim.epochs": 8,
+            "optim.sup_warmup_epochs": 8,
+            "loss.contrast": "off",
+            "loss.align": "off",
+            "train.eval_every": 0,
+            "train.precise_bn": "off",
+            "model.dropout": 0.0,
+            "optim.lr": 0.5,
+        },
+    )
     assert run_train(tmp_path / "run", overrides) == 0
     history = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["history"]
     first, last = history[0]["loss/sup_rgb"], history[-1]["loss/sup_rgb"]
@@ -77,15 +89,32 @@ def test_loss_falls_on_a_short_run(tmp_path, data_root):
 
 @pytest.mark.slow
 def test_fixmatch_single_stream_and_ablation_switches_run(tmp_path, data_root):
-    rgb_only = tiny_overrides(data_root, **{"optim.epochs": 2, "loss.streams": "rgb", "loss.align": "off",
-                                             "loss.contrast": "off", "loss.fusion": "self"})
+    rgb_only = tiny_overrides(
+        data_root,
+        **{
+            "optim.epochs": 2,
+            "loss.streams": "rgb",
+            "loss.align": "off",
+            "loss.contrast": "off",
+            "loss.fusion": "self",
+        },
+    )
     assert run_train(tmp_path / "rgb", rgb_only) == 0
     ckpt = torch.load(tmp_path / "rgb" / "last.pt", weights_only=True)
     assert ckpt["model"]["teacher"] is None and ckpt["model"]["proj_rgb"] is None
     assert "teacher" not in json.loads((tmp_path / "rgb" / "metrics.json").read_text())
-    ablation = tiny_overrides(data_root, **{"optim.epochs": 2, "loss.align": "l2", "loss.stop_gradient": "off",
-                                             "loss.align_stages": "[4]", "loss.fusion": "probs", "tg.stride": 3,
-                                             "model.temporal_pool": "false"})
+    ablation = tiny_overrides(
+        data_root,
+        **{
+            "optim.epochs": 2,
+            "loss.align": "l2",
+            "loss.stop_gradient": "off",
+            "loss.align_stages": "[4]",
+            "loss.fusion": "probs",
+            "tg.stride": 3,
+            "model.temporal_pool": "false",
+        },
+    )
     assert run_train(tmp_path / "ablation", ablation) == 0
 
 
@@ -94,6 +123,7 @@ def test_unreadable_training_videos_are_counted_in_metrics(tmp_path, data_root):
     assert run_train(tmp_path / "first", tiny_overrides(data_root, **{"optim.epochs": 1})) == 0  # makes the data
     corrupt = tmp_path / "corrupt"
     import shutil
+
     shutil.copytree(data_root, corrupt)
     victims = sorted((corrupt / "unlabeled").rglob("*.mp4"))[:2]
     victims[0].write_bytes(b"garbage" * 100)
@@ -111,7 +141,7 @@ def test_kill_minus_nine_then_rerun_continues_to_the_same_weights(tmp_path, data
     overrides = tiny_overrides(data_root, **{"optim.epochs": 6, "train.eval_every": 0, "data.num_workers": 1})
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "training", "train", "--run", str(run), "--set", *overrides]
-    straight = [*cmd[:cmd.index("--run") + 1], str(tmp_path / "straight"), *cmd[cmd.index("--run") + 2:]]
+    straight = [*cmd[: cmd.index("--run") + 1], str(tmp_path / "straight"), *cmd[cmd.index("--run") + 2 :]]
     assert subprocess.run(straight, cwd=REPO, capture_output=True, timeout=300).returncode == 0
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -137,6 +167,7 @@ def test_kill_minus_nine_then_rerun_continues_to_the_same_weights(tmp_path, data
 
 def _tiny_video(path: Path, seed: int) -> None:
     from tests.videofiles import write_video
+
     rng = np.random.default_rng(seed)
     write_video(path, rng.integers(0, 255, (20, 32, 40, 3), dtype=np.uint8))
 
@@ -147,8 +178,20 @@ def test_torchrun_two_cpu_processes(tmp_path, data_root):
     run = tmp_path / "ddp"
     overrides = tiny_overrides(data_root, **{"optim.epochs": 2, "train.eval_every": 1})
     assert run_train(tmp_path / "warm", tiny_overrides(data_root, **{"optim.epochs": 1})) == 0  # data made once
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training",
-           "train", "--run-dir", str(run), "--set", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "training",
+        "train",
+        "--run-dir",
+        str(run),
+        "--set",
+        *overrides,
+    ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -169,16 +212,38 @@ def test_ucf101_layout_trains_with_the_paper_config(tmp_path):
             _tiny_video(root / "UCF-101" / name, seed=ci * 10 + g)
             (train_lines if g <= 4 else test_lines).append(name)
     (root / "ucfTrainTestlist" / "trainlist01.txt").write_text(
-        "".join(f"{n} {classes.index(n.split('/')[0]) + 1}\r\n" for n in train_lines))
+        "".join(f"{n} {classes.index(n.split('/')[0]) + 1}\r\n" for n in train_lines)
+    )
     (root / "ucfTrainTestlist" / "testlist01.txt").write_text("".join(n + "\r\n" for n in test_lines))
-    prep = subprocess.run([sys.executable, "-m", "training", "prepare", "ucf101", "--root", str(root)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    prep = subprocess.run(
+        [sys.executable, "-m", "training", "prepare", "ucf101", "--root", str(root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert prep.returncode == 0, prep.stderr
-    small = [o for o in tiny_overrides(root, **{"optim.epochs": 1, "data.num_workers": 0})
-             if not o.startswith(("data.root", "data.synthetic"))]
+    small = [
+        o
+        for o in tiny_overrides(root, **{"optim.epochs": 1, "data.num_workers": 0})
+        if not o.startswith(("data.root", "data.synthetic"))
+    ]
     run = tmp_path / "run"
-    assert train_main(["--config", str(REPO / "configs" / "ucf101_20.yaml"), "--data-root", str(root), "--run", str(run),
-                       "--set", *small]) == 0
+    assert (
+        train_main(
+            [
+                "--config",
+                str(REPO / "configs" / "ucf101_20.yaml"),
+                "--data-root",
+                str(root),
+                "--run",
+                str(run),
+                "--set",
+                *small,
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["classes"] == 3 and metrics["labeled_videos"] == 3  # 20 % of 4 per class, at least 1 each
     assert metrics["unlabeled_videos"] == 12 and metrics["student"]["videos"] == 3
@@ -194,7 +259,9 @@ def test_a_users_folder_dataset_trains_with_the_default_config(tmp_path):
         _tiny_video(root / "val" / cls / "v.mp4", seed=50 + len(cls))
     for i in range(4):
         _tiny_video(root / "unlabeled" / "batch1" / f"u{i}.mp4", seed=100 + i)
-    small = [o for o in tiny_overrides(root, **{"optim.epochs": 1}) if not o.startswith(("data.root", "data.synthetic"))]
+    small = [
+        o for o in tiny_overrides(root, **{"optim.epochs": 1}) if not o.startswith(("data.root", "data.synthetic"))
+    ]
     run = tmp_path / "run"
     assert train_main(["--data-root", str(root), "--run", str(run), "--set", *small]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
@@ -220,8 +287,10 @@ def test_strong_views_go_through_the_networks_during_the_supervised_warm_up(forw
     from training.models import TwoStreamNet
     from training.train import training_step
 
-    cfg = load_config(REPO / "configs" / "ucf101_20.yaml",
-                      ["input.clip_len=4", "input.crop_size=32", f"train.forward_strong_in_warmup={forward_strong}"])
+    cfg = load_config(
+        REPO / "configs" / "ucf101_20.yaml",
+        ["input.clip_len=4", "input.crop_size=32", f"train.forward_strong_in_warmup={forward_strong}"],
+    )
     torch.manual_seed(0)
     net = TwoStreamNet(4, width=4)
     seen = []

@@ -1,5 +1,6 @@
 """The upload corpus is what it claims: valid uploads decode, hostile ones are what their name
 says and give no video frame, bombs carry the huge value they are built around."""
+
 from __future__ import annotations
 
 import io
@@ -176,7 +177,12 @@ def test_rotated_upright_after_rot90(corpus, name):
     height, width = upright.shape
     assert height > width
     strip = max(1, height // 16)
-    edges = {"top": upright[:strip], "bottom": upright[-strip:], "left": upright[:, :strip], "right": upright[:, -strip:]}
+    edges = {
+        "top": upright[:strip],
+        "bottom": upright[-strip:],
+        "left": upright[:, :strip],
+        "right": upright[:, -strip:],
+    }
     assert edges["top"].mean() > 235
     assert max(edges[e].mean() for e in ("bottom", "left", "right")) < 215
 
@@ -255,7 +261,8 @@ def test_hostile_gives_no_video_frame(corpus, name):
 
 
 @pytest.mark.parametrize(
-    ("name", "demuxer", "magic"), [("png_image", "png_pipe", b"\x89PNG\r\n\x1a\n"), ("jpeg_image", "jpeg_pipe", b"\xff\xd8")]
+    ("name", "demuxer", "magic"),
+    [("png_image", "png_pipe", b"\x89PNG\r\n\x1a\n"), ("jpeg_image", "jpeg_pipe", b"\xff\xd8")],
 )
 def test_images_are_images(corpus, name, demuxer, magic):
     """FFmpeg opens a still image as a 1-frame video: the server must refuse it by format."""
@@ -396,8 +403,8 @@ def test_byte_flips():
     assert byte_flips(data, 5, seed=3, keep_head=100) == variants[:5]
     for variant in variants:
         assert len(variant) == len(data) and variant[:100] == data[:100]
-        assert sum(a != b for a, b in zip(variant, data)) == 10
+        assert sum(a != b for a, b in zip(variant, data, strict=True)) == 10
     (one,) = byte_flips(b"abc", 1, rate=0.001)
-    assert sum(a != b for a, b in zip(one, b"abc")) == 1
+    assert sum(a != b for a, b in zip(one, b"abc", strict=True)) == 1
     with pytest.raises(ValueError):
         byte_flips(b"abc", 1, keep_head=3)

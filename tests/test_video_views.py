@@ -2,9 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.videofiles import decoded_index, frame_coded, write_video
-from training.video import (VideoDecodeError, open_video, read_frames, successor_indices, uniform_clip_indices,
-                            train_clip_indices)
+from tests.videofiles import decoded_index
+from training.video import (
+    VideoDecodeError,
+    open_video,
+    read_frames,
+    successor_indices,
+    train_clip_indices,
+    uniform_clip_indices,
+)
 from training.view_decode import ViewGeometry, cut_crops, scaled_size
 from training.views import InputSpec, average_view_scores, crops_to_views, decode_test_views, normalize
 
@@ -43,8 +49,14 @@ def frames_to_views(frames: np.ndarray, *, clips: int, crops: int, crop: int) ->
     out = np.empty((len(frames), crops, crop, crop, 3), np.uint8)
     for i, frame in enumerate(frames):
         cut_crops(frame, crop, crops, out[i])
-    g = ViewGeometry(clips=clips, crops=crops, clip_len=len(frames) // clips, interval=1,
-                     short_side=min(frames.shape[1:3]), crop=crop)
+    g = ViewGeometry(
+        clips=clips,
+        crops=crops,
+        clip_len=len(frames) // clips,
+        interval=1,
+        short_side=min(frames.shape[1:3]),
+        crop=crop,
+    )
     return crops_to_views(out, g)
 
 
@@ -57,7 +69,9 @@ def test_scaled_size_keeps_the_aspect_ratio_and_swaps_for_rotation():
 
 def test_thirty_view_geometry():
     # a horizontal ramp: a left crop must be darker than the centre, the centre than the right
-    frames = np.tile(np.linspace(0, 250, 128, dtype=np.float32)[None, None, :, None], (10 * 8, 64, 1, 3)).astype(np.uint8)
+    frames = np.tile(np.linspace(0, 250, 128, dtype=np.float32)[None, None, :, None], (10 * 8, 64, 1, 3)).astype(
+        np.uint8
+    )
     frames[:8] = 0  # clip 0 is black: checks clip-major ordering
     views = frames_to_views(frames, clips=10, crops=3, crop=64)
     assert views.shape == (30, 3, 8, 64, 64)
@@ -83,8 +97,9 @@ def test_decode_test_views_reads_the_sampled_frames(coded_video):
             assert got_next == (expected[clip] + 1).tolist()
     # whole 0-255 values: the loaders' uint8 transport and the server's floats are the same pixels
     assert torch.equal(d.views, d.views.to(torch.uint8).float())
-    quick = decode_test_views(coded_video.read_bytes(), InputSpec(clip_len=4, interval=5, short_side=48, crop_size=32),
-                              quick=True)
+    quick = decode_test_views(
+        coded_video.read_bytes(), InputSpec(clip_len=4, interval=5, short_side=48, crop_size=32), quick=True
+    )
     assert quick.views.shape == (1, 3, 4, 32, 32)
 
 

@@ -2,6 +2,7 @@
 the input policy and its limits, each with its own code; scaled and rotated frames; a helper that
 crashes, hangs, spins or runs out of memory costs its request only (a 422), is replaced, and
 the pool keeps answering; a saturated pool answers 503."""
+
 from __future__ import annotations
 
 import os
@@ -17,12 +18,12 @@ from serving.isolation import DecodePool, HelperLimits, RejectedUpload
 from tests.upload_corpus import build_corpus
 from tests.videofiles import decoded_index, encode, frame_coded
 from training.video import uniform_clip_indices
-from training.view_decode import (UPLOAD_FORMATS, DecodeLimits, VideoRejected, ViewGeometry, read_view_crops,
-                                  scaled_size)
+from training.view_decode import UPLOAD_FORMATS, DecodeLimits, VideoRejected, ViewGeometry, read_view_crops, scaled_size
 
 GEOMETRY = ViewGeometry(clips=2, crops=3, clip_len=4, interval=2, short_side=32, crop=32)
-SDP = (b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\n"
-       b"m=video 5004 RTP/AVP 96\na=rtpmap:96 H264/90000\n")
+SDP = (
+    b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\nm=video 5004 RTP/AVP 96\na=rtpmap:96 H264/90000\n"
+)
 FFCONCAT = b"ffconcat version 1.0\nfile '/etc/passwd'\n"
 HLS = b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nhttp://127.0.0.1:9/a.ts\n#EXTINF:10,\n/etc/passwd\n"
 
@@ -51,12 +52,17 @@ def slow_to_decode(tmp_path_factory) -> bytes:
 def long_gop() -> bytes:
     """640x360, 600 frames of noise in one GOP: reaching its last frames means decoding them all."""
     rng = np.random.default_rng(0)
-    import av
     import io
+
+    import av
+
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=30, options={"g": "1000", "keyint_min": "1000", "crf": "40",
-                                                                    "preset": "ultrafast", "threads": "1"})
+        stream = container.add_stream(
+            "libx264",
+            rate=30,
+            options={"g": "1000", "keyint_min": "1000", "crf": "40", "preset": "ultrafast", "threads": "1"},
+        )
         stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
         base = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
         for i in range(600):
@@ -81,9 +87,17 @@ def test_the_sampled_frames_are_decoded_from_bytes_and_from_a_path_alike(small, 
 REFUSED = ("unsupported_format", "not_a_video")  # a probed format off the allow-list / nothing FFmpeg knows
 
 
-@pytest.mark.parametrize("data,codes", [(SDP, REFUSED[:1]), (FFCONCAT, REFUSED[:1]), (HLS, REFUSED),
-                                        (b"\x89PNG\r\n\x1a\n" + bytes(64), REFUSED),
-                                        (b"hello, this is text " * 20, REFUSED[1:]), (b"", ("empty_body",))])
+@pytest.mark.parametrize(
+    "data,codes",
+    [
+        (SDP, REFUSED[:1]),
+        (FFCONCAT, REFUSED[:1]),
+        (HLS, REFUSED),
+        (b"\x89PNG\r\n\x1a\n" + bytes(64), REFUSED),
+        (b"hello, this is text " * 20, REFUSED[1:]),
+        (b"", ("empty_body",)),
+    ],
+)
 def test_text_formats_that_open_sockets_or_files_are_refused_before_their_demuxer_runs(data, codes):
     before = {c.laddr for c in psutil.Process().net_connections(kind="inet")}
     t0 = time.monotonic()
@@ -167,8 +181,9 @@ def test_a_crash_during_a_job_costs_that_request_only(pool, slow_to_decode, smal
     victim = pool.pids()[0]
     threading.Timer(0.1, lambda: os.kill(victim, signal.SIGABRT)).start()
     with pytest.raises(RejectedUpload) as info:
-        pool.decode(slow_to_decode, ViewGeometry(clips=10, crops=1, clip_len=8, interval=8, short_side=16, crop=16),
-                    lambda c: c)
+        pool.decode(
+            slow_to_decode, ViewGeometry(clips=10, crops=1, clip_len=8, interval=8, short_side=16, crop=16), lambda c: c
+        )
     assert (info.value.status, info.value.code) == (422, "decoder_crashed") and "SIGABRT" in info.value.detail
     assert pool.decode(small, GEOMETRY, lambda c: c.shape)[0] == GEOMETRY.shape
     assert pool.replaced == 1 and pool.pids() != [victim]
@@ -181,8 +196,11 @@ def test_a_decode_past_the_wall_limit_is_killed_and_answered_422(slow_to_decode,
         first = pool.pids()[0]
         t0 = time.monotonic()
         with pytest.raises(RejectedUpload) as info:
-            pool.decode(slow_to_decode, ViewGeometry(clips=10, crops=1, clip_len=8, interval=8, short_side=16, crop=16),
-                        lambda c: c)
+            pool.decode(
+                slow_to_decode,
+                ViewGeometry(clips=10, crops=1, clip_len=8, interval=8, short_side=16, crop=16),
+                lambda c: c,
+            )
         assert (info.value.status, info.value.code) == (422, "decode_timeout")
         assert time.monotonic() - t0 < 3 and first not in pool.pids()
         assert pool.decode(small, GEOMETRY, lambda c: c.shape)[0] == GEOMETRY.shape
@@ -192,8 +210,11 @@ def test_a_decode_past_the_wall_limit_is_killed_and_answered_422(slow_to_decode,
 
 def test_a_decode_over_its_time_budget_stops_itself_with_its_code(long_gop):
     with pytest.raises(VideoRejected) as info:
-        read_view_crops(long_gop, ViewGeometry(clips=10, crops=1, clip_len=8, interval=8, short_side=64, crop=64),
-                        limits=DecodeLimits(max_seconds=0.01))
+        read_view_crops(
+            long_gop,
+            ViewGeometry(clips=10, crops=1, clip_len=8, interval=8, short_side=64, crop=64),
+            limits=DecodeLimits(max_seconds=0.01),
+        )
     assert info.value.code == "decode_timeout"
 
 

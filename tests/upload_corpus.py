@@ -24,6 +24,7 @@ clockwise to display") reads ``frame.rotation == -90``, so ``Upload.rotation == 
 uploads draw a white band along the top edge of the upright picture so a test can check the
 orientation, not only the shape.
 """
+
 from __future__ import annotations
 
 import io
@@ -194,7 +195,7 @@ def _mux(
         for name, mimetype, data in attachments:
             container.add_attachment(name, mimetype, data)
         streams = [_add_video(container, s) if isinstance(s, _Video) else _add_audio(container, s) for s in specs]
-        for spec, stream in zip(specs, streams):
+        for spec, stream in zip(specs, streams, strict=True):
             for frame in _video_frames(spec) if isinstance(spec, _Video) else _audio_frames(spec):
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
@@ -509,8 +510,7 @@ def _thumbnail_first_mp4(_: Path) -> bytes:
 # Hostile uploads.
 
 SDP = (
-    b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\n"
-    b"m=video 5004 RTP/AVP 96\na=rtpmap:96 H264/90000\n"
+    b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\nm=video 5004 RTP/AVP 96\na=rtpmap:96 H264/90000\n"
 )
 FFCONCAT = b"ffconcat version 1.0\nfile '/etc/passwd'\n"
 HLS = (
@@ -521,7 +521,7 @@ SRT = b"1\n00:00:00,000 --> 00:00:02,000\nSomeone waves.\n\n2\n00:00:02,000 --> 
 TEXT = b"This is not a video. Please classify this sentence as an action.\n" * 8
 JSON = b'{"video": "https://example.com/clip.mp4", "frames": [1, 2, 3], "label": "jumping"}\n'
 HTML = (
-    b"<!DOCTYPE html>\n<html><head><title>clip</title></head>\n<body><video src=\"clip.mp4\" "
+    b'<!DOCTYPE html>\n<html><head><title>clip</title></head>\n<body><video src="clip.mp4" '
     b"controls></video></body></html>\n"
 )
 
@@ -607,8 +607,12 @@ def _hidden_large_stream_mkv(_: Path) -> bytes:
 
 
 def _long_gop_mp4(_: Path) -> bytes:
-    params = {"preset": "ultrafast", "crf": "38", "g": "900",
-              "x264-params": "keyint=900:min-keyint=900:scenecut=0:mbtree=0"}
+    params = {
+        "preset": "ultrafast",
+        "crf": "38",
+        "g": "900",
+        "x264-params": "keyint=900:min-keyint=900:scenecut=0:mbtree=0",
+    }
     return _mux("mp4", _h264(640, 360, 900, options=params))
 
 
@@ -651,58 +655,94 @@ KINDS: tuple[_Kind, ...] = (
     # --- valid: what phones, browsers, cameras and converters send
     _Kind("h264_mp4", "valid", "mp4", _h264_mp4, "H.264 High (B-frames) in mp4, 128x96: the most common upload"),
     _Kind("hevc_mp4", "valid", "mp4", _hevc_mp4, "HEVC (libx265, hev1) in mp4: Android phones and converters"),
-    _Kind("iphone_hevc_mov", "valid", "mov", _iphone_hevc_mov, "HEVC tagged hvc1 in QuickTime .mov: what an iPhone sends"),
+    _Kind(
+        "iphone_hevc_mov", "valid", "mov", _iphone_hevc_mov, "HEVC tagged hvc1 in QuickTime .mov: what an iPhone sends"
+    ),
     _Kind("vp9_webm", "valid", "webm", _vp9_webm, "VP9 in WebM: browsers and YouTube downloads"),
-    _Kind("av1_mp4", "valid", "mp4", _av1_mp4, "AV1 (libsvtav1) in mp4: new phones and browsers; needs libdav1d to decode"),
+    _Kind(
+        "av1_mp4", "valid", "mp4", _av1_mp4, "AV1 (libsvtav1) in mp4: new phones and browsers; needs libdav1d to decode"
+    ),
     _Kind("mpeg4_avi", "valid", "avi", _mpeg4_avi, "MPEG-4 Part 2 in AVI: old cameras and Xvid-era files"),
     _Kind("mjpeg_avi", "valid", "avi", _mjpeg_avi, "MJPEG in AVI (yuvj420p, full range): webcams and IP cameras"),
     _Kind(
-        "mediarecorder_webm", "valid", "webm", _mediarecorder_webm,
+        "mediarecorder_webm",
+        "valid",
+        "webm",
+        _mediarecorder_webm,
         "VP8 + Opus WebM as browser MediaRecorder writes it: no Duration, no Cues, unknown Segment and Cluster sizes",
     ),
     _Kind("h264_ts", "valid", "ts", _h264_ts, "H.264 in MPEG-TS: broadcast captures and HLS segments"),
     _Kind(
-        "fragmented_mp4", "valid", "mp4", _fragmented_mp4,
+        "fragmented_mp4",
+        "valid",
+        "mp4",
+        _fragmented_mp4,
         "fragmented mp4 (empty moov + moof/mdat, keyframe every 8): browser and streaming recorders",
     ),
     _Kind("vfr_mp4", "valid", "mp4", _vfr_mp4, f"variable frame rate: pts steps {VFR_STEPS_MS} ms, as phones write"),
     _Kind("one_frame_mp4", "valid", "mp4", _one_frame_mp4, "a video of a single frame: clip sampling must repeat it"),
     _Kind("two_frames_mp4", "valid", "mp4", _two_frames_mp4, "a video of two frames: fewer frames than one clip"),
-    _Kind("odd_tiny_mp4", "valid", "mp4", _odd_tiny_mp4, "33x17 (odd, tiny; H.264 4:4:4): resizing and cropping must cope"),
-    _Kind("narrow_mp4", "valid", "mp4", _narrow_mp4, "8x240, very narrow: crops larger than the frame in one direction"),
+    _Kind(
+        "odd_tiny_mp4", "valid", "mp4", _odd_tiny_mp4, "33x17 (odd, tiny; H.264 4:4:4): resizing and cropping must cope"
+    ),
+    _Kind(
+        "narrow_mp4", "valid", "mp4", _narrow_mp4, "8x240, very narrow: crops larger than the frame in one direction"
+    ),
     _Kind("gray_ffv1_mkv", "valid", "mkv", _gray_ffv1_mkv, "grayscale FFV1 in Matroska: decodes to pix_fmt gray"),
     _Kind("gray_h264_mp4", "valid", "mp4", _gray_h264_mp4, "H.264 4:0:0 (pix_fmt gray at encode): monochrome cameras"),
-    _Kind("h264_10bit_mp4", "valid", "mp4", _h264_10bit_mp4, "H.264 High 10 (yuv420p10le): 16-bit planes after decoding"),
+    _Kind(
+        "h264_10bit_mp4", "valid", "mp4", _h264_10bit_mp4, "H.264 High 10 (yuv420p10le): 16-bit planes after decoding"
+    ),
     _Kind("hevc_10bit_mp4", "valid", "mp4", _hevc_10bit_mp4, "HEVC Main 10 (yuv420p10le): phone HDR video"),
     _Kind(
-        "bad_utf8_title_mkv", "valid", "mkv", _bad_utf8_title_mkv,
+        "bad_utf8_title_mkv",
+        "valid",
+        "mkv",
+        _bad_utf8_title_mkv,
         "Matroska whose Title is invalid UTF-8: PyAV's default av.open raises UnicodeDecodeError (use metadata_errors)",
     ),
     _Kind(
-        "portrait_mp4", "valid", "mp4", _portrait_mp4,
+        "portrait_mp4",
+        "valid",
+        "mp4",
+        _portrait_mp4,
         "phone portrait: 128x96 coded, tkhd matrix {0,1,0,-1} (old rotate=90 tag); PyAV frame.rotation -90, "
         "so rotation 270 (np.rot90 k=3 turns it upright, white band on top)",
         rotation=270,
     ),
     _Kind(
-        "portrait_other_way_mp4", "valid", "mp4", _portrait_other_way_mp4,
+        "portrait_other_way_mp4",
+        "valid",
+        "mp4",
+        _portrait_other_way_mp4,
         "phone portrait held the other way: tkhd matrix {0,-1,1,0} (rotate=270 tag); PyAV frame.rotation +90, "
         "rotation 90 (np.rot90 k=1 turns it upright, white band on top)",
         rotation=90,
     ),
     _Kind(
-        "portrait_4k_mp4", "valid", "mp4", _portrait_4k_mp4,
+        "portrait_4k_mp4",
+        "valid",
+        "mp4",
+        _portrait_4k_mp4,
         "4K phone portrait: 3840x2160 coded H.264, 10 frames, rotation 270 (PyAV -90): big frames, rotated",
         rotation=270,
     ),
     _Kind("gif", "valid", "gif", _gif, "animated GIF (96x64, 16 frames): decodes to bgra with a palette"),
-    _Kind("h264_aac_mp4", "valid", "mp4", _h264_aac_mp4, "H.264 + AAC audio in mp4: nearly every phone video has sound"),
     _Kind(
-        "cover_art_mkv", "valid", "mkv", _cover_art_mkv,
+        "h264_aac_mp4", "valid", "mp4", _h264_aac_mp4, "H.264 + AAC audio in mp4: nearly every phone video has sound"
+    ),
+    _Kind(
+        "cover_art_mkv",
+        "valid",
+        "mkv",
+        _cover_art_mkv,
         "Matroska with a JPEG cover attachment: FFmpeg adds it as a 1-frame attached_pic video stream",
     ),
     _Kind(
-        "thumbnail_first_mp4", "valid", "mp4", _thumbnail_first_mp4,
+        "thumbnail_first_mp4",
+        "valid",
+        "mp4",
+        _thumbnail_first_mp4,
         "mp4 whose first video track is a 1-frame 32x32 thumbnail and second the 128x96 video",
     ),
     # --- hostile: not a decodable video; must be refused with a 4xx, quickly
@@ -710,7 +750,10 @@ KINDS: tuple[_Kind, ...] = (
     _Kind("garbage_4k", "hostile", "bin", _garbage, "4 KB of random bytes (seeded)"),
     _Kind("truncated_mp4", "hostile", "mp4", _truncated_mp4, "first 30 % of an mp4 whose moov is at the end: no moov"),
     _Kind(
-        "truncated_faststart_mp4", "hostile", "mp4", _truncated_faststart_mp4,
+        "truncated_faststart_mp4",
+        "hostile",
+        "mp4",
+        _truncated_faststart_mp4,
         "faststart mp4 cut 64 bytes into mdat: complete moov, no complete sample; opens, decodes nothing",
     ),
     _Kind("png_image", "hostile", "png", _png, "a PNG still image: FFmpeg opens it (png_pipe) as a 1-frame video"),
@@ -721,38 +764,65 @@ KINDS: tuple[_Kind, ...] = (
     _Kind("sdp_text", "hostile", "sdp", _static(SDP), "SDP session: FFmpeg's sdp demuxer would open RTP/UDP sockets"),
     _Kind("ffconcat", "hostile", "ffconcat", _static(FFCONCAT), "ffconcat list naming /etc/passwd: a local file read"),
     _Kind(
-        "hls_playlist", "hostile", "m3u8", _static(HLS),
+        "hls_playlist",
+        "hostile",
+        "m3u8",
+        _static(HLS),
         "HLS playlist naming http://127.0.0.1:9/x.ts and /etc/passwd: SSRF and local file read",
     ),
     _Kind("srt_subtitles", "hostile", "srt", _static(SRT), "SRT subtitles: FFmpeg opens them as a subtitle-only file"),
     _Kind("wav_audio", "hostile", "wav", _wav, "WAV, PCM audio only: opens, has no video stream"),
-    _Kind("aac_only_m4a", "hostile", "m4a", _aac_only_m4a, "mp4 with one AAC audio track only: opens, has no video stream"),
     _Kind(
-        "unknown_fourcc_avi", "hostile", "avi", _unknown_fourcc_avi,
+        "aac_only_m4a", "hostile", "m4a", _aac_only_m4a, "mp4 with one AAC audio track only: opens, has no video stream"
+    ),
+    _Kind(
+        "unknown_fourcc_avi",
+        "hostile",
+        "avi",
+        _unknown_fourcc_avi,
         "AVI with fccHandler and biCompression patched to XXXX: a video stream with no decoder",
     ),
     _Kind("ftyp_zeros", "hostile", "mp4", _ftyp_zeros, "a valid mp4 ftyp box followed by 4 KB of zeros"),
-    _Kind("ebml_header_only", "hostile", "mkv", _ebml_header_only, "only the EBML header of a Matroska file: no Segment"),
+    _Kind(
+        "ebml_header_only", "hostile", "mkv", _ebml_header_only, "only the EBML header of a Matroska file: no Segment"
+    ),
     # --- bombs: must get a bounded answer (4xx or 200), no 5xx, no worker death
     _Kind(
-        "huge_duration_mkv", "bomb", "mkv", _huge_duration_mkv,
+        "huge_duration_mkv",
+        "bomb",
+        "mkv",
+        _huge_duration_mkv,
         "~20 KB Matroska whose Info/Duration says 1e15 ms: decord aborts (std::bad_alloc) on it",
     ),
     _Kind(
-        "huge_dims_mp4", "bomb", "mp4", _huge_dims_mp4,
+        "huge_dims_mp4",
+        "bomb",
+        "mp4",
+        _huge_dims_mp4,
         "128x96 H.264 whose avc1 and tkhd declare 65535x65535: never allocate from the declared size",
     ),
     _Kind(
-        "hidden_large_stream_mkv", "bomb", "mkv", _hidden_large_stream_mkv,
+        "hidden_large_stream_mkv",
+        "bomb",
+        "mkv",
+        _hidden_large_stream_mkv,
         "default 64x48 video plus a second 4096x2304 video stream (4 frames): decode only the chosen stream",
     ),
     _Kind(
-        "long_gop_mp4", "bomb", "mp4", _long_gop_mp4,
+        "long_gop_mp4",
+        "bomb",
+        "mp4",
+        _long_gop_mp4,
         "640x360, 900 frames, one keyframe: reaching late frames decodes all of them; seek once, not per clip",
     ),
-    _Kind("many_tiny_frames_mp4", "bomb", "mp4", _many_tiny_frames_mp4, "16x16, 20,000 frames (800 s): bound frames read"),
     _Kind(
-        "huge_fps_mp4", "bomb", "mp4", _huge_fps_mp4,
+        "many_tiny_frames_mp4", "bomb", "mp4", _many_tiny_frames_mp4, "16x16, 20,000 frames (800 s): bound frames read"
+    ),
+    _Kind(
+        "huge_fps_mp4",
+        "bomb",
+        "mp4",
+        _huge_fps_mp4,
         "mdhd timescale patched to 2^31-1: 16 frames in ~4 us, a claimed ~4.2 million fps",
     ),
 )
@@ -778,9 +848,7 @@ def _corpus_dir(workdir: Path) -> Path:
 def build_corpus(workdir: Path) -> list[Upload]:
     """All uploads, in table order (valid, hostile, bomb); generated once per `workdir`."""
     directory = _corpus_dir(workdir)
-    return [
-        Upload(k.name, k.group, _cached(directory, f"{k.name}.{k.ext}", k.make), k.note, k.rotation) for k in KINDS
-    ]
+    return [Upload(k.name, k.group, _cached(directory, f"{k.name}.{k.ext}", k.make), k.note, k.rotation) for k in KINDS]
 
 
 def _fuzz_seed(fmt: str, codec: str, seed: int) -> Callable[[Path], bytes]:
@@ -790,8 +858,11 @@ def _fuzz_seed(fmt: str, codec: str, seed: int) -> Callable[[Path], bytes]:
 def fuzz_seeds(workdir: Path) -> dict[str, bytes]:
     """Small valid videos (96x64, 25 frames = 1 s, a keyframe every 12) to byte-flip."""
     directory = _corpus_dir(workdir)
-    makers = {"mp4": _fuzz_seed("mp4", "libx264", 11), "mkv": _fuzz_seed("matroska", "libx264", 12),
-              "webm": _fuzz_seed("webm", "libvpx-vp9", 13)}
+    makers = {
+        "mp4": _fuzz_seed("mp4", "libx264", 11),
+        "mkv": _fuzz_seed("matroska", "libx264", 12),
+        "webm": _fuzz_seed("webm", "libvpx-vp9", 13),
+    }
     return {ext: _cached(directory, f"fuzz_seed.{ext}", make) for ext, make in makers.items()}
 
 

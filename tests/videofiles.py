@@ -1,4 +1,5 @@
 """Small real video files for tests, written with PyAV: to a path, or as the bytes of an upload."""
+
 from __future__ import annotations
 
 import tempfile

@@ -1,4 +1,5 @@
 """Entry points: `python -m training {train,evaluate,generate,prepare} ...`."""
+
 import sys
 
 COMMANDS = {

@@ -25,6 +25,7 @@ The server (serving/core.py) and calibration and offline evaluation (export/adap
 `python -m export evaluate --views adaptive`) all drive `AdaptiveViews`, so an adaptive answer
 served equals the one evaluated offline (no train/serve skew).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,9 +54,10 @@ class StoppingRule:
         return {"min_clips": self.min_clips, "margin": self.margin}
 
     @classmethod
-    def from_dict(cls, record: dict) -> "StoppingRule":
-        return cls(min_clips=int(record["min_clips"]),
-                   margin=None if record.get("margin") is None else float(record["margin"]))
+    def from_dict(cls, record: dict) -> StoppingRule:
+        return cls(
+            min_clips=int(record["min_clips"]), margin=None if record.get("margin") is None else float(record["margin"])
+        )
 
 
 @lru_cache(maxsize=64)
@@ -76,7 +78,7 @@ def coarse_to_fine(clips: int) -> tuple[int, ...]:
         # between two clips 2 (gap / 2)^3 (every gap is even: the positions are odd)
         points = sorted(2 * c + 1 for c in chosen)
         total = points[0] ** 3 + (2 * clips - points[-1]) ** 3
-        return total + sum(2 * ((b - a) // 2) ** 3 for a, b in zip(points, points[1:]))
+        return total + sum(2 * ((b - a) // 2) ** 3 for a, b in zip(points, points[1:], strict=False))
 
     order: list[int] = []
     rest = list(range(clips))
@@ -95,8 +97,9 @@ def view_probabilities(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def stop_reason(rule: StoppingRule, sums: np.ndarray, *, clips_seen: int, views_seen: int,
-                views_total: int) -> str | None:
+def stop_reason(
+    rule: StoppingRule, sums: np.ndarray, *, clips_seen: int, views_seen: int, views_total: int
+) -> str | None:
     """Why the evaluation stops with these summed probabilities (C,) of `views_seen` views, or
     None to go on (the rule of the module docstring)."""
     if views_seen >= views_total:
@@ -165,8 +168,13 @@ class AdaptiveViews:
         step = probabilities.sum(axis=0)
         self.sums = step if self.sums is None else self.sums + step
         self.used += clips
-        self.stop = stop_reason(self.rule, self.sums, clips_seen=len(self.used), views_seen=self.views_used,
-                                views_total=self.clips * self.crops)
+        self.stop = stop_reason(
+            self.rule,
+            self.sums,
+            clips_seen=len(self.used),
+            views_seen=self.views_used,
+            views_total=self.clips * self.crops,
+        )
         return self.done
 
 

@@ -5,6 +5,7 @@ clip's frames and their successors together (`training.data.weak_geometric`); cr
 and bilinear resize are linear, so the TG taken here afterwards equals TG taken before them
 up to rounding (METHOD.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -68,14 +69,29 @@ def op_strengths(preset: str = "mmaction", magnitude: float = 9.0) -> OpStrength
     cutout half the side, grey fill."""
     level = magnitude / 10.0
     if preset == "mmaction":
-        return OpStrengths(shear=math.tanh(math.radians(17.19 * level)), translate=0.2 * level, rotate=30.0 * level,
-                           posterize_bits=max(1, int(4 * level)), solarize_threshold=256.0 * level / 255.0,
-                           enhance=(1.8 * level + 0.1,), cutout=0.2 * level, cutout_fill=128.0 / 255.0, affine_fill=0.0)
+        return OpStrengths(
+            shear=math.tanh(math.radians(17.19 * level)),
+            translate=0.2 * level,
+            rotate=30.0 * level,
+            posterize_bits=max(1, int(4 * level)),
+            solarize_threshold=256.0 * level / 255.0,
+            enhance=(1.8 * level + 0.1,),
+            cutout=0.2 * level,
+            cutout_fill=128.0 / 255.0,
+            affine_fill=0.0,
+        )
     if preset == "fixmatch":
-        return OpStrengths(shear=0.3 * level, translate=0.3 * level, rotate=30.0 * level,
-                           posterize_bits=8 - int(round(4 * level)), solarize_threshold=1.0 - 0.5 * level,
-                           enhance=(1.0 - 0.9 * level, 1.0 + 0.9 * level), cutout=0.5 * level, cutout_fill=0.5,
-                           affine_fill=0.5)
+        return OpStrengths(
+            shear=0.3 * level,
+            translate=0.3 * level,
+            rotate=30.0 * level,
+            posterize_bits=8 - int(round(4 * level)),
+            solarize_threshold=1.0 - 0.5 * level,
+            enhance=(1.0 - 0.9 * level, 1.0 + 0.9 * level),
+            cutout=0.5 * level,
+            cutout_fill=0.5,
+            affine_fill=0.5,
+        )
     raise ValueError(f"unknown RandAugment preset {preset!r}: mmaction or fixmatch")
 
 
@@ -94,7 +110,12 @@ def _cutout(x: torch.Tensor, size: float, fill: float) -> torch.Tensor:
     h, w = x.shape[-2:]
     side = max(1, int(size * min(h, w)))
     cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))  # centre anywhere: may overhang
-    y0, y1, x0, x1 = max(0, cy - side // 2), min(h, cy + side // 2 + 1), max(0, cx - side // 2), min(w, cx + side // 2 + 1)
+    y0, y1, x0, x1 = (
+        max(0, cy - side // 2),
+        min(h, cy + side // 2 + 1),
+        max(0, cx - side // 2),
+        min(w, cx + side // 2 + 1),
+    )
     x = x.clone()
     x[..., y0:y1, x0:x1] = fill
     return x
@@ -120,20 +141,23 @@ def _op(name: str, x: torch.Tensor, s: OpStrengths, sign: float | None = None) -
     direction of a shear, translation or rotation and, where `s.enhance` has two factors, picks
     one (+1: the larger); None draws it (only for the ops that use it)."""
     h, w = x.shape[-2:]
-    if sign is None and (name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
-                         or (name in ("color", "contrast", "brightness", "sharpness") and len(s.enhance) > 1)):
+    if sign is None and (
+        name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
+        or (name in ("color", "contrast", "brightness", "sharpness") and len(s.enhance) > 1)
+    ):
         sign = _random_sign()
     factor = s.enhance[-1] if sign is None or sign > 0 else s.enhance[0]
+    direction = 1.0 if sign is None else sign  # drawn above for every op that has a direction
     if name == "shear_x":
-        return _affine(x, torch.tensor([[1, sign * s.shear, 0], [0, 1, 0]], dtype=x.dtype), s.affine_fill)
+        return _affine(x, torch.tensor([[1, direction * s.shear, 0], [0, 1, 0]], dtype=x.dtype), s.affine_fill)
     if name == "shear_y":
-        return _affine(x, torch.tensor([[1, 0, 0], [sign * s.shear, 1, 0]], dtype=x.dtype), s.affine_fill)
+        return _affine(x, torch.tensor([[1, 0, 0], [direction * s.shear, 1, 0]], dtype=x.dtype), s.affine_fill)
     if name == "translate_x":
-        return _affine(x, torch.tensor([[1, 0, sign * s.translate * w], [0, 1, 0]], dtype=x.dtype), s.affine_fill)
+        return _affine(x, torch.tensor([[1, 0, direction * s.translate * w], [0, 1, 0]], dtype=x.dtype), s.affine_fill)
     if name == "translate_y":
-        return _affine(x, torch.tensor([[1, 0, 0], [0, 1, sign * s.translate * h]], dtype=x.dtype), s.affine_fill)
+        return _affine(x, torch.tensor([[1, 0, 0], [0, 1, direction * s.translate * h]], dtype=x.dtype), s.affine_fill)
     if name == "rotate":
-        a = math.radians(sign * s.rotate)
+        a = math.radians(direction * s.rotate)
         rot = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0]], dtype=x.dtype)
         return _affine(x, rot, s.affine_fill)
     if name == "posterize":
@@ -161,13 +185,27 @@ def _op(name: str, x: torch.Tensor, s: OpStrengths, sign: float | None = None) -
 
 
 RANDAUGMENT_OPS = (
-    "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "posterize", "solarize",
-    "color", "contrast", "brightness", "sharpness", "autocontrast", "equalize", "invert", "cutout",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "posterize",
+    "solarize",
+    "color",
+    "contrast",
+    "brightness",
+    "sharpness",
+    "autocontrast",
+    "equalize",
+    "invert",
+    "cutout",
 )
 
 
-def strong_augment(clips: torch.Tensor, *, num_ops: int = 2, magnitude: float = 9.0,
-                   preset: str = "mmaction") -> torch.Tensor:
+def strong_augment(
+    clips: torch.Tensor, *, num_ops: int = 2, magnitude: float = 9.0, preset: str = "mmaction"
+) -> torch.Tensor:
     """RandAugment with one draw per clip: (B, 3, T, H, W) 0-255 -> same shape, 0-255.
 
     Each clip gets `num_ops` distinct ops of `preset` at `magnitude` (of 10), the same on all of
@@ -183,8 +221,15 @@ def strong_augment(clips: torch.Tensor, *, num_ops: int = 2, magnitude: float = 
     return out
 
 
-def make_views(frames: torch.Tensor, spec: InputSpec, *, strong: bool, num_ops: int = 2, magnitude: float = 9.0,
-               preset: str = "mmaction"):
+def make_views(
+    frames: torch.Tensor,
+    spec: InputSpec,
+    *,
+    strong: bool,
+    num_ops: int = 2,
+    magnitude: float = 9.0,
+    preset: str = "mmaction",
+):
     """Loader clips (B, K, 3, T, H, W) uint8 -> normalized weak RGB and TG, and, if `strong`,
     strong RGB and TG drawn independently for each modality."""
     rgb, tg = split_modalities(frames)

@@ -3,6 +3,7 @@
 Defaults are the paper's full-size settings (METHOD.md); a YAML file states only what differs.
 Unknown keys, wrong types and values outside a key's choices are errors that name the key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -273,11 +274,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def _check_one_budget(tree: dict) -> None:
     """A budget in steps and one in epochs, both stated, would leave one silently unused."""
-    optim = tree.get("optim") if isinstance(tree.get("optim"), dict) else {}
+    optim: dict = tree["optim"] if isinstance(tree.get("optim"), dict) else {}
     if optim.get("steps") and "epochs" in optim:
-        raise ConfigError(f"optim.epochs={optim['epochs']} and optim.steps={optim['steps']}: the budget is one or "
-                          "the other; set optim.steps=N (with optim.warmup_steps, optim.sup_warmup_steps), or "
-                          "optim.steps=0 with optim.epochs (and optim.warmup_epochs, optim.sup_warmup_epochs)")
+        raise ConfigError(
+            f"optim.epochs={optim['epochs']} and optim.steps={optim['steps']}: the budget is one or "
+            "the other; set optim.steps=N (with optim.warmup_steps, optim.sup_warmup_steps), or "
+            "optim.steps=0 with optim.epochs (and optim.warmup_epochs, optim.sup_warmup_epochs)"
+        )
 
 
 def config_from_dict(tree: dict) -> Config:
@@ -313,9 +316,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"input.crop_size ({spec.crop_size}) exceeds input.short_side ({spec.short_side})")
     if spec.test_crop > spec.test_short_side:
         raise ConfigError(f"input.test_crop ({spec.test_crop}) exceeds input.test_short_side ({spec.test_short_side})")
-    for key, value in (("input.clip_len", spec.clip_len), ("input.interval", spec.interval), ("tg.stride", cfg.tg.stride),
-                       ("optim.epochs", cfg.optim.epochs), ("optim.batch_labeled", cfg.optim.batch_labeled),
-                       ("optim.batch_unlabeled", cfg.optim.batch_unlabeled), ("model.width", cfg.model.width)):
+    for key, value in (
+        ("input.clip_len", spec.clip_len),
+        ("input.interval", spec.interval),
+        ("tg.stride", cfg.tg.stride),
+        ("optim.epochs", cfg.optim.epochs),
+        ("optim.batch_labeled", cfg.optim.batch_labeled),
+        ("optim.batch_unlabeled", cfg.optim.batch_unlabeled),
+        ("model.width", cfg.model.width),
+    ):
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
     o = cfg.optim
@@ -324,8 +333,10 @@ def validate(cfg: Config) -> None:
     if o.steps and o.warmup_steps > o.steps:
         raise ConfigError(f"optim.warmup_steps ({o.warmup_steps}) exceeds optim.steps ({o.steps})")
     if not o.steps and (o.warmup_steps or o.sup_warmup_steps):
-        raise ConfigError("optim.warmup_steps and optim.sup_warmup_steps: set with a budget in steps "
-                          "(optim.steps); with optim.epochs use optim.warmup_epochs and optim.sup_warmup_epochs")
+        raise ConfigError(
+            "optim.warmup_steps and optim.sup_warmup_steps: set with a budget in steps "
+            "(optim.steps); with optim.epochs use optim.warmup_epochs and optim.sup_warmup_epochs"
+        )
     if cfg.train.precise_bn_batch_size < 1 or cfg.train.precise_bn_batches < 1:
         raise ConfigError("train.precise_bn_batch_size and train.precise_bn_batches: must be >= 1")
     if not 0.0 <= cfg.strong.magnitude <= 10.0:
@@ -340,6 +351,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def diff_configs(a: Config, b: Config) -> list[str]:
     """Dotted keys whose values differ."""
+
     def flat(d, prefix=""):
         out = {}
         for k, v in d.items():

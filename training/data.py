@@ -10,6 +10,7 @@ A path may come without its extension and relative to another folder than the da
 Folder layout: ROOT/labeled/<class>/*, ROOT/unlabeled/**/*, ROOT/val/<class>/*, classes sorted
 by name.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,15 +73,19 @@ def read_video_list(path: Path, *, num_classes: int, require_labels: bool) -> li
         if not parts:
             continue
         if len(parts) > 3:
-            raise ConfigError(f"{path}:{lineno}: expected 'path [num_frames] label', got {line!r} "
-                              "(paths with spaces and multi-label lines are not supported)")
+            raise ConfigError(
+                f"{path}:{lineno}: expected 'path [num_frames] label', got {line!r} "
+                "(paths with spaces and multi-label lines are not supported)"
+            )
         label = -1
         if len(parts) >= 2:
             try:
                 numbers = [int(p) for p in parts[1:]]
             except ValueError:
-                raise ConfigError(f"{path}:{lineno}: {' '.join(parts[1:])!r} is not "
-                                  f"{'a label' if len(parts) == 2 else 'a frame count and a label'} (integers)") from None
+                raise ConfigError(
+                    f"{path}:{lineno}: {' '.join(parts[1:])!r} is not "
+                    f"{'a label' if len(parts) == 2 else 'a frame count and a label'} (integers)"
+                ) from None
             if len(numbers) == 2 and numbers[0] < 0:
                 raise ConfigError(f"{path}:{lineno}: frame count {numbers[0]} is negative")
             label = numbers[-1]
@@ -123,7 +129,8 @@ class ListResolver:
 
     def _listing(self, folder: Path):
         if folder not in self._listings:
-            names, stems = {}, {}
+            names: dict[str, str] = {}
+            stems: dict[str, str] = {}
             if folder.is_dir():
                 for name in sorted(os.listdir(folder)):
                     names.setdefault(name.lower(), name)
@@ -183,8 +190,10 @@ def check_labels_follow_folders(items: list[VideoItem], classes: list[str], list
         if expected is not None and it.label >= 0 and it.label != expected:
             wrong.append(f"{it.path} has label {it.label}, its folder is class {expected} ({classes[expected]})")
     if wrong:
-        raise ConfigError(f"{list_name}: {len(wrong)} of {len(items)} labels disagree with the class of their folder "
-                          f"in classes.txt (another class order, or 1-based labels?), e.g. {'; '.join(wrong[:3])}")
+        raise ConfigError(
+            f"{list_name}: {len(wrong)} of {len(items)} labels disagree with the class of their folder "
+            f"in classes.txt (another class order, or 1-based labels?), e.g. {'; '.join(wrong[:3])}"
+        )
 
 
 def write_video_list(path: Path, items: list[VideoItem]) -> None:
@@ -239,7 +248,7 @@ def make_labeled_split(
             raise ConfigError(f"cannot draw a labeled split: {it.path} has no label in the training list")
         by_class[it.label].append(it)
     chosen = []
-    for c, members in by_class.items():
+    for members in by_class.values():
         k = per_class if per_class else max(1, round(ratio * len(members)))
         chosen += rng.sample(members, min(k, len(members))) if members else []
     return sorted(chosen, key=lambda it: it.path)
@@ -263,7 +272,8 @@ def resolve_splits(cfg: DataConfig, run_dir: Path | None, *, is_main: bool = Tru
 
     def read(key: str, rel: str, *, require_labels: bool) -> list[VideoItem]:
         items, missing[key] = resolver.resolve_items(
-            read_video_list(root / rel, num_classes=n, require_labels=require_labels))
+            read_video_list(root / rel, num_classes=n, require_labels=require_labels)
+        )
         check_labels_follow_folders(items, classes, f"data.{key}_list {rel}")
         absent = set(missing[key])
         resolver.add_known(it.path for it in items if it.path not in absent)
@@ -285,17 +295,31 @@ def resolve_splits(cfg: DataConfig, run_dir: Path | None, *, is_main: bool = Tru
         labeled = read("labeled", str(saved.resolve()), require_labels=True)
         source = f"saved split {saved}"
     elif cfg.labeled_ratio or cfg.labeled_per_class:
-        labeled = make_labeled_split(train, num_classes=n, ratio=cfg.labeled_ratio,
-                                     per_class=cfg.labeled_per_class, seed=cfg.split_seed)
+        labeled = make_labeled_split(
+            train, num_classes=n, ratio=cfg.labeled_ratio, per_class=cfg.labeled_per_class, seed=cfg.split_seed
+        )
         absent = set(missing.get("train", []))
         missing["labeled"] = [it.path for it in labeled if it.path in absent]
-        source = (f"drawn: {cfg.labeled_per_class} per class" if cfg.labeled_per_class
-                  else f"drawn: ratio {cfg.labeled_ratio}") + f", seed {cfg.split_seed}"
+        source = (
+            f"drawn: {cfg.labeled_per_class} per class"
+            if cfg.labeled_per_class
+            else f"drawn: ratio {cfg.labeled_ratio}"
+        ) + f", seed {cfg.split_seed}"
         if saved is not None and is_main:
             write_video_list(saved, labeled)
-            (saved.parent / "split.json").write_text(json.dumps(
-                {"ratio": cfg.labeled_ratio, "per_class": cfg.labeled_per_class, "seed": cfg.split_seed,
-                 "train_list": cfg.train_list, "num_labeled": len(labeled), "num_train": len(train)}, indent=2))
+            (saved.parent / "split.json").write_text(
+                json.dumps(
+                    {
+                        "ratio": cfg.labeled_ratio,
+                        "per_class": cfg.labeled_per_class,
+                        "seed": cfg.split_seed,
+                        "train_list": cfg.train_list,
+                        "num_labeled": len(labeled),
+                        "num_train": len(train),
+                    },
+                    indent=2,
+                )
+            )
     else:
         labeled = [it for it in train if it.label >= 0]
         labeled_paths = {it.path for it in labeled}
@@ -372,8 +396,7 @@ def weak_geometric(frames: np.ndarray, spec: InputSpec, rng: np.random.Generator
     t0, l0 = int(top / scale), int(left / scale)
     t1, l1 = max(t0 + 1, min(h, round((top + ch) / scale))), max(l0 + 1, min(w, round((left + cw) / scale)))
     x = torch.from_numpy(frames[:, t0:t1, l0:l1]).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(spec.crop_size, spec.crop_size), mode="bilinear", align_corners=False,
-                      antialias=True)
+    x = F.interpolate(x, size=(spec.crop_size, spec.crop_size), mode="bilinear", align_corners=False, antialias=True)
     if spec.flip and rng.random() < 0.5:
         x = x.flip(-1)
     return x.round_().clamp_(0, 255).to(torch.uint8)
@@ -387,8 +410,16 @@ class TrainClips(Dataset):
     K = 2 [frames t, frames t + tg_stride] (fast TG, or slow TG with `tg_spread` off), or K = 3
     [frames t, then the two frames of each TG frame] for slow TG spread over the clip."""
 
-    def __init__(self, items: list[VideoItem], root: Path, spec: InputSpec, *, tg_stride: int, decode_threads: int = 1,
-                 tg_spread: bool = False):
+    def __init__(
+        self,
+        items: list[VideoItem],
+        root: Path,
+        spec: InputSpec,
+        *,
+        tg_stride: int,
+        decode_threads: int = 1,
+        tg_spread: bool = False,
+    ):
         self.items, self.root, self.spec = items, Path(root), spec
         self.tg_stride, self.decode_threads = tg_stride, decode_threads
         self.tg_spread = tg_spread and tg_stride > 1
@@ -408,8 +439,13 @@ class TrainClips(Dataset):
             try:
                 reader = open_video(path, num_threads=self.decode_threads)
                 n = len(reader)
-                idx = train_clip_indices(n, clip_len=self.spec.clip_len, interval=self.spec.interval, rng=rng,
-                                         tail=0 if self.tg_spread else self.tg_stride)
+                idx = train_clip_indices(
+                    n,
+                    clip_len=self.spec.clip_len,
+                    interval=self.spec.interval,
+                    rng=rng,
+                    tail=0 if self.tg_spread else self.tg_stride,
+                )
                 first, second = tg_frame_pairs(idx, stride=self.tg_stride, num_frames=n, spread=self.tg_spread)
                 rows = [idx, first, second] if self.tg_spread else [idx, second]
                 frames = read_frames(reader, np.concatenate(rows), name=path)
@@ -417,8 +453,10 @@ class TrainClips(Dataset):
             except VideoDecodeError as exc:
                 skipped.append((item.path, str(exc)))
         else:
-            raise RuntimeError(f"{MAX_REPLACEMENTS} unreadable videos in a row near {self.items[index].path}: "
-                               f"is data.root right? Last error: {skipped[-1][1]}")
+            raise RuntimeError(
+                f"{MAX_REPLACEMENTS} unreadable videos in a row near {self.items[index].path}: "
+                f"is data.root right? Last error: {skipped[-1][1]}"
+            )
         x = weak_geometric(frames, self.spec, rng)  # (K*T, 3, S, S)
         t = self.spec.clip_len
         x = x.view(len(rows), t, 3, *x.shape[-2:]).permute(0, 2, 1, 3, 4).contiguous()  # (K, 3, T, S, S)
@@ -429,8 +467,17 @@ class EvalClips(Dataset):
     """One clip per video with eval preprocessing: the quick validation (1 clip, centre crop)
     and PreciseBN's batches, or the full 30 views with `quick=False`."""
 
-    def __init__(self, items: list[VideoItem], root: Path, spec: InputSpec, *, tg_stride: int | None,
-                 quick: bool = True, decode_threads: int = 1, tg_spread: bool = False):
+    def __init__(
+        self,
+        items: list[VideoItem],
+        root: Path,
+        spec: InputSpec,
+        *,
+        tg_stride: int | None,
+        quick: bool = True,
+        decode_threads: int = 1,
+        tg_spread: bool = False,
+    ):
         self.items, self.root, self.spec = items, Path(root), spec
         self.tg_stride, self.quick, self.decode_threads = tg_stride, quick, decode_threads
         self.tg_spread = tg_spread
@@ -441,8 +488,14 @@ class EvalClips(Dataset):
     def __getitem__(self, index: int):
         item = self.items[index]
         try:
-            d = decode_test_views(str(self.root / item.path), self.spec, tg_stride=self.tg_stride, quick=self.quick,
-                                  tg_spread=self.tg_spread, num_threads=self.decode_threads)
+            d = decode_test_views(
+                str(self.root / item.path),
+                self.spec,
+                tg_stride=self.tg_stride,
+                quick=self.quick,
+                tg_spread=self.tg_spread,
+                num_threads=self.decode_threads,
+            )
         except VideoDecodeError as exc:
             return {"skipped": [(item.path, str(exc))]}
         out = {"views": d.views.to(torch.uint8), "label": item.label, "index": index, "skipped": []}
@@ -451,10 +504,10 @@ class EvalClips(Dataset):
         return out
 
 
-def collate_skipping(samples: list[dict]) -> dict:
+def collate_skipping(samples: list[dict]) -> dict[str, Any]:
     """Stack the good samples; gather every sample's skipped (path, error) pairs to be counted."""
     good = [s for s in samples if "label" in s]
-    batch = {"skipped": [pair for s in samples for pair in s["skipped"]]}
+    batch: dict[str, Any] = {"skipped": [pair for s in samples for pair in s["skipped"]]}
     if good:
         for key in good[0]:
             if key == "skipped":

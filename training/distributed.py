@@ -1,4 +1,5 @@
 """torchrun / DDP helpers; every one is a no-op in a single process."""
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,7 @@ def cleanup(info: DistInfo) -> None:
 
 
 def training_device(device_setting: str) -> str:
-    """"cuda" or "cpu": where `train.device` (auto, cpu, cuda) trains on this machine."""
+    """ "cuda" or "cpu": where `train.device` (auto, cpu, cuda) trains on this machine."""
     if device_setting != "auto":
         return device_setting
     return "cuda" if torch.cuda.is_available() else "cpu"

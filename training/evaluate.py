@@ -3,12 +3,14 @@
 `python -m training evaluate --run RUN` evaluates any run folder's last checkpoint with the
 30-view test of training/scoring.py (or its quick 1-clip validation).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -25,23 +27,39 @@ from training.views import InputSpec
 log = logging.getLogger(__name__)
 
 
-def precise_bn_loader(items: list[VideoItem], root: Path, spec: InputSpec, *, batch_size: int, seed: int,
-                      info: DistInfo = DistInfo(), num_workers: int = 0) -> DataLoader:
+def precise_bn_loader(
+    items: list[VideoItem],
+    root: Path,
+    spec: InputSpec,
+    *,
+    batch_size: int,
+    seed: int,
+    info: DistInfo = DistInfo(),
+    num_workers: int = 0,
+) -> DataLoader:
     """PreciseBN's batches: training videos with eval preprocessing (1 clip, centre crop), each
     process its own shard of one seeded shuffle (a distributed sampler, as the authors' loader),
     so N processes see N times as many distinct clips. The same clips every time it runs."""
     dataset = EvalClips(items, root, spec, tg_stride=None, quick=True)
-    common = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
-                  worker_init_fn=worker_init, drop_last=True)
+    common: dict[str, Any] = dict(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_skipping,
+        worker_init_fn=worker_init,
+        drop_last=True,
+    )
     if not info.enabled:  # one process: the seeded shuffle earlier runs used, so they repeat exactly
         return DataLoader(dataset, shuffle=True, generator=torch.Generator().manual_seed(seed), **common)
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
-                                 drop_last=True)
+    sampler: DistributedSampler = DistributedSampler(
+        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=True
+    )
     return DataLoader(dataset, sampler=sampler, **common)
 
 
 @torch.no_grad()
-def precise_bn(model: nn.Module, batches, *, num_batches: int, device: torch.device, info: DistInfo = DistInfo()) -> int:
+def precise_bn(
+    model: nn.Module, batches, *, num_batches: int, device: torch.device, info: DistInfo = DistInfo()
+) -> int:
     """Recompute BatchNorm running statistics as exact averages over `num_batches` batches of
     eval-preprocessed training clips (METHOD.md: PreciseBN); returns the batches used."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -59,9 +77,10 @@ def precise_bn(model: nn.Module, batches, *, num_batches: int, device: torch.dev
             break
         model(x.to(device))
         used += 1
-    for m, momentum in zip(bns, momenta):
+    for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
         if info.enabled:
+            assert m.running_mean is not None and m.running_var is not None  # track_running_stats (above)
             torch.distributed.all_reduce(m.running_mean)
             m.running_mean /= info.world_size
             torch.distributed.all_reduce(m.running_var)
@@ -85,14 +104,34 @@ def main(argv: list[str] | None = None) -> int:
     report["views"] = views
     report["score_average"] = cfg.train.test_average
     if args.robustness and "student" in nets:
-        report["robustness"] = {"student": evaluate_robustness(
-            nets["student"], splits.val, splits.root, cfg.input, num_classes=len(splits.classes),
-            device=device, seed=args.seed, num_workers=args.workers)}
+        report["robustness"] = {
+            "student": evaluate_robustness(
+                nets["student"],
+                splits.val,
+                splits.root,
+                cfg.input,
+                num_classes=len(splits.classes),
+                device=device,
+                seed=args.seed,
+                num_workers=args.workers,
+            )
+        }
     if args.figures:
         from training.figures import write_figures
-        report["figures"] = [str(p) for p in write_figures(
-            run, history=ckpt.get("history", []), items=splits.val, root=splits.root, classes=splits.classes,
-            spec=cfg.input, scores=results, views=views)]
+
+        report["figures"] = [
+            str(p)
+            for p in write_figures(
+                run,
+                history=ckpt.get("history", []),
+                items=splits.val,
+                root=splits.root,
+                classes=splits.classes,
+                spec=cfg.input,
+                scores=results,
+                views=views,
+            )
+        ]
     print(json.dumps(report, indent=2))
     (run / ("eval_quick.json" if args.quick else "eval.json")).write_text(json.dumps(report, indent=2))
     return 0
@@ -105,10 +144,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clips", type=int, default=None)
     parser.add_argument("--crops", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--figures", action="store_true",
-                        help="write RUN/figures/: RGB vs fast/slow TG frames, training curves, confusion matrices")
-    parser.add_argument("--robustness", action="store_true",
-                        help="also test the student under contrast, brightness and grayscale corruptions (Table 5)")
+    parser.add_argument(
+        "--figures",
+        action="store_true",
+        help="write RUN/figures/: RGB vs fast/slow TG frames, training curves, confusion matrices",
+    )
+    parser.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also test the student under contrast, brightness and grayscale corruptions (Table 5)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the robustness corruptions")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA where present")
     return parser.parse_args(argv)
@@ -128,21 +173,33 @@ def load_checkpoint(run: Path, *, clips: int | None, crops: int | None) -> tuple
     return ckpt, cfg
 
 
-def score_checkpoint(ckpt: dict, cfg: Config, splits: DataSplits, device: torch.device, *, quick: bool,
-                     num_workers: int) -> tuple[dict, dict[str, nn.Module], dict[str, tuple]]:
+def score_checkpoint(
+    ckpt: dict, cfg: Config, splits: DataSplits, device: torch.device, *, quick: bool, num_workers: int
+) -> tuple[dict, dict[str, nn.Module], dict[str, tuple]]:
     """The validation accuracy of the checkpoint's student (on RGB) and teacher (on TG), where it
     has them -> (report, {name: network}, {name: (scores, labels)})."""
-    report, nets, results = {}, {}, {}
+    report: dict[str, dict] = {}
+    nets: dict[str, nn.Module] = {}
+    results: dict[str, tuple] = {}
     for name, modality in (("student", "rgb"), ("teacher", "tg")):
         if ckpt["model"].get(name) is None:
             continue
         net = r3d18_from_config(cfg, len(splits.classes))
         net.load_state_dict(ckpt["model"][name])
         net.to(device)
-        scores, labels, skipped = score_videos(net, splits.val, splits.root, cfg.input, modality=modality,
-                                               tg_stride=cfg.tg.stride, device=device, quick=quick,
-                                               num_workers=num_workers, average=cfg.train.test_average,
-                                               tg_spread=cfg.tg.slow == "spread")
+        scores, labels, skipped = score_videos(
+            net,
+            splits.val,
+            splits.root,
+            cfg.input,
+            modality=modality,
+            tg_stride=cfg.tg.stride,
+            device=device,
+            quick=quick,
+            num_workers=num_workers,
+            average=cfg.train.test_average,
+            tg_spread=cfg.tg.slow == "spread",
+        )
         report[name] = accuracy_metrics(scores, labels, len(splits.classes))
         report[name]["skipped_videos"] = len(skipped)
         nets[name], results[name] = net, (scores, labels)

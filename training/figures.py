@@ -9,6 +9,7 @@
 matplotlib's object API (`Figure(...).savefig`) is used rather than pyplot: no global state
 and no display backend, so figures can be written from any process.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,6 +40,7 @@ def clip_modalities(path: Path, spec: InputSpec) -> dict[str, np.ndarray]:
     for name, stride in (("fast", FAST_STRIDE), ("slow", SLOW_STRIDE)):
         d = decode_test_views(str(path), spec, tg_stride=stride, quick=True)
         out["rgb"] = d.views[0].float().permute(1, 2, 3, 0).numpy()  # (3, T, H, W) -> (T, H, W, 3)
+        assert d.successors is not None  # decoded with a TG stride
         out[name] = temporal_gradient(d.views, d.successors)[0].permute(1, 2, 3, 0).numpy()
     return out
 
@@ -66,8 +68,16 @@ def tg_display(tg: np.ndarray, gain: float) -> np.ndarray:
     return np.clip(0.5 + gain * (tg - 127.5) / 255.0, 0.0, 1.0)
 
 
-def frames_figure(items: list[VideoItem], root: Path, classes: list[str], spec: InputSpec, out: Path, *,
-                  num_clips: int = 3, num_frames: int = 6) -> Path:
+def frames_figure(
+    items: list[VideoItem],
+    root: Path,
+    classes: list[str],
+    spec: InputSpec,
+    out: Path,
+    *,
+    num_clips: int = 3,
+    num_frames: int = 6,
+) -> Path:
     """RGB / fast TG / slow TG rows for `num_clips` validation clips, `num_frames` frames each."""
     clips = readable_clips(items, root, spec, num_clips)
     if not clips:
@@ -81,8 +91,11 @@ def frames_figure(items: list[VideoItem], root: Path, classes: list[str], spec: 
         spread = np.percentile(np.abs(np.concatenate([m["fast"], m["slow"]]) - 127.5), 99.5)
         gain = 0.5 * 255.0 / max(spread, 1.0)
         images = {"rgb": m["rgb"] / 255.0, "fast": tg_display(m["fast"], gain), "slow": tg_display(m["slow"], gain)}
-        labels = {"rgb": f"{classes[item.label]}\nRGB", "fast": f"fast TG\nstride {FAST_STRIDE}, x{gain:.1f}",
-                  "slow": f"slow TG\nstride {SLOW_STRIDE}, x{gain:.1f}"}
+        labels = {
+            "rgb": f"{classes[item.label]}\nRGB",
+            "fast": f"fast TG\nstride {FAST_STRIDE}, x{gain:.1f}",
+            "slow": f"slow TG\nstride {SLOW_STRIDE}, x{gain:.1f}",
+        }
         for r, key in enumerate(("rgb", "fast", "slow")):
             for j, t in enumerate(columns):
                 ax = axes[3 * c + r, j]
@@ -93,15 +106,19 @@ def frames_figure(items: list[VideoItem], root: Path, classes: list[str], spec: 
                     ax.set_title(f"frame {t}", fontsize=8)
                 if j == 0:
                     ax.set_ylabel(labels[key], fontsize=8)
-    fig.suptitle("RGB vs temporal gradient of validation clips (TG: grey = no change, deviations stretched xN)",
-                 fontsize=9)
+    fig.suptitle(
+        "RGB vs temporal gradient of validation clips (TG: grey = no change, deviations stretched xN)", fontsize=9
+    )
     fig.savefig(out, dpi=100)
     return out
 
 
 # ----------------------------------------------------------------------------- curves
-CURVE_PANELS = (("loss", "loss terms (epoch mean)"), ("pseudo", "pseudo-labels: mask rate, accuracy"),
-                ("val", "quick validation top-1 (%)"))
+CURVE_PANELS = (
+    ("loss", "loss terms (epoch mean)"),
+    ("pseudo", "pseudo-labels: mask rate, accuracy"),
+    ("val", "quick validation top-1 (%)"),
+)
 
 
 def curves_figure(history: list[dict], out: Path) -> Path:
@@ -122,11 +139,11 @@ def curves_figure(history: list[dict], out: Path) -> Path:
     if not order:
         axes[0].text(0.5, 0.5, "no training history in the checkpoint", ha="center", va="center")
         axes[0].set_axis_off()
-    for ax, group in zip(axes, order):
+    for ax, group in zip(axes, order, strict=False):
         for key in groups[group]:
             points = [(row["epoch"], row[key]) for row in history if key in row and row[key] == row[key]]
             if points:
-                x, y = zip(*points)
+                x, y = zip(*points, strict=True)
                 ax.plot(x, y, marker="o", markersize=3, label=key.split("/", 1)[-1])
         ax.set_title(titles.get(group, group), fontsize=10)
         ax.set_xlabel("epoch")
@@ -164,8 +181,15 @@ def confusion_figure(scores: np.ndarray, labels: np.ndarray, classes: list[str],
         for i in range(len(classes)):
             for j in range(len(classes)):
                 if matrix[i, j]:
-                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if rates[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(matrix[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black",
+                    )
     top1 = 100.0 * np.trace(matrix) / max(1, matrix.sum())
     ax.set_title(f"{title}\ntop-1 {top1:.1f} % over {matrix.sum()} videos", fontsize=10)
     fig.savefig(out, dpi=100)
@@ -173,8 +197,17 @@ def confusion_figure(scores: np.ndarray, labels: np.ndarray, classes: list[str],
 
 
 # ----------------------------------------------------------------------------- all of them
-def write_figures(run: Path, *, history: list[dict], items: list[VideoItem], root: Path, classes: list[str],
-                  spec: InputSpec, scores: dict[str, tuple[np.ndarray, np.ndarray]], views: str) -> list[Path]:
+def write_figures(
+    run: Path,
+    *,
+    history: list[dict],
+    items: list[VideoItem],
+    root: Path,
+    classes: list[str],
+    spec: InputSpec,
+    scores: dict[str, tuple[np.ndarray, np.ndarray]],
+    views: str,
+) -> list[Path]:
     """Write every figure of a run into RUN/figures/; `scores` maps model name ("student",
     "teacher") to its 30-view (scores, labels). Returns the files written."""
     folder = Path(run) / "figures"
@@ -184,6 +217,7 @@ def write_figures(run: Path, *, history: list[dict], items: list[VideoItem], roo
         written.append(frames_figure(items, root, classes, spec, folder / "frames.png"))
     for name, (s, y) in scores.items():
         modality = "RGB" if name == "student" else "TG"
-        written.append(confusion_figure(s, y, classes, folder / f"confusion_{name}.png",
-                                        title=f"{name} ({modality}), {views}"))
+        written.append(
+            confusion_figure(s, y, classes, folder / f"confusion_{name}.png", title=f"{name} ({modality}), {views}")
+        )
     return written

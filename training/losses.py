@@ -51,18 +51,21 @@ def pseudo_labels(
     z_tg = None if logits_tg is None else _at_least_float32(logits_tg.detach())
     p_rgb = None if z_rgb is None else F.softmax(z_rgb, dim=1)
     p_tg = None if z_tg is None else F.softmax(z_tg, dim=1)
-    if fusion == "logits":
-        fused = F.softmax((z_rgb + z_tg) / 2, dim=1)
-        probs = {"rgb": fused, "tg": fused}
-    elif fusion == "probs":
-        fused = (p_rgb + p_tg) / 2
-        probs = {"rgb": fused, "tg": fused}
-    elif fusion == "rgb":
-        probs = {"rgb": p_rgb, "tg": p_rgb}
-    elif fusion == "tg":
-        probs = {"rgb": p_tg, "tg": p_tg}
-    else:  # self
+    if fusion == "self":
         probs = {k: p for k, p in (("rgb", p_rgb), ("tg", p_tg)) if p is not None}
+    else:
+        # every other fusion has both streams' logits (checked above)
+        assert z_rgb is not None and z_tg is not None and p_rgb is not None and p_tg is not None
+        if fusion == "logits":
+            fused = F.softmax((z_rgb + z_tg) / 2, dim=1)
+            probs = {"rgb": fused, "tg": fused}
+        elif fusion == "probs":
+            fused = (p_rgb + p_tg) / 2
+            probs = {"rgb": fused, "tg": fused}
+        elif fusion == "rgb":
+            probs = {"rgb": p_rgb, "tg": p_rgb}
+        else:  # tg
+            probs = {"rgb": p_tg, "tg": p_tg}
 
     out = {}
     for stream, p in probs.items():
@@ -95,7 +98,7 @@ def dense_alignment_loss(
         raise ValueError(f"unknown alignment kind {kind!r}; expected one of {ALIGN_KINDS}")
     if len(stages) == 0:
         raise ValueError("dense_alignment_loss needs at least one stage (set its weight to 0 to turn it off)")
-    total = None
+    total: Tensor | None = None
     for s in stages:
         if not 1 <= s <= min(len(feats_rgb), len(feats_tg)):
             raise ValueError(f"stage {s} out of range 1..{min(len(feats_rgb), len(feats_tg))}")
@@ -112,6 +115,7 @@ def dense_alignment_loss(
         else:
             term = (f_rgb - f_tg).pow(2).mean()
         total = term if total is None else total + term
+    assert total is not None  # stages is not empty (checked above)
     return total
 
 

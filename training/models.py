@@ -9,7 +9,8 @@ constructor's arguments are written out once.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -80,7 +81,7 @@ class R3D18(nn.Module):
         )
         stages = []
         in_c = w
-        for out_c, stride in zip(self.stage_channels, (1, 2, 2, 2)):
+        for out_c, stride in zip(self.stage_channels, (1, 2, 2, 2), strict=True):
             stages.append(
                 nn.Sequential(
                     BasicBlock3d(in_c, out_c, spatial_stride=stride, temporal_stride=stride, bn_eps=bn_eps),
@@ -186,8 +187,14 @@ class TwoStreamNet(nn.Module):
         self.streams = streams
 
         def backbone() -> R3D18:
-            return R3D18(num_classes, width=width, temporal_pool=temporal_pool, dropout=dropout, bn_eps=bn_eps,
-                         zero_init_residual=zero_init_residual)
+            return R3D18(
+                num_classes,
+                width=width,
+                temporal_pool=temporal_pool,
+                dropout=dropout,
+                bn_eps=bn_eps,
+                zero_init_residual=zero_init_residual,
+            )
 
         self.student = backbone() if streams in ("both", "rgb") else None
         self.teacher = backbone() if streams in ("both", "tg") else None
@@ -218,18 +225,27 @@ class TwoStreamNet(nn.Module):
 # ----------------------------------------------------------------------------- factories
 def backbone_arguments(model: ModelConfig) -> dict[str, Any]:
     """R3D18's keyword arguments from the config's model section (all but the class count)."""
-    return {"width": model.width, "temporal_pool": model.temporal_pool, "dropout": model.dropout,
-            "bn_eps": model.bn_eps, "zero_init_residual": model.zero_init_residual}
+    return {
+        "width": model.width,
+        "temporal_pool": model.temporal_pool,
+        "dropout": model.dropout,
+        "bn_eps": model.bn_eps,
+        "zero_init_residual": model.zero_init_residual,
+    }
 
 
-def two_stream_from_config(cfg: Config, num_classes: int, *, streams: str | None = None,
-                           projection: bool | None = None) -> TwoStreamNet:
+def two_stream_from_config(
+    cfg: Config, num_classes: int, *, streams: str | None = None, projection: bool | None = None
+) -> TwoStreamNet:
     """The network `cfg` trains. `streams` and `projection` replace loss.streams and
     loss.contrast where a caller needs the student alone (no teacher, no heads)."""
-    return TwoStreamNet(num_classes, **backbone_arguments(cfg.model),
-                        streams=cfg.loss.streams if streams is None else streams,
-                        projection=cfg.loss.contrast if projection is None else projection,
-                        head_init_std=cfg.model.head_init_std)
+    return TwoStreamNet(
+        num_classes,
+        **backbone_arguments(cfg.model),
+        streams=cfg.loss.streams if streams is None else streams,
+        projection=cfg.loss.contrast if projection is None else projection,
+        head_init_std=cfg.model.head_init_std,
+    )
 
 
 def r3d18_from_config(cfg: Config, num_classes: int) -> R3D18:

@@ -19,6 +19,7 @@ default was measured with) otherwise. On top of it a few keys follow from the da
 Keys the user sets with --set are the user's: they win over every choice here, and the plan says
 so. The resolved config is saved in the run folder like any other.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,6 @@ import random
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-
 
 from training.config import Config, ConfigError, load_config, parse_overrides
 from training.data import resolve_splits
@@ -67,11 +67,13 @@ class VideoStats:
         if not self.opened:
             return f"{self.probed} probed, none could be opened"
         widths, heights = [w for w, _ in self.sizes], [h for _, h in self.sizes]
-        seconds = [n / f for n, f in zip(self.frames, self.fps) if f > 0]
-        return (f"{self.opened} of {self.probed} probed: {int(self.median(widths))}x{int(self.median(heights))} "
-                f"median (short side {min(self.short_sides)}-{max(self.short_sides)}), "
-                f"{self.median(self.fps):.3g} fps median, {self.median(self.frames):.0f} frames "
-                f"({self.median(seconds):.2g} s) median, {min(self.frames)}-{max(self.frames)} frames")
+        seconds = [n / f for n, f in zip(self.frames, self.fps, strict=True) if f > 0]
+        return (
+            f"{self.opened} of {self.probed} probed: {int(self.median(widths))}x{int(self.median(heights))} "
+            f"median (short side {min(self.short_sides)}-{max(self.short_sides)}), "
+            f"{self.median(self.fps):.3g} fps median, {self.median(self.frames):.0f} frames "
+            f"({self.median(seconds):.2g} s) median, {min(self.frames)}-{max(self.frames)} frames"
+        )
 
 
 def probe_videos(root: Path, paths: list[str], *, probe: int = 32, seed: int = 0) -> VideoStats:
@@ -138,15 +140,27 @@ def _size_choices(base: Config, videos: VideoStats) -> list[Choice]:
     short = int(videos.median(videos.short_sides))
     if not videos.opened or short >= spec.short_side:
         seen = f"the videos' median short side is {short} px" if videos.opened else "no video could be probed"
-        return [Choice("input.short_side", spec.short_side, f"the recipe's size on this machine ({seen}; "
-                       f"{spec.crop_size} px training crops, {spec.test_crop} px test crops)")]
+        return [
+            Choice(
+                "input.short_side",
+                spec.short_side,
+                f"the recipe's size on this machine ({seen}; "
+                f"{spec.crop_size} px training crops, {spec.test_crop} px test crops)",
+            )
+        ]
     side = max(16, short // 8 * 8)
     crop = max(8, round(side * spec.crop_size / spec.short_side / 4) * 4)
     test_crop = max(8, round(side * spec.test_crop / spec.test_short_side / 4) * 4)
-    reason = (f"the videos' median short side is {short} px, below the recipe's {spec.short_side}: "
-              "trained at their own size, not upscaled")
-    return [Choice("input.short_side", side, reason), Choice("input.crop_size", crop, reason),
-            Choice("input.test_short_side", side, reason), Choice("input.test_crop", test_crop, reason)]
+    reason = (
+        f"the videos' median short side is {short} px, below the recipe's {spec.short_side}: "
+        "trained at their own size, not upscaled"
+    )
+    return [
+        Choice("input.short_side", side, reason),
+        Choice("input.crop_size", crop, reason),
+        Choice("input.test_short_side", side, reason),
+        Choice("input.test_crop", test_crop, reason),
+    ]
 
 
 def _interval_choice(base: Config, videos: VideoStats) -> list[Choice]:
@@ -159,16 +173,20 @@ def _interval_choice(base: Config, videos: VideoStats) -> list[Choice]:
     reason = f"{spec.interval} at {BASE_FPS:g} fps, scaled to the videos' {fps:.3g} fps"
     longest = max(1, (frames - 1) // max(1, spec.clip_len - 1))  # a clip within the median video
     if interval > longest:
-        interval, reason = longest, (f"the median video has {frames} frames: a clip of {spec.clip_len} frames fits "
-                                     f"at interval {longest}")
+        interval, reason = (
+            longest,
+            (f"the median video has {frames} frames: a clip of {spec.clip_len} frames fits at interval {longest}"),
+        )
     return [Choice("input.interval", interval, reason)]
 
 
 def _cadence_choices(base: Config, epochs: int) -> list[Choice]:
     out = []
-    for key, times, what in (("train.eval_every", EVALS_PER_RUN, "quick validations"),
-                             ("train.precise_bn_every", PRECISE_BN_PER_RUN, "PreciseBN passes"),
-                             ("train.checkpoint_every", CHECKPOINTS_PER_RUN, "checkpoints")):
+    for key, times, what in (
+        ("train.eval_every", EVALS_PER_RUN, "quick validations"),
+        ("train.precise_bn_every", PRECISE_BN_PER_RUN, "PreciseBN passes"),
+        ("train.checkpoint_every", CHECKPOINTS_PER_RUN, "checkpoints"),
+    ):
         every = max(1, epochs // times)
         out.append(Choice(key, every, f"about {times} {what} over the run's {epochs} epochs"))
     return out
@@ -184,17 +202,29 @@ def resolve_own_data(data_root: str, user_sets: list[str], *, probe: int = 32) -
     try:
         splits = resolve_splits(base.data, None, is_main=False)  # reads the folders, writes nothing
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (a data root without a config is read in the folder layout; for list files "
-                          "pass a config, e.g. CONFIG=configs/ucf101_20.yaml)") from exc
-    videos = probe_videos(splits.root, [it.path for it in splits.labeled + splits.unlabeled], probe=probe,
-                          seed=base.data.split_seed)
+        raise ConfigError(
+            f"{exc} (a data root without a config is read in the folder layout; for list files "
+            "pass a config, e.g. CONFIG=configs/ucf101_20.yaml)"
+        ) from exc
+    videos = probe_videos(
+        splits.root, [it.path for it in splits.labeled + splits.unlabeled], probe=probe, seed=base.data.split_seed
+    )
 
     n = len(splits.classes)
-    choices = [Choice("loss.threshold", confidence_threshold(n),
-                      f"{n} classes: between the paper's 0.3 at 101 classes and 0.8 measured at 4"),
-               Choice("input.flip", base.data.mirror_invariant,
-                      "data.mirror_invariant=true: the classes survive a mirror" if base.data.mirror_invariant else
-                      "off: a mirrored video may change class (say data.mirror_invariant=true if it never does)")]
+    choices = [
+        Choice(
+            "loss.threshold",
+            confidence_threshold(n),
+            f"{n} classes: between the paper's 0.3 at 101 classes and 0.8 measured at 4",
+        ),
+        Choice(
+            "input.flip",
+            base.data.mirror_invariant,
+            "data.mirror_invariant=true: the classes survive a mirror"
+            if base.data.mirror_invariant
+            else "off: a mirrored video may change class (say data.mirror_invariant=true if it never does)",
+        ),
+    ]
     choices += _size_choices(base, videos) + _interval_choice(base, videos)
     # the processes torchrun starts (WORLD_SIZE): each takes a shard, so epochs are shorter
     epochs = resolve_schedule(base, len(splits.unlabeled), int(os.environ.get("WORLD_SIZE", "1"))).epochs

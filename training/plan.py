@@ -7,6 +7,7 @@ the text the dry run prints. Neither writes anything: no run folder, no drawn sp
 generated dataset. Any caller that wants a plan before a run (a dry run, a run on the user's own
 videos) builds one and prints it.
 """
+
 from __future__ import annotations
 
 import random
@@ -82,9 +83,19 @@ class TrainingPlan:
 
 
 # ----------------------------------------------------------------------------- building
-def build_plan(cfg: Config, *, run: Path | None = None, processes: int = 1, source: str = "", probe: int = 64,
-               allow_missing: bool = False, estimate_time: bool = True, device: torch.device | None = None,
-               seed: int = 0, recipe: OwnDataRecipe | None = None) -> TrainingPlan:
+def build_plan(
+    cfg: Config,
+    *,
+    run: Path | None = None,
+    processes: int = 1,
+    source: str = "",
+    probe: int = 64,
+    allow_missing: bool = False,
+    estimate_time: bool = True,
+    device: torch.device | None = None,
+    seed: int = 0,
+    recipe: OwnDataRecipe | None = None,
+) -> TrainingPlan:
     """Everything a run of `cfg` would do, found without doing it. `probe`: videos per set
     opened with the training decoder to find unreadable files (-1: all, 0: none); `allow_missing`
     reports missing files without counting them as problems; `recipe`: the own-data default's
@@ -96,8 +107,10 @@ def build_plan(cfg: Config, *, run: Path | None = None, processes: int = 1, sour
     splits, videos = None, None
     if cfg.data.synthetic and not _synthetic_ready(cfg):
         classes, sets = _synthetic_sets(cfg)
-        notes.append(f"the synthetic dataset is not at {cfg.data.root} yet: training generates it first "
-                     "(the counts above are what it will hold)")
+        notes.append(
+            f"the synthetic dataset is not at {cfg.data.root} yet: training generates it first "
+            "(the counts above are what it will hold)"
+        )
     else:
         saved = run if run is not None and (run / "splits" / "labeled.txt").is_file() else None
         try:
@@ -108,48 +121,70 @@ def build_plan(cfg: Config, *, run: Path | None = None, processes: int = 1, sour
             classes = splits.classes
             sets = _summaries(splits, cfg)
             rng = random.Random(seed)
-            for s, items in zip(sets, (splits.labeled, splits.unlabeled, splits.val)):
+            for s, items in zip(sets, (splits.labeled, splits.unlabeled, splits.val), strict=True):
                 _probe(s, items, splits.root, probe, rng)
-            videos = recipe.videos if recipe is not None else probe_videos(
-                splits.root, [it.path for it in splits.labeled + splits.unlabeled], probe=min(probe, 32), seed=seed) \
-                if probe else None
+            videos = (
+                recipe.videos
+                if recipe is not None
+                else probe_videos(
+                    splits.root, [it.path for it in splits.labeled + splits.unlabeled], probe=min(probe, 32), seed=seed
+                )
+                if probe
+                else None
+            )
     for s in sets:
         if s.missing:
             (notes if allow_missing else problems).append(
-                f"{s.name}: {len(s.missing)} listed videos not found under {cfg.data.root}, e.g. {', '.join(s.missing[:3])}"
-                + (" (they would be skipped and counted)" if allow_missing else ""))
+                f"{s.name}: {len(s.missing)} listed videos not found under {cfg.data.root}, "
+                f"e.g. {', '.join(s.missing[:3])}" + (" (they would be skipped and counted)" if allow_missing else "")
+            )
         if s.unreadable:
-            problems.append(f"{s.name}: {len(s.unreadable)} of {s.probed} probed videos cannot be opened, "
-                            f"e.g. {s.unreadable[0][1]}")
+            problems.append(
+                f"{s.name}: {len(s.unreadable)} of {s.probed} probed videos cannot be opened, e.g. {s.unreadable[0][1]}"
+            )
         if s.name == "labeled" and classes:
             absent = [classes[c] for c, n in enumerate(s.per_class) if n == 0]
             if absent:
-                notes.append(f"labeled: {len(absent)} of {len(classes)} classes have no labeled video "
-                             f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})")
+                notes.append(
+                    f"labeled: {len(absent)} of {len(classes)} classes have no labeled video "
+                    f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})"
+                )
             few = [f"{classes[c]} {n}" for c, n in enumerate(s.per_class) if 0 < n < FEW_LABELS_PER_CLASS]
             if few:
-                notes.append(f"warning: {len(few)} of {len(classes)} classes have fewer than {FEW_LABELS_PER_CLASS} "
-                             f"labeled videos ({', '.join(few[:8])}{', ...' if len(few) > 8 else ''}): expect a "
-                             "weaker model; a few more labeled videos per class help most")
+                notes.append(
+                    f"warning: {len(few)} of {len(classes)} classes have fewer than {FEW_LABELS_PER_CLASS} "
+                    f"labeled videos ({', '.join(few[:8])}{', ...' if len(few) > 8 else ''}): expect a "
+                    "weaker model; a few more labeled videos per class help most"
+                )
     if splits is not None and "drawn" in splits.source and _is_paper_dataset(classes):
-        notes.append("labeled split drawn class-balanced; the paper used VideoSSL's published lists "
-                     "(point data.labeled_list at one to train on exactly those videos)")
+        notes.append(
+            "labeled split drawn class-balanced; the paper used VideoSSL's published lists "
+            "(point data.labeled_list at one to train on exactly those videos)"
+        )
     if run is not None and (run / "config.yaml").is_file():
         try:
             changed = diff_configs(config_from_dict(yaml.safe_load((run / "config.yaml").read_text())), cfg)
         except ConfigError as exc:
             changed, problems = [], problems + [f"run folder {run}: its config.yaml does not load ({exc})"]
         if changed:
-            problems.append(f"run folder {run} was started with a different config ({', '.join(changed)}): "
-                            "training would refuse it; use another --run")
+            problems.append(
+                f"run folder {run} was started with a different config ({', '.join(changed)}): "
+                "training would refuse it; use another --run"
+            )
         else:
             notes.append(f"run folder {run} exists with this config: training resumes it")
 
     num_unlabeled = next((s.count for s in sets if s.name == "unlabeled"), 0)
     schedule = resolve_schedule(cfg, num_unlabeled, processes) if num_unlabeled else None
     base_lr = scaled_lr(cfg, processes)
-    lr_at = [(e, learning_rate(e * schedule.steps_per_epoch, base_lr=base_lr, schedule=schedule, cfg=cfg))
-             for e in lr_epochs(schedule)] if schedule else []
+    lr_at = (
+        [
+            (e, learning_rate(e * schedule.steps_per_epoch, base_lr=base_lr, schedule=schedule, cfg=cfg))
+            for e in lr_epochs(schedule)
+        ]
+        if schedule
+        else []
+    )
     estimate = None
     if estimate_time and schedule and classes:
         try:
@@ -161,13 +196,29 @@ def build_plan(cfg: Config, *, run: Path | None = None, processes: int = 1, sour
     if cfg.train.precise_bn and schedule:
         available = num_unlabeled // processes // cfg.train.precise_bn_batch_size
         if available < cfg.train.precise_bn_batches:
-            notes.append(f"PreciseBN: {available} batches per process available, fewer than the "
-                         f"{cfg.train.precise_bn_batches} asked for (it uses them all)")
+            notes.append(
+                f"PreciseBN: {available} batches per process available, fewer than the "
+                f"{cfg.train.precise_bn_batches} asked for (it uses them all)"
+            )
     if schedule and schedule.epochs <= schedule.sup_warmup_epochs:
         notes.append("the run ends before the supervised warm-up does: the unlabeled loss is never on")
-    return TrainingPlan(cfg=cfg, source=source, run=run, processes=processes, data_root=cfg.data.root, classes=classes,
-                        sets=sets, schedule=schedule, base_lr=base_lr, lr_at_epoch=lr_at, time=estimate, notes=notes,
-                        problems=problems, recipe=recipe, videos=videos)
+    return TrainingPlan(
+        cfg=cfg,
+        source=source,
+        run=run,
+        processes=processes,
+        data_root=cfg.data.root,
+        classes=classes,
+        sets=sets,
+        schedule=schedule,
+        base_lr=base_lr,
+        lr_at_epoch=lr_at,
+        time=estimate,
+        notes=notes,
+        problems=problems,
+        recipe=recipe,
+        videos=videos,
+    )
 
 
 def lr_epochs(schedule: Schedule) -> list[int]:
@@ -187,8 +238,10 @@ def _is_paper_dataset(classes: list[str]) -> bool:
 def _synthetic_ready(cfg: Config) -> bool:
     root = Path(cfg.data.root)
     return (root / cfg.data.classes).is_file() and all(
-        (root / rel).is_file() for rel in (cfg.data.train_list, cfg.data.labeled_list, cfg.data.unlabeled_list,
-                                           cfg.data.val_list) if rel)
+        (root / rel).is_file()
+        for rel in (cfg.data.train_list, cfg.data.labeled_list, cfg.data.unlabeled_list, cfg.data.val_list)
+        if rel
+    )
 
 
 def _synthetic_sets(cfg: Config) -> tuple[list[str], list[SetSummary]]:
@@ -198,25 +251,42 @@ def _synthetic_sets(cfg: Config) -> tuple[list[str], list[SetSummary]]:
     classes = class_names(size.num_classes, size.family)
     n = len(classes)
     made = "to be generated"
-    return classes, [SetSummary("labeled", n * size.labeled_per_class, [size.labeled_per_class] * n, 0, made),
-                     SetSummary("unlabeled", n * size.train_per_class, [size.train_per_class] * n, 0, made),
-                     SetSummary("val", n * size.val_per_class, [size.val_per_class] * n, 0, made)]
+    return classes, [
+        SetSummary("labeled", n * size.labeled_per_class, [size.labeled_per_class] * n, 0, made),
+        SetSummary("unlabeled", n * size.train_per_class, [size.train_per_class] * n, 0, made),
+        SetSummary("val", n * size.val_per_class, [size.val_per_class] * n, 0, made),
+    ]
 
 
 def _summaries(splits: DataSplits, cfg: Config) -> list[SetSummary]:
     n = len(splits.classes)
-    unlabeled_source = (f"list {cfg.data.unlabeled_list}" if cfg.data.unlabeled_list else
-                        "the whole training set, labeled videos included" if cfg.data.format == "folder" else
-                        f"the whole training list {cfg.data.train_list}, labeled videos included")
+    unlabeled_source = (
+        f"list {cfg.data.unlabeled_list}"
+        if cfg.data.unlabeled_list
+        else "the whole training set, labeled videos included"
+        if cfg.data.format == "folder"
+        else f"the whole training list {cfg.data.train_list}, labeled videos included"
+    )
     out = []
-    for name, items, src in (("labeled", splits.labeled, splits.source), ("unlabeled", splits.unlabeled, unlabeled_source),
-                             ("val", splits.val, f"list {cfg.data.val_list}" if cfg.data.format == "lists" else "val/")):
+    for name, items, src in (
+        ("labeled", splits.labeled, splits.source),
+        ("unlabeled", splits.unlabeled, unlabeled_source),
+        ("val", splits.val, f"list {cfg.data.val_list}" if cfg.data.format == "lists" else "val/"),
+    ):
         per_class = [0] * n
         for it in items:
             if it.label >= 0:
                 per_class[it.label] += 1
-        out.append(SetSummary(name, len(items), per_class, sum(it.label < 0 for it in items), src,
-                              missing=list(splits.missing.get(name, []))))
+        out.append(
+            SetSummary(
+                name,
+                len(items),
+                per_class,
+                sum(it.label < 0 for it in items),
+                src,
+                missing=list(splits.missing.get(name, [])),
+            )
+        )
     return out
 
 
@@ -263,13 +333,29 @@ def _streams(cfg: Config) -> tuple[str, ...]:
 
 def _network(cfg: Config, num_classes: int, cls):
     m = cfg.model
-    return cls(num_classes, width=m.width, temporal_pool=m.temporal_pool, dropout=m.dropout, bn_eps=m.bn_eps,
-               streams=cfg.loss.streams, projection=cfg.loss.contrast, zero_init_residual=m.zero_init_residual,
-               head_init_std=m.head_init_std)
+    return cls(
+        num_classes,
+        width=m.width,
+        temporal_pool=m.temporal_pool,
+        dropout=m.dropout,
+        bn_eps=m.bn_eps,
+        streams=cfg.loss.streams,
+        projection=cfg.loss.contrast,
+        zero_init_residual=m.zero_init_residual,
+        head_init_std=m.head_init_std,
+    )
 
 
-def _time_steps(cfg: Config, num_classes: int, device: torch.device, *, batch_labeled: int, batch_unlabeled: int,
-                use_unlabeled: bool, repeats: int = 2) -> float:
+def _time_steps(
+    cfg: Config,
+    num_classes: int,
+    device: torch.device,
+    *,
+    batch_labeled: int,
+    batch_unlabeled: int,
+    use_unlabeled: bool,
+    repeats: int = 2,
+) -> float:
     """Seconds of one real training step (views and strong augmentation on the device, forward,
     backward, optimizer) on random frames: the fastest of `repeats` after one warm-up step."""
     from training.models import TwoStreamNet
@@ -282,8 +368,12 @@ def _time_steps(cfg: Config, num_classes: int, device: torch.device, *, batch_la
     frames_per_clip = 3 if cfg.tg.stride > 1 and cfg.tg.slow == "spread" else 2
 
     def batch(n: int) -> dict:
-        return {"frames": torch.randint(0, 256, (n, frames_per_clip, 3, s.clip_len, s.crop_size, s.crop_size),
-                                        dtype=torch.uint8), "label": torch.randint(0, num_classes, (n,))}
+        return {
+            "frames": torch.randint(
+                0, 256, (n, frames_per_clip, 3, s.clip_len, s.crop_size, s.crop_size), dtype=torch.uint8
+            ),
+            "label": torch.randint(0, num_classes, (n,)),
+        }
 
     bl, bu = batch(batch_labeled), batch(batch_unlabeled)
     times = []
@@ -301,8 +391,9 @@ def _time_steps(cfg: Config, num_classes: int, device: torch.device, *, batch_la
     return min(times[1:])
 
 
-def estimate_training_time(cfg: Config, num_classes: int, schedule: Schedule, *,
-                           device: torch.device | None = None) -> TimeEstimate:
+def estimate_training_time(
+    cfg: Config, num_classes: int, schedule: Schedule, *, device: torch.device | None = None
+) -> TimeEstimate:
     """The run's training time on this machine's device, per process.
 
     A step predicted to take at most TIMED_STEP_LIMIT_S is timed for real (random frames, so
@@ -315,30 +406,47 @@ def estimate_training_time(cfg: Config, num_classes: int, schedule: Schedule, *,
     full, warm = _clips_per_step(cfg, warmup=False), _clips_per_step(cfg, warmup=True)
     # weak clips only (strong views off) in the two small steps
     small_cfg = _with(cfg, forward_strong_in_warmup=False)
-    points = [(_step_flops(small_cfg, num_classes, 2 * n),
-               _time_steps(small_cfg, num_classes, device, batch_labeled=n, batch_unlabeled=n, use_unlabeled=False))
-              for n in (1, 2)]
+    points = [
+        (
+            _step_flops(small_cfg, num_classes, 2 * n),
+            _time_steps(small_cfg, num_classes, device, batch_labeled=n, batch_unlabeled=n, use_unlabeled=False),
+        )
+        for n in (1, 2)
+    ]
     (f1, t1), (f2, t2) = points
     rate = (f2 - f1) / (t2 - t1) if t2 > t1 else f2 / t2  # timing noise: fall back to the larger step's rate
     fixed = max(0.0, t1 - f1 / rate)
     flops_full, flops_warm = _step_flops(cfg, num_classes, full), _step_flops(cfg, num_classes, warm)
     step_s, warm_s = fixed + flops_full / rate, fixed + flops_warm / rate
     method = "FLOP count / measured rate"
-    detail = (f"{flops_full / 1e9:.4g} GFLOP per step ({full} clips per network, forward and backward) at "
-              f"{rate / 1e9:.3g} GFLOP/s plus {fixed:.3g} s per step, from steps of 1 + 1 and 2 + 2 clips timed "
-              f"here ({t1:.3g} s, {t2:.3g} s, best of 2)")
+    detail = (
+        f"{flops_full / 1e9:.4g} GFLOP per step ({full} clips per network, forward and backward) at "
+        f"{rate / 1e9:.3g} GFLOP/s plus {fixed:.3g} s per step, from steps of 1 + 1 and 2 + 2 clips timed "
+        f"here ({t1:.3g} s, {t2:.3g} s, best of 2)"
+    )
     if step_s <= TIMED_STEP_LIMIT_S:
         bl, bu = cfg.optim.batch_labeled, cfg.optim.batch_unlabeled
         step_s = _time_steps(cfg, num_classes, device, batch_labeled=bl, batch_unlabeled=bu, use_unlabeled=True)
-        warm_s = step_s if warm == full else _time_steps(cfg, num_classes, device, batch_labeled=bl,
-                                                         batch_unlabeled=bu, use_unlabeled=False)
+        warm_s = (
+            step_s
+            if warm == full
+            else _time_steps(cfg, num_classes, device, batch_labeled=bl, batch_unlabeled=bu, use_unlabeled=False)
+        )
         method = "timed step"
-        detail = (f"a real step of {bl} + {bu} clips timed here on random frames (best of 2 after a warm-up "
-                  f"step; {flops_full / 1e9:.4g} GFLOP, {flops_full / step_s / 1e9:.3g} GFLOP/s)")
+        detail = (
+            f"a real step of {bl} + {bu} clips timed here on random frames (best of 2 after a warm-up "
+            f"step; {flops_full / 1e9:.4g} GFLOP, {flops_full / step_s / 1e9:.3g} GFLOP/s)"
+        )
     warm_epochs = min(schedule.sup_warmup_epochs, schedule.epochs)
     total = schedule.steps_per_epoch * (warm_epochs * warm_s + (schedule.epochs - warm_epochs) * step_s)
-    return TimeEstimate(method=method, device=str(device.type if device.index is None else device), step_s=step_s,
-                        warmup_step_s=warm_s, total_s=total, detail=detail)
+    return TimeEstimate(
+        method=method,
+        device=str(device.type if device.index is None else device),
+        step_s=step_s,
+        warmup_step_s=warm_s,
+        total_s=total,
+        detail=detail,
+    )
 
 
 def _with(cfg: Config, **train_keys) -> Config:
@@ -363,8 +471,10 @@ def _per_class_line(s: SetSummary, classes: list[str]) -> str:
     present = sum(n > 0 for n in counts)
     if not counts:
         return ""
-    return (f"{present} of {len(classes)} classes; per class min {min(counts)}, "
-            f"median {statistics.median(counts):g}, max {max(counts)}")
+    return (
+        f"{present} of {len(classes)} classes; per class min {min(counts)}, "
+        f"median {statistics.median(counts):g}, max {max(counts)}"
+    )
 
 
 def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
@@ -381,7 +491,9 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
     elif plan.run is not None:
         out.append(f"resolved config: {plan.run / 'config.yaml'}")
     if plan.recipe is not None:
-        out += ["", "== recipe chosen from the data and this machine"] + [f"  {line}" for line in plan.recipe.describe()]
+        out += ["", "== recipe chosen from the data and this machine"] + [
+            f"  {line}" for line in plan.recipe.describe()
+        ]
 
     out += ["", f"== data: {plan.data_root} ({cfg.data.format}), {len(plan.classes)} classes"]
     for s in plan.sets:
@@ -390,57 +502,87 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
         out.append(f"{'':<10}source: {s.source}")
     labeled = next((s for s in plan.sets if s.name == "labeled"), None)
     if labeled is not None and plan.classes:
-        pairs = list(zip(plan.classes, labeled.per_class))
+        pairs = list(zip(plan.classes, labeled.per_class, strict=True))
         if len(pairs) > 120:
             ranked = sorted(pairs, key=lambda p: p[1])
-            pairs_text = ("fewest: " + ", ".join(f"{c} {n}" for c, n in ranked[:10]) + "; most: "
-                          + ", ".join(f"{c} {n}" for c, n in ranked[-5:]))
+            pairs_text = (
+                "fewest: "
+                + ", ".join(f"{c} {n}" for c, n in ranked[:10])
+                + "; most: "
+                + ", ".join(f"{c} {n}" for c, n in ranked[-5:])
+            )
         else:
             pairs_text = ", ".join(f"{c} {n}" for c, n in pairs)
         out.append("labeled videos per class:")
         out += textwrap.wrap(pairs_text, width=100, initial_indent="  ", subsequent_indent="  ")
     for s in plan.sets:
-        status = (s.source if s.source == "to be generated" else
-                  f"{len(s.missing):,} listed but not found" if s.missing else "all listed videos found")
-        probe = (f"; {len(s.unreadable)} of {s.probed} probed cannot be opened" if s.unreadable else
-                 f"; {s.probed} probed, all open" if s.probed else "")
+        status = (
+            s.source
+            if s.source == "to be generated"
+            else f"{len(s.missing):,} listed but not found"
+            if s.missing
+            else "all listed videos found"
+        )
+        probe = (
+            f"; {len(s.unreadable)} of {s.probed} probed cannot be opened"
+            if s.unreadable
+            else f"; {s.probed} probed, all open"
+            if s.probed
+            else ""
+        )
         out.append(f"files {s.name:<10}{status}{probe}")
         for path in s.missing[:5]:
             out.append(f"  missing: {path}")
-        for path, error in s.unreadable[:5]:
+        for _path, error in s.unreadable[:5]:
             out.append(f"  unreadable: {error}")
     if plan.videos is not None:
         out.append(f"videos    {plan.videos.summary()}")
 
     bl, bu = o.batch_labeled, o.batch_unlabeled
-    out += ["", "== schedule",
-            f"{plan.processes} process(es) x ({bl} labeled + {bu} unlabeled clips); total batch "
-            f"{plan.processes * (bl + bu)}; lr {plan.base_lr:.4g} ({o.lr:g} at {o.lr_reference_batch} clips, "
-            "scaled linearly)",
-            *_schedule_lines(plan)]
+    out += [
+        "",
+        "== schedule",
+        f"{plan.processes} process(es) x ({bl} labeled + {bu} unlabeled clips); total batch "
+        f"{plan.processes * (bl + bu)}; lr {plan.base_lr:.4g} ({o.lr:g} at {o.lr_reference_batch} clips, "
+        "scaled linearly)",
+        *_schedule_lines(plan),
+    ]
     sched = plan.schedule
     if sched and sched.warmup_iters:
-        shape = ("one cosine over the whole run, by epoch, times the ramp (MMCV CosineAnnealing, as the authors)"
-                 if o.schedule == "mmcv" else "then a cosine over the remaining iterations")
-        out.append(f"lr warm-up: linear from {o.warmup_start_factor:g}x over the first {sched.warmup_iters:,.0f} steps, "
-                   f"per iteration; {shape}")
+        shape = (
+            "one cosine over the whole run, by epoch, times the ramp (MMCV CosineAnnealing, as the authors)"
+            if o.schedule == "mmcv"
+            else "then a cosine over the remaining iterations"
+        )
+        out.append(
+            f"lr warm-up: linear from {o.warmup_start_factor:g}x over the first {sched.warmup_iters:,.0f} steps, "
+            f"per iteration; {shape}"
+        )
     else:
         out.append("lr warm-up: none; " + ("cosine over the run by epoch" if o.schedule == "mmcv" else "cosine"))
     if plan.lr_at_epoch:
         out.append("lr at the start of epoch: " + "  ".join(f"{e}: {lr:.4g}" for e, lr in plan.lr_at_epoch))
     t = cfg.train
-    out.append(f"PreciseBN every {t.precise_bn_every} epochs: {t.precise_bn_batches} batches of "
-               f"{t.precise_bn_batch_size} clips per process" if t.precise_bn else "PreciseBN: off")
-    out.append(f"precision: {'bf16 autocast on CUDA' if t.amp else 'fp32'}; test: {cfg.input.test_clips} clips x "
-               f"{cfg.input.test_crops} crops, views averaged by {'raw score' if t.test_average == 'score' else 'softmax'}")
+    out.append(
+        f"PreciseBN every {t.precise_bn_every} epochs: {t.precise_bn_batches} batches of "
+        f"{t.precise_bn_batch_size} clips per process"
+        if t.precise_bn
+        else "PreciseBN: off"
+    )
+    out.append(
+        f"precision: {'bf16 autocast on CUDA' if t.amp else 'fp32'}; test: {cfg.input.test_clips} clips x "
+        f"{cfg.input.test_crops} crops, views averaged by {'raw score' if t.test_average == 'score' else 'softmax'}"
+    )
 
     out += ["", "== time on this machine"]
     if plan.time is None:
         out.append("not estimated")
     else:
         tm = plan.time
-        out.append(f"{_duration(tm.total_s)} of training steps ({tm.method}, {tm.device}): {tm.step_s:.3g} s per step"
-                   + (f", {tm.warmup_step_s:.3g} s during the supervised warm-up" if tm.warmup_step_s != tm.step_s else ""))
+        out.append(
+            f"{_duration(tm.total_s)} of training steps ({tm.method}, {tm.device}): {tm.step_s:.3g} s per step"
+            + (f", {tm.warmup_step_s:.3g} s during the supervised warm-up" if tm.warmup_step_s != tm.step_s else "")
+        )
         out.append(f"  {tm.detail}; data loading, PreciseBN and evaluation not included")
     out += ["", "== notes"] + ([f"- {n}" for n in plan.notes] or ["none"])
     out += ["", "== problems"] + ([f"- {p}" for p in plan.problems] or ["none"])
@@ -451,12 +593,24 @@ def _schedule_lines(plan: TrainingPlan) -> list[str]:
     s, o = plan.schedule, plan.cfg.optim
     if s is None:
         return ["steps: unknown (no unlabeled videos found)"]
-    budget = (f"budget {o.steps:,} steps (optim.steps): {s.epochs} epochs of {s.steps_per_epoch:,} steps on this data"
-              if s.budget == "steps" else f"budget {s.epochs} epochs (optim.epochs) of {s.steps_per_epoch:,} steps")
-    warm = (f"supervised warm-up: unlabeled loss off for the first {s.sup_warmup_epochs} epochs "
+    budget = (
+        f"budget {o.steps:,} steps (optim.steps): {s.epochs} epochs of {s.steps_per_epoch:,} steps on this data"
+        if s.budget == "steps"
+        else f"budget {s.epochs} epochs (optim.epochs) of {s.steps_per_epoch:,} steps"
+    )
+    warm = (
+        (
+            f"supervised warm-up: unlabeled loss off for the first {s.sup_warmup_epochs} epochs "
             f"({s.sup_warmup_epochs * s.steps_per_epoch:,} steps)"
-            + ("; strong views forwarded from the first step" if plan.cfg.train.forward_strong_in_warmup else
-               "; strong views skipped until then")) if s.sup_warmup_epochs else "supervised warm-up: none"
+            + (
+                "; strong views forwarded from the first step"
+                if plan.cfg.train.forward_strong_in_warmup
+                else "; strong views skipped until then"
+            )
+        )
+        if s.sup_warmup_epochs
+        else "supervised warm-up: none"
+    )
     return [f"{budget}; total {s.total_steps:,} steps (an epoch is one pass over the unlabeled set)", warm]
 
 

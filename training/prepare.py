@@ -22,6 +22,7 @@ annotation file is an error that names the path it was expected at.
                           hold spaces); folders that still have spaces are an error that
                           says how to rename them. classes.txt keeps the original labels.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,8 +93,11 @@ def read_ucf101(root: str | os.PathLike, split: int = 1) -> SplitLists:
     label_of = {name.lower(): label for label, name in enumerate(classes)}
 
     # Case-insensitive index of the archive: lowercase folder -> (folder, {lowercase file: file}).
-    on_disk = {d.name.lower(): (d.name, {f.name.lower(): f.name for f in d.iterdir()})
-               for d in videos_dir.iterdir() if d.is_dir()}
+    on_disk = {
+        d.name.lower(): (d.name, {f.name.lower(): f.name for f in d.iterdir()})
+        for d in videos_dir.iterdir()
+        if d.is_dir()
+    }
 
     def resolve(entry: str) -> tuple[str | None, int]:
         folder, _, name = entry.replace("\\", "/").partition("/")
@@ -113,8 +117,8 @@ def read_ucf101(root: str | os.PathLike, split: int = 1) -> SplitLists:
         lists.add("train", path, folder_label, f"UCF-101/{entry}")
     for line in _lines(test_file):
         entry = line.split()[0]  # the test list has no label: it comes from the folder
-        path, label = resolve(entry)
-        lists.add("val", path, label, f"UCF-101/{entry}")
+        path, folder_label = resolve(entry)
+        lists.add("val", path, folder_label, f"UCF-101/{entry}")
     return lists
 
 
@@ -137,8 +141,9 @@ def read_hmdb51(root: str | os.PathLike, split: int = 1, train: str = "all-but-t
     # A class folder without its split file would silently vanish from the lists.
     for folder in sorted(d.name for d in videos_dir.iterdir() if d.is_dir()):
         if folder not in split_files:
-            raise FileNotFoundError(f"HMDB-51 split file of class {folder!r} not found: "
-                                    f"expected {splits_dir / (folder + suffix)}")
+            raise FileNotFoundError(
+                f"HMDB-51 split file of class {folder!r} not found: expected {splits_dir / (folder + suffix)}"
+            )
 
     classes = sorted(split_files)
     lists = SplitLists(classes, unused_in_train=train == "all-but-test")
@@ -172,7 +177,9 @@ def read_kinetics400(root: str | os.PathLike) -> SplitLists:
     root = Path(root)
     rows = {
         "train": _read_kinetics_csv(_require_file(root / "annotations/train.csv", "Kinetics-400 train annotations")),
-        "val": _read_kinetics_csv(_require_file(root / "annotations/validate.csv", "Kinetics-400 validation annotations")),
+        "val": _read_kinetics_csv(
+            _require_file(root / "annotations/validate.csv", "Kinetics-400 validation annotations")
+        ),
     }
     classes = sorted({row["label"] for row in rows["train"]})
     label_of = {name: label for label, name in enumerate(classes)}
@@ -189,7 +196,7 @@ def read_kinetics400(root: str | os.PathLike) -> SplitLists:
         for name in classes:
             folder = name.replace(" ", "_")
             if folder in folders:
-                stems = {}
+                stems: dict[str, str] = {}
                 for f in sorted((split_dir / folder).iterdir(), key=lambda f: _extension_rank(f.suffix)):
                     if f.suffix in KINETICS_EXTENSIONS:
                         stems.setdefault(f.stem, f.name)  # the preferred extension wins
@@ -200,13 +207,18 @@ def read_kinetics400(root: str | os.PathLike) -> SplitLists:
             folder = row["label"].replace(" ", "_")
             stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
             found = files.get(folder, {}).get(stem)
-            lists.add(split, f"{split}/{folder}/{found}" if found else None, label_of[row["label"]],
-                      f"{split}/{folder}/{stem}.mp4")
+            lists.add(
+                split,
+                f"{split}/{folder}/{found}" if found else None,
+                label_of[row["label"]],
+                f"{split}/{folder}/{stem}.mp4",
+            )
     if needs_rename:
         raise ValueError(
             f"{len(needs_rename)} Kinetics-400 label folders have spaces in their names (e.g. {needs_rename[0]!r}); "
             "list files cannot hold spaces. Rename them with underscores, e.g.\n"
-            f"  cd {root} && for d in train/*' '* val/*' '*; do mv \"$d\" \"${{d// /_}}\"; done")
+            f"  cd {root} && for d in train/*' '* val/*' '*; do mv \"$d\" \"${{d// /_}}\"; done"
+        )
     return lists
 
 
@@ -234,8 +246,14 @@ def write_lists(out: str | os.PathLike, lists: SplitLists) -> list[Path]:
 DATASETS = ("ucf101", "hmdb51", "kinetics400")
 
 
-def prepare(dataset: str, root: str | os.PathLike, out: str | os.PathLike | None = None, *, split: int = 1,
-            hmdb51_train: str = "all-but-test") -> SplitLists:
+def prepare(
+    dataset: str,
+    root: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    split: int = 1,
+    hmdb51_train: str = "all-but-test",
+) -> SplitLists:
     """Read `dataset`'s annotations under `root` and write its list files into `out` (default root)."""
     if dataset == "ucf101":
         lists = read_ucf101(root, split)
@@ -253,29 +271,42 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training prepare",
         description="Write classes.txt and lists/{train,val}.txt from a dataset's official annotations. "
-                    "List paths are relative to --root.")
+        "List paths are relative to --root.",
+    )
     parser.add_argument("dataset", choices=DATASETS)
     parser.add_argument("--root", required=True, help="the dataset root, as distributed (see training/prepare.py)")
     parser.add_argument("--out", help="where to write the list files (default: --root)")
     parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="UCF-101 / HMDB-51 official split")
-    parser.add_argument("--hmdb51-train", choices=HMDB51_TRAIN, default="all-but-test",
-                        help="HMDB-51 training list: every non-test video (the authors' pool, default) or the "
-                             "official protocol's tag-1 videos only")
-    parser.add_argument("--show-missing", type=int, default=10, metavar="N", help="list up to N missing videos per split")
+    parser.add_argument(
+        "--hmdb51-train",
+        choices=HMDB51_TRAIN,
+        default="all-but-test",
+        help="HMDB-51 training list: every non-test video (the authors' pool, default) or the "
+        "official protocol's tag-1 videos only",
+    )
+    parser.add_argument(
+        "--show-missing", type=int, default=10, metavar="N", help="list up to N missing videos per split"
+    )
     args = parser.parse_args(argv)
     try:
         lists = prepare(args.dataset, args.root, args.out, split=args.split, hmdb51_train=args.hmdb51_train)
     except (FileNotFoundError, ValueError) as exc:
         parser.exit(1, f"error: {exc}\n")
     out = Path(args.root if args.out is None else args.out)
-    print(f"{args.dataset}: {len(lists.classes)} classes, {len(lists.train)} train and {len(lists.val)} val videos "
-          f"-> {out / 'classes.txt'}, {out / 'lists'}/{{train,val}}.txt (paths relative to {args.root})")
+    print(
+        f"{args.dataset}: {len(lists.classes)} classes, {len(lists.train)} train and {len(lists.val)} val videos "
+        f"-> {out / 'classes.txt'}, {out / 'lists'}/{{train,val}}.txt (paths relative to {args.root})"
+    )
     if lists.rejected:
-        print(f"  {len(lists.rejected)} videos skipped: their paths contain whitespace, which list files "
-              f"cannot hold (rename them): {', '.join(lists.rejected[: args.show_missing])}")
+        print(
+            f"  {len(lists.rejected)} videos skipped: their paths contain whitespace, which list files "
+            f"cannot hold (rename them): {', '.join(lists.rejected[: args.show_missing])}"
+        )
     if lists.unused and lists.unused_in_train:
-        print(f"  {lists.unused} videos tagged 0 (neither train nor test officially) are in the training list, "
-              "as in the authors' pool (--hmdb51-train official leaves them out)")
+        print(
+            f"  {lists.unused} videos tagged 0 (neither train nor test officially) are in the training list, "
+            "as in the authors' pool (--hmdb51-train official leaves them out)"
+        )
     elif lists.unused:
         print(f"  {lists.unused} annotated videos belong to neither split (tag 0) and are left out")
     for split in SPLIT_NAMES:

@@ -21,10 +21,12 @@ applies one deterministic draw to a clip's whole frame list). The factor comes f
 generator seeded with (seed, corruption, video index), so every model evaluated with the same
 seed sees exactly the same corrupted videos.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,10 +87,9 @@ def corruption_factor(kind: str, *, seed: int, index: int) -> float | None:
 
 def corrupt(views: torch.Tensor, kind: str, *, factor: float | None = None) -> torch.Tensor:
     """Apply one corruption to a video's views (V, 3, T, H, W), 0-255 -> 0-255."""
-    if kind == "contrast":
-        return adjust_contrast(views, factor)
-    if kind == "brightness":
-        return adjust_brightness(views, factor)
+    if kind in ("contrast", "brightness"):
+        assert factor is not None, f"the {kind} corruption needs a factor"
+        return (adjust_contrast if kind == "contrast" else adjust_brightness)(views, factor)
     if kind == "grayscale":
         return to_grayscale(views)
     raise ValueError(f"unknown corruption {kind!r}; expected one of {', '.join(CORRUPTIONS)}")
@@ -118,11 +119,20 @@ def evaluate_robustness(
     num_workers: int = 0,
 ) -> dict[str, dict]:
     """The RGB model's 30-view test under each corruption -> {kind: accuracy metrics}."""
-    report = {}
+    report: dict[str, Any] = {}
     for kind in kinds:
-        scores, labels, skipped = score_videos(model, items, root, spec, modality="rgb", tg_stride=1, device=device,
-                                               batch_views=batch_views, num_workers=num_workers,
-                                               perturb=corruption(kind, seed=seed))
+        scores, labels, skipped = score_videos(
+            model,
+            items,
+            root,
+            spec,
+            modality="rgb",
+            tg_stride=1,
+            device=device,
+            batch_views=batch_views,
+            num_workers=num_workers,
+            perturb=corruption(kind, seed=seed),
+        )
         report[kind] = accuracy_metrics(scores, labels, num_classes)
         report[kind]["skipped_videos"] = len(skipped)
     report["seed"] = seed

@@ -6,6 +6,7 @@ size, so that a small dataset still gets the steps its recipe was measured with)
 loop runs whole epochs, one pass over the unlabeled set each; `resolve_schedule` is the one place
 where a budget becomes epochs, steps per epoch and warm-up lengths, for training and for its plan.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,13 @@ def resolve_schedule(cfg: Config, num_unlabeled: int, world_size: int) -> Schedu
     per_pass = steps_per_pass(num_unlabeled, world_size, cfg)
     if o.steps:
         per_epoch = min(per_pass, o.steps)
-        return Schedule("steps", per_epoch, max(1, round(o.steps / per_epoch)), float(o.warmup_steps),
-                        math.ceil(o.sup_warmup_steps / per_epoch))
+        return Schedule(
+            "steps",
+            per_epoch,
+            max(1, round(o.steps / per_epoch)),
+            float(o.warmup_steps),
+            math.ceil(o.sup_warmup_steps / per_epoch),
+        )
     return Schedule("epochs", per_pass, o.epochs, o.warmup_epochs * per_pass, o.sup_warmup_epochs)
 
 

@@ -3,10 +3,11 @@
 Shared by training's validation and final test, `python -m training evaluate`, the robustness
 test (training/robustness.py) and export's accuracy check.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -29,8 +30,12 @@ def accuracy_metrics(scores: np.ndarray, labels: np.ndarray, num_classes: int) -
     top5 = (topk == labels[:, None]).any(axis=1)
     per_class = [top1[labels == c].mean() for c in range(num_classes) if (labels == c).any()]
     # plain floats: these go into checkpoints, which are loaded with weights_only=True
-    return {"top1": float(100.0 * top1.mean()), "top5": float(100.0 * top5.mean()),
-            "mean_class": float(100.0 * np.mean(per_class)), "videos": int(len(labels))}
+    return {
+        "top1": float(100.0 * top1.mean()),
+        "top5": float(100.0 * top5.mean()),
+        "mean_class": float(100.0 * np.mean(per_class)),
+        "videos": int(len(labels)),
+    }
 
 
 @torch.no_grad()
@@ -60,10 +65,17 @@ def score_videos(
     else: the robustness test's corruptions (training/robustness.py)."""
     model.eval()
     mine = list(range(info.rank, len(items), info.world_size))
-    dataset = EvalClips([items[i] for i in mine], root, spec, tg_stride=tg_stride if modality == "tg" else None,
-                        quick=quick, tg_spread=tg_spread)
-    loader = DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=collate_skipping,
-                        worker_init_fn=worker_init)
+    dataset = EvalClips(
+        [items[i] for i in mine],
+        root,
+        spec,
+        tg_stride=tg_stride if modality == "tg" else None,
+        quick=quick,
+        tg_spread=tg_spread,
+    )
+    loader = DataLoader(
+        dataset, batch_size=1, num_workers=num_workers, collate_fn=collate_skipping, worker_init_fn=worker_init
+    )
     results, skipped = {}, []
     for local_i, batch in enumerate(loader):
         skipped += batch["skipped"]
@@ -78,7 +90,9 @@ def score_videos(
                 successors = perturb(successors, mine[local_i])
             views = temporal_gradient(views, successors)
         x = normalize(views, spec)
-        logits = torch.cat([model(x[i : i + batch_views].to(device)).float().cpu() for i in range(0, len(x), batch_views)])
+        logits = torch.cat(
+            [model(x[i : i + batch_views].to(device)).float().cpu() for i in range(0, len(x), batch_views)]
+        )
         results[mine[local_i]] = (average_view_scores(logits, average).numpy(), items[mine[local_i]].label)
     merged = {}
     for part in gather_objects(results, info):

@@ -30,6 +30,7 @@ Layout written under ROOT (see `generate`):
     lists/unlabeled.txt                 every training video (labeled ones too) with its true
                                         label, for monitoring pseudo-label accuracy only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,9 +119,11 @@ def class_names(num_classes: int, family: str = "") -> list[str]:
         raise ValueError(f"unknown motion family {family!r}; known: {', '.join(FAMILIES)}")
     motions = FAMILIES[family]
     if not 0 <= num_classes <= len(motions):
-        raise ValueError(f"family {family!r} has {len(motions)} motions ({', '.join(motions)}): num_classes must be "
-                         f"0 (all of them) or 1..{len(motions)} (its first N), got {num_classes}")
-    return sorted(motions[:num_classes or len(motions)])
+        raise ValueError(
+            f"family {family!r} has {len(motions)} motions ({', '.join(motions)}): num_classes must be "
+            f"0 (all of them) or 1..{len(motions)} (its first N), got {num_classes}"
+        )
+    return sorted(motions[: num_classes or len(motions)])
 
 
 def video_rng(seed: int, split: str, motion: str, index: int) -> np.random.Generator:
@@ -129,7 +133,7 @@ def video_rng(seed: int, split: str, motion: str, index: int) -> np.random.Gener
 
 # ----------------------------------------------------------------------------- rendering
 def _contrasting_colour(rng: np.random.Generator, others: list[np.ndarray], min_dist: float) -> np.ndarray:
-    best, best_dist = None, -1.0
+    best, best_dist = np.zeros(3, np.float32), -1.0  # replaced on the first draw (any distance > -1)
     for _ in range(64):
         colour = rng.uniform(0, 255, 3).astype(np.float32)
         dist = min((float(np.linalg.norm(colour - o)) for o in others), default=np.inf)
@@ -162,7 +166,9 @@ def _background(rng: np.random.Generator, colour: np.ndarray, height: int, width
         pattern = np.zeros((height, width), np.float32)
     elif kind == "stripes":
         theta, cycles = rng.uniform(0, np.pi), rng.uniform(1.5, 4.0)
-        pattern = np.sin(2 * np.pi * cycles * (xs * np.cos(theta) + ys * np.sin(theta)) / size + rng.uniform(0, 2 * np.pi))
+        pattern = np.sin(
+            2 * np.pi * cycles * (xs * np.cos(theta) + ys * np.sin(theta)) / size + rng.uniform(0, 2 * np.pi)
+        )
     elif kind == "checker":
         cell = rng.uniform(0.15, 0.35) * size
         pattern = ((np.floor(xs / cell) + np.floor(ys / cell)) % 2) * 2 - 1
@@ -180,10 +186,11 @@ def _shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return 0.85 - np.maximum(np.abs(u), np.abs(v))
     if shape == "triangle":
         # Equilateral, edges at distance 0.55 from the centre along three normals 120° apart.
-        d = None
+        d: np.ndarray | None = None
         for angle in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3):
             edge = 0.55 - (u * np.cos(angle) + v * np.sin(angle))
             d = edge if d is None else np.minimum(d, edge)
+        assert d is not None
         return d
     if shape == "cross":
         arm = 0.35
@@ -247,8 +254,7 @@ def _trajectory(motion: str, rng: np.random.Generator, t: np.ndarray, width: int
     elif motion in MOTIONS:
         # The later motions take one draw here and their parameters from a child generator, so
         # one `rng` gives all of them the same object, background and first frame.
-        dx, dy, turn, log_scale = _later_motion(motion, np.random.default_rng(rng.integers(2**63)), t, size,
-                                                log_scale)
+        dx, dy, turn, log_scale = _later_motion(motion, np.random.default_rng(rng.integers(2**63)), t, size, log_scale)
         cx, cy, angle = cx + dx, cy + dy, angle + turn
     else:
         raise ValueError(f"unknown motion {motion!r}; known: {', '.join(MOTIONS)}")
@@ -348,8 +354,7 @@ def _later_motion(motion: str, rng: np.random.Generator, t: np.ndarray, size: fl
         log_scale = _wrapped_zoom(log_scale, rate * t, grow=motion == "move_right_zoom_in")
     else:
         raise ValueError(f"no trajectory for motion {motion!r}")
-    return (dx.astype(np.float32), dy.astype(np.float32), turn.astype(np.float32),
-            log_scale.astype(np.float32))
+    return (dx.astype(np.float32), dy.astype(np.float32), turn.astype(np.float32), log_scale.astype(np.float32))
 
 
 def _jitter(rng: np.random.Generator, frames: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -384,8 +389,9 @@ def _coverage(distance: np.ndarray, radius: np.ndarray) -> tuple[tuple[np.ndarra
     return where, alpha[where][:, None]
 
 
-def render_video(motion: str, rng: np.random.Generator, *, frames: int = 48, width: int = 96,
-                 height: int = 72, clutter: bool = True) -> np.ndarray:
+def render_video(
+    motion: str, rng: np.random.Generator, *, frames: int = 48, width: int = 96, height: int = 72, clutter: bool = True
+) -> np.ndarray:
     """Render one video of `motion`, (T, H, W, 3) uint8 RGB.
 
     clutter=False drops the distractors, camera jitter and pixel noise (for tests that need a
@@ -405,8 +411,12 @@ def render_video(motion: str, rng: np.random.Generator, *, frames: int = 48, wid
     jx, jy = _jitter(rng, frames, margin) if clutter else (np.zeros(frames, np.int64),) * 2
     jxf, jyf = jx.astype(np.float32), jy.astype(np.float32)
     background = _background(rng, bg_colour, height + 2 * margin, width + 2 * margin, size)
-    video = np.stack([background[margin + jy[i]: margin + jy[i] + height, margin + jx[i]: margin + jx[i] + width]
-                      for i in range(frames)])  # (T, H, W, 3) float32
+    video = np.stack(
+        [
+            background[margin + jy[i] : margin + jy[i] + height, margin + jx[i] : margin + jx[i] + width]
+            for i in range(frames)
+        ]
+    )  # (T, H, W, 3) float32
 
     if clutter:
         for _ in range(int(rng.integers(1, 4))):
@@ -417,8 +427,16 @@ def render_video(motion: str, rng: np.random.Generator, *, frames: int = 48, wid
             drift = rng.normal(0, 0.006 * size, 2)
             walk = np.cumsum(rng.normal(0, 0.012 * size, (frames, 2)), axis=0)
             path = start + drift * t[:, None] + walk
-            u, v = _object_coords(xs, ys, (path[:, 0] - jxf).astype(np.float32), (path[:, 1] - jyf).astype(np.float32),
-                                  np.zeros_like(t), radius, width, height)
+            u, v = _object_coords(
+                xs,
+                ys,
+                (path[:, 0] - jxf).astype(np.float32),
+                (path[:, 1] - jyf).astype(np.float32),
+                np.zeros_like(t),
+                radius,
+                width,
+                height,
+            )
             where, alpha = _coverage(_shape_distance(shape, u, v), radius)
             video[where] = video[where] * (1 - alpha) + alpha * colour
 
@@ -455,8 +473,9 @@ def write_mp4(path: str | os.PathLike, video: np.ndarray, fps: int = FPS) -> Non
 
 def _write_video(task: tuple) -> None:
     path, motion, split, index, seed, frames, width, height, clutter = task
-    video = render_video(motion, video_rng(seed, split, motion, index), frames=frames, width=width, height=height,
-                         clutter=clutter)
+    video = render_video(
+        motion, video_rng(seed, split, motion, index), frames=frames, width=width, height=height, clutter=clutter
+    )
     write_mp4(path, video)
 
 
@@ -490,8 +509,10 @@ def _is_complete(root: Path, arguments: dict, videos) -> bool:
     if stored.get("arguments") != arguments:
         old = stored.get("arguments", {})
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in arguments.items() if old.get(k) != v)
-        raise ValueError(f"{root} holds a synthetic dataset generated with different arguments ({diff}); "
-                         "delete it or choose another root")
+        raise ValueError(
+            f"{root} holds a synthetic dataset generated with different arguments ({diff}); "
+            "delete it or choose another root"
+        )
     return all((root / p).is_file() for p in _expected_files(videos))
 
 
@@ -500,7 +521,7 @@ def _remove_stale_partials(root: Path) -> None:
     prefix = f".{root.name}.partial-"
     for partial in root.parent.glob(f"{prefix}*"):
         try:
-            pid = int(partial.name[len(prefix):].split("-")[0])
+            pid = int(partial.name[len(prefix) :].split("-")[0])
             os.kill(pid, 0)
         except ProcessLookupError:
             shutil.rmtree(partial, ignore_errors=True)
@@ -532,8 +553,9 @@ class DatasetSpec:
         """ValueError naming the first argument out of its range."""
         self.classes()
         if not 1 <= self.labeled_per_class <= self.train_per_class:
-            raise ValueError(f"need 1 <= labeled_per_class <= train_per_class, got {self.labeled_per_class}, "
-                             f"{self.train_per_class}")
+            raise ValueError(
+                f"need 1 <= labeled_per_class <= train_per_class, got {self.labeled_per_class}, {self.train_per_class}"
+            )
         if self.val_per_class < 1:
             raise ValueError(f"val_per_class must be >= 1, got {self.val_per_class}")
         if self.frames < 2:
@@ -543,10 +565,18 @@ class DatasetSpec:
 
     def identity(self) -> dict:
         """The arguments synthetic.json records: a folder holds this dataset when they are equal."""
-        arguments = dict(num_classes=self.num_classes, train_per_class=self.train_per_class,
-                         labeled_per_class=self.labeled_per_class, val_per_class=self.val_per_class,
-                         frames=self.frames, width=self.width, height=self.height, seed=self.seed, fps=FPS,
-                         generator_version=GENERATOR_VERSION)
+        arguments: dict[str, Any] = dict(
+            num_classes=self.num_classes,
+            train_per_class=self.train_per_class,
+            labeled_per_class=self.labeled_per_class,
+            val_per_class=self.val_per_class,
+            frames=self.frames,
+            width=self.width,
+            height=self.height,
+            seed=self.seed,
+            fps=FPS,
+            generator_version=GENERATOR_VERSION,
+        )
         if not self.clutter:  # only when off, so datasets generated before this option keep their identity
             arguments["clutter"] = False
         if self.family:  # likewise only when set; num_classes 0 and the family's size make the same dataset
@@ -557,31 +587,59 @@ class DatasetSpec:
         return _plan(self.classes(), self.train_per_class, self.labeled_per_class, self.val_per_class)
 
 
-def generate(root: str | os.PathLike, *, num_classes: int = 10, family: str = "", train_per_class: int = 40,
-             labeled_per_class: int = 4, val_per_class: int = 10, frames: int = 48, width: int = 96,
-             height: int = 72, seed: int = 0, clutter: bool = True, workers: int = 1) -> dict:
+def generate(
+    root: str | os.PathLike,
+    *,
+    num_classes: int = 10,
+    family: str = "",
+    train_per_class: int = 40,
+    labeled_per_class: int = 4,
+    val_per_class: int = 10,
+    frames: int = 48,
+    width: int = 96,
+    height: int = 72,
+    seed: int = 0,
+    clutter: bool = True,
+    workers: int = 1,
+) -> dict:
     """Write the synthetic motion dataset under `root` (idempotent); return a summary.
 
     The classes are `class_names(num_classes, family)`: the first `num_classes` motions, or
-    with a family its motions (num_classes 0: all of them). Re-running with the same arguments on a complete dataset does nothing. A dataset made
-    with other arguments raises ValueError. clutter=False leaves out the distractors, camera
-    jitter and pixel noise; object and background colours, textures and shapes stay random. The dataset is built in a temporary sibling folder
-    and renamed into place, so an interrupted run never leaves a half dataset at `root`.
+    with a family its motions (num_classes 0: all of them). Re-running with the same arguments
+    on a complete dataset does nothing. A dataset made with other arguments raises ValueError.
+    clutter=False leaves out the distractors, camera jitter and pixel noise; object and
+    background colours, textures and shapes stay random. The dataset is built in a temporary
+    sibling folder and renamed into place, so an interrupted run never leaves a half dataset at `root`.
     workers > 1 renders in `spawn`ed processes: call it under `if __name__ == "__main__":`.
     Summary keys: root, classes, train, labeled, unlabeled, val (video counts), generated
     (False when the dataset was already there), seconds.
     """
     start = time.perf_counter()
-    spec = DatasetSpec(num_classes=num_classes, family=family, train_per_class=train_per_class,
-                       labeled_per_class=labeled_per_class, val_per_class=val_per_class, frames=frames, width=width,
-                       height=height, seed=seed, clutter=clutter)
+    spec = DatasetSpec(
+        num_classes=num_classes,
+        family=family,
+        train_per_class=train_per_class,
+        labeled_per_class=labeled_per_class,
+        val_per_class=val_per_class,
+        frames=frames,
+        width=width,
+        height=height,
+        seed=seed,
+        clutter=clutter,
+    )
     spec.check()
     if seed < 0 or workers < 1:
         raise ValueError(f"seed must be >= 0 and workers >= 1, got seed={seed}, workers={workers}")
     root, classes, videos = Path(root), spec.classes(), spec.videos()
     train = [v for v in videos if v[2] == "train"]
-    summary = dict(root=str(root), classes=classes, train=len(train), labeled=len(classes) * labeled_per_class,
-                   unlabeled=len(train), val=len(videos) - len(train))
+    summary = dict(
+        root=str(root),
+        classes=classes,
+        train=len(train),
+        labeled=len(classes) * labeled_per_class,
+        unlabeled=len(train),
+        val=len(videos) - len(train),
+    )
     if _already_generated(root, spec, videos):
         return dict(summary, generated=False, seconds=time.perf_counter() - start)
     _build_dataset(root, spec, videos, workers)
@@ -596,8 +654,7 @@ def _already_generated(root: Path, spec: DatasetSpec, videos: list[tuple]) -> bo
             return True
         print(f"{root}: synthetic dataset incomplete (files missing); regenerating it")
     elif root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ValueError(f"{root} exists and is not a synthetic dataset (no synthetic.json); "
-                         "refusing to write into it")
+        raise ValueError(f"{root} exists and is not a synthetic dataset (no synthetic.json); refusing to write into it")
     return False
 
 
@@ -619,8 +676,10 @@ def _build_dataset(root: Path, spec: DatasetSpec, videos: list[tuple], workers: 
 def _render_videos(folder: Path, spec: DatasetSpec, videos: list[tuple], workers: int) -> None:
     for path, *_ in videos:
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
-    tasks = [(str(folder / path), motion, split, index, spec.seed, spec.frames, spec.width, spec.height, spec.clutter)
-             for path, _, split, motion, index in videos]
+    tasks = [
+        (str(folder / path), motion, split, index, spec.seed, spec.frames, spec.width, spec.height, spec.clutter)
+        for path, _, split, motion, index in videos
+    ]
     if workers == 1:
         for task in tasks:
             _write_video(task)
@@ -639,8 +698,9 @@ def _write_lists(folder: Path, spec: DatasetSpec, videos: list[tuple]) -> None:
     (folder / "lists/labeled.txt").write_text(_list_text(v for v in train if v[4] < spec.labeled_per_class))
     (folder / "lists/unlabeled.txt").write_text(_list_text(train))
     (folder / "lists/val.txt").write_text(_list_text(v for v in videos if v[2] == "val"))
-    (folder / "synthetic.json").write_text(json.dumps(dict(arguments=spec.identity(), classes=classes), indent=2)
-                                           + "\n")
+    (folder / "synthetic.json").write_text(
+        json.dumps(dict(arguments=spec.identity(), classes=classes), indent=2) + "\n"
+    )
 
 
 def _move_into_place(partial: Path, root: Path, arguments: dict, videos) -> None:
@@ -662,15 +722,25 @@ def _move_into_place(partial: Path, root: Path, arguments: dict, videos) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training generate",
-                                     description="Write the synthetic motion-video dataset (idempotent).")
+    parser = argparse.ArgumentParser(
+        prog="python -m training generate", description="Write the synthetic motion-video dataset (idempotent)."
+    )
     parser.add_argument("--root", required=True, help="dataset folder to create")
-    parser.add_argument("--num-classes", type=int, default=None,
-                        help=f"the first N motions, 1..{len(MOTIONS)} (default 10); with --family: its first N "
-                             "(default 0: all of them)")
-    parser.add_argument("--family", default="", choices=["", *FAMILIES], metavar="NAME",
-                        help="a dataset of one motion family: " + "; ".join(
-                            f"{name} ({', '.join(motions)})" for name, motions in FAMILIES.items()))
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help=f"the first N motions, 1..{len(MOTIONS)} (default 10); with --family: its first N "
+        "(default 0: all of them)",
+    )
+    parser.add_argument(
+        "--family",
+        default="",
+        choices=["", *FAMILIES],
+        metavar="NAME",
+        help="a dataset of one motion family: "
+        + "; ".join(f"{name} ({', '.join(motions)})" for name, motions in FAMILIES.items()),
+    )
     parser.add_argument("--train-per-class", type=int, default=40)
     parser.add_argument("--labeled-per-class", type=int, default=4)
     parser.add_argument("--val-per-class", type=int, default=10)
@@ -678,20 +748,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=96)
     parser.add_argument("--height", type=int, default=72)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-clutter", dest="clutter", action="store_false",
-                        help="no distractors, camera jitter or pixel noise (appearance stays random)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="processes rendering videos (default: all CPU cores); output does not depend on it")
+    parser.add_argument(
+        "--no-clutter",
+        dest="clutter",
+        action="store_false",
+        help="no distractors, camera jitter or pixel noise (appearance stays random)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes rendering videos (default: all CPU cores); output does not depend on it",
+    )
     args = parser.parse_args(argv)
     try:
         num_classes = args.num_classes if args.num_classes is not None else 0 if args.family else 10
-        summary = generate(args.root, num_classes=num_classes, family=args.family, train_per_class=args.train_per_class,
-                           labeled_per_class=args.labeled_per_class, val_per_class=args.val_per_class,
-                           frames=args.frames, width=args.width, height=args.height, seed=args.seed,
-                           clutter=args.clutter, workers=args.workers)
+        summary = generate(
+            args.root,
+            num_classes=num_classes,
+            family=args.family,
+            train_per_class=args.train_per_class,
+            labeled_per_class=args.labeled_per_class,
+            val_per_class=args.val_per_class,
+            frames=args.frames,
+            width=args.width,
+            height=args.height,
+            seed=args.seed,
+            clutter=args.clutter,
+            workers=args.workers,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     state = f"generated in {summary['seconds']:.1f} s" if summary["generated"] else "already present, left as is"
-    print(f"synthetic dataset at {summary['root']}: {len(summary['classes'])} classes, "
-          f"{summary['train']} training videos ({summary['labeled']} labeled), {summary['val']} val; {state}")
+    print(
+        f"synthetic dataset at {summary['root']}: {len(summary['classes'])} classes, "
+        f"{summary['train']} training videos ({summary['labeled']} labeled), {summary['val']} val; {state}"
+    )
     return 0

@@ -4,6 +4,7 @@ Reads top to bottom: config and run folder -> distributed init -> data -> model 
 -> resume -> epoch loop (train, checkpoint, PreciseBN, quick validation) -> 30-view test.
 Re-running the same command resumes from the run folder's `last.pt`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -30,9 +31,9 @@ from training.data import DataSplits, SeededSampler, TrainClips, collate_skippin
 from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed, training_device
 from training.evaluate import precise_bn, precise_bn_loader
 from training.losses import contrastive_loss, dense_alignment_loss, pseudo_labels, supervised_loss, unlabeled_loss
+from training.models import TwoStreamNet, two_stream_from_config
 from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
 from training.scoring import accuracy_metrics, score_videos
-from training.models import TwoStreamNet, two_stream_from_config
 from training.views import normalize
 
 if TYPE_CHECKING:  # imported where a writer is made: tensorboard is slow to import
@@ -46,7 +47,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic
 def total_loss(terms: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
     """METHOD.md: 0.5 (L_sup_rgb + L_u_rgb + L_sup_tg + L_u_tg) + 1 L_align + 1 L_contrast."""
     cls_terms = [terms[k] for k in ("sup_rgb", "unsup_rgb", "sup_tg", "unsup_tg") if k in terms]
-    total = cfg.loss.weight_cls * sum(cls_terms)
+    # sum() of tensors is a tensor: the step always returns the classification terms
+    total = cast(torch.Tensor, cfg.loss.weight_cls * sum(cls_terms))
     if "align" in terms:
         total = total + cfg.loss.weight_align * terms["align"]
     if "contrast" in terms:
@@ -54,8 +56,9 @@ def total_loss(terms: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
     return total
 
 
-def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, use_unlabeled: bool,
-                  device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def training_step(
+    net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, use_unlabeled: bool, device: torch.device
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One semi-supervised step's loss terms (and monitoring stats), before weighting.
 
     Labeled weak, unlabeled weak and unlabeled strong clips go through each network in one
@@ -66,8 +69,14 @@ def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, 
     streams = ("rgb", "tg") if cfg.loss.streams == "both" else (cfg.loss.streams,)
     with_strong = use_unlabeled or cfg.train.forward_strong_in_warmup
     vl = make_views(batch_l["frames"].to(device, non_blocking=True), cfg.input, strong=False)
-    vu = make_views(batch_u["frames"].to(device, non_blocking=True), cfg.input, strong=with_strong,
-                    num_ops=cfg.strong.num_ops, magnitude=cfg.strong.magnitude, preset=cfg.strong.preset)
+    vu = make_views(
+        batch_u["frames"].to(device, non_blocking=True),
+        cfg.input,
+        strong=with_strong,
+        num_ops=cfg.strong.num_ops,
+        magnitude=cfg.strong.magnitude,
+        preset=cfg.strong.preset,
+    )
     inputs = {m: torch.cat([vl[m], vu[m]] + ([vu[m + "_strong"]] if with_strong else [])) for m in streams}
     amp = device.type == "cuda" and cfg.train.amp
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
@@ -77,19 +86,27 @@ def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, 
     weak = slice(0, bl + bu)
     logits = {m: out[f"logits_{m}"].float() for m in streams}
     terms = {f"sup_{m}": supervised_loss(logits[m][:bl], labels) for m in streams}
-    pl = pseudo_labels(logits["rgb"][bl : bl + bu] if "rgb" in logits else None,
-                       logits["tg"][bl : bl + bu] if "tg" in logits else None,
-                       fusion=cfg.loss.fusion, threshold=cfg.loss.threshold)
+    pl = pseudo_labels(
+        logits["rgb"][bl : bl + bu] if "rgb" in logits else None,
+        logits["tg"][bl : bl + bu] if "tg" in logits else None,
+        fusion=cfg.loss.fusion,
+        threshold=cfg.loss.threshold,
+    )
     if use_unlabeled:
         for m in streams:
             terms[f"unsup_{m}"] = unlabeled_loss(logits[m][bl + bu :], *pl[m])
     if cfg.loss.align != "off":
-        terms["align"] = dense_alignment_loss([f[weak] for f in out["feats_rgb"]], [f[weak] for f in out["feats_tg"]],
-                                              stages=tuple(cfg.loss.align_stages), kind=cfg.loss.align,
-                                              stop_gradient=cfg.loss.stop_gradient)
+        terms["align"] = dense_alignment_loss(
+            [f[weak] for f in out["feats_rgb"]],
+            [f[weak] for f in out["feats_tg"]],
+            stages=tuple(cfg.loss.align_stages),
+            kind=cfg.loss.align,
+            stop_gradient=cfg.loss.stop_gradient,
+        )
     if cfg.loss.contrast:
-        terms["contrast"] = contrastive_loss(out["emb_rgb"][weak].float(), out["emb_tg"][weak].float(),
-                                             temperature=cfg.loss.temperature)
+        terms["contrast"] = contrastive_loss(
+            out["emb_rgb"][weak].float(), out["emb_tg"][weak].float(), temperature=cfg.loss.temperature
+        )
 
     # monitoring stats stay on the device (0-dim tensors): the loop copies them to the host once
     stats = {}
@@ -104,8 +121,9 @@ def training_step(net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, 
 
 
 # ----------------------------------------------------------------------------- loop
-def make_loader(items, root, cfg: Config, sampler: SeededSampler, batch: int, *, pin_memory: bool = False,
-                persistent: bool = True) -> DataLoader:
+def make_loader(
+    items, root, cfg: Config, sampler: SeededSampler, batch: int, *, pin_memory: bool = False, persistent: bool = True
+) -> DataLoader:
     """A training loader. Its worker processes live for the whole run (`persistent`): a small
     labeled set is passed over every few steps, and respawning workers (each importing torch and
     opening its videos) on every pass cost more than the steps themselves (measured in the
@@ -116,12 +134,27 @@ def make_loader(items, root, cfg: Config, sampler: SeededSampler, batch: int, *,
     that draw would shift the global stream that the strong views and dropout use, so a resumed
     run would diverge from an uninterrupted one."""
     workers = cfg.data.num_workers
-    dataset = TrainClips(items, root, cfg.input, tg_stride=cfg.tg.stride, decode_threads=cfg.data.decode_threads,
-                         tg_spread=cfg.tg.slow == "spread")
-    return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, collate_fn=collate_skipping,
-                      drop_last=True, worker_init_fn=worker_init, pin_memory=pin_memory,
-                      prefetch_factor=4 if workers else None, persistent_workers=persistent and workers > 0,
-                      generator=torch.Generator().manual_seed(cfg.train.seed))
+    dataset = TrainClips(
+        items,
+        root,
+        cfg.input,
+        tg_stride=cfg.tg.stride,
+        decode_threads=cfg.data.decode_threads,
+        tg_spread=cfg.tg.slow == "spread",
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping,
+        drop_last=True,
+        worker_init_fn=worker_init,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=persistent and workers > 0,
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
 
 
 def cycle_batches(loader: DataLoader, sampler: SeededSampler, epoch: int):
@@ -162,8 +195,11 @@ class SkipLog:
         return {"paths": self.paths, "events": self.events + self._new}
 
     def summary(self) -> dict:
-        return {"count": len(self.paths), "events": self.events + self._new,
-                "videos": dict(list(self.paths.items())[:100])}
+        return {
+            "count": len(self.paths),
+            "events": self.events + self._new,
+            "videos": dict(list(self.paths.items())[:100]),
+        }
 
 
 @dataclass
@@ -210,26 +246,30 @@ def train_one_epoch(state: TrainState, epoch: int) -> dict[str, float]:
             break
         batch_l = next(labeled)
         state.skips.add(batch_u["skipped"] + batch_l["skipped"])
-        values, lr, grad_norm = optimizer_step(state, batch_l, batch_u, epoch=epoch, step=step,
-                                               use_unlabeled=use_unlabeled)
+        values, lr, grad_norm = optimizer_step(
+            state, batch_l, batch_u, epoch=epoch, step=step, use_unlabeled=use_unlabeled
+        )
         row = {k: v for k, v in values.items() if not math.isnan(v)}  # NaN: no confident known-label clip
         for k, v in row.items():
             sums[k] = sums.get(k, 0.0) + v
             counts[k] = counts.get(k, 0) + 1
-        clips = state.info.world_size * n_streams * (len(batch_l["label"]) +
-                                                      len(batch_u["label"]) * (2 if strong else 1))
+        clips = (
+            state.info.world_size * n_streams * (len(batch_l["label"]) + len(batch_u["label"]) * (2 if strong else 1))
+        )
         progress.update(step, clips=clips, lr=lr, grad_norm=grad_norm, values=values, row=row)
     progress.close()
     return mean_over_processes(sums, counts, state.info)
 
 
-def optimizer_step(state: TrainState, batch_l: dict, batch_u: dict, *, epoch: int, step: int,
-                   use_unlabeled: bool) -> tuple[dict[str, float], float, torch.Tensor | None]:
+def optimizer_step(
+    state: TrainState, batch_l: dict, batch_u: dict, *, epoch: int, step: int, use_unlabeled: bool
+) -> tuple[dict[str, float], float, torch.Tensor | None]:
     """One SGD step at the schedule's lr -> (the logged values on the host, the lr, the gradient
     norm before clipping; None without clipping)."""
     cfg, optimizer = state.cfg, state.optimizer
-    lr = learning_rate(epoch * state.schedule.steps_per_epoch + step, base_lr=state.base_lr,
-                       schedule=state.schedule, cfg=cfg)
+    lr = learning_rate(
+        epoch * state.schedule.steps_per_epoch + step, base_lr=state.base_lr, schedule=state.schedule, cfg=cfg
+    )
     for group in optimizer.param_groups:
         group["lr"] = lr
 
@@ -238,7 +278,7 @@ def optimizer_step(state: TrainState, batch_l: dict, batch_u: dict, *, epoch: in
     # one device-to-host copy per step for logging and the finiteness check
     names = [f"loss/{k}" for k in ("total", *terms)] + [f"pseudo/{k}" for k in stats]
     tensors = [loss, *terms.values(), *stats.values()]
-    values = dict(zip(names, torch.stack([t.detach().float() for t in tensors]).tolist()))
+    values = dict(zip(names, torch.stack([t.detach().float() for t in tensors]).tolist(), strict=True))
     if not math.isfinite(values["loss/total"]):
         raise FloatingPointError(f"loss is not finite at epoch {epoch + 1} step {step}: {values}")
     optimizer.zero_grad(set_to_none=True)
@@ -256,14 +296,27 @@ class EpochProgress:
     def __init__(self, state: TrainState, epoch: int):
         self.state, self.epoch = state, epoch
         self.on_terminal = sys.stdout.isatty()
-        self.bar = tqdm(total=state.schedule.steps_per_epoch, desc=f"epoch {epoch + 1}/{state.schedule.epochs}",
-                        disable=not (state.info.is_main and self.on_terminal), dynamic_ncols=True, leave=False,
-                        file=sys.stdout)
+        self.bar = tqdm(
+            total=state.schedule.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{state.schedule.epochs}",
+            disable=not (state.info.is_main and self.on_terminal),
+            dynamic_ncols=True,
+            leave=False,
+            file=sys.stdout,
+        )
         self.t0 = time.time()
         self.clips = 0
 
-    def update(self, step: int, *, clips: int, lr: float, grad_norm: torch.Tensor | None, values: dict[str, float],
-               row: dict[str, float]) -> None:
+    def update(
+        self,
+        step: int,
+        *,
+        clips: int,
+        lr: float,
+        grad_norm: torch.Tensor | None,
+        values: dict[str, float],
+        row: dict[str, float],
+    ) -> None:
         """After step `step`: `clips` forwarded by all processes, `values` as logged, `row` those not NaN."""
         self.clips += clips
         state = self.state
@@ -271,20 +324,32 @@ class EpochProgress:
             return
         steps = state.schedule.steps_per_epoch
         it, rate = self.epoch * steps + step, self.clips / max(1e-9, time.time() - self.t0)
-        state.writer.add_scalar("lr", lr, it)
-        state.writer.add_scalar("speed/clips_per_s", rate, it)
+        writer = state.writer
+        assert writer is not None  # the main process always has one
+        writer.add_scalar("lr", lr, it)
+        writer.add_scalar("speed/clips_per_s", rate, it)
         if grad_norm is not None:
-            state.writer.add_scalar("grad_norm", float(grad_norm), it)
+            writer.add_scalar("grad_norm", float(grad_norm), it)
         for k, v in row.items():
-            state.writer.add_scalar(k, v, it)
+            writer.add_scalar(k, v, it)
         mask = values.get("pseudo/mask_rate_rgb", values.get("pseudo/mask_rate_tg", 0.0))
-        self.bar.set_postfix(loss=f"{values['loss/total']:.3f}", mask=f"{mask:.2f}", lr=f"{lr:.4f}",
-                             clips_s=f"{rate:.1f}")
+        self.bar.set_postfix(
+            loss=f"{values['loss/total']:.3f}", mask=f"{mask:.2f}", lr=f"{lr:.4f}", clips_s=f"{rate:.1f}"
+        )
         self.bar.update(1)
         every = state.cfg.train.log_every
         if not self.on_terminal and every and (step + 1) % every == 0 and step + 1 < steps:
-            log.info("epoch %d/%d  step %d/%d  loss=%.3f  mask=%.2f  lr=%.4g  clips/s=%.1f", self.epoch + 1,
-                     state.schedule.epochs, step + 1, steps, values["loss/total"], mask, lr, rate)
+            log.info(
+                "epoch %d/%d  step %d/%d  loss=%.3f  mask=%.2f  lr=%.4g  clips/s=%.1f",
+                self.epoch + 1,
+                state.schedule.epochs,
+                step + 1,
+                steps,
+                values["loss/total"],
+                mask,
+                lr,
+                rate,
+            )
 
     def close(self) -> None:
         self.bar.close()
@@ -312,16 +377,20 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def model_state(net: TwoStreamNet) -> dict:
-    return {name: (getattr(net, name).state_dict() if getattr(net, name) is not None else None)
-            for name in ("student", "teacher", "proj_rgb", "proj_tg")}
+    return {
+        name: (getattr(net, name).state_dict() if getattr(net, name) is not None else None)
+        for name in ("student", "teacher", "proj_rgb", "proj_tg")
+    }
 
 
 def load_model_state(net: TwoStreamNet, state: dict) -> None:
     for name, sd in state.items():
         module = getattr(net, name)
         if (module is None) != (sd is None):
-            raise ConfigError(f"checkpoint has {'no ' if sd is None else ''}{name} but the config "
-                              f"{'builds' if module is not None else 'does not build'} one")
+            raise ConfigError(
+                f"checkpoint has {'no ' if sd is None else ''}{name} but the config "
+                f"{'builds' if module is not None else 'does not build'} one"
+            )
         if module is not None:
             module.load_state_dict(sd)
 
@@ -331,21 +400,47 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m training train", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None, help=f"YAML config (default: the embedded {DEFAULT_CONFIG.name})")
     # --run-dir is the same option: torchrun's parser rejects `--run` as a prefix of its --run-path
-    p.add_argument("--run", "--run-dir", dest="run", default="runs/synthetic",
-                   help="run folder: config, checkpoints, logs, metrics")
+    p.add_argument(
+        "--run",
+        "--run-dir",
+        dest="run",
+        default="runs/synthetic",
+        help="run folder: config, checkpoints, logs, metrics",
+    )
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. loss.align=off")
     p.add_argument("--data-root", default=None, help="dataset root; with the default config: a folder-layout dataset")
-    p.add_argument("--stop-after", type=int, default=0, metavar="N",
-                   help="checkpoint and stop after N epochs of this invocation (for time-limited jobs); re-run to continue")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the plan (resolved config, data per class, missing or unreadable files, steps, lr, "
-                        "time on this machine), write nothing, train nothing; exit 1 if it finds a problem")
-    p.add_argument("--processes", type=int, default=0, metavar="N",
-                   help="dry run: plan for N training processes (default: WORLD_SIZE, else 1)")
-    p.add_argument("--probe", type=int, default=64, metavar="N",
-                   help="plan: open N videos of each set to find unreadable ones (-1: all, 0: none)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="dry run: report listed videos that are missing without counting them as a problem")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="checkpoint and stop after N epochs of this invocation (for time-limited jobs); re-run to continue",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (resolved config, data per class, missing or unreadable files, steps, lr, "
+        "time on this machine), write nothing, train nothing; exit 1 if it finds a problem",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="dry run: plan for N training processes (default: WORLD_SIZE, else 1)",
+    )
+    p.add_argument(
+        "--probe",
+        type=int,
+        default=64,
+        metavar="N",
+        help="plan: open N videos of each set to find unreadable ones (-1: all, 0: none)",
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="dry run: report listed videos that are missing without counting them as a problem",
+    )
     p.add_argument("--no-time", action="store_true", help="skip the plan's time estimate")
     p.add_argument("--no-plan", action="store_true", help="start a new run without printing its plan first")
     return p.parse_args(argv)
@@ -357,6 +452,7 @@ def resolve_config(args):
     layout: the recipe follows from the data and the machine (training/own_data.py)."""
     if args.data_root and args.config is None:
         from training.own_data import resolve_own_data
+
         return resolve_own_data(args.data_root, list(args.set))
     overrides = list(args.set) + ([f"data.root={args.data_root}"] if args.data_root else [])
     return load_config(args.config or DEFAULT_CONFIG, overrides), None
@@ -376,8 +472,13 @@ def setup_logging(run: Path, info: DistInfo) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if info.is_main:
         handlers.append(logging.FileHandler(run / "train.log"))
-    logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S", handlers=handlers, force=True)
+    logging.basicConfig(
+        level=logging.INFO if info.is_main else logging.WARNING,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=handlers,
+        force=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,8 +516,16 @@ def dry_run(cfg: Config, args, recipe) -> int:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     processes = args.processes or int(os.environ.get("WORLD_SIZE", "1"))
-    plan = build_plan(cfg, run=Path(args.run), processes=processes, source=config_source(args), probe=args.probe,
-                      allow_missing=args.allow_missing, estimate_time=not args.no_time, recipe=recipe)
+    plan = build_plan(
+        cfg,
+        run=Path(args.run),
+        processes=processes,
+        source=config_source(args),
+        probe=args.probe,
+        allow_missing=args.allow_missing,
+        estimate_time=not args.no_time,
+        recipe=recipe,
+    )
     print_plan(plan)
     return 1 if plan.problems else 0
 
@@ -429,8 +538,16 @@ def print_plan_before_run(cfg: Config, args, recipe) -> None:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    plan = build_plan(cfg, run=Path(args.run), processes=processes, source=config_source(args), probe=args.probe,
-                      allow_missing=True, estimate_time=not args.no_time, recipe=recipe)
+    plan = build_plan(
+        cfg,
+        run=Path(args.run),
+        processes=processes,
+        source=config_source(args),
+        probe=args.probe,
+        allow_missing=True,
+        estimate_time=not args.no_time,
+        recipe=recipe,
+    )
     print_plan(plan, dry_run=False)
     sys.stdout.flush()
 
@@ -465,8 +582,10 @@ def open_run_folder(cfg: Config, run: Path, info: DistInfo) -> dict | None:
     if saved_cfg.is_file():
         changed = diff_configs(config_from_dict(yaml.safe_load(saved_cfg.read_text())), cfg)
         if changed:
-            raise ConfigError(f"run folder {run} was started with a different config ({', '.join(changed)}); "
-                              "use another RUN folder, or the same settings to resume")
+            raise ConfigError(
+                f"run folder {run} was started with a different config ({', '.join(changed)}); "
+                "use another RUN folder, or the same settings to resume"
+            )
     elif info.is_main:
         save_config(cfg, saved_cfg)
     setup_logging(run, info)
@@ -489,6 +608,7 @@ def prepare_data(cfg: Config, run: Path, info: DistInfo) -> DataSplits:
     process resolves them first (drawing and saving the labeled split), the others then read them."""
     if cfg.data.synthetic and info.is_main:
         from training.synthetic import generate
+
         log.info("synthetic motion dataset: %s", cfg.data.root)
         generate(cfg.data.root, **asdict(cfg.data.synthetic_size), workers=max(1, min(4, os.cpu_count() or 1)))
     barrier(info)
@@ -496,38 +616,53 @@ def prepare_data(cfg: Config, run: Path, info: DistInfo) -> DataSplits:
     barrier(info)
     if not info.is_main:
         splits = resolve_splits(cfg.data, run, is_main=False)
+    assert splits is not None  # the main process resolved them before the barrier, the others after
     if info.is_main:
         (run / "classes.txt").write_text("".join(c + "\n" for c in splits.classes))
-    log.info("data %s: %d classes, %d labeled (%s), %d unlabeled, %d val", splits.root, len(splits.classes),
-             len(splits.labeled), splits.source, len(splits.unlabeled), len(splits.val))
+    log.info(
+        "data %s: %d classes, %d labeled (%s), %d unlabeled, %d val",
+        splits.root,
+        len(splits.classes),
+        len(splits.labeled),
+        splits.source,
+        len(splits.unlabeled),
+        len(splits.val),
+    )
     for name, absent in splits.missing.items():
-        log.warning("%d videos of the %s list were not found under %s (they will be skipped and counted), e.g. %s",
-                    len(absent), name, splits.root, ", ".join(absent[:3]))
+        log.warning(
+            "%d videos of the %s list were not found under %s (they will be skipped and counted), e.g. %s",
+            len(absent),
+            name,
+            splits.root,
+            ", ".join(absent[:3]),
+        )
     return splits
 
 
 def build_loaders(cfg: Config, splits: DataSplits, device: torch.device, info: DistInfo) -> Loaders:
     bl, bu = cfg.optim.batch_labeled, cfg.optim.batch_unlabeled
-    unl_sampler = SeededSampler(len(splits.unlabeled), rank=info.rank, world_size=info.world_size, seed=cfg.train.seed,
-                                min_per_rank=bu)
-    lab_sampler = SeededSampler(len(splits.labeled), rank=info.rank, world_size=info.world_size,
-                                seed=cfg.train.seed + 1, min_per_rank=bl)
+    unl_sampler = SeededSampler(
+        len(splits.unlabeled), rank=info.rank, world_size=info.world_size, seed=cfg.train.seed, min_per_rank=bu
+    )
+    lab_sampler = SeededSampler(
+        len(splits.labeled), rank=info.rank, world_size=info.world_size, seed=cfg.train.seed + 1, min_per_rank=bl
+    )
     unl_loader = make_loader(splits.unlabeled, splits.root, cfg, unl_sampler, bu, pin_memory=device.type == "cuda")
     lab_loader = make_loader(splits.labeled, splits.root, cfg, lab_sampler, bl, pin_memory=device.type == "cuda")
     return Loaders(unl_loader, lab_loader, unl_sampler, lab_sampler)
 
 
-def build_model(cfg: Config, num_classes: int, device: torch.device,
-                info: DistInfo) -> tuple[nn.Module, TwoStreamNet]:
+def build_model(cfg: Config, num_classes: int, device: torch.device, info: DistInfo) -> tuple[nn.Module, TwoStreamNet]:
     """The two-stream network -> (what the step runs: DDP-wrapped when distributed, the network itself).
     Its initialisation is seeded: two runs of one config start from the same weights."""
     torch.manual_seed(cfg.train.seed)
-    net = two_stream_from_config(cfg, num_classes).to(device)
-    net_without_ddp = net
+    net_without_ddp = two_stream_from_config(cfg, num_classes).to(device)
+    net: nn.Module = net_without_ddp
     if info.enabled:
         if device.type == "cuda" and cfg.train.sync_bn:
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-            net_without_ddp = net
+            # converts the BatchNorm layers in place and returns the same network
+            net_without_ddp = cast(TwoStreamNet, nn.SyncBatchNorm.convert_sync_batchnorm(net_without_ddp))
+            net = net_without_ddp
         elif cfg.train.sync_bn:
             log.info("SyncBatchNorm needs CUDA: on CPU each process keeps its own BatchNorm statistics")
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -537,18 +672,29 @@ def build_model(cfg: Config, num_classes: int, device: torch.device,
 def build_optimizer(cfg: Config, net: nn.Module, world_size: int) -> tuple[torch.optim.Optimizer, float]:
     """SGD with the lr scaled linearly with the total batch -> (the optimizer, that base lr)."""
     base_lr = scaled_lr(cfg, world_size)
-    optimizer = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.SGD(
+        net.parameters(), lr=base_lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+    )
     return optimizer, base_lr
 
 
 def log_setup(state: TrainState) -> None:
     cfg, schedule, info = state.cfg, state.schedule, state.info
     total_batch = info.world_size * (cfg.optim.batch_labeled + cfg.optim.batch_unlabeled)
-    log.info("model: R3D-18 width %d x %s; %d steps/epoch x %d epochs = %d steps (budget in %s); total batch %d; "
-             "lr %.4g; device %s; %d process(es)", cfg.model.width, cfg.loss.streams, schedule.steps_per_epoch,
-             schedule.epochs, schedule.total_steps, schedule.budget, total_batch, state.base_lr, state.device,
-             info.world_size)
+    log.info(
+        "model: R3D-18 width %d x %s; %d steps/epoch x %d epochs = %d steps (budget in %s); total batch %d; "
+        "lr %.4g; device %s; %d process(es)",
+        cfg.model.width,
+        cfg.loss.streams,
+        schedule.steps_per_epoch,
+        schedule.epochs,
+        schedule.total_steps,
+        schedule.budget,
+        total_batch,
+        state.base_lr,
+        state.device,
+        info.world_size,
+    )
 
 
 def resume(state: TrainState, ckpt: dict | None, ckpt_path: Path) -> int:
@@ -560,8 +706,11 @@ def resume(state: TrainState, ckpt: dict | None, ckpt_path: Path) -> int:
     state.history, state.skips = list(ckpt.get("history", [])), SkipLog(ckpt.get("skipped"))
     log.info("resumed from %s at epoch %d", ckpt_path, ckpt["epoch"])
     if ckpt.get("schedule", state.schedule.to_dict()) != state.schedule.to_dict():
-        log.warning("the unlabeled set changed size since this run started: its schedule was %s, now %s",
-                    ckpt["schedule"], state.schedule.to_dict())
+        log.warning(
+            "the unlabeled set changed size since this run started: its schedule was %s, now %s",
+            ckpt["schedule"],
+            state.schedule.to_dict(),
+        )
     return ckpt["epoch"]
 
 
@@ -569,6 +718,7 @@ def tensorboard_writer(run: Path, info: DistInfo) -> SummaryWriter | None:
     if not info.is_main:
         return None
     from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(str(run / "logs"))
 
 
@@ -581,8 +731,11 @@ def run_epochs(state: TrainState, splits: DataSplits, ckpt_path: Path, *, start_
         state.loaders.unlabeled_sampler.set_epoch(epoch)
         means = train_one_epoch(state, epoch)
         done = epoch + 1
-        if cfg.train.precise_bn and state.net_without_ddp.student is not None and (
-                done % cfg.train.precise_bn_every == 0 or done == schedule.epochs):
+        if (
+            cfg.train.precise_bn
+            and state.net_without_ddp.student is not None
+            and (done % cfg.train.precise_bn_every == 0 or done == schedule.epochs)
+        ):
             precise_bn_student(state, splits)
         row = {"epoch": done, **means}
         if cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == schedule.epochs) and splits.val:
@@ -604,11 +757,19 @@ def run_epochs(state: TrainState, splits: DataSplits, ckpt_path: Path, *, start_
 
 def precise_bn_student(state: TrainState, splits: DataSplits) -> None:
     cfg = state.cfg
-    dl = precise_bn_loader(splits.unlabeled, splits.root, cfg.input, batch_size=cfg.train.precise_bn_batch_size,
-                           seed=cfg.train.seed, info=state.info, num_workers=cfg.data.num_workers)
+    dl = precise_bn_loader(
+        splits.unlabeled,
+        splits.root,
+        cfg.input,
+        batch_size=cfg.train.precise_bn_batch_size,
+        seed=cfg.train.seed,
+        info=state.info,
+        num_workers=cfg.data.num_workers,
+    )
     batches = (normalize(b["views"][:, 0].float(), cfg.input) for b in dl if "views" in b)
-    used = precise_bn(state.net_without_ddp.student, batches, num_batches=cfg.train.precise_bn_batches,
-                      device=state.device, info=state.info)
+    student = state.net_without_ddp.student
+    assert student is not None  # PreciseBN runs only for runs with a student
+    used = precise_bn(student, batches, num_batches=cfg.train.precise_bn_batches, device=state.device, info=state.info)
     log.info("PreciseBN: student BatchNorm statistics recomputed over %d batches", used)
 
 
@@ -620,29 +781,53 @@ def score_networks(state: TrainState, splits: DataSplits, *, quick: bool) -> dic
         model = getattr(state.net_without_ddp, name)
         if model is None:
             continue
-        results[name] = score_videos(model, splits.val, splits.root, cfg.input, modality=modality,
-                                     tg_stride=cfg.tg.stride, device=state.device, quick=quick,
-                                     batch_views=1 if quick else cfg.train.eval_batch_views,  # quick: 1 view a video
-                                     num_workers=cfg.data.num_workers, info=state.info,
-                                     average=cfg.train.test_average, tg_spread=cfg.tg.slow == "spread")
+        results[name] = score_videos(
+            model,
+            splits.val,
+            splits.root,
+            cfg.input,
+            modality=modality,
+            tg_stride=cfg.tg.stride,
+            device=state.device,
+            quick=quick,
+            batch_views=1 if quick else cfg.train.eval_batch_views,  # quick: 1 view a video
+            num_workers=cfg.data.num_workers,
+            info=state.info,
+            average=cfg.train.test_average,
+            tg_spread=cfg.tg.slow == "spread",
+        )
     return results
 
 
 def log_epoch(state: TrainState, row: dict) -> None:
     if state.info.is_main:
+        assert state.writer is not None  # the main process always has one
         for k, v in row.items():
             if k != "epoch" and k.startswith("val/"):
                 state.writer.add_scalar(k, v, row["epoch"])
-        log.info("epoch %d/%d  %s", row["epoch"], state.schedule.epochs,
-                 "  ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in row.items() if k != "epoch"))
+        log.info(
+            "epoch %d/%d  %s",
+            row["epoch"],
+            state.schedule.epochs,
+            "  ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in row.items() if k != "epoch"),
+        )
 
 
 def save_run_checkpoint(state: TrainState, classes: list[str], ckpt_path: Path, epoch: int) -> None:
     if state.info.is_main:
-        save_checkpoint(ckpt_path, {"config": state.cfg.to_dict(), "classes": classes, "epoch": epoch,
-                                    "model": model_state(state.net_without_ddp),
-                                    "optimizer": state.optimizer.state_dict(), "schedule": state.schedule.to_dict(),
-                                    "history": state.history, "skipped": state.skips.state()})
+        save_checkpoint(
+            ckpt_path,
+            {
+                "config": state.cfg.to_dict(),
+                "classes": classes,
+                "epoch": epoch,
+                "model": model_state(state.net_without_ddp),
+                "optimizer": state.optimizer.state_dict(),
+                "schedule": state.schedule.to_dict(),
+                "history": state.history,
+                "skipped": state.skips.state(),
+            },
+        )
     barrier(state.info)
 
 
@@ -651,12 +836,19 @@ def final_test(state: TrainState, splits: DataSplits, metrics_path: Path, *, tra
     cfg, schedule, info = state.cfg, state.schedule, state.info
     if not splits.val:
         log.warning("no validation videos: metrics.json holds no accuracy")
-    metrics = {"views": f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops",
-               "score_average": cfg.train.test_average, "epochs": schedule.epochs, "steps": schedule.total_steps,
-               "schedule": schedule.to_dict(),
-               "classes": len(splits.classes), "labeled_videos": len(splits.labeled),
-               "unlabeled_videos": len(splits.unlabeled), "labeled_split": splits.source,
-               "train_time_s": round(train_time, 1), "processes": info.world_size}
+    metrics: dict[str, Any] = {
+        "views": f"{cfg.input.test_clips} clips x {cfg.input.test_crops} crops",
+        "score_average": cfg.train.test_average,
+        "epochs": schedule.epochs,
+        "steps": schedule.total_steps,
+        "schedule": schedule.to_dict(),
+        "classes": len(splits.classes),
+        "labeled_videos": len(splits.labeled),
+        "unlabeled_videos": len(splits.unlabeled),
+        "labeled_split": splits.source,
+        "train_time_s": round(train_time, 1),
+        "processes": info.world_size,
+    }
     if splits.val:
         for name, (scores, labels, skipped) in score_networks(state, splits, quick=False).items():
             metrics[name] = accuracy_metrics(scores, labels, len(splits.classes))
@@ -667,9 +859,18 @@ def final_test(state: TrainState, splits: DataSplits, metrics_path: Path, *, tra
         for name in ("student", "teacher"):
             if name in metrics:
                 m = metrics[name]
-                log.info("%s (%s): top1 %.2f  top5 %.2f  mean-class %.2f over %d videos", name, metrics["views"],
-                         m["top1"], m["top5"], m["mean_class"], m["videos"])
+                log.info(
+                    "%s (%s): top1 %.2f  top5 %.2f  mean-class %.2f over %d videos",
+                    name,
+                    metrics["views"],
+                    m["top1"],
+                    m["top5"],
+                    m["mean_class"],
+                    m["videos"],
+                )
         if state.skips.paths:
-            log.warning("%d unreadable training videos were skipped (listed in %s)", len(state.skips.paths),
-                        metrics_path)
+            log.warning(
+                "%d unreadable training videos were skipped (listed in %s)", len(state.skips.paths), metrics_path
+            )
+        assert state.writer is not None  # the main process always has one
         state.writer.close()

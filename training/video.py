@@ -3,6 +3,7 @@
 decord has known leaks and thread problems with many decoder threads, so every reader is
 opened with a bounded `num_threads` and used by one worker only.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,6 +21,7 @@ def open_video(source: str | bytes, *, num_threads: int = 1, name: str | None = 
     import decord  # imported lazily: it starts native threads on import
 
     label = name or (source if isinstance(source, str) else "<upload>")
+    handle: io.BytesIO | str
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
             raise VideoDecodeError(f"{label}: empty file (0 bytes)")
@@ -92,8 +94,9 @@ def successor_indices(indices: np.ndarray, *, stride: int, num_frames: int) -> n
     return np.where(nxt < num_frames, nxt, indices)
 
 
-def tg_frame_pairs(indices: np.ndarray, *, stride: int, num_frames: int, spread: bool = False
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def tg_frame_pairs(
+    indices: np.ndarray, *, stride: int, num_frames: int, spread: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The two frames each temporal-gradient frame of a clip is taken from: (first, second), each
     shaped like `indices` ((T,) or (clips, T)); TG_t = (first_t - second_t + 255) / 2.
 

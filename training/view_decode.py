@@ -25,6 +25,7 @@ The policy, for uploads (`UPLOAD_FORMATS`):
 - the container's rotation (portrait phone videos) is applied, on the small frames;
 - the crops are cut from each frame as soon as it is converted, so very wide frames stay cheap.
 """
+
 from __future__ import annotations
 
 import io
@@ -116,6 +117,7 @@ def open_container(source: str | Path | bytes, formats: tuple[str, ...] | None =
     options = {"protocol_whitelist": "" if isinstance(source, (bytes, bytearray, memoryview)) else "file"}
     if formats is not None:
         options["format_whitelist"] = ",".join(formats)
+    target: io.BytesIO | str
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise VideoRejected(400, "empty_body", "the file is empty (0 bytes)")
@@ -126,13 +128,17 @@ def open_container(source: str | Path | bytes, formats: tuple[str, ...] | None =
         # metadata text is not ours to judge: a title in invalid UTF-8 must not refuse the video
         return av.open(target, mode="r", options=options, metadata_errors="replace")
     except av.error.ArgumentError:  # EINVAL: the probed format is not on format_whitelist
-        raise VideoRejected(415, "unsupported_format", "the file is not a video container this service accepts "
-                            f"(accepted: {FORMAT_NAMES})") from None
+        raise VideoRejected(
+            415,
+            "unsupported_format",
+            f"the file is not a video container this service accepts (accepted: {FORMAT_NAMES})",
+        ) from None
     except av.error.FileNotFoundError:
-        raise VideoRejected(404, "no_such_file", f"{source}: no such file") from None
+        raise VideoRejected(404, "no_such_file", f"{source!s}: no such file") from None
     except (av.error.FFmpegError, EOFError, UnicodeDecodeError) as exc:
-        raise VideoRejected(422, "not_a_video", "the file is not a readable video (truncated, or not a video at "
-                            f"all): {_reason(exc)}") from None
+        raise VideoRejected(
+            422, "not_a_video", f"the file is not a readable video (truncated, or not a video at all): {_reason(exc)}"
+        ) from None
 
 
 def video_stream(container):
@@ -152,11 +158,16 @@ def check_frame_size(width: int, height: int, limits: DecodeLimits) -> None:
     if width <= 0 or height <= 0:
         return  # not declared: the decoded frames are checked
     if width * height > limits.max_pixels:
-        raise VideoRejected(422, "video_too_large", f"frames of {width}x{height} exceed the limit of "
-                            f"{limits.max_pixels} pixels (8K)")
+        raise VideoRejected(
+            422, "video_too_large", f"frames of {width}x{height} exceed the limit of {limits.max_pixels} pixels (8K)"
+        )
     if max(width, height) > limits.max_aspect * min(width, height):
-        raise VideoRejected(422, "aspect_ratio", f"frames of {width}x{height} are more than {limits.max_aspect:g} "
-                            "times wider than high (or higher than wide)")
+        raise VideoRejected(
+            422,
+            "aspect_ratio",
+            f"frames of {width}x{height} are more than {limits.max_aspect:g} "
+            "times wider than high (or higher than wide)",
+        )
 
 
 def check_declared_duration(container, stream, limits: DecodeLimits) -> None:
@@ -170,8 +181,11 @@ def check_declared_duration(container, stream, limits: DecodeLimits) -> None:
         declared.append(float(stream.duration * stream.time_base))
     seconds = max(declared, default=0.0)
     if seconds > limits.max_duration_s:
-        raise VideoRejected(422, "video_too_long", f"the file declares a duration of {seconds:.3g} s, more than the "
-                            f"limit of {limits.max_duration_s:g} s")
+        raise VideoRejected(
+            422,
+            "video_too_long",
+            f"the file declares a duration of {seconds:.3g} s, more than the limit of {limits.max_duration_s:g} s",
+        )
 
 
 def count_frames(container, stream, limits: DecodeLimits, deadline: float) -> int:
@@ -193,8 +207,11 @@ def count_frames(container, stream, limits: DecodeLimits, deadline: float) -> in
     if low is not None and stream.time_base is not None and count > 1:
         seconds = float((high - low) * stream.time_base)
         if seconds > limits.max_duration_s:
-            raise VideoRejected(422, "video_too_long", f"the video lasts {seconds:.0f} s, more than the limit of "
-                                f"{limits.max_duration_s:g} s")
+            raise VideoRejected(
+                422,
+                "video_too_long",
+                f"the video lasts {seconds:.0f} s, more than the limit of {limits.max_duration_s:g} s",
+            )
     if count == 0:
         raise VideoRejected(422, "undecodable_video", "the video stream holds no frames")
     return count
@@ -237,8 +254,15 @@ def display_rotation(frame) -> int:
     return int(round(-(frame.rotation or 0) / 90.0)) % 4 * 90
 
 
-def decode_crops(container, stream, wanted: np.ndarray, geometry: ViewGeometry, out: np.ndarray,
-                 limits: DecodeLimits, deadline: float) -> tuple[int, int, int]:
+def decode_crops(
+    container,
+    stream,
+    wanted: np.ndarray,
+    geometry: ViewGeometry,
+    out: np.ndarray,
+    limits: DecodeLimits,
+    deadline: float,
+) -> tuple[int, int, int]:
     """Decode the stream in order and cut the crops of the frames whose index is in `wanted`
     (sorted, unique) into `out[i]`. Returns (rotation, width, height) of the coded frames.
 
@@ -260,15 +284,16 @@ def decode_crops(container, stream, wanted: np.ndarray, geometry: ViewGeometry, 
             size = scaled_size(frame.width, frame.height, rotation, geometry.short_side)
         elif (frame.width, frame.height) != coded:
             check_frame_size(frame.width, frame.height, limits)  # a mid-stream size change
-        rgb = reformatter.reformat(frame, width=size[0], height=size[1], format="rgb24",
-                                   interpolation="BILINEAR").to_ndarray()
+        rgb = reformatter.reformat(
+            frame, width=size[0], height=size[1], format="rgb24", interpolation="BILINEAR"
+        ).to_ndarray()
         if rotation:
             rgb = np.rot90(rgb, k=-rotation // 90)
         slot = position[index]
         cut_crops(rgb, geometry.crop, geometry.crops, out[slot])
         last_good = slot
 
-    coded = None
+    coded: tuple[int, int] | None = None
     for packet in container.demux(stream):
         if time.monotonic() > deadline:
             raise VideoRejected(422, "decode_timeout", f"decoding took longer than {limits.max_seconds:g} s")
@@ -288,16 +313,27 @@ def decode_crops(container, stream, wanted: np.ndarray, geometry: ViewGeometry, 
             if index > last_wanted:
                 return rotation, coded[0], coded[1]
     if last_good is None:
-        raise VideoRejected(422, "undecodable_video", "the file has a video stream but none of its frames could be "
-                            f"decoded (truncated or corrupt?; {errors} packets failed)")
+        raise VideoRejected(
+            422,
+            "undecodable_video",
+            "the file has a video stream but none of its frames could be "
+            f"decoded (truncated or corrupt?; {errors} packets failed)",
+        )
     for missing in range(last_good + 1, len(wanted)):  # fewer frames than packets
         out[missing] = out[last_good]
+    assert coded is not None  # set by the first decoded frame, and one was (last_good)
     return rotation, coded[0], coded[1]
 
 
-def read_view_crops(source: str | Path | bytes, geometry: ViewGeometry, *, limits: DecodeLimits = DecodeLimits(),
-                    formats: tuple[str, ...] | None = UPLOAD_FORMATS, out: np.ndarray | None = None,
-                    threads: int = 1) -> ViewCrops:
+def read_view_crops(
+    source: str | Path | bytes,
+    geometry: ViewGeometry,
+    *,
+    limits: DecodeLimits = DecodeLimits(),
+    formats: tuple[str, ...] | None = UPLOAD_FORMATS,
+    out: np.ndarray | None = None,
+    threads: int = 1,
+) -> ViewCrops:
     """Decode the frames that `geometry`'s views need from a video (path or bytes) and cut their
     crops; VideoRejected when the policy refuses it or nothing can be decoded.
 
@@ -312,17 +348,28 @@ def read_view_crops(source: str | Path | bytes, geometry: ViewGeometry, *, limit
         check_frame_size(ctx.width, ctx.height, limits)
         check_declared_duration(container, stream, limits)
         num_frames = count_frames(container, stream, limits, deadline)
-        info = VideoInfo(container=container.format.name.split(",")[0], codec=ctx.name or "unknown",
-                         width=ctx.width, height=ctx.height, rotation=0, num_frames=num_frames)
+        info = VideoInfo(
+            container=container.format.name.split(",")[0],
+            codec=ctx.name or "unknown",
+            width=ctx.width,
+            height=ctx.height,
+            rotation=0,
+            num_frames=num_frames,
+        )
     if not _has_decoder(info.codec):
         raise VideoRejected(422, "unsupported_codec", f"no decoder for the video codec {info.codec!r}")
-    idx = uniform_clip_indices(num_frames, clip_len=geometry.clip_len, interval=geometry.interval,
-                               num_clips=geometry.clips).reshape(-1)
+    idx = uniform_clip_indices(
+        num_frames, clip_len=geometry.clip_len, interval=geometry.interval, num_clips=geometry.clips
+    ).reshape(-1)
     if geometry.tg_stride is None:
         wanted_rows = idx
     else:
-        first, second = tg_frame_pairs(idx.reshape(geometry.clips, geometry.clip_len), stride=geometry.tg_stride,
-                                       num_frames=num_frames, spread=geometry.tg_spread)
+        first, second = tg_frame_pairs(
+            idx.reshape(geometry.clips, geometry.clip_len),
+            stride=geometry.tg_stride,
+            num_frames=num_frames,
+            spread=geometry.tg_spread,
+        )
         wanted_rows = np.concatenate([first.reshape(-1), second.reshape(-1)])
     unique, inverse = np.unique(wanted_rows, return_inverse=True)
     frames = np.empty((len(unique), *geometry.shape[1:]), dtype=np.uint8)
@@ -330,10 +377,13 @@ def read_view_crops(source: str | Path | bytes, geometry: ViewGeometry, *, limit
         stream = video_stream(container)  # the same choice as the first pass
         stream.thread_type, stream.thread_count = "AUTO", max(1, threads)
         try:
-            info.rotation, info.width, info.height = decode_crops(container, stream, unique, geometry, frames,
-                                                                  limits, deadline)
+            info.rotation, info.width, info.height = decode_crops(
+                container, stream, unique, geometry, frames, limits, deadline
+            )
         except (MemoryError, BlockingIOError):  # BlockingIOError: a decoder thread could not be created
-            raise VideoRejected(422, "decode_memory_limit", "decoding the video needed more memory than allowed") from None
+            raise VideoRejected(
+                422, "decode_memory_limit", "decoding the video needed more memory than allowed"
+            ) from None
     rows = np.take(frames, inverse, axis=0, out=None if out is None else out.reshape(len(inverse), *frames.shape[1:]))
     n = len(idx)
     return ViewCrops(crops=rows[:n], successors=rows[n:] if geometry.tg_stride is not None else None, info=info)

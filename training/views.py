@@ -5,6 +5,7 @@ The 30-view test (METHOD.md): 10 clips spread uniformly over the video x 3 crops
 `test_crop` along the long side after resizing the short side to `test_short_side`; the
 quick validation uses 1 clip and a centre crop of `crop_size`.
 """
+
 from __future__ import annotations
 
 import time
@@ -51,18 +52,38 @@ def normalize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return x.to(torch.float32, copy=True).sub_(mean).div_(std)
 
 
-def geometry(spec: InputSpec, *, clips: int | None = None, crops: int | None = None, quick: bool = False,
-             tg_stride: int | None = None, tg_spread: bool = False) -> ViewGeometry:
+def geometry(
+    spec: InputSpec,
+    *,
+    clips: int | None = None,
+    crops: int | None = None,
+    quick: bool = False,
+    tg_stride: int | None = None,
+    tg_spread: bool = False,
+) -> ViewGeometry:
     """The frames and crops of a set of views: `quick` = the 1-clip centre-crop validation view
     at `crop_size`; otherwise `clips` x `crops` views at `test_crop` (default: the spec's 10 x 3)."""
     if quick:
-        return ViewGeometry(clips=1, crops=1, clip_len=spec.clip_len, interval=spec.interval,
-                            short_side=spec.short_side, crop=spec.crop_size, tg_stride=tg_stride,
-                            tg_spread=tg_spread)
-    return ViewGeometry(clips=spec.test_clips if clips is None else clips,
-                        crops=spec.test_crops if crops is None else crops, clip_len=spec.clip_len,
-                        interval=spec.interval, short_side=spec.test_short_side, crop=spec.test_crop,
-                        tg_stride=tg_stride, tg_spread=tg_spread)
+        return ViewGeometry(
+            clips=1,
+            crops=1,
+            clip_len=spec.clip_len,
+            interval=spec.interval,
+            short_side=spec.short_side,
+            crop=spec.crop_size,
+            tg_stride=tg_stride,
+            tg_spread=tg_spread,
+        )
+    return ViewGeometry(
+        clips=spec.test_clips if clips is None else clips,
+        crops=spec.test_crops if crops is None else crops,
+        clip_len=spec.clip_len,
+        interval=spec.interval,
+        short_side=spec.test_short_side,
+        crop=spec.test_crop,
+        tg_stride=tg_stride,
+        tg_spread=tg_spread,
+    )
 
 
 def crops_to_views(crops: np.ndarray, g: ViewGeometry, spec: InputSpec | None = None) -> torch.Tensor:
