@@ -53,9 +53,6 @@ KNOWN_LAYER_EXCEPTIONS = {
 # Import cycles that exist today through imports inside functions, each to be removed like the
 # exceptions above (there is none through module-level imports).
 KNOWN_CYCLES = {
-    # evaluate's command imports robustness inside main (--robustness); robustness imports
-    # evaluate's scoring at module level
-    frozenset({"training.evaluate", "training.robustness"}),
     # train's dry run imports plan inside dry_run and print_plan_before_run; plan imports train
     # inside _time_steps (it times one real training step)
     frozenset({"training.plan", "training.train"}),
