@@ -315,11 +315,11 @@ def _step_flops(cfg: Config, num_classes: int, clips: int) -> int:
     device (nothing is computed; 2 FLOPs per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.models import TwoStreamNet
+    from training.models import two_stream_from_config
 
     s = cfg.input
     with torch.device("meta"):
-        net = _network(cfg, num_classes, TwoStreamNet)
+        net = two_stream_from_config(cfg, num_classes)
         x = torch.empty(clips, 3, s.clip_len, s.crop_size, s.crop_size)
     with FlopCounterMode(display=False) as counter:
         out = net(**{m: x for m in _streams(cfg)})
@@ -329,21 +329,6 @@ def _step_flops(cfg: Config, num_classes: int, clips: int) -> int:
 
 def _streams(cfg: Config) -> tuple[str, ...]:
     return ("rgb", "tg") if cfg.loss.streams == "both" else (cfg.loss.streams,)
-
-
-def _network(cfg: Config, num_classes: int, cls):
-    m = cfg.model
-    return cls(
-        num_classes,
-        width=m.width,
-        temporal_pool=m.temporal_pool,
-        dropout=m.dropout,
-        bn_eps=m.bn_eps,
-        streams=cfg.loss.streams,
-        projection=cfg.loss.contrast,
-        zero_init_residual=m.zero_init_residual,
-        head_init_std=m.head_init_std,
-    )
 
 
 def _time_steps(
@@ -358,12 +343,12 @@ def _time_steps(
 ) -> float:
     """Seconds of one real training step (views and strong augmentation on the device, forward,
     backward, optimizer) on random frames: the fastest of `repeats` after one warm-up step."""
-    from training.models import TwoStreamNet
+    from training.models import two_stream_from_config
     from training.train import total_loss, training_step
 
     s = cfg.input
     torch.manual_seed(0)
-    net = _network(cfg, num_classes, TwoStreamNet).to(device).train()
+    net = two_stream_from_config(cfg, num_classes).to(device).train()
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     frames_per_clip = 3 if cfg.tg.stride > 1 and cfg.tg.slow == "spread" else 2
 
