@@ -344,7 +344,7 @@ def _time_steps(
     """Seconds of one real training step (views and strong augmentation on the device, forward,
     backward, optimizer) on random frames: the fastest of `repeats` after one warm-up step."""
     from training.models import two_stream_from_config
-    from training.train import total_loss, training_step
+    from training.step import total_loss, training_step
 
     s = cfg.input
     torch.manual_seed(0)
