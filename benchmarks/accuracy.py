@@ -52,10 +52,10 @@ import yaml
 
 from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
 from training.distributed import training_device
+from training.robustness import CORRUPTIONS
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "synthetic.yaml"
-CORRUPTIONS = ("contrast", "brightness", "grayscale")  # as training/robustness.py
 
 
 @dataclass
