@@ -421,19 +421,17 @@ def write_export(
         out, trt_reason, precision=options.precision, max_views=options.max_views, required=options.tensorrt == "on"
     )
     ov_record, ov_runners = optional_openvino(out, ov_reason, splits, spec, max_views=options.max_views)
-    bounded = {p: (r, options.openvino_bounds.get(p, OPENVINO_BOUNDS[p])) for p, r in ov_runners.items()}
-    parity = parity_check(
+    parity, ov_record = parity_gates(
+        out,
         loaded,
         splits,
-        out,
-        runner,
-        trt_precision=trt_record.get("precision"),
-        max_views=options.max_views,
-        openvino_runners=bounded,
-        limit=options.parity_videos,
+        options,
+        runner=runner,
+        trt_record=trt_record,
+        ov_record=ov_record,
+        ov_runners=ov_runners,
+        ov_reason=ov_reason,
     )
-    if ov_reason is None:
-        ov_record = gate_openvino(out, ov_record, parity["openvino"], required=options.openvino == "on")
     adaptive_record = adaptive_views_rule(
         out, splits, spec, ov_record, ov_runners, videos=options.adaptive_videos, target=options.adaptive_target
     )
@@ -467,6 +465,36 @@ def write_export(
     if options.archive:
         assert handler is not None  # archive_handler refuses an archive without one
         pack_archive(out, handler, model_name=options.model_name, version=model_version, files=artifacts + [FILE_NAME])
+
+
+def parity_gates(
+    out: Path,
+    loaded: LoadedRun,
+    splits: DataSplits,
+    options: ExportOptions,
+    *,
+    runner: Backend | None,
+    trt_record: dict,
+    ov_record: dict,
+    ov_runners: dict[str, Backend],
+    ov_reason: str | None,
+) -> tuple[dict, dict]:
+    """The parity report of every backend against PyTorch (raises where a bound breaks), and the
+    OpenVINO record after each precision's gate."""
+    bounded = {p: (r, options.openvino_bounds.get(p, OPENVINO_BOUNDS[p])) for p, r in ov_runners.items()}
+    parity = parity_check(
+        loaded,
+        splits,
+        out,
+        runner,
+        trt_precision=trt_record.get("precision"),
+        max_views=options.max_views,
+        openvino_runners=bounded,
+        limit=options.parity_videos,
+    )
+    if ov_reason is None:
+        ov_record = gate_openvino(out, ov_record, parity["openvino"], required=options.openvino == "on")
+    return parity, ov_record
 
 
 def write_student_graph(out: Path, loaded: LoadedRun) -> tuple[dict, dict]:
