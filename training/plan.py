@@ -515,7 +515,16 @@ def _per_class_line(s: SetSummary, classes: list[str]) -> str:
 def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
     """The plan as text: resolved config (YAML; before a real run only where it will be saved),
     the own-data recipe's choices, data, schedule, time, notes and problems."""
-    cfg, o = plan.cfg, plan.cfg.optim
+    out = _header_lines(plan, dry_run=dry_run)
+    out += _data_lines(plan) + _file_lines(plan) + _schedule_section(plan) + _time_lines(plan)
+    out += ["", "== notes"] + ([f"- {n}" for n in plan.notes] or ["none"])
+    out += ["", "== problems"] + ([f"- {p}" for p in plan.problems] or ["none"])
+    return "\n".join(out) + "\n"
+
+
+def _header_lines(plan: TrainingPlan, *, dry_run: bool) -> list[str]:
+    """Title, config source, run folder, the resolved config and the own-data recipe."""
+    cfg = plan.cfg
     out = ["Training plan" + (" (dry run: nothing is trained and nothing is written)" if dry_run else "")]
     if plan.source:
         out.append(f"config: {plan.source}")
@@ -529,8 +538,13 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
         out += ["", "== recipe chosen from the data and this machine"] + [
             f"  {line}" for line in plan.recipe.describe()
         ]
+    return out
 
-    out += ["", f"== data: {plan.data_root} ({cfg.data.format}), {len(plan.classes)} classes"]
+
+def _data_lines(plan: TrainingPlan) -> list[str]:
+    """Each set's size, per-class counts and source, and the labeled videos per class."""
+    cfg = plan.cfg
+    out = ["", f"== data: {plan.data_root} ({cfg.data.format}), {len(plan.classes)} classes"]
     for s in plan.sets:
         extra = f", {s.unknown_labels} without a label" if s.unknown_labels else ""
         out.append(f"{s.name:<10}{s.count:>8,} videos  {_per_class_line(s, plan.classes)}{extra}")
@@ -550,6 +564,12 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
             pairs_text = ", ".join(f"{c} {n}" for c, n in pairs)
         out.append("labeled videos per class:")
         out += textwrap.wrap(pairs_text, width=100, initial_indent="  ", subsequent_indent="  ")
+    return out
+
+
+def _file_lines(plan: TrainingPlan) -> list[str]:
+    """Per set: listed videos found or missing, probed videos that open, and a sample's format."""
+    out: list[str] = []
     for s in plan.sets:
         status = (
             s.source
@@ -572,9 +592,14 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
             out.append(f"  unreadable: {error}")
     if plan.videos is not None:
         out.append(f"videos    {plan.videos.summary()}")
+    return out
 
+
+def _schedule_section(plan: TrainingPlan) -> list[str]:
+    """Batches, learning rate and its warm-up and shape, PreciseBN, precision and test views."""
+    cfg, o = plan.cfg, plan.cfg.optim
     bl, bu = o.batch_labeled, o.batch_unlabeled
-    out += [
+    out = [
         "",
         "== schedule",
         f"{plan.processes} process(es) x ({bl} labeled + {bu} unlabeled clips); total batch "
@@ -608,8 +633,11 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
         f"precision: {'bf16 autocast on CUDA' if t.amp else 'fp32'}; test: {cfg.input.test_clips} clips x "
         f"{cfg.input.test_crops} crops, views averaged by {'raw score' if t.test_average == 'score' else 'softmax'}"
     )
+    return out
 
-    out += ["", "== time on this machine"]
+
+def _time_lines(plan: TrainingPlan) -> list[str]:
+    out = ["", "== time on this machine"]
     if plan.time is None:
         out.append("not estimated")
     else:
@@ -619,9 +647,7 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
             + (f", {tm.warmup_step_s:.3g} s during the supervised warm-up" if tm.warmup_step_s != tm.step_s else "")
         )
         out.append(f"  {tm.detail}; data loading, PreciseBN and evaluation not included")
-    out += ["", "== notes"] + ([f"- {n}" for n in plan.notes] or ["none"])
-    out += ["", "== problems"] + ([f"- {p}" for p in plan.problems] or ["none"])
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _schedule_lines(plan: TrainingPlan) -> list[str]:
