@@ -452,12 +452,7 @@ def write_export(
         tensorrt=trt_record,
         openvino=ov_record,
         sha256=artifact_digests(out, artifacts),
-        training={
-            "run": str(loaded.run.resolve()),
-            "epoch": loaded.epoch,
-            "metrics": loaded.metrics,
-            "config": loaded.cfg.to_dict(),
-        },
+        training=training_record(loaded),
         parity=parity,
         adaptive_views=adaptive_record,
     )
@@ -465,6 +460,16 @@ def write_export(
     if options.archive:
         assert handler is not None  # archive_handler refuses an archive without one
         pack_archive(out, handler, model_name=options.model_name, version=model_version, files=artifacts + [FILE_NAME])
+
+
+def training_record(loaded: LoadedRun) -> dict:
+    """The manifest's record of the run the student comes from: folder, epoch, metrics, config."""
+    return {
+        "run": str(loaded.run.resolve()),
+        "epoch": loaded.epoch,
+        "metrics": loaded.metrics,
+        "config": loaded.cfg.to_dict(),
+    }
 
 
 def parity_gates(
