@@ -78,13 +78,19 @@ def training_step(
             out["emb_rgb"][weak].float(), out["emb_tg"][weak].float(), temperature=cfg.loss.temperature
         )
 
+    return terms, pseudo_label_stats(pl, batch_u["label"].to(device), streams)
+
+
+def pseudo_label_stats(
+    pl: dict[str, tuple[torch.Tensor, torch.Tensor]], truth: torch.Tensor, streams: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """Per stream, the confidence-mask rate and the accuracy of the pseudo-labels that pass the
+    threshold, where the unlabeled clips' labels are known (NaN: none)."""
     # monitoring stats stay on the device (0-dim tensors): the loop copies them to the host once
     stats = {}
-    truth = batch_u["label"].to(device)
     for m in streams:
         pseudo, mask = pl[m]
         stats[f"mask_rate_{m}"] = mask.mean()
-        # accuracy of the pseudo-labels that pass the threshold, where labels are known (NaN: none)
         confident = ((mask > 0) & (truth >= 0)).float()
         stats[f"pseudo_acc_{m}"] = ((pseudo == truth).float() * confident).sum() / confident.sum()
-    return terms, stats
+    return stats
