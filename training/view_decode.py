@@ -337,6 +337,25 @@ def decode_crops(
     return cutter.rotation, coded[0], coded[1]
 
 
+def wanted_frames(geometry: ViewGeometry, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The views' frame indices (flat), and the frame index of every row of crops to cut: the
+    views' frames, then with `tg_stride` the temporal gradient's successor frames."""
+    idx = uniform_clip_indices(
+        num_frames, clip_len=geometry.clip_len, interval=geometry.interval, num_clips=geometry.clips
+    ).reshape(-1)
+    if geometry.tg_stride is None:
+        wanted_rows = idx
+    else:
+        first, second = tg_frame_pairs(
+            idx.reshape(geometry.clips, geometry.clip_len),
+            stride=geometry.tg_stride,
+            num_frames=num_frames,
+            spread=geometry.tg_spread,
+        )
+        wanted_rows = np.concatenate([first.reshape(-1), second.reshape(-1)])
+    return idx, wanted_rows
+
+
 def read_view_crops(
     source: str | Path | bytes,
     geometry: ViewGeometry,
@@ -370,19 +389,7 @@ def read_view_crops(
         )
     if not _has_decoder(info.codec):
         raise VideoRejected(422, "unsupported_codec", f"no decoder for the video codec {info.codec!r}")
-    idx = uniform_clip_indices(
-        num_frames, clip_len=geometry.clip_len, interval=geometry.interval, num_clips=geometry.clips
-    ).reshape(-1)
-    if geometry.tg_stride is None:
-        wanted_rows = idx
-    else:
-        first, second = tg_frame_pairs(
-            idx.reshape(geometry.clips, geometry.clip_len),
-            stride=geometry.tg_stride,
-            num_frames=num_frames,
-            spread=geometry.tg_spread,
-        )
-        wanted_rows = np.concatenate([first.reshape(-1), second.reshape(-1)])
+    idx, wanted_rows = wanted_frames(geometry, num_frames)
     unique, inverse = np.unique(wanted_rows, return_inverse=True)
     frames = np.empty((len(unique), *geometry.shape[1:]), dtype=np.uint8)
     with open_container(source, formats) as container:  # a second pass from the start, no seeking
