@@ -730,7 +730,7 @@ def _move_into_place(partial: Path, root: Path, arguments: dict, videos) -> None
             shutil.rmtree(old, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def generate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training generate", description="Write the synthetic motion-video dataset (idempotent)."
     )
@@ -769,6 +769,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.cpu_count() or 1,
         help="processes rendering videos (default: all CPU cores); output does not depend on it",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = generate_parser()
     args = parser.parse_args(argv)
     try:
         num_classes = args.num_classes if args.num_classes is not None else 0 if args.family else 10
