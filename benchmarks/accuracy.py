@@ -52,10 +52,10 @@ import yaml
 
 from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
 from training.distributed import training_device
+from training.robustness import CORRUPTIONS
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "synthetic.yaml"
-CORRUPTIONS = ("contrast", "brightness", "grayscale")  # as training/robustness.py
 
 
 @dataclass
@@ -517,9 +517,54 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchmarkError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    o = runs[0].config.optim
+    announce(runs, names, args)
+    if args.dry_run:
+        for run in runs:
+            print(f"  {run.folder}: --set {' '.join(run.overrides)}")
+        return 0
+
+    from benchmarks.machine import describe_machine
+
+    machine = describe_machine()
+    try:
+        results_by_run = train_and_evaluate(runs, args, started)
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    prefix = "accuracy-" + ("" if config.resolve() == DEFAULT_CONFIG else f"{config.stem}-")
+    device, slug, created, json_path, md_path = results_files(prefix, machine, runs[0].config, args.out)
+    results = {
+        "benchmark": "accuracy",
+        "created_utc": created.isoformat(timespec="seconds"),
+        "machine": machine,
+        "machine_slug": slug,
+        "device": device,
+        "command": "python -m benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
+        "config": _shown(config),
+        "common_overrides": common,
+        **collect_results(runs, names, args, results_by_run),
+        "json": _shown(json_path),
+        "markdown": _shown(md_path),
+        "wall_time_s": round(time.time() - started, 1),
+        "train_time_s": round(
+            sum(r["metrics"].get("train_time_s", 0.0) for by in results_by_run.values() for r in by.values()), 1
+        ),
+        "figures": copy_figures(runs, Path(args.out) / f"{json_path.stem}-figures"),
+    }
+    write_results(results, json_path, md_path)
+    return 0
+
+
+def budget_of(run: Run) -> tuple[int, int, str]:
+    """The runs' budget, their supervised warm-up and the unit of both (steps or epochs)."""
+    o = run.config.optim
     budget, warm = (o.steps, o.sup_warmup_steps) if o.steps else (o.epochs, o.sup_warmup_epochs)
-    unit = "steps" if o.steps else "epochs"
+    return budget, warm, "steps" if o.steps else "epochs"
+
+
+def announce(runs: list[Run], names: list[str], args: argparse.Namespace) -> None:
+    """The benchmark's size, and a warning when no run would ever use its unlabeled videos."""
+    budget, warm, unit = budget_of(runs[0])
     print(
         f"accuracy benchmark: {len(names)} configs x {args.seeds} seeds = {len(runs)} runs of {budget} {unit} "
         f"under {args.root}",
@@ -531,48 +576,37 @@ def main(argv: list[str] | None = None) -> int:
             "never starts, every semi-supervised row is supervised only",
             flush=True,
         )
-    if args.dry_run:
-        for run in runs:
-            print(f"  {run.folder}: --set {' '.join(run.overrides)}")
-        return 0
 
-    from benchmarks.machine import describe_machine
 
-    machine = describe_machine()
+def train_and_evaluate(runs: list[Run], args: argparse.Namespace, started: float) -> dict[str, dict[int, dict]]:
+    """Train (or reuse) and evaluate every run in turn: config name -> seed -> folder, metrics, eval."""
     results_by_run: dict[str, dict[int, dict]] = {}
-    try:
-        for run in runs:
-            t0 = time.time()
-            metrics = train(run, gpus=args.gpus)
-            robust = not args.no_robustness and run.name in ROBUSTNESS_CONFIGS
-            workers = run.config.data.num_workers if args.workers is None else args.workers
-            report = evaluate(run, robustness=robust, workers=workers)
-            results_by_run.setdefault(run.name, {})[run.seed] = {
-                "folder": str(run.folder),
-                "metrics": metrics,
-                "eval": report,
-            }
-            print(
-                f"[{run.folder.name}] done in {time.time() - t0:.0f} s; total {(time.time() - started) / 60:.1f} min",
-                flush=True,
-            )
-    except BenchmarkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    for run in runs:
+        t0 = time.time()
+        metrics = train(run, gpus=args.gpus)
+        robust = not args.no_robustness and run.name in ROBUSTNESS_CONFIGS
+        workers = run.config.data.num_workers if args.workers is None else args.workers
+        report = evaluate(run, robustness=robust, workers=workers)
+        results_by_run.setdefault(run.name, {})[run.seed] = {
+            "folder": str(run.folder),
+            "metrics": metrics,
+            "eval": report,
+        }
+        print(
+            f"[{run.folder.name}] done in {time.time() - t0:.0f} s; total {(time.time() - started) / 60:.1f} min",
+            flush=True,
+        )
+    return results_by_run
 
-    prefix = "accuracy-" + ("" if config.resolve() == DEFAULT_CONFIG else f"{config.stem}-")
-    device, slug, created, json_path, md_path = results_files(prefix, machine, runs[0].config, args.out)
-    out = Path(args.out)
+
+def collect_results(
+    runs: list[Run], names: list[str], args: argparse.Namespace, results_by_run: dict[str, dict[int, dict]]
+) -> dict[str, Any]:
+    """The budget, the dataset, the Table-1 summary and its verdict, and each run's figures."""
+    o = runs[0].config.optim
+    budget, _, unit = budget_of(runs[0])
     table = summarize(results_by_run)
-    results = {
-        "benchmark": "accuracy",
-        "created_utc": created.isoformat(timespec="seconds"),
-        "machine": machine,
-        "machine_slug": slug,
-        "device": device,
-        "command": "python -m benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
-        "config": _shown(config),
-        "common_overrides": common,
+    return {
         "epochs": None if o.steps else o.epochs,
         "steps": o.steps or None,
         "budget": f"{budget} {unit}",
@@ -588,20 +622,15 @@ def main(argv: list[str] | None = None) -> int:
             }
             for n, by in results_by_run.items()
         },
-        "json": _shown(json_path),
-        "markdown": _shown(md_path),
-        "wall_time_s": round(time.time() - started, 1),
-        "train_time_s": round(
-            sum(r["metrics"].get("train_time_s", 0.0) for by in results_by_run.values() for r in by.values()), 1
-        ),
-        "figures": copy_figures(runs, out / f"{json_path.stem}-figures"),
     }
+
+
+def write_results(results: dict[str, Any], json_path: Path, md_path: Path) -> None:
     text = markdown(results)
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path.write_text(text)
     print("\n" + text)
     print(f"wrote {json_path} and {md_path}")
-    return 0
 
 
 def results_stem(prefix: str, slug: str, created: datetime) -> str:

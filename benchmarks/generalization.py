@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -400,15 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1 or args.jobs < 1:
         print("error: --seeds and --jobs must be >= 1", file=sys.stderr)
         return 2
-    shape = DatasetShape(
-        args.width,
-        args.height,
-        args.frames,
-        args.train_per_class,
-        args.labeled_per_class,
-        args.val_per_class,
-        args.data_seed,
-    )
+    shape = dataset_shape(args)
     root = Path(args.root)
     try:
         runs = plan_runs(families, list(range(args.seeds)), root, args.set)
@@ -428,27 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.machine import describe_machine
 
     machine = describe_machine()
-    left_out: list[FamilyRun] = []
     try:
-        if args.finished_only:
-            runs, left_out = finished_pairs(runs)
-            if not runs:
-                raise BenchmarkError(f"no family has both arms of a seed finished under {root}")
-            families = list(dict.fromkeys(r.family for r in runs))
-        else:
-            for family in families:
-                make_dataset(root, family, shape, args.workers)
-        with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait
-            metrics = dict(zip((r.folder for r in runs), pool.map(train, runs), strict=True))
-        for run in runs:
-            run.config = saved_config(run)  # what the recipe chose on the generated data
+        runs, left_out, families, metrics = train_all(runs, families, root, shape, args)
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
     device, slug, created, json_path, md_path = results_files("generalization-", machine, runs[0].config, args.out)
     table = summarize(runs, metrics)
-    first = metrics[runs[0].folder]
     results = {
         "benchmark": "generalization",
         "created_utc": created.isoformat(timespec="seconds"),
@@ -461,35 +441,78 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": list(range(args.seeds)),
         "families": families,
         "dataset": asdict(shape),
-        "views": first.get("views"),
+        "views": metrics[runs[0].folder].get("views"),
         "budget": budget(runs, metrics),
         "table": table,
         "overall": overall(table),
-        "runs": [
-            {
-                "family": r.family,
-                "arm": r.name,
-                "seed": r.seed,
-                "folder": _shown(r.folder),
-                "command": "python -m training " + " ".join(r.argv),
-                "steps": run_steps(metrics[r.folder], r.config),
-                "train_minutes": metrics[r.folder].get("train_time_s", 0.0) / 60,
-                "student_top1": metrics[r.folder].get("student", {}).get("top1"),
-                "teacher_top1": metrics[r.folder].get("teacher", {}).get("top1"),
-            }
-            for r in runs
-        ],
+        "runs": run_records(runs, metrics),
         "json": _shown(json_path),
         "markdown": _shown(md_path),
         "wall_time_s": round(time.time() - started, 1),
         "not_run": [{"family": r.family, "arm": r.name, "seed": r.seed, "folder": _shown(r.folder)} for r in left_out],
     }
+    write_results(results, json_path, md_path)
+    return 0
+
+
+def dataset_shape(args: argparse.Namespace) -> DatasetShape:
+    return DatasetShape(
+        args.width,
+        args.height,
+        args.frames,
+        args.train_per_class,
+        args.labeled_per_class,
+        args.val_per_class,
+        args.data_seed,
+    )
+
+
+def train_all(
+    runs: list[FamilyRun], families: list[str], root: Path, shape: DatasetShape, args: argparse.Namespace
+) -> tuple[list[FamilyRun], list[FamilyRun], list[str], dict[Path, dict]]:
+    """Generate each family's dataset and train every run, `args.jobs` at a time (or, with
+    --finished-only, keep the seeds whose two arms are both finished). Returns the runs kept, the
+    runs left out, their families and each run folder's final metrics."""
+    left_out: list[FamilyRun] = []
+    if args.finished_only:
+        runs, left_out = finished_pairs(runs)
+        if not runs:
+            raise BenchmarkError(f"no family has both arms of a seed finished under {root}")
+        families = list(dict.fromkeys(r.family for r in runs))
+    else:
+        for family in families:
+            make_dataset(root, family, shape, args.workers)
+    with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait
+        metrics = dict(zip((r.folder for r in runs), pool.map(train, runs), strict=True))
+    for run in runs:
+        run.config = saved_config(run)  # what the recipe chose on the generated data
+    return runs, left_out, families, metrics
+
+
+def run_records(runs: list[FamilyRun], metrics: dict[Path, dict]) -> list[dict[str, Any]]:
+    """One row per run: where it is, how to repeat it, its length and its two networks' Top-1."""
+    return [
+        {
+            "family": r.family,
+            "arm": r.name,
+            "seed": r.seed,
+            "folder": _shown(r.folder),
+            "command": "python -m training " + " ".join(r.argv),
+            "steps": run_steps(metrics[r.folder], r.config),
+            "train_minutes": metrics[r.folder].get("train_time_s", 0.0) / 60,
+            "student_top1": metrics[r.folder].get("student", {}).get("top1"),
+            "teacher_top1": metrics[r.folder].get("teacher", {}).get("top1"),
+        }
+        for r in runs
+    ]
+
+
+def write_results(results: dict[str, Any], json_path: Path, md_path: Path) -> None:
     text = markdown(results)
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path.write_text(text)
     print("\n" + text)
     print(f"wrote {json_path} and {md_path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,8 +15,7 @@ from pathlib import Path
 from export.build import ExportError
 
 
-def export_main(argv: list[str]) -> int:
-    """Export a run's RGB student: ONNX, ExportedProgram, OpenVINO IR, TensorRT where present, manifest, .mar."""
+def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export",
         description=export_main.__doc__,
@@ -59,9 +58,13 @@ def export_main(argv: list[str]) -> int:
         default=0.99,
         help="Top-1 agreement with all views the rule must keep on the training videos",
     )
-    args = p.parse_args(argv)
+    return p
 
-    from export.adaptive import describe
+
+def export_main(argv: list[str]) -> int:
+    """Export a run's RGB student: ONNX, ExportedProgram, OpenVINO IR, TensorRT where present, manifest, .mar."""
+    args = export_parser().parse_args(argv)
+
     from export.build import export_run
     from serving.manifest import load_manifest
 
@@ -77,7 +80,14 @@ def export_main(argv: list[str]) -> int:
         adaptive_videos=args.adaptive_videos,
         adaptive_target=args.adaptive_target,
     )
-    manifest = load_manifest(out)
+    print_export_summary(out, load_manifest(out))
+    return 0
+
+
+def print_export_summary(out: Path, manifest: dict) -> None:
+    """What was written, the model's size, each runtime's state and the ONNX parity figures."""
+    from export.adaptive import describe
+
     o = manifest["parity"]["onnxruntime"]
     print(f"exported {manifest['model_name']} {manifest['model_version']} to {out}")
     print(f"  files: {', '.join(sorted(p.name for p in out.iterdir()))}")
@@ -103,7 +113,6 @@ def export_main(argv: list[str]) -> int:
         f"  parity vs PyTorch on {o['videos']} videos / {o['views']} views: ONNX Runtime max |diff| "
         f"{o['max_abs_diff']:.2e}, top-1 agreement {o['top1_agreement']:.4f}"
     )
-    return 0
 
 
 def openvino_summary(manifest: dict) -> str:

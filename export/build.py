@@ -421,19 +421,17 @@ def write_export(
         out, trt_reason, precision=options.precision, max_views=options.max_views, required=options.tensorrt == "on"
     )
     ov_record, ov_runners = optional_openvino(out, ov_reason, splits, spec, max_views=options.max_views)
-    bounded = {p: (r, options.openvino_bounds.get(p, OPENVINO_BOUNDS[p])) for p, r in ov_runners.items()}
-    parity = parity_check(
+    parity, ov_record = parity_gates(
+        out,
         loaded,
         splits,
-        out,
-        runner,
-        trt_precision=trt_record.get("precision"),
-        max_views=options.max_views,
-        openvino_runners=bounded,
-        limit=options.parity_videos,
+        options,
+        runner=runner,
+        trt_record=trt_record,
+        ov_record=ov_record,
+        ov_runners=ov_runners,
+        ov_reason=ov_reason,
     )
-    if ov_reason is None:
-        ov_record = gate_openvino(out, ov_record, parity["openvino"], required=options.openvino == "on")
     adaptive_record = adaptive_views_rule(
         out, splits, spec, ov_record, ov_runners, videos=options.adaptive_videos, target=options.adaptive_target
     )
@@ -454,12 +452,7 @@ def write_export(
         tensorrt=trt_record,
         openvino=ov_record,
         sha256=artifact_digests(out, artifacts),
-        training={
-            "run": str(loaded.run.resolve()),
-            "epoch": loaded.epoch,
-            "metrics": loaded.metrics,
-            "config": loaded.cfg.to_dict(),
-        },
+        training=training_record(loaded),
         parity=parity,
         adaptive_views=adaptive_record,
     )
@@ -467,6 +460,46 @@ def write_export(
     if options.archive:
         assert handler is not None  # archive_handler refuses an archive without one
         pack_archive(out, handler, model_name=options.model_name, version=model_version, files=artifacts + [FILE_NAME])
+
+
+def training_record(loaded: LoadedRun) -> dict:
+    """The manifest's record of the run the student comes from: folder, epoch, metrics, config."""
+    return {
+        "run": str(loaded.run.resolve()),
+        "epoch": loaded.epoch,
+        "metrics": loaded.metrics,
+        "config": loaded.cfg.to_dict(),
+    }
+
+
+def parity_gates(
+    out: Path,
+    loaded: LoadedRun,
+    splits: DataSplits,
+    options: ExportOptions,
+    *,
+    runner: Backend | None,
+    trt_record: dict,
+    ov_record: dict,
+    ov_runners: dict[str, Backend],
+    ov_reason: str | None,
+) -> tuple[dict, dict]:
+    """The parity report of every backend against PyTorch (raises where a bound breaks), and the
+    OpenVINO record after each precision's gate."""
+    bounded = {p: (r, options.openvino_bounds.get(p, OPENVINO_BOUNDS[p])) for p, r in ov_runners.items()}
+    parity = parity_check(
+        loaded,
+        splits,
+        out,
+        runner,
+        trt_precision=trt_record.get("precision"),
+        max_views=options.max_views,
+        openvino_runners=bounded,
+        limit=options.parity_videos,
+    )
+    if ov_reason is None:
+        ov_record = gate_openvino(out, ov_record, parity["openvino"], required=options.openvino == "on")
+    return parity, ov_record
 
 
 def write_student_graph(out: Path, loaded: LoadedRun) -> tuple[dict, dict]:
@@ -677,28 +710,39 @@ def parity_check(
         "tensorrt": None if runner is None else trt_cmp.report(tensorrt_bound(cast(str, trt_precision))),
         "openvino": {p: ov_cmp[p].report(bound) for p, (_, bound) in openvino_runners.items()},
     }
+    check_parity_bounds(parity, list(cuda_cmp))
+    log_parity(parity, list(cuda_cmp), seconds=time.time() - t0)
+    return parity
+
+
+def check_parity_bounds(parity: dict[str, Any], cuda_keys: list[str]) -> None:
+    """Raise ExportError where ONNX Runtime, the ExportedProgram, a CUDA backend or TensorRT
+    breaks its bound (OpenVINO is judged by its own gate)."""
     try:
-        for name in ("onnxruntime", "exported_program", *cuda_cmp, "tensorrt"):
+        for name in ("onnxruntime", "exported_program", *cuda_keys, "tensorrt"):
             if parity[name] is not None:
                 check_parity(name, parity[name])
     except ParityError as exc:
         raise ExportError(f"parity check failed: {exc}") from exc
+
+
+def log_parity(parity: dict[str, Any], cuda_keys: list[str], *, seconds: float) -> None:
     o = parity["onnxruntime"]
     log.info(
         "parity on %d videos / %d views in %.1f s: ONNX Runtime max |diff| %.2e (bound %.1e), top-1 agreement %.4f%s",
         o["videos"],
         o["views"],
-        time.time() - t0,
+        seconds,
         o["max_abs_diff"],
         o["bound"],
         o["top1_agreement"],
-        "" if runner is None else f"; TensorRT max |diff| {parity['tensorrt']['max_abs_diff']:.2e}",
+        "" if parity["tensorrt"] is None else f"; TensorRT max |diff| {parity['tensorrt']['max_abs_diff']:.2e}",
     )
-    for key in cuda_cmp:
+    for key in cuda_keys:
         log.info(
             "%s on %s: max |diff| %.2e (bound %.1e)",
             key,
-            machine["gpu"],
+            parity["machine"]["gpu"],
             parity[key]["max_abs_diff"],
             parity[key]["bound"],
         )
@@ -711,4 +755,3 @@ def parity_check(
             r["top1_agreement"],
             "–" if r["top1_accuracy_diff"] is None else f"{r['top1_accuracy_diff']:+.2f}",
         )
-    return parity

@@ -401,60 +401,73 @@ def load_backend(
     offered precision, "openvino-fp32", "openvino-bf16", "openvino-int8"); raise BackendError if it
     cannot run here. `gpu_id` is the GPU to use where one is visible (TorchServe gives each worker one)."""
     if kind == "tensorrt":
-        reason = tensorrt_unavailable(manifest)
-        if reason:
-            raise BackendError(reason)
-        record = manifest["tensorrt"]
-        path = verified_artifact(export_dir, manifest, record["file"])
-        backend = TensorRTBackend(
-            path,
-            input_name=manifest["onnx"]["input"],
-            output_name=manifest["onnx"]["output"],
-            max_views=min(max_views, int(record["max_views"])),
-            gpu_id=gpu_id,
-            precision=record.get("precision", "fp16"),
-        )
-        built_on, here = record.get("gpu"), cuda_device_name(gpu_id)
-        if built_on and here and built_on != here:  # an engine is tuned for (and usually tied to) its GPU model
-            log.warning(
-                "the TensorRT engine was built and parity-checked on %s; this worker runs it on %s", built_on, here
-            )
-        return backend
+        return load_tensorrt(export_dir, manifest, max_views=max_views, gpu_id=gpu_id)
     if kind == "onnxruntime":
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError as exc:
-            raise BackendError("onnxruntime is not installed") from exc
-        record = manifest.get("onnx") or {}
-        path = verified_artifact(export_dir, manifest, record.get("file"))
-        return warn_unchecked(
-            manifest,
-            OnnxRuntimeBackend(
-                path,
-                input_name=record["input"],
-                output_name=record["output"],
-                threads=threads,
-                max_views=max_views,
-                gpu_id=gpu_id,
-            ),
-        )
+        return load_onnxruntime(export_dir, manifest, threads=threads, max_views=max_views, gpu_id=gpu_id)
     if kind == "torch":
         record = manifest.get("torch") or {}
         path = verified_artifact(export_dir, manifest, record.get("file"))
         return warn_unchecked(manifest, TorchExportBackend(path, threads=threads, max_views=max_views, gpu_id=gpu_id))
     if kind in ("openvino", "openvino-fp32", "openvino-bf16", "openvino-int8"):
-        try:
-            precision = openvino_precision(manifest, kind.partition("-")[2] or None)
-            record = manifest["openvino"]["precisions"][precision]
-            graph = verified_artifact(export_dir, manifest, record["graph"])
-            weights = verified_artifact(export_dir, manifest, record["weights"])
-            return OpenVinoBackend(graph, weights, precision=precision, threads=threads, max_views=max_views)
-        except BackendError:
-            raise
-        except Exception as exc:  # a broken install or a compile failure: a reason, not a dead worker
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise BackendError(f"OpenVINO cannot run this export here ({first})") from exc
+        return load_openvino(kind, export_dir, manifest, threads=threads, max_views=max_views)
     raise BackendError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+
+
+def load_tensorrt(export_dir: Path, manifest: dict, *, max_views: int, gpu_id: int) -> TensorRTBackend:
+    reason = tensorrt_unavailable(manifest)
+    if reason:
+        raise BackendError(reason)
+    record = manifest["tensorrt"]
+    path = verified_artifact(export_dir, manifest, record["file"])
+    backend = TensorRTBackend(
+        path,
+        input_name=manifest["onnx"]["input"],
+        output_name=manifest["onnx"]["output"],
+        max_views=min(max_views, int(record["max_views"])),
+        gpu_id=gpu_id,
+        precision=record.get("precision", "fp16"),
+    )
+    built_on, here = record.get("gpu"), cuda_device_name(gpu_id)
+    if built_on and here and built_on != here:  # an engine is tuned for (and usually tied to) its GPU model
+        log.warning("the TensorRT engine was built and parity-checked on %s; this worker runs it on %s", built_on, here)
+    return backend
+
+
+def load_onnxruntime(
+    export_dir: Path, manifest: dict, *, threads: int, max_views: int, gpu_id: int
+) -> OnnxRuntimeBackend:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise BackendError("onnxruntime is not installed") from exc
+    record = manifest.get("onnx") or {}
+    path = verified_artifact(export_dir, manifest, record.get("file"))
+    return warn_unchecked(
+        manifest,
+        OnnxRuntimeBackend(
+            path,
+            input_name=record["input"],
+            output_name=record["output"],
+            threads=threads,
+            max_views=max_views,
+            gpu_id=gpu_id,
+        ),
+    )
+
+
+def load_openvino(kind: str, export_dir: Path, manifest: dict, *, threads: int, max_views: int) -> OpenVinoBackend:
+    """`kind` is "openvino" (the fastest precision the export offers here) or "openvino-<precision>"."""
+    try:
+        precision = openvino_precision(manifest, kind.partition("-")[2] or None)
+        record = manifest["openvino"]["precisions"][precision]
+        graph = verified_artifact(export_dir, manifest, record["graph"])
+        weights = verified_artifact(export_dir, manifest, record["weights"])
+        return OpenVinoBackend(graph, weights, precision=precision, threads=threads, max_views=max_views)
+    except BackendError:
+        raise
+    except Exception as exc:  # a broken install or a compile failure: a reason, not a dead worker
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise BackendError(f"OpenVINO cannot run this export here ({first})") from exc
 
 
 def warn_unchecked(manifest: dict, backend):

@@ -269,12 +269,7 @@ def demo(args, ports: dict[str, int], stages: Stages) -> str:
     """The five stages; returns the closing line."""
     python, run = sys.executable, Path(args.run)
     stages.begin(1, "data + training")
-    train = [python, "-m", "training", "train", "--run", args.run]
-    if args.config:
-        train += ["--config", args.config]
-    if args.set:
-        train += ["--set", *args.set]
-    run_command(train)
+    run_command(train_command(args, python))
     stages.done()
 
     stages.begin(2, "export (student-only ONNX, manifest, TorchServe archive)")
@@ -284,21 +279,7 @@ def demo(args, ports: dict[str, int], stages: Stages) -> str:
     port_args = [arg for name, port in ports.items() for arg in (f"--{name.replace('_', '-')}-port", str(port))]
     stages.begin(3, "start TorchServe")
     args.server_begun = True  # from here on main() stops the server whatever happens
-    run_command(
-        [
-            python,
-            "-m",
-            "serving",
-            "start",
-            "--run",
-            args.run,
-            "--model-name",
-            args.model_name,
-            "--timeout",
-            str(args.start_timeout),
-            *port_args,
-        ]
-    )
+    run_command(start_command(args, python, port_args))
     stages.done()
 
     stages.begin(4, "classify a held-out video over HTTP")
@@ -307,13 +288,7 @@ def demo(args, ports: dict[str, int], stages: Stages) -> str:
     else:
         video, true_label = held_out_video(run)
     url = f"http://{HOST}:{ports['inference']}/predictions/{args.model_name}"
-    print(f"  POST {url}  <- {video} ({video.stat().st_size / 1024:.0f} KiB, application/octet-stream)", flush=True)
-    answer = classify(url, video, inference_key(ports["inference"]), timeout=args.request_timeout)
-    (run / "demo_answer.json").write_text(
-        json.dumps({"video": str(video), "true_label": true_label, "answer": answer}, indent=2)
-    )
-    show_answer(answer, true_label)
-    print(f"  full answer: {run / 'demo_answer.json'}")
+    answer = classify_and_show(args, run, ports, url, video, true_label)
     stages.done()
 
     stages.begin(5, "stop TorchServe")
@@ -321,6 +296,58 @@ def demo(args, ports: dict[str, int], stages: Stages) -> str:
     args.server_begun = False
     stages.done()
 
+    print_next_steps(args, ports, port_args, video, url)
+    best = answer["predictions"][0]
+    truth = f"; true label {true_label}" if true_label is not None else ""
+    return (
+        f"demo finished in {format_seconds(time.monotonic() - stages.t0)}: the served model says "
+        f"{best['label']} ({best['score']:.4f}) for {video.name}{truth}"
+    )
+
+
+def train_command(args: argparse.Namespace, python: str) -> list[str]:
+    train = [python, "-m", "training", "train", "--run", args.run]
+    if args.config:
+        train += ["--config", args.config]
+    if args.set:
+        train += ["--set", *args.set]
+    return train
+
+
+def start_command(args: argparse.Namespace, python: str, port_args: list[str]) -> list[str]:
+    return [
+        python,
+        "-m",
+        "serving",
+        "start",
+        "--run",
+        args.run,
+        "--model-name",
+        args.model_name,
+        "--timeout",
+        str(args.start_timeout),
+        *port_args,
+    ]
+
+
+def classify_and_show(
+    args: argparse.Namespace, run: Path, ports: dict[str, int], url: str, video: Path, true_label: str | None
+) -> dict:
+    """Send the video to the served model, save its answer in the run folder and show it."""
+    print(f"  POST {url}  <- {video} ({video.stat().st_size / 1024:.0f} KiB, application/octet-stream)", flush=True)
+    answer = classify(url, video, inference_key(ports["inference"]), timeout=args.request_timeout)
+    (run / "demo_answer.json").write_text(
+        json.dumps({"video": str(video), "true_label": true_label, "answer": answer}, indent=2)
+    )
+    show_answer(answer, true_label)
+    print(f"  full answer: {run / 'demo_answer.json'}")
+    return answer
+
+
+def print_next_steps(
+    args: argparse.Namespace, ports: dict[str, int], port_args: list[str], video: Path, url: str
+) -> None:
+    """How to serve the model again and ask it, with the ports the demo used."""
     default_ports = ports == DEFAULT_PORTS
     serve = (
         f"make serve RUN={args.run} MODEL_NAME={args.model_name}"
@@ -331,12 +358,6 @@ def demo(args, ports: dict[str, int], stages: Stages) -> str:
     print(
         f'\nto serve it again: {serve}\nto ask it: curl -H "Authorization: Bearer $({key})" '
         f"-H 'Content-Type: application/octet-stream' --data-binary @{shlex.quote(str(video))} {url}"
-    )
-    best = answer["predictions"][0]
-    truth = f"; true label {true_label}" if true_label is not None else ""
-    return (
-        f"demo finished in {format_seconds(time.monotonic() - stages.t0)}: the served model says "
-        f"{best['label']} ({best['score']:.4f}) for {video.name}{truth}"
     )
 
 

@@ -42,20 +42,7 @@ def start(options: StartOptions) -> int:
         cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
 
     serve = prepare_serve_dir(run)
-    write_config(
-        serve.config,
-        ports=options.ports,
-        model_store=serve.export,
-        model_name=options.model_name,
-        version=manifest["model_version"],
-        workers=options.workers,
-        batch_size=options.batch_size,
-        max_batch_delay=options.max_batch_delay,
-        response_timeout=options.response_timeout,
-        host=host,
-        metrics_host=metrics_host,
-        token_expiration_min=options.token_expiration_min,
-    )
+    write_server_config(serve, options, manifest, host=host, metrics_host=metrics_host)
     threads = options.threads or max(1, (os.cpu_count() or 1) // options.workers)
     env = server_environment(options, threads=threads, serve_dir=serve.path, log_dir=serve.logs, tmp_dir=serve.tmp)
     log_offset = file_size(serve.model_log)  # TorchServe appends to the logs of earlier starts
@@ -122,6 +109,26 @@ class ServeDir:
     @property
     def model_log(self) -> Path:
         return self.logs / "model_log.log"
+
+
+def write_server_config(
+    serve: ServeDir, options: StartOptions, manifest: dict, *, host: str, metrics_host: str
+) -> None:
+    """TorchServe's config.properties for this start: ports, model, workers, batching, token expiry."""
+    write_config(
+        serve.config,
+        ports=options.ports,
+        model_store=serve.export,
+        model_name=options.model_name,
+        version=manifest["model_version"],
+        workers=options.workers,
+        batch_size=options.batch_size,
+        max_batch_delay=options.max_batch_delay,
+        response_timeout=options.response_timeout,
+        host=host,
+        metrics_host=metrics_host,
+        token_expiration_min=options.token_expiration_min,
+    )
 
 
 def prepare_serve_dir(run: Path) -> ServeDir:

@@ -51,12 +51,8 @@ KNOWN_LAYER_EXCEPTIONS = {
     ("serving.demo", "training.data"),
 }
 # Import cycles that exist today through imports inside functions, each to be removed like the
-# exceptions above (there is none through module-level imports).
-KNOWN_CYCLES = {
-    # train's dry run imports plan inside dry_run and print_plan_before_run; plan imports train
-    # inside _time_steps (it times one real training step)
-    frozenset({"training.plan", "training.train"}),
-}
+# exceptions above (there is none through module-level imports, and none left inside functions).
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 @dataclass(frozen=True)

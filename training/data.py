@@ -265,38 +265,59 @@ def resolve_splits(cfg: DataConfig, run_dir: Path | None, *, is_main: bool = Tru
         # the unlabeled set is the whole training set, labeled videos included (authors' code)
         return DataSplits(root, classes, labeled, labeled + unlabeled_only, val, "folder layout")
 
-    classes = read_classes(root / cfg.classes)
-    n = len(classes)
-    resolver = ListResolver(root)
-    missing: dict[str, list[str]] = {}
-
-    def read(key: str, rel: str, *, require_labels: bool) -> list[VideoItem]:
-        items, missing[key] = resolver.resolve_items(
-            read_video_list(root / rel, num_classes=n, require_labels=require_labels)
-        )
-        check_labels_follow_folders(items, classes, f"data.{key}_list {rel}")
-        absent = set(missing[key])
-        resolver.add_known(it.path for it in items if it.path not in absent)
-        return items
-
-    train = read("train", cfg.train_list, require_labels=False) if cfg.train_list else []
-    unlabeled = read("unlabeled", cfg.unlabeled_list, require_labels=False) if cfg.unlabeled_list else train
+    lists = ListReader(root, read_classes(root / cfg.classes))
+    missing = lists.missing
+    train = lists.read("train", cfg.train_list, require_labels=False) if cfg.train_list else []
+    unlabeled = lists.read("unlabeled", cfg.unlabeled_list, require_labels=False) if cfg.unlabeled_list else train
     if not cfg.unlabeled_list and train:
         missing["unlabeled"] = missing["train"]
-    val = read("val", cfg.val_list, require_labels=True) if cfg.val_list else []
+    val = lists.read("val", cfg.val_list, require_labels=True) if cfg.val_list else []
     if not unlabeled:
         raise ConfigError("data.train_list / data.unlabeled_list: no training videos configured")
+    labeled, source = labeled_set(cfg, lists, train, run_dir / "splits" / "labeled.txt" if run_dir else None, is_main)
+    if not labeled:
+        raise ConfigError("no labeled training videos: set data.labeled_list, labeled_ratio or labeled_per_class")
+    return DataSplits(root, lists.classes, labeled, unlabeled, val, source, {k: v for k, v in missing.items() if v})
 
-    saved = run_dir / "splits" / "labeled.txt" if run_dir else None
+
+class ListReader:
+    """Reads a run's video lists under one root, resolving each entry to a file (see
+    ListResolver) and recording per list the entries with no file."""
+
+    def __init__(self, root: Path, classes: list[str]) -> None:
+        self.root = root
+        self.classes = classes
+        self.resolver = ListResolver(root)
+        self.missing: dict[str, list[str]] = {}
+
+    def read(self, key: str, rel: str, *, require_labels: bool) -> list[VideoItem]:
+        items, self.missing[key] = self.resolver.resolve_items(
+            read_video_list(self.root / rel, num_classes=len(self.classes), require_labels=require_labels)
+        )
+        check_labels_follow_folders(items, self.classes, f"data.{key}_list {rel}")
+        absent = set(self.missing[key])
+        # files found through one list help resolve the entries of the next
+        self.resolver.add_known(it.path for it in items if it.path not in absent)
+        return items
+
+
+def labeled_set(
+    cfg: DataConfig, lists: ListReader, train: list[VideoItem], saved: Path | None, is_main: bool
+) -> tuple[list[VideoItem], str]:
+    """The labeled set and where it came from: the given list, the run's saved split, a split
+    drawn now (saved to `saved` by the main process), or every labeled training video."""
+    missing = lists.missing
     if cfg.labeled_list:
-        labeled = read("labeled", cfg.labeled_list, require_labels=True)
-        source = f"given list {cfg.labeled_list}"
-    elif saved is not None and saved.is_file():
-        labeled = read("labeled", str(saved.resolve()), require_labels=True)
-        source = f"saved split {saved}"
-    elif cfg.labeled_ratio or cfg.labeled_per_class:
+        return lists.read("labeled", cfg.labeled_list, require_labels=True), f"given list {cfg.labeled_list}"
+    if saved is not None and saved.is_file():
+        return lists.read("labeled", str(saved.resolve()), require_labels=True), f"saved split {saved}"
+    if cfg.labeled_ratio or cfg.labeled_per_class:
         labeled = make_labeled_split(
-            train, num_classes=n, ratio=cfg.labeled_ratio, per_class=cfg.labeled_per_class, seed=cfg.split_seed
+            train,
+            num_classes=len(lists.classes),
+            ratio=cfg.labeled_ratio,
+            per_class=cfg.labeled_per_class,
+            seed=cfg.split_seed,
         )
         absent = set(missing.get("train", []))
         missing["labeled"] = [it.path for it in labeled if it.path in absent]
@@ -306,28 +327,30 @@ def resolve_splits(cfg: DataConfig, run_dir: Path | None, *, is_main: bool = Tru
             else f"drawn: ratio {cfg.labeled_ratio}"
         ) + f", seed {cfg.split_seed}"
         if saved is not None and is_main:
-            write_video_list(saved, labeled)
-            (saved.parent / "split.json").write_text(
-                json.dumps(
-                    {
-                        "ratio": cfg.labeled_ratio,
-                        "per_class": cfg.labeled_per_class,
-                        "seed": cfg.split_seed,
-                        "train_list": cfg.train_list,
-                        "num_labeled": len(labeled),
-                        "num_train": len(train),
-                    },
-                    indent=2,
-                )
-            )
-    else:
-        labeled = [it for it in train if it.label >= 0]
-        labeled_paths = {it.path for it in labeled}
-        missing["labeled"] = [p for p in missing.get("train", []) if p in labeled_paths]
-        source = "every labeled video of the training list"
-    if not labeled:
-        raise ConfigError("no labeled training videos: set data.labeled_list, labeled_ratio or labeled_per_class")
-    return DataSplits(root, classes, labeled, unlabeled, val, source, {k: v for k, v in missing.items() if v})
+            save_drawn_split(saved, labeled, cfg, num_train=len(train))
+        return labeled, source
+    labeled = [it for it in train if it.label >= 0]
+    labeled_paths = {it.path for it in labeled}
+    missing["labeled"] = [p for p in missing.get("train", []) if p in labeled_paths]
+    return labeled, "every labeled video of the training list"
+
+
+def save_drawn_split(saved: Path, labeled: list[VideoItem], cfg: DataConfig, *, num_train: int) -> None:
+    """The drawn labeled list and how it was drawn, so a resumed run reads the same videos."""
+    write_video_list(saved, labeled)
+    (saved.parent / "split.json").write_text(
+        json.dumps(
+            {
+                "ratio": cfg.labeled_ratio,
+                "per_class": cfg.labeled_per_class,
+                "seed": cfg.split_seed,
+                "train_list": cfg.train_list,
+                "num_labeled": len(labeled),
+                "num_train": num_train,
+            },
+            indent=2,
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- sampling

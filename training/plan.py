@@ -102,36 +102,99 @@ def build_plan(
     choices, shown with the plan."""
     notes: list[str] = []
     problems: list[str] = []
-    classes: list[str] = []
-    sets: list[SetSummary] = []
-    splits, videos = None, None
+    splits, classes, sets, videos = _read_data(
+        cfg, run, probe=probe, seed=seed, recipe=recipe, notes=notes, problems=problems
+    )
+    _check_sets(cfg, sets, classes, allow_missing=allow_missing, notes=notes, problems=problems)
+    if splits is not None and "drawn" in splits.source and _is_paper_dataset(classes):
+        notes.append(
+            "labeled split drawn class-balanced; the paper used VideoSSL's published lists "
+            "(point data.labeled_list at one to train on exactly those videos)"
+        )
+    if run is not None and (run / "config.yaml").is_file():
+        _check_run_folder(cfg, run, notes=notes, problems=problems)
+
+    num_unlabeled = next((s.count for s in sets if s.name == "unlabeled"), 0)
+    schedule = resolve_schedule(cfg, num_unlabeled, processes) if num_unlabeled else None
+    base_lr = scaled_lr(cfg, processes)
+    estimate = None
+    if estimate_time and schedule and classes:
+        estimate = _estimate_time(cfg, len(classes), schedule, device=device, notes=notes)
+    if processes > 1 and estimate is not None and estimate.device == "cpu":
+        notes.append(f"time: measured in one process on this CPU; {processes} processes would share its cores")
+    if schedule:
+        _check_schedule(cfg, schedule, num_unlabeled, processes, notes=notes)
+    return TrainingPlan(
+        cfg=cfg,
+        source=source,
+        run=run,
+        processes=processes,
+        data_root=cfg.data.root,
+        classes=classes,
+        sets=sets,
+        schedule=schedule,
+        base_lr=base_lr,
+        lr_at_epoch=_lr_at_epochs(cfg, schedule, base_lr) if schedule else [],
+        time=estimate,
+        notes=notes,
+        problems=problems,
+        recipe=recipe,
+        videos=videos,
+    )
+
+
+def _read_data(
+    cfg: Config,
+    run: Path | None,
+    *,
+    probe: int,
+    seed: int,
+    recipe: OwnDataRecipe | None,
+    notes: list[str],
+    problems: list[str],
+) -> tuple[DataSplits | None, list[str], list[SetSummary], VideoStats | None]:
+    """The splits a run would read (None when they cannot be resolved or the synthetic dataset is
+    still to be generated), the class names, one summary per set with its probed videos, and the
+    training videos' statistics."""
     if cfg.data.synthetic and not _synthetic_ready(cfg):
         classes, sets = _synthetic_sets(cfg)
         notes.append(
             f"the synthetic dataset is not at {cfg.data.root} yet: training generates it first "
             "(the counts above are what it will hold)"
         )
-    else:
-        saved = run if run is not None and (run / "splits" / "labeled.txt").is_file() else None
-        try:
-            splits = resolve_splits(cfg.data, saved, is_main=False)  # is_main=False: writes nothing
-        except ConfigError as exc:
-            problems.append(f"data: {exc}")
-        if splits is not None:
-            classes = splits.classes
-            sets = _summaries(splits, cfg)
-            rng = random.Random(seed)
-            for s, items in zip(sets, (splits.labeled, splits.unlabeled, splits.val), strict=True):
-                _probe(s, items, splits.root, probe, rng)
-            videos = (
-                recipe.videos
-                if recipe is not None
-                else probe_videos(
-                    splits.root, [it.path for it in splits.labeled + splits.unlabeled], probe=min(probe, 32), seed=seed
-                )
-                if probe
-                else None
-            )
+        return None, classes, sets, None
+    saved = run if run is not None and (run / "splits" / "labeled.txt").is_file() else None
+    try:
+        splits = resolve_splits(cfg.data, saved, is_main=False)  # is_main=False: writes nothing
+    except ConfigError as exc:
+        problems.append(f"data: {exc}")
+        return None, [], [], None
+    sets = _summaries(splits, cfg)
+    rng = random.Random(seed)
+    for s, items in zip(sets, (splits.labeled, splits.unlabeled, splits.val), strict=True):
+        _probe(s, items, splits.root, probe, rng)
+    videos = (
+        recipe.videos
+        if recipe is not None
+        else probe_videos(
+            splits.root, [it.path for it in splits.labeled + splits.unlabeled], probe=min(probe, 32), seed=seed
+        )
+        if probe
+        else None
+    )
+    return splits, splits.classes, sets, videos
+
+
+def _check_sets(
+    cfg: Config,
+    sets: list[SetSummary],
+    classes: list[str],
+    *,
+    allow_missing: bool,
+    notes: list[str],
+    problems: list[str],
+) -> None:
+    """Missing and unreadable videos, and labeled classes with no or few videos."""
     for s in sets:
         if s.missing:
             (notes if allow_missing else problems).append(
@@ -143,82 +206,69 @@ def build_plan(
                 f"{s.name}: {len(s.unreadable)} of {s.probed} probed videos cannot be opened, e.g. {s.unreadable[0][1]}"
             )
         if s.name == "labeled" and classes:
-            absent = [classes[c] for c, n in enumerate(s.per_class) if n == 0]
-            if absent:
-                notes.append(
-                    f"labeled: {len(absent)} of {len(classes)} classes have no labeled video "
-                    f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})"
-                )
-            few = [f"{classes[c]} {n}" for c, n in enumerate(s.per_class) if 0 < n < FEW_LABELS_PER_CLASS]
-            if few:
-                notes.append(
-                    f"warning: {len(few)} of {len(classes)} classes have fewer than {FEW_LABELS_PER_CLASS} "
-                    f"labeled videos ({', '.join(few[:8])}{', ...' if len(few) > 8 else ''}): expect a "
-                    "weaker model; a few more labeled videos per class help most"
-                )
-    if splits is not None and "drawn" in splits.source and _is_paper_dataset(classes):
-        notes.append(
-            "labeled split drawn class-balanced; the paper used VideoSSL's published lists "
-            "(point data.labeled_list at one to train on exactly those videos)"
-        )
-    if run is not None and (run / "config.yaml").is_file():
-        try:
-            changed = diff_configs(config_from_dict(yaml.safe_load((run / "config.yaml").read_text())), cfg)
-        except ConfigError as exc:
-            changed, problems = [], problems + [f"run folder {run}: its config.yaml does not load ({exc})"]
-        if changed:
-            problems.append(
-                f"run folder {run} was started with a different config ({', '.join(changed)}): "
-                "training would refuse it; use another --run"
-            )
-        else:
-            notes.append(f"run folder {run} exists with this config: training resumes it")
+            _check_labeled_classes(s, classes, notes=notes)
 
-    num_unlabeled = next((s.count for s in sets if s.name == "unlabeled"), 0)
-    schedule = resolve_schedule(cfg, num_unlabeled, processes) if num_unlabeled else None
-    base_lr = scaled_lr(cfg, processes)
-    lr_at = (
-        [
-            (e, learning_rate(e * schedule.steps_per_epoch, base_lr=base_lr, schedule=schedule, cfg=cfg))
-            for e in lr_epochs(schedule)
-        ]
-        if schedule
-        else []
-    )
-    estimate = None
-    if estimate_time and schedule and classes:
-        try:
-            estimate = estimate_training_time(cfg, len(classes), schedule, device=device)
-        except (RuntimeError, MemoryError) as exc:  # e.g. out of memory at this size on this device
-            notes.append(f"time: not estimated ({str(exc).splitlines()[0][:200]})")
-    if processes > 1 and estimate is not None and estimate.device == "cpu":
-        notes.append(f"time: measured in one process on this CPU; {processes} processes would share its cores")
-    if cfg.train.precise_bn and schedule:
+
+def _check_labeled_classes(labeled: SetSummary, classes: list[str], *, notes: list[str]) -> None:
+    absent = [classes[c] for c, n in enumerate(labeled.per_class) if n == 0]
+    if absent:
+        notes.append(
+            f"labeled: {len(absent)} of {len(classes)} classes have no labeled video "
+            f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})"
+        )
+    few = [f"{classes[c]} {n}" for c, n in enumerate(labeled.per_class) if 0 < n < FEW_LABELS_PER_CLASS]
+    if few:
+        notes.append(
+            f"warning: {len(few)} of {len(classes)} classes have fewer than {FEW_LABELS_PER_CLASS} "
+            f"labeled videos ({', '.join(few[:8])}{', ...' if len(few) > 8 else ''}): expect a "
+            "weaker model; a few more labeled videos per class help most"
+        )
+
+
+def _check_run_folder(cfg: Config, run: Path, *, notes: list[str], problems: list[str]) -> None:
+    """Whether training would resume the existing run folder or refuse it."""
+    try:
+        changed = diff_configs(config_from_dict(yaml.safe_load((run / "config.yaml").read_text())), cfg)
+    except ConfigError as exc:
+        changed = []
+        problems.append(f"run folder {run}: its config.yaml does not load ({exc})")
+    if changed:
+        problems.append(
+            f"run folder {run} was started with a different config ({', '.join(changed)}): "
+            "training would refuse it; use another --run"
+        )
+    else:
+        notes.append(f"run folder {run} exists with this config: training resumes it")
+
+
+def _lr_at_epochs(cfg: Config, schedule: Schedule, base_lr: float) -> list[tuple[int, float]]:
+    return [
+        (e, learning_rate(e * schedule.steps_per_epoch, base_lr=base_lr, schedule=schedule, cfg=cfg))
+        for e in lr_epochs(schedule)
+    ]
+
+
+def _estimate_time(
+    cfg: Config, num_classes: int, schedule: Schedule, *, device: torch.device | None, notes: list[str]
+) -> TimeEstimate | None:
+    try:
+        return estimate_training_time(cfg, num_classes, schedule, device=device)
+    except (RuntimeError, MemoryError) as exc:  # e.g. out of memory at this size on this device
+        notes.append(f"time: not estimated ({str(exc).splitlines()[0][:200]})")
+        return None
+
+
+def _check_schedule(cfg: Config, schedule: Schedule, num_unlabeled: int, processes: int, *, notes: list[str]) -> None:
+    """PreciseBN batches the unlabeled set cannot fill, and a run shorter than its warm-up."""
+    if cfg.train.precise_bn:
         available = num_unlabeled // processes // cfg.train.precise_bn_batch_size
         if available < cfg.train.precise_bn_batches:
             notes.append(
                 f"PreciseBN: {available} batches per process available, fewer than the "
                 f"{cfg.train.precise_bn_batches} asked for (it uses them all)"
             )
-    if schedule and schedule.epochs <= schedule.sup_warmup_epochs:
+    if schedule.epochs <= schedule.sup_warmup_epochs:
         notes.append("the run ends before the supervised warm-up does: the unlabeled loss is never on")
-    return TrainingPlan(
-        cfg=cfg,
-        source=source,
-        run=run,
-        processes=processes,
-        data_root=cfg.data.root,
-        classes=classes,
-        sets=sets,
-        schedule=schedule,
-        base_lr=base_lr,
-        lr_at_epoch=lr_at,
-        time=estimate,
-        notes=notes,
-        problems=problems,
-        recipe=recipe,
-        videos=videos,
-    )
 
 
 def lr_epochs(schedule: Schedule) -> list[int]:
@@ -315,11 +365,11 @@ def _step_flops(cfg: Config, num_classes: int, clips: int) -> int:
     device (nothing is computed; 2 FLOPs per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.models import TwoStreamNet
+    from training.models import two_stream_from_config
 
     s = cfg.input
     with torch.device("meta"):
-        net = _network(cfg, num_classes, TwoStreamNet)
+        net = two_stream_from_config(cfg, num_classes)
         x = torch.empty(clips, 3, s.clip_len, s.crop_size, s.crop_size)
     with FlopCounterMode(display=False) as counter:
         out = net(**{m: x for m in _streams(cfg)})
@@ -329,21 +379,6 @@ def _step_flops(cfg: Config, num_classes: int, clips: int) -> int:
 
 def _streams(cfg: Config) -> tuple[str, ...]:
     return ("rgb", "tg") if cfg.loss.streams == "both" else (cfg.loss.streams,)
-
-
-def _network(cfg: Config, num_classes: int, cls):
-    m = cfg.model
-    return cls(
-        num_classes,
-        width=m.width,
-        temporal_pool=m.temporal_pool,
-        dropout=m.dropout,
-        bn_eps=m.bn_eps,
-        streams=cfg.loss.streams,
-        projection=cfg.loss.contrast,
-        zero_init_residual=m.zero_init_residual,
-        head_init_std=m.head_init_std,
-    )
 
 
 def _time_steps(
@@ -358,12 +393,12 @@ def _time_steps(
 ) -> float:
     """Seconds of one real training step (views and strong augmentation on the device, forward,
     backward, optimizer) on random frames: the fastest of `repeats` after one warm-up step."""
-    from training.models import TwoStreamNet
-    from training.train import total_loss, training_step
+    from training.models import two_stream_from_config
+    from training.step import total_loss, training_step
 
     s = cfg.input
     torch.manual_seed(0)
-    net = _network(cfg, num_classes, TwoStreamNet).to(device).train()
+    net = two_stream_from_config(cfg, num_classes).to(device).train()
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     frames_per_clip = 3 if cfg.tg.stride > 1 and cfg.tg.slow == "spread" else 2
 
@@ -480,7 +515,16 @@ def _per_class_line(s: SetSummary, classes: list[str]) -> str:
 def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
     """The plan as text: resolved config (YAML; before a real run only where it will be saved),
     the own-data recipe's choices, data, schedule, time, notes and problems."""
-    cfg, o = plan.cfg, plan.cfg.optim
+    out = _header_lines(plan, dry_run=dry_run)
+    out += _data_lines(plan) + _file_lines(plan) + _schedule_section(plan) + _time_lines(plan)
+    out += ["", "== notes"] + ([f"- {n}" for n in plan.notes] or ["none"])
+    out += ["", "== problems"] + ([f"- {p}" for p in plan.problems] or ["none"])
+    return "\n".join(out) + "\n"
+
+
+def _header_lines(plan: TrainingPlan, *, dry_run: bool) -> list[str]:
+    """Title, config source, run folder, the resolved config and the own-data recipe."""
+    cfg = plan.cfg
     out = ["Training plan" + (" (dry run: nothing is trained and nothing is written)" if dry_run else "")]
     if plan.source:
         out.append(f"config: {plan.source}")
@@ -494,8 +538,13 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
         out += ["", "== recipe chosen from the data and this machine"] + [
             f"  {line}" for line in plan.recipe.describe()
         ]
+    return out
 
-    out += ["", f"== data: {plan.data_root} ({cfg.data.format}), {len(plan.classes)} classes"]
+
+def _data_lines(plan: TrainingPlan) -> list[str]:
+    """Each set's size, per-class counts and source, and the labeled videos per class."""
+    cfg = plan.cfg
+    out = ["", f"== data: {plan.data_root} ({cfg.data.format}), {len(plan.classes)} classes"]
     for s in plan.sets:
         extra = f", {s.unknown_labels} without a label" if s.unknown_labels else ""
         out.append(f"{s.name:<10}{s.count:>8,} videos  {_per_class_line(s, plan.classes)}{extra}")
@@ -515,6 +564,12 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
             pairs_text = ", ".join(f"{c} {n}" for c, n in pairs)
         out.append("labeled videos per class:")
         out += textwrap.wrap(pairs_text, width=100, initial_indent="  ", subsequent_indent="  ")
+    return out
+
+
+def _file_lines(plan: TrainingPlan) -> list[str]:
+    """Per set: listed videos found or missing, probed videos that open, and a sample's format."""
+    out: list[str] = []
     for s in plan.sets:
         status = (
             s.source
@@ -537,9 +592,14 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
             out.append(f"  unreadable: {error}")
     if plan.videos is not None:
         out.append(f"videos    {plan.videos.summary()}")
+    return out
 
+
+def _schedule_section(plan: TrainingPlan) -> list[str]:
+    """Batches, learning rate and its warm-up and shape, PreciseBN, precision and test views."""
+    cfg, o = plan.cfg, plan.cfg.optim
     bl, bu = o.batch_labeled, o.batch_unlabeled
-    out += [
+    out = [
         "",
         "== schedule",
         f"{plan.processes} process(es) x ({bl} labeled + {bu} unlabeled clips); total batch "
@@ -573,8 +633,11 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
         f"precision: {'bf16 autocast on CUDA' if t.amp else 'fp32'}; test: {cfg.input.test_clips} clips x "
         f"{cfg.input.test_crops} crops, views averaged by {'raw score' if t.test_average == 'score' else 'softmax'}"
     )
+    return out
 
-    out += ["", "== time on this machine"]
+
+def _time_lines(plan: TrainingPlan) -> list[str]:
+    out = ["", "== time on this machine"]
     if plan.time is None:
         out.append("not estimated")
     else:
@@ -584,9 +647,7 @@ def format_plan(plan: TrainingPlan, *, dry_run: bool = True) -> str:
             + (f", {tm.warmup_step_s:.3g} s during the supervised warm-up" if tm.warmup_step_s != tm.step_s else "")
         )
         out.append(f"  {tm.detail}; data loading, PreciseBN and evaluation not included")
-    out += ["", "== notes"] + ([f"- {n}" for n in plan.notes] or ["none"])
-    out += ["", "== problems"] + ([f"- {p}" for p in plan.problems] or ["none"])
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _schedule_lines(plan: TrainingPlan) -> list[str]:

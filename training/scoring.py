@@ -38,6 +38,27 @@ def accuracy_metrics(scores: np.ndarray, labels: np.ndarray, num_classes: int) -
     }
 
 
+def network_input(
+    batch: dict,
+    spec: InputSpec,
+    *,
+    modality: str,
+    perturb: Callable[[torch.Tensor, int], torch.Tensor] | None,
+    video_index: int,
+) -> torch.Tensor:
+    """One video's normalized views (V, 3, T, S, S), or their temporal gradient for a TG model,
+    after the optional corruption of the decoded frames."""
+    views = batch["views"][0].float()  # (V, 3, T, S, S) 0-255
+    if perturb is not None:
+        views = perturb(views, video_index)
+    if modality == "tg":
+        successors = batch["successors"][0].float()
+        if perturb is not None:
+            successors = perturb(successors, video_index)
+        views = temporal_gradient(views, successors)
+    return normalize(views, spec)
+
+
 @torch.no_grad()
 def score_videos(
     model: nn.Module,
@@ -81,15 +102,7 @@ def score_videos(
         skipped += batch["skipped"]
         if "views" not in batch:
             continue
-        views = batch["views"][0].float()  # (V, 3, T, S, S) 0-255
-        if perturb is not None:
-            views = perturb(views, mine[local_i])
-        if modality == "tg":
-            successors = batch["successors"][0].float()
-            if perturb is not None:
-                successors = perturb(successors, mine[local_i])
-            views = temporal_gradient(views, successors)
-        x = normalize(views, spec)
+        x = network_input(batch, spec, modality=modality, perturb=perturb, video_index=mine[local_i])
         logits = torch.cat(
             [model(x[i : i + batch_views].to(device)).float().cpu() for i in range(0, len(x), batch_views)]
         )

@@ -389,6 +389,25 @@ def _coverage(distance: np.ndarray, radius: np.ndarray) -> tuple[tuple[np.ndarra
     return where, alpha[where][:, None]
 
 
+def _camera_view(
+    rng: np.random.Generator, bg_colour: np.ndarray, *, frames: int, width: int, height: int, clutter: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The background as the camera sees it, (T, H, W, 3) float32, and the camera's x and y
+    offsets per frame (float32)."""
+    size = float(min(width, height))
+    # The camera jitters by cropping a moving window out of a slightly larger background.
+    margin = max(1, round(0.03 * size)) if clutter else 0
+    jx, jy = _jitter(rng, frames, margin) if clutter else (np.zeros(frames, np.int64),) * 2
+    background = _background(rng, bg_colour, height + 2 * margin, width + 2 * margin, size)
+    video = np.stack(
+        [
+            background[margin + jy[i] : margin + jy[i] + height, margin + jx[i] : margin + jx[i] + width]
+            for i in range(frames)
+        ]
+    )  # (T, H, W, 3) float32
+    return video, jx.astype(np.float32), jy.astype(np.float32)
+
+
 def render_video(
     motion: str, rng: np.random.Generator, *, frames: int = 48, width: int = 96, height: int = 72, clutter: bool = True
 ) -> np.ndarray:
@@ -406,17 +425,7 @@ def render_video(
     stripe_colour = _contrasting_colour(rng, [object_colour], 70)
     bg_colour = _contrasting_colour(rng, [object_colour, stripe_colour], 60)
 
-    # The camera jitters by cropping a moving window out of a slightly larger background.
-    margin = max(1, round(0.03 * size)) if clutter else 0
-    jx, jy = _jitter(rng, frames, margin) if clutter else (np.zeros(frames, np.int64),) * 2
-    jxf, jyf = jx.astype(np.float32), jy.astype(np.float32)
-    background = _background(rng, bg_colour, height + 2 * margin, width + 2 * margin, size)
-    video = np.stack(
-        [
-            background[margin + jy[i] : margin + jy[i] + height, margin + jx[i] : margin + jx[i] + width]
-            for i in range(frames)
-        ]
-    )  # (T, H, W, 3) float32
+    video, jxf, jyf = _camera_view(rng, bg_colour, frames=frames, width=width, height=height, clutter=clutter)
 
     if clutter:
         for _ in range(int(rng.integers(1, 4))):
@@ -721,7 +730,7 @@ def _move_into_place(partial: Path, root: Path, arguments: dict, videos) -> None
             shutil.rmtree(old, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def generate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training generate", description="Write the synthetic motion-video dataset (idempotent)."
     )
@@ -760,6 +769,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.cpu_count() or 1,
         help="processes rendering videos (default: all CPU cores); output does not depend on it",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = generate_parser()
     args = parser.parse_args(argv)
     try:
         num_classes = args.num_classes if args.num_classes is not None else 0 if args.family else 10

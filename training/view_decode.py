@@ -254,6 +254,38 @@ def display_rotation(frame) -> int:
     return int(round(-(frame.rotation or 0) / 90.0)) % 4 * 90
 
 
+class CropCutter:
+    """Scales, rotates and cuts the crops of each wanted frame into its slot of `out`. The first
+    frame taken fixes the scaled size and the rotation for the whole video."""
+
+    def __init__(self, wanted: np.ndarray, geometry: ViewGeometry, out: np.ndarray, limits: DecodeLimits) -> None:
+        self.position = {int(f): i for i, f in enumerate(wanted)}  # frame index -> slot of `out`
+        self.geometry, self.out, self.limits = geometry, out, limits
+        # one reformatter for the whole video: it keeps its swscale context between frames, where
+        # VideoFrame.reformat builds a new one per frame (measured: 5x slower for 320x240 frames)
+        self.reformatter = VideoReformatter()
+        self.size: tuple[int, int] | None = None
+        self.rotation = 0
+        self.last_good: int | None = None  # the slot of the last frame cut
+
+    def take(self, frame, index: int, coded: tuple[int, int]) -> None:
+        """Cut frame number `index`; `coded` is the size of the video's first decoded frame."""
+        if self.size is None:
+            check_frame_size(frame.width, frame.height, self.limits)
+            self.rotation = display_rotation(frame)
+            self.size = scaled_size(frame.width, frame.height, self.rotation, self.geometry.short_side)
+        elif (frame.width, frame.height) != coded:
+            check_frame_size(frame.width, frame.height, self.limits)  # a mid-stream size change
+        rgb = self.reformatter.reformat(
+            frame, width=self.size[0], height=self.size[1], format="rgb24", interpolation="BILINEAR"
+        ).to_ndarray()
+        if self.rotation:
+            rgb = np.rot90(rgb, k=-self.rotation // 90)
+        slot = self.position[index]
+        cut_crops(rgb, self.geometry.crop, self.geometry.crops, self.out[slot])
+        self.last_good = slot
+
+
 def decode_crops(
     container,
     stream,
@@ -269,30 +301,9 @@ def decode_crops(
     Frames are counted as the decoder outputs them: a corrupt packet is skipped, and wanted
     frames past the last decoded one (fewer frames than packets) take its crops; a video with
     no decodable frame is refused."""
-    position = {int(f): i for i, f in enumerate(wanted)}
-    # one reformatter for the whole video: it keeps its swscale context between frames, where
-    # VideoFrame.reformat builds a new one per frame (measured: 5x slower for 320x240 frames)
-    reformatter = VideoReformatter()
+    cutter = CropCutter(wanted, geometry, out, limits)
     last_wanted = int(wanted[-1])
-    index, size, rotation, last_good, errors = 0, None, 0, None, 0
-
-    def take(frame) -> None:
-        nonlocal size, rotation, last_good
-        if size is None:
-            check_frame_size(frame.width, frame.height, limits)
-            rotation = display_rotation(frame)
-            size = scaled_size(frame.width, frame.height, rotation, geometry.short_side)
-        elif (frame.width, frame.height) != coded:
-            check_frame_size(frame.width, frame.height, limits)  # a mid-stream size change
-        rgb = reformatter.reformat(
-            frame, width=size[0], height=size[1], format="rgb24", interpolation="BILINEAR"
-        ).to_ndarray()
-        if rotation:
-            rgb = np.rot90(rgb, k=-rotation // 90)
-        slot = position[index]
-        cut_crops(rgb, geometry.crop, geometry.crops, out[slot])
-        last_good = slot
-
+    index, errors = 0, 0
     coded: tuple[int, int] | None = None
     for packet in container.demux(stream):
         if time.monotonic() > deadline:
@@ -307,11 +318,12 @@ def decode_crops(
         for frame in frames:
             if coded is None:
                 coded = (frame.width, frame.height)
-            if index in position:
-                take(frame)
+            if index in cutter.position:
+                cutter.take(frame, index, coded)
             index += 1
             if index > last_wanted:
-                return rotation, coded[0], coded[1]
+                return cutter.rotation, coded[0], coded[1]
+    last_good = cutter.last_good
     if last_good is None:
         raise VideoRejected(
             422,
@@ -322,7 +334,26 @@ def decode_crops(
     for missing in range(last_good + 1, len(wanted)):  # fewer frames than packets
         out[missing] = out[last_good]
     assert coded is not None  # set by the first decoded frame, and one was (last_good)
-    return rotation, coded[0], coded[1]
+    return cutter.rotation, coded[0], coded[1]
+
+
+def wanted_frames(geometry: ViewGeometry, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The views' frame indices (flat), and the frame index of every row of crops to cut: the
+    views' frames, then with `tg_stride` the temporal gradient's successor frames."""
+    idx = uniform_clip_indices(
+        num_frames, clip_len=geometry.clip_len, interval=geometry.interval, num_clips=geometry.clips
+    ).reshape(-1)
+    if geometry.tg_stride is None:
+        wanted_rows = idx
+    else:
+        first, second = tg_frame_pairs(
+            idx.reshape(geometry.clips, geometry.clip_len),
+            stride=geometry.tg_stride,
+            num_frames=num_frames,
+            spread=geometry.tg_spread,
+        )
+        wanted_rows = np.concatenate([first.reshape(-1), second.reshape(-1)])
+    return idx, wanted_rows
 
 
 def read_view_crops(
@@ -358,19 +389,7 @@ def read_view_crops(
         )
     if not _has_decoder(info.codec):
         raise VideoRejected(422, "unsupported_codec", f"no decoder for the video codec {info.codec!r}")
-    idx = uniform_clip_indices(
-        num_frames, clip_len=geometry.clip_len, interval=geometry.interval, num_clips=geometry.clips
-    ).reshape(-1)
-    if geometry.tg_stride is None:
-        wanted_rows = idx
-    else:
-        first, second = tg_frame_pairs(
-            idx.reshape(geometry.clips, geometry.clip_len),
-            stride=geometry.tg_stride,
-            num_frames=num_frames,
-            spread=geometry.tg_spread,
-        )
-        wanted_rows = np.concatenate([first.reshape(-1), second.reshape(-1)])
+    idx, wanted_rows = wanted_frames(geometry, num_frames)
     unique, inverse = np.unique(wanted_rows, return_inverse=True)
     frames = np.empty((len(unique), *geometry.shape[1:]), dtype=np.uint8)
     with open_container(source, formats) as container:  # a second pass from the start, no seeking
