@@ -221,6 +221,26 @@ def served_run(served: str, bench_run: Path, ucf_size_videos, request) -> tuple[
     return request.getfixturevalue("full_served_run"), ucf_size_videos()[0]
 
 
+def served_config(served: str, manifest: dict, video: Path) -> dict:
+    """What an end-to-end figure was measured on: the served model, its views, the video, one
+    worker at batch size 1."""
+    arch, spec = manifest["architecture"], manifest["input"]
+    return {
+        "model_version": manifest["model_version"],
+        "weights": "trained" if served == "run" else "initial (a latency benchmark model)",
+        "width": arch["width"],
+        "num_classes": arch["num_classes"],
+        "view_shape": [3, spec["clip_len"], spec["test_crop"], spec["test_crop"]],
+        "clips": spec["test_clips"],
+        "crops": spec["test_crops"],
+        "views": spec["test_clips"] * spec["test_crops"],
+        "workers": 1,
+        "batch_size": 1,
+        "video": describe_video(video),
+        "flops_per_view": manifest["flops_per_view"],
+    }
+
+
 def test_http_end_to_end(benchmark, served, bench_run, manifest, profile, ucf_size_videos, request, tmp_path):
     require_server()
     from serving.backends import kind_of
@@ -291,7 +311,6 @@ def test_http_end_to_end(benchmark, served, bench_run, manifest, profile, ucf_si
 
     ratio = ratio_stats(samples["http"], samples["model"])
     server_ms = {k: float(np.median([b["timings_ms"][k] for b in bodies])) for k in bodies[0]["timings_ms"]}
-    arch = served_manifest["architecture"]
     store(
         benchmark,
         "serving",
@@ -299,20 +318,9 @@ def test_http_end_to_end(benchmark, served, bench_run, manifest, profile, ucf_si
             "kind": "http",
             "size": served,
             "config": {
-                "model_version": served_manifest["model_version"],
-                "weights": "trained" if served == "run" else "initial (a latency benchmark model)",
-                "width": arch["width"],
-                "num_classes": arch["num_classes"],
-                "view_shape": [3, spec["clip_len"], spec["test_crop"], spec["test_crop"]],
-                "clips": clips,
-                "crops": crops,
-                "views": clips * crops,
+                **served_config(served, served_manifest, video),
                 "backend": core.backend.name,
-                "workers": 1,
-                "batch_size": 1,
                 "threads": threads,
-                "video": describe_video(video),
-                "flops_per_view": served_manifest["flops_per_view"],
             },
             "server_start_s": start_s,
             "levels": levels,
@@ -376,27 +384,13 @@ def test_http_speedup(benchmark, served, bench_run, profile, ucf_size_videos, re
 
     top = {name: [b["predictions"][0]["label"] for b in got] for name, got in bodies.items() if got}
     speedup = ratio_stats(samples["onnxruntime"], samples["auto"])
-    arch = served_manifest["architecture"]
     store(
         benchmark,
         "serving",
         {
             "kind": "http_speedup",
             "size": served,
-            "config": {
-                "model_version": served_manifest["model_version"],
-                "weights": "trained" if served == "run" else "initial (a latency benchmark model)",
-                "width": arch["width"],
-                "num_classes": arch["num_classes"],
-                "view_shape": [3, spec["clip_len"], spec["test_crop"], spec["test_crop"]],
-                "clips": clips,
-                "crops": crops,
-                "views": clips * crops,
-                "workers": 1,
-                "batch_size": 1,
-                "video": describe_video(video),
-                "flops_per_view": served_manifest["flops_per_view"],
-            },
+            "config": served_config(served, served_manifest, video),
             "backends": {name: got[0]["backend"] for name, got in bodies.items() if got},
             "latency": {name: latency_stats(s) for name, s in samples.items()},
             "speedup": speedup,
