@@ -40,7 +40,7 @@ import yaml
 
 from benchmarks.accuracy import BenchmarkError, _shown, results_files
 from serving.manifest import input_spec_from_manifest
-from training.config import ConfigError, config_from_dict
+from training.config import config_from_dict
 
 REFERENCE = "onnxruntime"  # fp32 on the CPU
 # What `make bench-engines` measures without --runs: three runs of the synthetic default that are
@@ -101,49 +101,40 @@ def engines(export_dir: Path, manifest: dict, threads: int) -> tuple[dict, dict]
     return loaded, missing
 
 
-def validation_set(run: Path):
-    """(video items, their root) of the run's validation list."""
-    from training.data import resolve_splits
+def answer_videos(run: Path, manifest: dict, loaded: dict, limit: int | None) -> dict:
+    """Per engine: each video's raw logits, its scores (softmax averaged over the views, as the
+    server answers) and its forward seconds (the engines in a rotating order, so none always runs
+    first); plus the labels and the view spec."""
+    from export.build import ExportError
+    from export.evaluate import validation_videos
+    from export.parity import chunked, decoded_views
+    from training.views import average_view_scores
 
     try:
-        cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
-        splits = resolve_splits(cfg.data, run, is_main=False)
-    except (OSError, ConfigError) as exc:
-        raise BenchmarkError(f"{run}: the validation videos cannot be listed ({exc})") from exc
-    if not splits.val:
-        raise BenchmarkError(f"{run} has no validation videos")
-    return splits.val, splits.root
-
-
-def forward(backend, views: np.ndarray) -> np.ndarray:
-    """Logits of every view, in chunks of the backend's largest batch (30: one call per video)."""
-    return np.concatenate([backend(views[i : i + backend.max_views]) for i in range(0, len(views), backend.max_views)])
-
-
-def answer_videos(run: Path, manifest: dict, loaded: dict, limit: int | None) -> dict:
-    """Per engine: the video scores (all views), the raw logits, the forward seconds per video
-    (engines in a rotating order, so none always runs first), and the labels."""
-    from export.parity import decoded_views
-
-    items, root = validation_set(run)
+        splits = validation_videos(run)
+    except ExportError as exc:
+        raise BenchmarkError(str(exc)) from exc
     spec = input_spec_from_manifest(manifest["input"])
     kinds = list(loaded)
-    out: dict[str, Any] = {k: {"logits": [], "seconds": []} for k in kinds}
+    runners = {kind: chunked(backend, backend.max_views) for kind, backend in loaded.items()}
+    out: dict[str, Any] = {k: {"logits": [], "scores": [], "seconds": []} for k in kinds}
     labels = []
-    for n, (item, views) in enumerate(decoded_views(items, root, spec, limit=limit)):
-        for backend in loaded.values():  # warm-up: first calls allocate
-            if n == 0:
-                forward(backend, views)
+    for n, (item, views) in enumerate(decoded_views(splits.val, splits.root, spec, limit=limit)):
+        if n == 0:  # warm-up: the first calls allocate
+            for run_views in runners.values():
+                run_views(views)
         for kind in kinds[n % len(kinds) :] + kinds[: n % len(kinds)]:
             t0 = time.perf_counter()
-            logits = forward(loaded[kind], views)
+            logits = runners[kind](views)
             out[kind]["seconds"].append(time.perf_counter() - t0)
             out[kind]["logits"].append(logits)
+            out[kind]["scores"].append(average_view_scores(torch.from_numpy(logits)).numpy())
         labels.append(item.label)
     if not labels:
-        raise BenchmarkError(f"{run}: none of the {len(items)} validation videos could be decoded")
+        raise BenchmarkError(f"{run}: none of the {len(splits.val)} validation videos could be decoded")
     out["labels"] = np.array(labels)
-    out["skipped"] = len(items) - len(labels) if limit is None else max(0, min(limit, len(items)) - len(labels))
+    # unreadable videos are logged and skipped by decoded_views; with a limit the count is unknown
+    out["skipped"] = len(splits.val) - len(labels) if limit is None else None
     out["spec"] = spec
     return out
 
@@ -152,12 +143,10 @@ def engine_row(kind: str, backend, answers: dict, manifest: dict, rule) -> dict:
     """Accuracy, agreement with the reference, time and (with a rule) adaptive views of one engine."""
     from training.adaptive_views import adaptive_answer
     from training.evaluate import accuracy_metrics
-    from training.views import average_view_scores
 
     labels, spec, classes = answers["labels"], answers["spec"], len(manifest["classes"])
     own, ref = answers[kind], answers[REFERENCE]
-    scores = np.stack([average_view_scores(torch.from_numpy(x)).numpy() for x in own["logits"]])
-    ref_scores = np.stack([average_view_scores(torch.from_numpy(x)).numpy() for x in ref["logits"]])
+    scores, ref_scores = np.stack(own["scores"]), np.stack(ref["scores"])
     seconds, ref_seconds = np.array(own["seconds"]), np.array(ref["seconds"])
     row = {
         "engine": kind,

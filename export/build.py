@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
@@ -46,6 +45,7 @@ from export.parity import (
     Comparison,
     ParityError,
     check_parity,
+    chunked,
     decoded_views,
     onnx_backend,
     onnx_session,
@@ -652,11 +652,6 @@ def cuda_backends(export_dir: Path, max_views: int) -> tuple[dict[str, Backend],
     else:
         log.info("ExportedProgram on CUDA not checked: torch has no CUDA GPU here")
     return found, {"gpu": cuda_device_name(0), "cuda_backends": sorted(found)}
-
-
-def chunked(backend, max_views: int) -> Backend:
-    """A backend that takes any number of views, `max_views` at a time (as the server sends them)."""
-    return lambda views: np.concatenate([backend(views[i : i + max_views]) for i in range(0, len(views), max_views)])
 
 
 def parity_check(

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from export.parity import Backend, ParityError, check_parity, decoded_views
+from export.parity import Backend, ParityError, check_parity, chunked, decoded_views
 from serving.backends import OPENVINO_PRECISIONS, OpenVinoBackend, import_openvino, openvino_cpu_precisions
 
 GRAPH_FILE, WEIGHTS_FILE = "model.xml", "model.bin"
@@ -140,15 +140,6 @@ def precision_runners(export_dir: Path, record: dict, *, max_views: int) -> dict
         )
         runners[precision] = chunked(backend, max_views)
     return runners
-
-
-def chunked(backend, max_views: int) -> Backend:
-    """Views of any number through a backend that takes at most `max_views` per call."""
-
-    def run(views: np.ndarray) -> np.ndarray:
-        return np.concatenate([backend(views[i : i + max_views]) for i in range(0, len(views), max_views)])
-
-    return run
 
 
 def gate(record: dict, reports: dict[str, dict], export_dir: Path) -> dict:

@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 Backend = Callable[[np.ndarray], np.ndarray]  # (V, 3, T, H, W) float32 normalized -> (V, C) logits
 
 
+def chunked(backend, max_views: int) -> Backend:
+    """A backend that takes any number of views, `max_views` at a time (as the server sends them)."""
+    return lambda views: np.concatenate([backend(views[i : i + max_views]) for i in range(0, len(views), max_views)])
+
+
 @dataclass(frozen=True)
 class Bound:
     """When a backend counts as equal to the reference: max |logit difference| at most
