@@ -137,6 +137,25 @@ def test_steps_and_epochs_both_stated_is_an_error_that_names_them():
 
 
 # ----------------------------------------------------------------------------- a run
+def test_pseudo_label_accuracy_leaves_out_the_memorised_labeled_videos(folder):
+    """The unlabeled pool holds the labeled videos too; their labels would report memorised clips
+    as pseudo-label accuracy (1.0 on a folder dataset), so the loader sees them as unknown."""
+    import torch
+
+    from training.data import resolve_splits
+    from training.distributed import DistInfo
+    from training.train import build_loaders
+
+    cfg, _ = resolve_own_data(str(folder), ["data.num_workers=0"], probe=0)
+    splits = resolve_splits(cfg.data, None, is_main=False)
+    labeled = {it.path for it in splits.labeled}
+    assert labeled <= {it.path for it in splits.unlabeled}  # the pool includes them
+    pool = build_loaders(cfg, splits, torch.device("cpu"), DistInfo()).unlabeled.dataset.items
+    assert [it.path for it in pool] == [it.path for it in splits.unlabeled]
+    assert {it.path for it in pool if it.label >= 0} == set()  # folder layout: no known label left
+    assert all(it.label == -1 for it in pool if it.path in labeled)
+
+
 TINY = [
     "model.width=4",
     "input.clip_len=4",

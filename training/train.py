@@ -26,7 +26,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
-from training.data import DataSplits, SeededSampler, TrainClips, collate_skipping, resolve_splits, worker_init
+from training.data import (
+    DataSplits,
+    SeededSampler,
+    TrainClips,
+    VideoItem,
+    collate_skipping,
+    resolve_splits,
+    worker_init,
+)
 from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed, training_device
 from training.evaluate import precise_bn, precise_bn_loader
 from training.models import TwoStreamNet, two_stream_from_config
@@ -569,7 +577,12 @@ def build_loaders(cfg: Config, splits: DataSplits, device: torch.device, info: D
     lab_sampler = SeededSampler(
         len(splits.labeled), rank=info.rank, world_size=info.world_size, seed=cfg.train.seed + 1, min_per_rank=bl
     )
-    unl_loader = make_loader(splits.unlabeled, splits.root, cfg, unl_sampler, bu, pin_memory=device.type == "cuda")
+    # The unlabeled pool's labels serve only to monitor pseudo-label accuracy. The labeled videos
+    # in the pool are memorised, so they are left out of that figure (-1: unknown); a folder
+    # dataset then has no known label there and the figure is not logged.
+    labeled_paths = {it.path for it in splits.labeled}
+    monitored = [VideoItem(it.path, -1) if it.path in labeled_paths else it for it in splits.unlabeled]
+    unl_loader = make_loader(monitored, splits.root, cfg, unl_sampler, bu, pin_memory=device.type == "cuda")
     lab_loader = make_loader(splits.labeled, splits.root, cfg, lab_sampler, bl, pin_memory=device.type == "cuda")
     return Loaders(unl_loader, lab_loader, unl_sampler, lab_sampler)
 
