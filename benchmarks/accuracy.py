@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -189,9 +190,10 @@ def finished(run: Run) -> bool:
     return metrics.is_file()  # written once, when the run's last epoch and its test are done
 
 
-def _call(args: list[str], what: str) -> None:
+def _call(args: list[str], what: str, env: dict[str, str] | None = None) -> None:
     print("  $ " + " ".join(args[1:]), flush=True)
-    code = subprocess.call(args)  # relative paths (runs, data roots) mean what they mean to the caller
+    # relative paths (runs, data roots) mean what they mean to the caller
+    code = subprocess.call(args, env=None if env is None else {**os.environ, **env})
     if code != 0:
         raise BenchmarkError(f"{what} failed with exit code {code} (see the output above)")
 

@@ -113,8 +113,10 @@ def plan_runs(families: list[str], seeds: list[int], root: Path, user_sets: list
     if unknown:
         raise BenchmarkError(f"unknown families: {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
     runs = []
-    for family in families:
-        for seed in seeds:  # both arms of a seed next to each other: early results already compare
+    # seed by seed over the families, both arms of a seed next to each other: a benchmark stopped
+    # early has compared both arms on every family before it starts a second seed
+    for seed in seeds:
+        for family in families:
             for arm in ARMS:
                 folder = root / family / f"{arm}-seed{seed}"
                 argv = train_argv(dataset_folder(root, family), folder, seed, arm, user_sets)
@@ -145,14 +147,22 @@ def make_dataset(root: Path, family: str, shape: DatasetShape, workers: int) -> 
     return summary
 
 
-def train(run: FamilyRun) -> dict:
+def threads_per_job(jobs: int) -> dict[str, str]:
+    """Runs trained side by side share the cores: each gets its share of torch threads (more
+    threads than cores slows every run). Empty with one job or an OMP_NUM_THREADS already set."""
+    if jobs <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+
+
+def train(run: FamilyRun, env: dict[str, str] | None = None) -> dict:
     """Train (or resume, or reuse) one run with the user's command line; its metrics.json."""
     name = f"{run.family}/{run.folder.name}"
     if finished(run):
         print(f"[{name}] trained already: reusing {run.folder / 'metrics.json'}", flush=True)
     else:
         print(f"[{name}] training", flush=True)
-        _call([sys.executable, "-m", "training", *run.argv], f"training {run.folder}")
+        _call([sys.executable, "-m", "training", *run.argv], f"training {run.folder}", env)
     return json.loads((run.folder / "metrics.json").read_text())
 
 
@@ -483,7 +493,8 @@ def train_all(
         for family in families:
             make_dataset(root, family, shape, args.workers)
     with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait
-        metrics = dict(zip((r.folder for r in runs), pool.map(train, runs), strict=True))
+        env = threads_per_job(args.jobs)
+        metrics = dict(zip((r.folder for r in runs), pool.map(lambda r: train(r, env), runs), strict=True))
     for run in runs:
         run.config = saved_config(run)  # what the recipe chose on the generated data
     return runs, left_out, families, metrics

@@ -74,10 +74,10 @@ def test_recipe_follows_the_data_and_says_why(folder):
         32,
     )
     # 20 frames hold a clip of 8 at interval 2 (15 frames): the recipe's interval at 25 fps stays
-    assert cfg.input.interval == 2 and cfg.optim.steps == 1200 and cfg.data.format == "folder"
-    # 10 unlabeled videos (labeled ones included) in batches of 8: 1 step per epoch, 1200 epochs
-    assert resolve_schedule(cfg, 10, 1).epochs == 1200
-    assert (cfg.train.eval_every, cfg.train.precise_bn_every, cfg.train.checkpoint_every) == (60, 120, 30)
+    assert cfg.input.interval == 2 and cfg.optim.steps == 2400 and cfg.data.format == "folder"
+    # 10 unlabeled videos (labeled ones included) in batches of 8: 1 step per epoch, 2400 epochs
+    assert resolve_schedule(cfg, 10, 1).epochs == 2400
+    assert (cfg.train.eval_every, cfg.train.precise_bn_every, cfg.train.checkpoint_every) == (120, 240, 60)
     text = "\n".join(recipe.describe())
     assert (
         "loss.threshold = 0.84: 3 classes" in text
@@ -112,9 +112,11 @@ def test_a_dataset_without_labeled_folders_is_a_config_error(tmp_path):
 # ----------------------------------------------------------------------------- the budget
 def test_a_budget_in_steps_becomes_epochs_of_the_data():
     cfg = load_config(CPU_BASE)
-    small, large = resolve_schedule(cfg, 61, 1), resolve_schedule(cfg, 8000, 1)
-    assert (small.steps_per_epoch, small.epochs, small.total_steps) == (7, 171, 1197)
-    assert (large.steps_per_epoch, large.epochs) == (1000, 1)  # a pass longer than the budget is cut to it
+    small, large = resolve_schedule(cfg, 61, 1), resolve_schedule(cfg, 30000, 1)
+    assert (small.steps_per_epoch, small.epochs, small.total_steps) == (7, 343, 2401)
+    assert (large.steps_per_epoch, large.epochs) == (2400, 1)  # a pass longer than the budget is cut to it
+    # whole epochs, the nearest number to the budget: 8000 videos are 2 passes of 1000 steps
+    assert resolve_schedule(cfg, 8000, 1).total_steps == 2000
     assert small.warmup_iters == 100 and small.sup_warmup_epochs == 29  # first epoch boundary at or after 200 steps
     # the lr ramp is the same 100 iterations however the steps fall into epochs
     for sched in (small, resolve_schedule(cfg, 160, 1)):
