@@ -190,3 +190,36 @@ def test_make_train_dry_run_passes_the_flag_and_the_process_count():
     line = out.stdout.strip().splitlines()[-1]
     assert line.endswith("--dry-run --processes 8") and "torchrun" not in line
     assert '--config "configs/k400_10.yaml" --data-root "/data/k400"' in line
+
+
+def test_the_dry_run_opens_each_training_video_once(ucf_tree, tmp_path, capsys, monkeypatch):
+    """The probe that looks for unreadable files also reads the videos' format for the plan: the
+    labeled videos (also in the unlabeled pool) are not decoded a second time."""
+    from training import own_data
+
+    opened: list[str] = []
+    real = own_data.open_video
+
+    def counting(source, **kwargs):
+        opened.append(str(source))
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(own_data, "open_video", counting)
+    monkeypatch.setattr(plan_module, "open_video", counting)
+    code, out = dry_run(
+        capsys,
+        "--config",
+        str(REPO / "configs/ucf101_20.yaml"),
+        "--data-root",
+        str(ucf_tree),
+        "--set",
+        f"data.labeled_list={VIDEOSSL}",
+        "--run",
+        str(tmp_path / "run"),
+        "--no-time",
+        "--probe",
+        "-1",
+    )
+    assert code == 0, out
+    assert len(opened) == len(set(opened)) == 24 + 4  # every training and validation video, once each
+    assert re.search(r"videos\s+24 of 24 probed: \d+x\d+ median", out)

@@ -55,6 +55,7 @@ class VideoStats:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height)
     fps: list[float] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
+    opened_paths: list[str] = field(default_factory=list)
 
     @property
     def opened(self) -> int:
@@ -75,23 +76,31 @@ class VideoStats:
             f"({self.median(seconds):.2g} s) median, {min(self.frames)}-{max(self.frames)} frames"
         )
 
+    def read(self, root: Path, path: str) -> str | None:
+        """Open one video with the training decoder and record its shape, frame rate and length;
+        the decoder's error when it cannot be opened (recorded as unreadable)."""
+        self.probed += 1
+        try:
+            reader = open_video(str(root / path))
+            height, width = reader[0].shape[:2]
+        except VideoDecodeError as exc:
+            self.unreadable.append((path, str(exc)))
+            return str(exc)
+        self.sizes.append((int(width), int(height)))
+        self.short_sides.append(int(min(width, height)))
+        self.fps.append(float(reader.get_avg_fps() or 0.0))
+        self.frames.append(len(reader))
+        self.opened_paths.append(path)
+        return None
+
 
 def probe_videos(root: Path, paths: list[str], *, probe: int = 32, seed: int = 0) -> VideoStats:
     """Open up to `probe` of `paths` (-1: all) with the training decoder and read their shape."""
     unique = sorted(set(paths))
     chosen = unique if probe < 0 or probe >= len(unique) else random.Random(seed).sample(unique, probe)
-    stats = VideoStats(probed=len(chosen))
+    stats = VideoStats()
     for path in chosen:
-        try:
-            reader = open_video(str(root / path))
-            height, width = reader[0].shape[:2]
-        except VideoDecodeError as exc:
-            stats.unreadable.append((path, str(exc)))
-            continue
-        stats.sizes.append((int(width), int(height)))
-        stats.short_sides.append(int(min(width, height)))
-        stats.fps.append(float(reader.get_avg_fps() or 0.0))
-        stats.frames.append(len(reader))
+        stats.read(root, path)
     return stats
 
 

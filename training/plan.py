@@ -23,7 +23,7 @@ import yaml
 from training.config import Config, ConfigError, config_from_dict, diff_configs
 from training.data import DataSplits, VideoItem, resolve_splits
 from training.distributed import training_device
-from training.own_data import OwnDataRecipe, VideoStats, probe_videos
+from training.own_data import OwnDataRecipe, VideoStats
 from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
 from training.video import VideoDecodeError, open_video
 
@@ -171,17 +171,10 @@ def _read_data(
         return None, [], [], None
     sets = _summaries(splits, cfg)
     rng = random.Random(seed)
+    training = VideoStats()  # the training videos the probe opens, each read once
     for s, items in zip(sets, (splits.labeled, splits.unlabeled, splits.val), strict=True):
-        _probe(s, items, splits.root, probe, rng)
-    videos = (
-        recipe.videos
-        if recipe is not None
-        else probe_videos(
-            splits.root, [it.path for it in splits.labeled + splits.unlabeled], probe=min(probe, 32), seed=seed
-        )
-        if probe
-        else None
-    )
+        _probe(s, items, splits.root, probe, rng, training if s.name != "val" else None)
+    videos = recipe.videos if recipe is not None else training if probe else None
     return splits, splits.classes, sets, videos
 
 
@@ -340,17 +333,40 @@ def _summaries(splits: DataSplits, cfg: Config) -> list[SetSummary]:
     return out
 
 
-def _probe(summary: SetSummary, items: list[VideoItem], root: Path, probe: int, rng: random.Random) -> None:
-    """Open up to `probe` of the set's found videos with the training decoder."""
+def _probe(
+    summary: SetSummary,
+    items: list[VideoItem],
+    root: Path,
+    probe: int,
+    rng: random.Random,
+    stats: VideoStats | None = None,
+) -> None:
+    """Open up to `probe` of the set's found videos with the training decoder; with `stats`,
+    record each one's shape there too (a video already in it is not opened again)."""
     absent = set(summary.missing)
     found = sorted({it.path for it in items if it.path not in absent})
     chosen = found if probe < 0 or probe >= len(found) else rng.sample(found, probe)
+    seen: dict[str, str | None] = {}  # path -> its error (None: it opens), read for another set
+    if stats is not None:
+        seen = {**dict.fromkeys(stats.opened_paths), **dict(stats.unreadable)}
     for path in chosen:
-        try:
-            open_video(str(root / path))
-        except VideoDecodeError as exc:
-            summary.unreadable.append((path, str(exc)))
+        if path in seen:
+            error = seen[path]
+        elif stats is not None:
+            error = stats.read(root, path)
+        else:
+            error = _open_error(root, path)
+        if error is not None:
+            summary.unreadable.append((path, error))
     summary.probed = len(chosen)
+
+
+def _open_error(root: Path, path: str) -> str | None:
+    try:
+        open_video(str(root / path))
+    except VideoDecodeError as exc:
+        return str(exc)
+    return None
 
 
 # ----------------------------------------------------------------------------- time
