@@ -6,7 +6,16 @@ import json
 import pytest
 
 from benchmarks.accuracy import BenchmarkError, spread
-from benchmarks.generalization import ARMS, BASELINE, METHOD, family_verdict, markdown, overall, plan_runs
+from benchmarks.generalization import (
+    ARMS,
+    BASELINE,
+    METHOD,
+    family_verdict,
+    markdown,
+    overall,
+    plan_runs,
+    threads_per_job,
+)
 from benchmarks.generalization import main as bench_main
 from training.synthetic import FAMILIES
 
@@ -68,6 +77,22 @@ def test_runs_are_the_users_command_line_with_only_the_arms_switches_added(tmp_p
     )
     assert (baseline.loss.align, baseline.loss.contrast, baseline.loss.fusion) == ("off", False, "self")
     assert method.optim == baseline.optim and method.input == baseline.input  # the same budget and views
+    # seed by seed: every family's two arms of seed 0 come before any run of seed 1
+    assert [(r.seed, r.family) for r in runs][:: len(ARMS)] == [
+        (0, "paths"),
+        (0, "periodic"),
+        (1, "paths"),
+        (1, "periodic"),
+    ]
+
+
+def test_parallel_runs_share_the_cores_unless_the_user_set_the_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert threads_per_job(1) == {} and threads_per_job(2) == {"OMP_NUM_THREADS": "4"}
+    assert threads_per_job(16) == {"OMP_NUM_THREADS": "1"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_per_job(2) == {}
 
 
 def test_unknown_family_and_bad_override_fail_before_anything_runs(tmp_path):
