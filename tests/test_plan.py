@@ -35,20 +35,15 @@ def dry_run(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
+def ucf20_dry_run(capsys, root: Path, run: Path, *args: str) -> tuple[int, str]:
+    """The dry run of configs/ucf101_20.yaml on `root`, without the time estimate."""
+    config = str(REPO / "configs/ucf101_20.yaml")
+    return dry_run(capsys, "--config", config, "--data-root", str(root), "--run", str(run), "--no-time", *args)
+
+
 def test_paper_config_with_a_videossl_list_prints_its_class_counts_and_the_authors_warm_up(ucf_tree, tmp_path, capsys):
     run = tmp_path / "run"
-    code, out = dry_run(
-        capsys,
-        "--config",
-        str(REPO / "configs/ucf101_20.yaml"),
-        "--data-root",
-        str(ucf_tree),
-        "--set",
-        f"data.labeled_list={VIDEOSSL}",
-        "--run",
-        str(run),
-        "--no-time",
-    )
+    code, out = ucf20_dry_run(capsys, ucf_tree, run, "--set", f"data.labeled_list={VIDEOSSL}")
     assert code == 0, out
     assert "ApplyEyeMakeup 3, Basketball 1, HandstandPushups 0, YoYo 2" in out  # the list's imbalance
     assert re.search(r"labeled\s+6 videos\s+3 of 4 classes; per class min 0, median 1.5, max 3", out)
@@ -74,20 +69,10 @@ def test_paper_config_with_a_videossl_list_prints_its_class_counts_and_the_autho
 def test_missing_and_unreadable_videos_are_problems(ucf_tree, tmp_path, capsys):
     listed = tmp_path / "with_missing.txt"
     listed.write_text((ucf_tree / VIDEOSSL).read_text() + "YoYo/v_YoYo_g42_c01 20 3\n")
-    args = [
-        "--config",
-        str(REPO / "configs/ucf101_20.yaml"),
-        "--data-root",
-        str(ucf_tree),
-        "--no-time",
-        "--run",
-        str(tmp_path / "run"),
-        "--set",
-        f"data.labeled_list={listed}",
-    ]
-    code, out = dry_run(capsys, *args)
+    args = ["--set", f"data.labeled_list={listed}"]
+    code, out = ucf20_dry_run(capsys, ucf_tree, tmp_path / "run", *args)
     assert code == 1 and "labeled: 1 listed videos not found" in out and "missing: YoYo/v_YoYo_g42_c01" in out
-    code, out = dry_run(capsys, *args, "--allow-missing")
+    code, out = ucf20_dry_run(capsys, ucf_tree, tmp_path / "run", *args, "--allow-missing")
     assert code == 0 and "labeled: 1 listed videos not found" in out.split("== notes")[1]
 
     broken = tmp_path / "broken"
@@ -95,33 +80,13 @@ def test_missing_and_unreadable_videos_are_problems(ucf_tree, tmp_path, capsys):
 
     shutil.copytree(ucf_tree, broken)
     (broken / "UCF-101/YoYo/v_YoYo_g03_c01.avi").write_bytes(b"not a video" * 100)
-    code, out = dry_run(
-        capsys,
-        "--config",
-        str(REPO / "configs/ucf101_20.yaml"),
-        "--data-root",
-        str(broken),
-        "--no-time",
-        "--probe",
-        "-1",
-        "--run",
-        str(tmp_path / "run"),
-    )
+    code, out = ucf20_dry_run(capsys, broken, tmp_path / "run", "--probe", "-1")
     assert code == 1 and "unlabeled: 1 of 24 probed videos cannot be opened" in out
     assert "drawn class-balanced" not in out  # 4 classes: not a paper dataset, no note about VideoSSL
 
 
 def test_a_config_problem_and_a_changed_run_folder(ucf_tree, tmp_path, capsys):
-    code, out = dry_run(
-        capsys,
-        "--config",
-        str(REPO / "configs/ucf101_20.yaml"),
-        "--data-root",
-        str(tmp_path / "nowhere"),
-        "--no-time",
-        "--run",
-        str(tmp_path / "run"),
-    )
+    code, out = ucf20_dry_run(capsys, tmp_path / "nowhere", tmp_path / "run")
     assert code == 1 and "data.root: dataset folder not found" in out
     run = tmp_path / "started"
     run.mkdir()
@@ -129,16 +94,7 @@ def test_a_config_problem_and_a_changed_run_folder(ucf_tree, tmp_path, capsys):
     from training.config import save_config
 
     save_config(cfg, run / "config.yaml")
-    code, out = dry_run(
-        capsys,
-        "--config",
-        str(REPO / "configs/ucf101_20.yaml"),
-        "--data-root",
-        str(ucf_tree),
-        "--no-time",
-        "--run",
-        str(run),
-    )
+    code, out = ucf20_dry_run(capsys, ucf_tree, run)
     assert code == 1 and "was started with a different config (optim.epochs)" in out
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
 
@@ -206,20 +162,8 @@ def test_the_dry_run_opens_each_training_video_once(ucf_tree, tmp_path, capsys, 
 
     monkeypatch.setattr(own_data, "open_video", counting)
     monkeypatch.setattr(plan_module, "open_video", counting)
-    code, out = dry_run(
-        capsys,
-        "--config",
-        str(REPO / "configs/ucf101_20.yaml"),
-        "--data-root",
-        str(ucf_tree),
-        "--set",
-        f"data.labeled_list={VIDEOSSL}",
-        "--run",
-        str(tmp_path / "run"),
-        "--no-time",
-        "--probe",
-        "-1",
-    )
+    args = ["--set", f"data.labeled_list={VIDEOSSL}", "--probe", "-1"]
+    code, out = ucf20_dry_run(capsys, ucf_tree, tmp_path / "run", *args)
     assert code == 0, out
     assert len(opened) == len(set(opened)) == 24 + 4  # every training and validation video, once each
     assert re.search(r"videos\s+24 of 24 probed: \d+x\d+ median", out)
