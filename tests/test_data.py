@@ -155,6 +155,28 @@ def test_folder_layout(tmp_path):
         read_folder_layout(tmp_path)
 
 
+def test_folder_layout_takes_names_with_spaces_and_skips_hidden_clutter(tmp_path):
+    # Class folders are often phrases ("Wave Hand"), and copies from a Mac or a notebook bring
+    # ._resource forks and .ipynb_checkpoints/: the former are data, the latter never a class or a video.
+    for path in [
+        "labeled/Wave Hand/take 1.mp4",
+        "labeled/Wave Hand/._take 1.mp4",
+        "labeled/clap/a.mp4",
+        "labeled/.ipynb_checkpoints/b.mp4",
+        "unlabeled/day 2/c.mov",
+        "unlabeled/.cache/d.mp4",
+        "val/Wave Hand/e.mp4",
+        "val/.Trash/f.mp4",
+    ]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"x")
+    classes, labeled, unlabeled, val = read_folder_layout(tmp_path)
+    assert classes == ["Wave Hand", "clap"]
+    assert labeled == [VideoItem("labeled/Wave Hand/take 1.mp4", 0), VideoItem("labeled/clap/a.mp4", 1)]
+    assert unlabeled == [VideoItem("unlabeled/day 2/c.mov", -1)]
+    assert val == [VideoItem("val/Wave Hand/e.mp4", 0)]
+
+
 def test_seeded_sampler_shards_and_repeats_small_sets():
     s0, s1 = SeededSampler(10, rank=0, world_size=2, seed=1), SeededSampler(10, rank=1, world_size=2, seed=1)
     a, b = [i for i, _ in s0], [i for i, _ in s1]

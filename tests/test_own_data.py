@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def make_folder_dataset(
     root: Path,
-    classes=("swipe_left", "swipe_right", "wave"),
+    classes=("swipe_left", "swipe_right", "wave hand"),  # a space: folder names are often phrases
     *,
     labeled=2,
     unlabeled=4,

@@ -8,7 +8,7 @@ List file lines (label = 0-based class index, -1 = unknown; an unlabeled list ma
 A path may come without its extension and relative to another folder than the dataset root
 (VideoSSL's `Class/v_Name` for `UCF-101/Class/v_Name.avi`): `ListResolver` finds the file.
 Folder layout: ROOT/labeled/<class>/*, ROOT/unlabeled/**/*, ROOT/val/<class>/*, classes sorted
-by name.
+by name; names may hold spaces (nothing is written to a list file), dot-names are skipped.
 """
 
 from __future__ import annotations
@@ -202,8 +202,20 @@ def write_video_list(path: Path, items: list[VideoItem]) -> None:
 
 
 # ----------------------------------------------------------------------------- folder layout
+def _hidden(path: Path, root: Path) -> bool:
+    """A dot-name on the way from `root` (.ipynb_checkpoints/, macOS's ._clip.mp4 resource forks):
+    tool clutter, never a class or a video."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def _videos_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not _hidden(p, folder)
+    )
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def read_folder_layout(root: Path) -> tuple[list[str], list[VideoItem], list[VideoItem], list[VideoItem]]:
@@ -211,7 +223,7 @@ def read_folder_layout(root: Path) -> tuple[list[str], list[VideoItem], list[Vid
     labeled_dir = root / "labeled"
     if not labeled_dir.is_dir():
         raise ConfigError(f"folder dataset {root}: missing {labeled_dir} (expected labeled/<class>/videos)")
-    classes = sorted(p.name for p in labeled_dir.iterdir() if p.is_dir())
+    classes = _class_folders(labeled_dir)
     if not classes:
         raise ConfigError(f"folder dataset {root}: no class folders under {labeled_dir}")
 
@@ -220,7 +232,7 @@ def read_folder_layout(root: Path) -> tuple[list[str], list[VideoItem], list[Vid
         for label, name in enumerate(classes):
             for p in _videos_under(split_dir / name):
                 items.append(VideoItem(p.relative_to(root).as_posix(), label))
-        unknown = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in classes)
+        unknown = [name for name in _class_folders(split_dir) if name not in classes]
         if unknown:
             raise ConfigError(f"{split_dir}: class folders not in labeled/: {', '.join(unknown)}")
         return items
@@ -228,9 +240,6 @@ def read_folder_layout(root: Path) -> tuple[list[str], list[VideoItem], list[Vid
     labeled = per_class(labeled_dir)
     unlabeled = [VideoItem(p.relative_to(root).as_posix(), -1) for p in _videos_under(root / "unlabeled")]
     val = per_class(root / "val") if (root / "val").is_dir() else []
-    for item in labeled + unlabeled + val:
-        if " " in item.path:
-            raise ConfigError(f"{root / item.path}: file names with spaces are not supported; rename it")
     if not labeled:
         raise ConfigError(f"folder dataset {root}: no videos under {labeled_dir}")
     return classes, labeled, unlabeled, val
