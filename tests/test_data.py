@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -132,17 +134,24 @@ def test_drawn_split_is_saved_and_reused(tmp_path):
     assert resolve_splits(cfg, run).labeled == first.labeled
 
 
+def touch_files(root: Path, paths: list[str]) -> None:
+    for path in paths:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(b"x")
+
+
 def test_folder_layout(tmp_path):
-    for path in [
-        "labeled/walk/a.mp4",
-        "labeled/run/b.avi",
-        "unlabeled/x/c.mp4",
-        "unlabeled/d.webm",
-        "val/run/e.mp4",
-        "labeled/run/notes.txt",
-    ]:
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_bytes(b"x")
+    touch_files(
+        tmp_path,
+        [
+            "labeled/walk/a.mp4",
+            "labeled/run/b.avi",
+            "unlabeled/x/c.mp4",
+            "unlabeled/d.webm",
+            "val/run/e.mp4",
+            "labeled/run/notes.txt",
+        ],
+    )
     classes, labeled, unlabeled, val = read_folder_layout(tmp_path)
     assert classes == ["run", "walk"]
     assert labeled == [VideoItem("labeled/run/b.avi", 0), VideoItem("labeled/walk/a.mp4", 1)]
@@ -156,20 +165,21 @@ def test_folder_layout(tmp_path):
 
 
 def test_folder_layout_takes_names_with_spaces_and_skips_hidden_clutter(tmp_path):
-    # Class folders are often phrases ("Wave Hand"), and copies from a Mac or a notebook bring
-    # ._resource forks and .ipynb_checkpoints/: the former are data, the latter never a class or a video.
-    for path in [
-        "labeled/Wave Hand/take 1.mp4",
-        "labeled/Wave Hand/._take 1.mp4",
-        "labeled/clap/a.mp4",
-        "labeled/.ipynb_checkpoints/b.mp4",
-        "unlabeled/day 2/c.mov",
-        "unlabeled/.cache/d.mp4",
-        "val/Wave Hand/e.mp4",
-        "val/.Trash/f.mp4",
-    ]:
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_bytes(b"x")
+    # Class folders are often phrases ("Wave Hand"). Copies from a Mac or a notebook bring
+    # ._resource forks and .ipynb_checkpoints/, which are never a class or a video.
+    touch_files(
+        tmp_path,
+        [
+            "labeled/Wave Hand/take 1.mp4",
+            "labeled/Wave Hand/._take 1.mp4",
+            "labeled/clap/a.mp4",
+            "labeled/.ipynb_checkpoints/b.mp4",
+            "unlabeled/day 2/c.mov",
+            "unlabeled/.cache/d.mp4",
+            "val/Wave Hand/e.mp4",
+            "val/.Trash/f.mp4",
+        ],
+    )
     classes, labeled, unlabeled, val = read_folder_layout(tmp_path)
     assert classes == ["Wave Hand", "clap"]
     assert labeled == [VideoItem("labeled/Wave Hand/take 1.mp4", 0), VideoItem("labeled/clap/a.mp4", 1)]
