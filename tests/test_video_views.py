@@ -149,3 +149,12 @@ def test_unreadable_inputs_raise_named_errors(tmp_path, coded_video):
     reader = open_video(data)
     frames = read_frames(reader, np.array([3, 3, 1]))
     assert [decoded_index(f) for f in frames] == [3, 3, 1]
+
+
+def test_ffmpeg_stays_quiet_about_an_unreadable_file(tmp_path, coded_video, capfd):
+    data = coded_video.read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 4])  # the index (moov) is at the end: cut off
+    with pytest.raises(VideoDecodeError, match="truncated.mp4: not a readable video"):
+        open_video(str(truncated))
+    assert "moov atom not found" not in capfd.readouterr().err
