@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import training.data
 from tests.videofiles import decoded_index, frame_coded, write_video
 from training.augment import split_modalities, temporal_gradient
 from training.config import ConfigError, DataConfig
@@ -95,6 +96,27 @@ def test_corrupt_videos_are_replaced_counted_and_reported(tmp_path):
     assert out["views"].shape == (1, 6, 3, 4, 48, 48) and len(out["skipped"]) == 2
     with pytest.raises(RuntimeError, match="unreadable videos in a row"):
         TrainClips([VideoItem("bad.mp4", 0)], tmp_path, SPEC, tg_stride=1)[(0, (0, 0, 0))]
+
+
+def test_a_video_that_cannot_be_opened_is_not_opened_again_but_still_counted(tmp_path, monkeypatch):
+    write_video(tmp_path / "good.mp4", frame_coded(30))
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 1000)
+    items = [VideoItem("bad.mp4", 0), VideoItem("good.mp4", 1)]
+    opened: list[str] = []
+    real_open = training.data.open_video
+
+    def counting_open(path, **kwargs):
+        opened.append(Path(path).name)
+        return real_open(path, **kwargs)
+
+    monkeypatch.setattr(training.data, "open_video", counting_open)
+    ds = TrainClips(items, tmp_path, SPEC, tg_stride=1)
+    first, second = ds[(0, (0, 0, 0))], ds[(0, (0, 0, 0))]  # two passes of one loader worker
+    assert opened == ["bad.mp4", "good.mp4", "good.mp4"]
+    assert first["skipped"] == second["skipped"] and [p for p, _ in first["skipped"]] == ["bad.mp4"]
+    # a worker that starts afresh (a resumed run) opens it, fails, and draws the same clip
+    fresh = TrainClips(items, tmp_path, SPEC, tg_stride=1)[(0, (0, 0, 0))]
+    assert fresh["skipped"] == first["skipped"] and torch.equal(fresh["frames"], second["frames"])
 
 
 def test_video_lists_parse_and_errors_name_the_line(tmp_path):

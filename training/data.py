@@ -455,6 +455,10 @@ class TrainClips(Dataset):
         self.items, self.root, self.spec = items, Path(root), spec
         self.tg_stride, self.decode_threads = tg_stride, decode_threads
         self.tg_spread = tg_spread and tg_stride > 1
+        # videos this process could not open, by path: not opened again (loader workers live for
+        # the whole run). Only failures to open, which happen before any random draw, so a
+        # resumed run, whose workers start without this memory, draws the same clips.
+        self._unopenable: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -464,12 +468,20 @@ class TrainClips(Dataset):
         rng = np.random.default_rng(list(seed))
         skipped = []
         # an unreadable video is replaced by another one (so every process keeps the same batch
-        # size, which DDP's collectives need) and reported through "skipped"
+        # size, which DDP's collectives need) and reported through "skipped" each time
         for attempt in range(MAX_REPLACEMENTS):
             item = self.items[(index + attempt * 7919) % len(self.items)]
             path = str(self.root / item.path)
+            error = self._unopenable.get(path)
+            if error is None:
+                try:
+                    reader = open_video(path, num_threads=self.decode_threads)
+                except VideoDecodeError as exc:
+                    error = self._unopenable[path] = str(exc)
+            if error is not None:
+                skipped.append((item.path, error))
+                continue
             try:
-                reader = open_video(path, num_threads=self.decode_threads)
                 n = len(reader)
                 idx = train_clip_indices(
                     n,
