@@ -15,6 +15,7 @@ import yaml
 from tests.videofiles import write_video
 from training.config import ConfigError, load_config
 from training.own_data import CPU_BASE, confidence_threshold, resolve_own_data
+from training.plan import build_plan, format_plan
 from training.schedule import learning_rate, resolve_schedule
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,6 +85,16 @@ def test_recipe_follows_the_data_and_says_why(folder):
         and "input.flip = False: off: a mirrored video may change class" in text
     )
     assert "median short side is 32 px" in text and recipe.videos.opened == 10
+
+
+def test_the_plan_says_what_the_cpu_recipe_does_not_learn_unless_the_network_is_widened(folder):
+    cfg, recipe = resolve_own_data(str(folder), [])
+    plan = build_plan(cfg, probe=0, estimate_time=False, recipe=recipe)
+    (note,) = [n for n in plan.notes if "learns where things move" in n]
+    assert "width 16, 28 px crops" in note and "rotation, zoom" in note and "CUDA GPU" in note
+    assert note in format_plan(plan)
+    cfg, recipe = resolve_own_data(str(folder), ["model.width=64"])
+    assert recipe.notes(cfg) == []
 
 
 def test_mirror_invariant_turns_flip_on_and_the_users_keys_win(folder):

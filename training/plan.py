@@ -124,6 +124,8 @@ def build_plan(
         notes.append(f"time: measured in one process on this CPU; {processes} processes would share its cores")
     if schedule:
         _check_schedule(cfg, schedule, num_unlabeled, processes, notes=notes)
+    if recipe is not None:
+        notes += recipe.notes(cfg)
     return TrainingPlan(
         cfg=cfg,
         source=source,
