@@ -6,6 +6,7 @@ opened with a bounded `num_threads` and used by one worker only.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 
@@ -16,25 +17,22 @@ class VideoDecodeError(Exception):
     """A video that cannot be opened or decoded; the message names the file and the cause."""
 
 
-_decoder_logs_quieted = False
-
-
-def _quiet_decoder_logs(decord) -> None:
+@functools.cache
+def _quiet_decoder_logs() -> None:
     """FFmpeg logs to stderr about files it cannot read or frames it cannot decode ("moov atom not
     found", per-macroblock errors), many lines per damaged video; VideoDecodeError already names the
-    file and the cause, so FFmpeg's logging is silenced once per process. (decord's own one-line
+    file and the cause, so FFmpeg's logging is silenced, once per process. (decord's own one-line
     "ERROR opening" comes from a C++ logger that has no switch.)"""
-    global _decoder_logs_quieted
-    if not _decoder_logs_quieted:
-        decord.logging.set_level(decord.logging.QUIET)
-        _decoder_logs_quieted = True
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)
 
 
 def open_video(source: str | bytes, *, num_threads: int = 1, name: str | None = None):
     """Open a video file path or in-memory bytes with decord; raise VideoDecodeError if unreadable."""
     import decord  # imported lazily: it starts native threads on import
 
-    _quiet_decoder_logs(decord)
+    _quiet_decoder_logs()
     label = name or (source if isinstance(source, str) else "<upload>")
     handle: io.BytesIO | str
     if isinstance(source, (bytes, bytearray)):
