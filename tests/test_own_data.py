@@ -120,6 +120,19 @@ def test_a_dataset_without_labeled_folders_is_a_config_error(tmp_path):
         resolve_own_data(str(tmp_path / "empty"), [])
 
 
+def test_the_plan_warns_of_a_class_folder_with_no_video_at_all(tmp_path):
+    root = make_folder_dataset(tmp_path / "data", classes=("swipe_left", "swipe_right"), labeled=1, unlabeled=1)
+    (root / "labeled" / "later class").mkdir()  # an empty folder is a class: the model gets an output
+    (root / "labeled" / "val only").mkdir()
+    write_video(root / "val" / "val only" / "v.mp4", np.zeros((20, 32, 40, 3), np.uint8))
+    cfg, recipe = resolve_own_data(str(root), [])
+    notes = build_plan(cfg, probe=0, estimate_time=False, recipe=recipe).notes
+    (empty,) = [n for n in notes if "no video at all" in n]
+    assert empty.startswith("warning: 1 of 4 classes have no video at all (later class)")
+    assert "labeled: 1 of 4 classes have no labeled video (val only)" in notes
+    assert "warning: 2 of 4 classes have fewer than 5 labeled videos (swipe_left 1, swipe_right 1)" in "\n".join(notes)
+
+
 # ----------------------------------------------------------------------------- the budget
 def test_a_budget_in_steps_becomes_epochs_of_the_data():
     cfg = load_config(CPU_BASE)

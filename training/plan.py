@@ -200,22 +200,33 @@ def _check_sets(
             problems.append(
                 f"{s.name}: {len(s.unreadable)} of {s.probed} probed videos cannot be opened, e.g. {s.unreadable[0][1]}"
             )
-        if s.name == "labeled" and classes:
-            _check_labeled_classes(s, classes, notes=notes)
+    if classes and any(s.name == "labeled" for s in sets):
+        _check_labeled_classes(sets, classes, notes=notes)
 
 
-def _check_labeled_classes(labeled: SetSummary, classes: list[str], *, notes: list[str]) -> None:
-    absent = [classes[c] for c, n in enumerate(labeled.per_class) if n == 0]
-    if absent:
+def _names(names: list[str], most: int) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
+def _check_labeled_classes(sets: list[SetSummary], classes: list[str], *, notes: list[str]) -> None:
+    labeled = next(s for s in sets if s.name == "labeled")
+    anywhere = [sum(n) for n in zip(*(s.per_class for s in sets), strict=True)]
+    # a class with no video in any set (an empty folder in labeled/, say) still gets an output
+    empty = [classes[c] for c, n in enumerate(anywhere) if n == 0]
+    if empty:
         notes.append(
-            f"labeled: {len(absent)} of {len(classes)} classes have no labeled video "
-            f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})"
+            f"warning: {len(empty)} of {len(classes)} classes have no video at all ({_names(empty, 5)}): "
+            "the model gets an output for each that no video teaches or tests; remove the empty "
+            "class folder if it is not a class"
         )
+    absent = [classes[c] for c, n in enumerate(labeled.per_class) if n == 0 and anywhere[c] > 0]
+    if absent:
+        notes.append(f"labeled: {len(absent)} of {len(classes)} classes have no labeled video ({_names(absent, 5)})")
     few = [f"{classes[c]} {n}" for c, n in enumerate(labeled.per_class) if 0 < n < FEW_LABELS_PER_CLASS]
     if few:
         notes.append(
             f"warning: {len(few)} of {len(classes)} classes have fewer than {FEW_LABELS_PER_CLASS} "
-            f"labeled videos ({', '.join(few[:8])}{', ...' if len(few) > 8 else ''}): expect a "
+            f"labeled videos ({_names(few, 8)}): expect a "
             "weaker model; a few more labeled videos per class help most"
         )
 
