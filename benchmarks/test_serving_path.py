@@ -95,7 +95,7 @@ def previous_views(data: bytes, spec, clips: int, crops: int, threads: int) -> n
     from training.view_decode import crop_offsets
     from training.views import normalize
 
-    reader = open_video(data, num_threads=threads)
+    reader = open_video(data, num_threads=threads, rotation=0)  # decord, as it was: no rotation probe
     idx = uniform_clip_indices(len(reader), clip_len=spec.clip_len, interval=spec.interval, num_clips=clips)
     x = torch.as_tensor(read_frames(reader, idx.reshape(-1))).permute(0, 3, 1, 2)  # (N, 3, H, W)
     h, w = x.shape[-2:]

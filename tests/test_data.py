@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import training.data
-from tests.videofiles import decoded_index, frame_coded, write_video
+from tests.videofiles import decoded_index, frame_coded, portrait_phone_video, write_video
 from training.augment import split_modalities, temporal_gradient
 from training.config import ConfigError, DataConfig
 from training.data import (
@@ -21,6 +21,7 @@ from training.data import (
     resolve_splits,
     weak_geometric,
 )
+from training.video import open_video, read_frames
 from training.views import InputSpec
 
 SPEC = InputSpec(
@@ -117,6 +118,25 @@ def test_a_video_that_cannot_be_opened_is_not_opened_again_but_still_counted(tmp
     # a worker that starts afresh (a resumed run) opens it, fails, and draws the same clip
     fresh = TrainClips(items, tmp_path, SPEC, tg_stride=1)[(0, (0, 0, 0))]
     assert fresh["skipped"] == first["skipped"] and torch.equal(fresh["frames"], second["frames"])
+
+
+def test_a_portrait_phone_video_trains_upright_and_its_rotation_is_probed_once(tmp_path, monkeypatch):
+    path = portrait_phone_video(tmp_path / "phone.mp4", 90)
+    probed: list[str] = []
+    real_probe = training.data.video_rotation
+
+    def counting_probe(source):
+        probed.append(Path(source).name)
+        return real_probe(source)
+
+    monkeypatch.setattr(training.data, "video_rotation", counting_probe)
+    ds = TrainClips([VideoItem(path.name, 0)], tmp_path, SPEC, tg_stride=1)
+    first, second = ds[(0, (0, 0, 0))], ds[(0, (0, 1, 0))]
+    assert first["skipped"] == [] and second["skipped"] == []
+    assert probed == ["phone.mp4"]  # once per process, not per clip
+    # the clip is upright: its frames are portrait before the square crop, the band on top
+    frames = read_frames(open_video(str(path)), np.array([0, 1]))
+    assert frames.shape[1:3] == (64, 48) and (frames[:, :6] > 240).all()
 
 
 def test_video_lists_parse_and_errors_name_the_line(tmp_path):

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.videofiles import decoded_index
+from tests.videofiles import decoded_index, portrait_phone_video
 from training.video import (
+    UprightVideo,
     VideoDecodeError,
     open_video,
     read_frames,
@@ -149,6 +150,25 @@ def test_unreadable_inputs_raise_named_errors(tmp_path, coded_video):
     reader = open_video(data)
     frames = read_frames(reader, np.array([3, 3, 1]))
     assert [decoded_index(f) for f in frames] == [3, 3, 1]
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_portrait_phone_videos_are_read_upright_frame_by_frame(tmp_path, rotation):
+    """decord 0.6 fails on these (its batch read raises, its frames are garbage): every portrait
+    phone video would be skipped in training."""
+    path = portrait_phone_video(tmp_path / f"phone{rotation}.mp4", rotation)
+    reader = open_video(str(path))
+    assert len(reader) == 60 and reader.get_avg_fps() == pytest.approx(25)
+    assert isinstance(reader, UprightVideo)
+    indices = np.array([41, 0, 41, 59, 17, 42])
+    frames = read_frames(reader, indices, name="phone.mp4")
+    assert frames.shape == (6, 64, 48, 3)  # upright: portrait
+    assert (frames[:, :6] > 240).all()  # the band on top
+    assert [decoded_index(f[8:]) for f in frames] == indices.tolist()
+    assert reader[59].shape == (64, 48, 3) and decoded_index(reader[59][8:]) == 59
+    late = read_frames(reader, np.array([52, 44, 45]))  # seeks to the key frame at 40
+    assert [decoded_index(f[8:]) for f in late] == [52, 44, 45]
+    assert open_video(path.read_bytes()).get_batch([5]).shape[1:3] == (64, 48)  # bytes too
 
 
 def test_ffmpeg_stays_quiet_about_an_unreadable_file(tmp_path, coded_video, capfd):

@@ -9,8 +9,10 @@ import av
 import numpy as np
 import torch
 
+from tests.upload_corpus import _rotate_mp4
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 25, *, keyframe_every: int | None = None) -> Path:
     """Encode (N, H, W, 3) uint8 frames as an mp4 (libx264, near-lossless)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
@@ -18,11 +20,25 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv444p"
         stream.options = {"crf": "0", "threads": "1"}
+        if keyframe_every:
+            stream.options = {**stream.options, "g": str(keyframe_every), "keyint_min": str(keyframe_every)}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def portrait_phone_video(path: Path, rotation: int, frames: int = 60) -> Path:
+    """An upright 48 x 64 (W x H) portrait video stored as phones store it: frames turned by
+    -rotation, a display rotation in the mp4 header. Frame i is flat 3*i under a white band on
+    top; a key frame every 8 frames, so reading a late frame seeks."""
+    upright = frame_coded(frames, height=64, width=48)
+    upright[:, :6] = 255
+    coded = np.ascontiguousarray(np.rot90(upright, -(rotation // 90), axes=(1, 2)))
+    write_video(path, coded, keyframe_every=8)
+    path.write_bytes(_rotate_mp4(path.read_bytes(), rotation, coded.shape[2], coded.shape[1]))
     return path
 
 

@@ -27,7 +27,14 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from training.config import ConfigError, DataConfig
-from training.video import VideoDecodeError, open_video, read_frames, tg_frame_pairs, train_clip_indices
+from training.video import (
+    VideoDecodeError,
+    open_video,
+    read_frames,
+    tg_frame_pairs,
+    train_clip_indices,
+    video_rotation,
+)
 from training.views import InputSpec, decode_test_views
 
 log = logging.getLogger(__name__)
@@ -459,6 +466,8 @@ class TrainClips(Dataset):
         # the whole run). Only failures to open, which happen before any random draw, so a
         # resumed run, whose workers start without this memory, draws the same clips.
         self._unopenable: dict[str, str] = {}
+        # display rotation by path, probed once per process (training/video.py: UprightVideo)
+        self._rotation: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -475,7 +484,9 @@ class TrainClips(Dataset):
             error = self._unopenable.get(path)
             if error is None:
                 try:
-                    reader = open_video(path, num_threads=self.decode_threads)
+                    if path not in self._rotation:
+                        self._rotation[path] = video_rotation(path)
+                    reader = open_video(path, num_threads=self.decode_threads, rotation=self._rotation[path])
                 except VideoDecodeError as exc:
                     error = self._unopenable[path] = str(exc)
             if error is not None:

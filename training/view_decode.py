@@ -37,7 +37,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from training.video import VideoDecodeError, tg_frame_pairs, uniform_clip_indices
+from training.video import VideoDecodeError, frame_rotation, tg_frame_pairs, uniform_clip_indices
 
 # FFmpeg demuxer names for format_whitelist ("mov" is the demuxer of mp4/mov/3gp/m4a,
 # "matroska" that of mkv and webm)
@@ -248,12 +248,6 @@ def cut_crops(frame: np.ndarray, crop: int, num_crops: int, out: np.ndarray) -> 
             out[k] = frame[top : top + crop, left : left + crop]
 
 
-def display_rotation(frame) -> int:
-    """Clockwise degrees that display the frame upright (PyAV reports FFmpeg's
-    counter-clockwise angle of the display matrix: -90 for a portrait phone video)."""
-    return int(round(-(frame.rotation or 0) / 90.0)) % 4 * 90
-
-
 class CropCutter:
     """Scales, rotates and cuts the crops of each wanted frame into its slot of `out`. The first
     frame taken fixes the scaled size and the rotation for the whole video."""
@@ -272,7 +266,7 @@ class CropCutter:
         """Cut frame number `index`; `coded` is the size of the video's first decoded frame."""
         if self.size is None:
             check_frame_size(frame.width, frame.height, self.limits)
-            self.rotation = display_rotation(frame)
+            self.rotation = frame_rotation(frame)
             self.size = scaled_size(frame.width, frame.height, self.rotation, self.geometry.short_side)
         elif (frame.width, frame.height) != coded:
             check_frame_size(frame.width, frame.height, self.limits)  # a mid-stream size change
