@@ -19,6 +19,7 @@ per request; benchmarks/served.py).
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import sys
@@ -89,15 +90,18 @@ def previous_views(data: bytes, spec, clips: int, crops: int, threads: int) -> n
     """The path the server replaced, kept here to be measured against: decord decodes the
     sampled frames in the worker, torch resizes the short side (antialiased bilinear on uint8),
     normalizes, and cuts the crops."""
+    import decord
     import torch.nn.functional as F
 
-    from training.video import open_video, read_frames, uniform_clip_indices
+    from training.video import uniform_clip_indices
     from training.view_decode import crop_offsets
     from training.views import normalize
 
-    reader = open_video(data, num_threads=threads, rotation=0)  # decord, as it was: no rotation probe
+    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=threads)
     idx = uniform_clip_indices(len(reader), clip_len=spec.clip_len, interval=spec.interval, num_clips=clips)
-    x = torch.as_tensor(read_frames(reader, idx.reshape(-1))).permute(0, 3, 1, 2)  # (N, 3, H, W)
+    unique, inverse = np.unique(idx.reshape(-1), return_inverse=True)
+    frames = reader.get_batch(unique.tolist()).asnumpy()[inverse]
+    x = torch.as_tensor(frames).permute(0, 3, 1, 2)  # (N, 3, H, W)
     h, w = x.shape[-2:]
     scale = spec.test_short_side / min(h, w)
     x = F.interpolate(

@@ -123,13 +123,13 @@ def test_a_video_that_cannot_be_opened_is_not_opened_again_but_still_counted(tmp
 def test_a_portrait_phone_video_trains_upright_and_its_rotation_is_probed_once(tmp_path, monkeypatch):
     path = portrait_phone_video(tmp_path / "phone.mp4", 90)
     probed: list[str] = []
-    real_probe = training.data.video_rotation
+    real_probe = training.data.probe_video
 
     def counting_probe(source):
         probed.append(Path(source).name)
         return real_probe(source)
 
-    monkeypatch.setattr(training.data, "video_rotation", counting_probe)
+    monkeypatch.setattr(training.data, "probe_video", counting_probe)
     ds = TrainClips([VideoItem(path.name, 0)], tmp_path, SPEC, tg_stride=1)
     first, second = ds[(0, (0, 0, 0))], ds[(0, (0, 1, 0))]
     assert first["skipped"] == [] and second["skipped"] == []

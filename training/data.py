@@ -29,11 +29,12 @@ from torch.utils.data import Dataset, Sampler
 from training.config import ConfigError, DataConfig
 from training.video import (
     VideoDecodeError,
+    VideoProbe,
     open_video,
+    probe_video,
     read_frames,
     tg_frame_pairs,
     train_clip_indices,
-    video_rotation,
 )
 from training.views import InputSpec, decode_test_views
 
@@ -466,8 +467,8 @@ class TrainClips(Dataset):
         # the whole run). Only failures to open, which happen before any random draw, so a
         # resumed run, whose workers start without this memory, draws the same clips.
         self._unopenable: dict[str, str] = {}
-        # display rotation by path, probed once per process (training/video.py: UprightVideo)
-        self._rotation: dict[str, int] = {}
+        # each video's probe (which reader, its rotation and length), once per process
+        self._probes: dict[str, VideoProbe | None] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -484,9 +485,9 @@ class TrainClips(Dataset):
             error = self._unopenable.get(path)
             if error is None:
                 try:
-                    if path not in self._rotation:
-                        self._rotation[path] = video_rotation(path)
-                    reader = open_video(path, num_threads=self.decode_threads, rotation=self._rotation[path])
+                    if path not in self._probes:
+                        self._probes[path] = probe_video(path)
+                    reader = open_video(path, num_threads=self.decode_threads, probe=self._probes[path])
                 except VideoDecodeError as exc:
                     error = self._unopenable[path] = str(exc)
             if error is not None:

@@ -1,14 +1,18 @@
-"""Decoding training video with decord, and the frame indices each kind of clip needs.
+"""Decoding training video, and the frame indices each kind of clip needs.
 
-decord has known leaks and thread problems with many decoder threads, so every reader is
-opened with a bounded `num_threads` and used by one worker only.
+decord reads what it reads well: H.264, HEVC, VP9, MPEG-4 and MJPEG in mp4/mov and AVI, without
+a display rotation. It has known leaks and thread problems with many decoder threads, so every
+reader is opened with a bounded `num_threads` and used by one worker only.
 
-Phone recordings store the sensor's frames and a display rotation (90 or 270 degrees for a
-portrait video, 180 for one filmed upside down). decord 0.6 cannot decode those reliably: its
-batch read fails ("from_size == to_size") and its single frames are garbage, for 90 and 270
-degrees and for some 180-degree files (measured). Every rotated video is read with PyAV instead
-(`UprightVideo`) and turned upright, as the test views are (`training/view_decode.py`), so a
-model trains on the picture it is tested and served on.
+Everything else is read with PyAV (`PyAVVideo`), because decord 0.6 fails on it (measured on
+the upload corpus of `tests/upload_corpus.py`): a display rotation, as every portrait phone video
+has (its batch read fails with "from_size == to_size", its single frames are garbage), browser
+MediaRecorder WebM, MPEG-TS, AV1 and GIF (it cannot open them), and Matroska with a huge
+declared duration, on which it aborts the whole process (`std::bad_alloc`), which in training
+would be the run. So one probe per video (`probe_video`: its container, codec and rotation, from
+its first frame) picks the reader, and a file decord opens but then fails to decode falls back to
+PyAV too. PyAV's frames are turned upright as the test views' are (`training/view_decode.py`):
+a model trains on the picture it is tested and served on.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,11 +41,13 @@ def _quiet_decoder_logs() -> None:
     decord.logging.set_level(decord.logging.QUIET)
 
 
-def open_video(source: str | bytes, *, num_threads: int = 1, name: str | None = None, rotation: int | None = None):
+def open_video(
+    source: str | bytes, *, num_threads: int = 1, name: str | None = None, probe: VideoProbe | None = None
+) -> Video:
     """Open a video file path or in-memory bytes; raise VideoDecodeError if unreadable.
 
-    decord reads it unless it has a display rotation (`UprightVideo` then).
-    `rotation` is that rotation when the caller knows it already (`video_rotation`)."""
+    `probe` is `probe_video(source)` when the caller has it already (a video opened many times
+    is probed once); without it, the video is probed here."""
     import decord  # imported lazily: it starts native threads on import
 
     _quiet_decoder_logs()
@@ -55,42 +63,76 @@ def open_video(source: str | bytes, *, num_threads: int = 1, name: str | None = 
         if os.path.getsize(source) == 0:
             raise VideoDecodeError(f"{label}: empty file (0 bytes)")
         handle = source
-    if rotation is None:
-        rotation = video_rotation(source)
-    if rotation in PYAV_ROTATIONS:
-        return UprightVideo(source, rotation, name=label)
+    probe = probe or probe_video(source)
+    if probe is not None and not probe.decord_reads:
+        return PyAVVideo(source, probe, name=label)
     try:
         reader = decord.VideoReader(handle, ctx=decord.cpu(0), num_threads=num_threads)
-    except (RuntimeError, decord.DECORDError) as exc:
+        if len(reader) == 0:
+            raise VideoDecodeError(f"{label}: the video stream has no frames")
+    except (RuntimeError, decord.DECORDError, VideoDecodeError) as exc:
+        if probe is not None:  # PyAV decoded its first frame: PyAV reads it
+            return PyAVVideo(source, probe, name=label)
+        if isinstance(exc, VideoDecodeError):
+            raise
         raise VideoDecodeError(f"{label}: not a readable video ({_first_line(exc)})") from exc
-    if len(reader) == 0:
-        raise VideoDecodeError(f"{label}: the video stream has no frames")
-    return reader
+    return DecordVideo(reader, source, probe, name=label)
 
 
-def read_frames(reader, indices: np.ndarray, *, name: str = "<video>") -> np.ndarray:
+def read_frames(reader: Video, indices: np.ndarray, *, name: str = "<video>") -> np.ndarray:
     """Decode the frames at `indices` (any order, repeats allowed) -> (len(indices), H, W, 3) uint8."""
     unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
-    try:
-        batch = reader.get_batch(unique.tolist())
-        frames = batch if isinstance(batch, np.ndarray) else batch.asnumpy()  # UprightVideo / decord
-    except VideoDecodeError:
-        raise
-    except Exception as exc:  # decord raises its own DECORDError or RuntimeError subclasses
-        raise VideoDecodeError(f"{name}: decoding failed ({_first_line(exc)})") from exc
+    frames = reader.get_batch(unique.tolist())
     if frames.ndim != 4 or frames.shape[0] != len(unique):
         raise VideoDecodeError(f"{name}: decoder returned {frames.shape[0]} of {len(unique)} frames")
     return frames[inverse]
 
 
-# display rotations decord cannot decode (module docstring)
-PYAV_ROTATIONS = (90, 180, 270)
+# FFmpeg demuxers and codecs decord reads correctly (module docstring)
+DECORD_CONTAINERS = ("mov,mp4,m4a,3gp,3g2,mj2", "avi")
+DECORD_CODECS = ("h264", "hevc", "vp9", "vp8", "mpeg4", "mjpeg", "ffv1")
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    """What picks a video's reader, and what PyAV needs to read it without a second look."""
+
+    container: str  # FFmpeg's demuxer name
+    codec: str
+    rotation: int  # clockwise degrees that display it upright
+    fps: float
+    frames: int  # the header's count, else the packets'
+    video_streams: int  # besides cover pictures: decord might pick another one than the test views
+
+    @property
+    def decord_reads(self) -> bool:
+        return (
+            self.rotation == 0
+            and self.video_streams == 1
+            and self.container in DECORD_CONTAINERS
+            and self.codec in DECORD_CODECS
+        )
 
 
 def frame_rotation(frame) -> int:
     """Clockwise degrees that display a PyAV frame upright (PyAV reports FFmpeg's counter-clockwise
     angle of the display matrix: -90 for a portrait phone video)."""
     return int(round(-(frame.rotation or 0) / 90.0)) % 4 * 90
+
+
+def main_video_stream(container):
+    """The video stream a video is: the first one marked default, else the first one, passing
+    over attached (cover) pictures; None when there is none. Training and the test views agree."""
+    import av
+
+    streams = [s for s in container.streams.video if not _is_cover(s)]
+    return next((s for s in streams if s.disposition & av.stream.Disposition.default), streams[0] if streams else None)
+
+
+def _is_cover(stream) -> bool:
+    import av
+
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
 
 
 def _open_local(source: str | bytes):
@@ -102,54 +144,93 @@ def _open_local(source: str | bytes):
     return av.open(source, options={"protocol_whitelist": "file"}, metadata_errors="replace")
 
 
-def video_rotation(source: str | bytes) -> int:
-    """The display rotation of a video's first frame, clockwise degrees (0 when PyAV cannot read
-    it: the decoder that opens it next then names the problem). It decodes that frame: 2 ms for a
-    128 x 96 video, 18 ms for a 1080p HEVC phone video (measured), so callers that open a video
-    many times probe it once (`TrainClips`)."""
+def probe_video(source: str | bytes) -> VideoProbe | None:
+    """Container, codec, rotation, frame rate and frame count of a video; None when PyAV cannot
+    decode its first frame (decord then tries, and names the problem if it cannot either).
+
+    It decodes that frame (2 ms for a 128 x 96 video, 18 ms for a 1080p HEVC phone video,
+    measured) and, where the header has no frame count (Matroska, WebM, MPEG-TS), demuxes the
+    packets without decoding them; so a video opened many times is probed once (`TrainClips`)."""
     import av
 
     try:
         with _open_local(source) as container:
-            for frame in container.decode(video=0):
-                return frame_rotation(frame)
-    except (av.error.FFmpegError, IndexError, EOFError, OSError, UnicodeDecodeError):
-        pass
-    return 0
+            stream = main_video_stream(container)
+            if stream is None:
+                return None
+            rotation, packets = None, 0
+            for packet in container.demux(stream):
+                packets += 1 if packet.size else 0
+                if rotation is None:
+                    for frame in packet.decode():
+                        rotation = frame_rotation(frame)
+                        break
+                if rotation is not None and stream.frames:
+                    break
+            if rotation is None:
+                return None
+            rate = stream.average_rate or stream.guessed_rate
+            return VideoProbe(
+                container=container.format.name,
+                codec=stream.codec_context.name,
+                rotation=rotation,
+                fps=float(rate) if rate else 0.0,
+                frames=int(stream.frames or packets),
+                video_streams=sum(1 for v in container.streams.video if not _is_cover(v)),
+            )
+    except (av.error.FFmpegError, EOFError, OSError, UnicodeDecodeError, ValueError):
+        return None
 
 
-class UprightVideo:
-    """A video with a display rotation (90, 180 or 270 degrees), read with PyAV and turned upright.
+class DecordVideo:
+    """A decord reader, with the interface training uses (`len()`, `[i]`, `get_batch(indices)` as
+    an (N, H, W, 3) uint8 array, `get_avg_fps()`). A batch decord fails to decode is read with
+    PyAV (`PyAVVideo`) where PyAV can read the video, and so is every later one."""
 
-    It offers what training uses of decord's VideoReader: `len()`, `[i]`, `get_batch(indices)`
-    (an (N, H, W, 3) uint8 array) and `get_avg_fps()`. A batch seeks to the key frame before its
-    first index, found by timestamp at the average frame rate, and decodes forward from there, so
-    a clip late in a long video does not decode the whole video. The frames of a batch are
-    consecutive decoded frames; on variable-frame-rate video its first one can be a few frames
-    off the i-th (3 in 80 frames, measured), which shifts a random training clip and nothing
-    else."""
+    def __init__(self, reader, source: str | bytes, probe: VideoProbe | None, *, name: str) -> None:
+        self.reader, self.source, self.probe, self.name = reader, source, probe, name
+        self.fallback: PyAVVideo | None = None
 
-    def __init__(self, source: str | bytes, rotation: int, *, name: str) -> None:
-        import av
+    def __len__(self) -> int:
+        return len(self.fallback) if self.fallback is not None else len(self.reader)
 
-        self.source, self.rotation, self.name = source, rotation, name
+    def get_avg_fps(self) -> float:
+        return float(self.reader.get_avg_fps())
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.get_batch([index])[0]
+
+    def get_batch(self, indices) -> np.ndarray:
+        if self.fallback is not None:
+            return self.fallback.get_batch(indices)
         try:
-            with _open_local(source) as container:
-                stream = container.streams.video[0]
-                rate = stream.average_rate or stream.guessed_rate
-                self.fps = float(rate) if rate else 0.0
-                # the header's count, else the packets' (demuxed, not decoded)
-                self.frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
-        except (av.error.FFmpegError, IndexError, EOFError, OSError) as exc:
-            raise VideoDecodeError(f"{name}: not a readable video ({_first_line(exc)})") from exc
-        if self.frames == 0:
+            return self.reader.get_batch(list(indices)).asnumpy()
+        except Exception as exc:  # decord raises its own DECORDError or RuntimeError subclasses
+            if self.probe is None:
+                raise VideoDecodeError(f"{self.name}: decoding failed ({_first_line(exc)})") from exc
+        self.fallback = PyAVVideo(self.source, self.probe, name=self.name)
+        return self.fallback.get_batch(indices)
+
+
+class PyAVVideo:
+    """A video read with PyAV and turned upright, with DecordVideo's interface.
+
+    A batch seeks to the key frame before its first index, found by timestamp at the average
+    frame rate, and decodes forward from there, so a clip late in a long video does not decode
+    the whole video. The frames of a batch are consecutive decoded frames; on variable-frame-rate
+    video its first one can be a few frames off the i-th (3 in 80 frames, measured), which shifts
+    a random training clip and nothing else."""
+
+    def __init__(self, source: str | bytes, probe: VideoProbe, *, name: str) -> None:
+        self.source, self.probe, self.name = source, probe, name
+        if probe.frames == 0:
             raise VideoDecodeError(f"{name}: the video stream has no frames")
 
     def __len__(self) -> int:
-        return self.frames
+        return self.probe.frames
 
     def get_avg_fps(self) -> float:
-        return self.fps
+        return self.probe.fps
 
     def __getitem__(self, index: int) -> np.ndarray:
         return self.get_batch([index])[0]
@@ -161,44 +242,46 @@ class UprightVideo:
         got: dict[int, np.ndarray] = {}
         try:
             with _open_local(self.source) as container:
-                stream = container.streams.video[0]
+                stream = main_video_stream(container)
                 self._decode(container, stream, wanted, got, seek=wanted[0] > 0)
                 if wanted[0] not in got and wanted[0] > 0:  # the timestamps misled the seek
                     got.clear()
                     container.seek(0)
                     self._decode(container, stream, wanted, got, seek=False)
-        except (av.error.FFmpegError, EOFError, OSError) as exc:
+        except (av.error.FFmpegError, EOFError, OSError, ValueError) as exc:
             if not got:
                 raise VideoDecodeError(f"{self.name}: decoding failed ({_first_line(exc)})") from exc
         if not got:
             raise VideoDecodeError(f"{self.name}: no frame could be decoded")
-        # frames past the last one decoded (a header that counts more than the stream holds)
-        # repeat the last one, as a short video's clip wraps
+        # an index past the last frame decoded (a header that counts more frames than the stream
+        # holds) gets the last frame before it
         decoded = sorted(got)
-        pick = {i: got[i] if i in got else got[decoded[max(0, np.searchsorted(decoded, i) - 1)]] for i in wanted}
+        pick = {i: got[i] if i in got else got[decoded[max(0, int(np.searchsorted(decoded, i)) - 1)]] for i in wanted}
         return np.stack([pick[int(i)] for i in indices])
 
     def _decode(self, container, stream, wanted: list[int], got: dict[int, np.ndarray], *, seek: bool) -> None:
-        start = stream.start_time or 0
-        seek = bool(seek and self.fps and stream.time_base)
+        start, fps = stream.start_time or 0, self.probe.fps
+        seek = bool(seek and fps and stream.time_base)
         if seek:
-            container.seek(start + int(wanted[0] / self.fps / stream.time_base), stream=stream, backward=True)
+            container.seek(start + int(wanted[0] / fps / stream.time_base), stream=stream, backward=True)
         index: int | None = None if seek else -1
-        last, want = wanted[-1], set(wanted)
+        last, want, turn = wanted[-1], set(wanted), -self.probe.rotation // 90
         for frame in container.decode(stream):
             if index is None:  # after a seek: the frame's number from its timestamp
                 if frame.pts is None:
                     return
-                index = round(float((frame.pts - start) * stream.time_base) * self.fps)
+                index = round(float((frame.pts - start) * stream.time_base) * fps)
                 if index > wanted[0]:
                     return
             else:
                 index += 1
             if index in want:
-                rgb = frame.to_ndarray(format="rgb24")
-                got[index] = np.ascontiguousarray(np.rot90(rgb, k=-self.rotation // 90))
+                got[index] = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), k=turn))
             if index >= last:
                 return
+
+
+Video = DecordVideo | PyAVVideo
 
 
 def clip_span(clip_len: int, interval: int) -> int:
@@ -261,6 +344,11 @@ def tg_frame_pairs(
     return points[:, :-1].reshape(indices.shape), points[:, 1:].reshape(indices.shape)
 
 
+# decord's messages start with a time and its source line, and may carry a failed check first:
+# "[19:36:25] /…/video_reader.cc:151: Check failed: st_nb >= 0 (… vs. 0) ERROR cannot find video stream …"
+_DECORD_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+:\d+: (?:Check failed: .*?\) (?=ERROR ))?")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    return _DECORD_PREFIX.sub("", text[0]).removeprefix("ERROR ")[:200] if text else type(exc).__name__

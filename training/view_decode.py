@@ -37,7 +37,13 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from training.video import VideoDecodeError, frame_rotation, tg_frame_pairs, uniform_clip_indices
+from training.video import (
+    VideoDecodeError,
+    frame_rotation,
+    main_video_stream,
+    tg_frame_pairs,
+    uniform_clip_indices,
+)
 
 # FFmpeg demuxer names for format_whitelist ("mov" is the demuxer of mp4/mov/3gp/m4a,
 # "matroska" that of mkv and webm)
@@ -142,14 +148,10 @@ def open_container(source: str | Path | bytes, formats: tuple[str, ...] | None =
 
 
 def video_stream(container):
-    """The video stream to check and decode: the first one marked default, else the first
-    one, passing over attached (cover) pictures."""
-    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-    for stream in streams:
-        if stream.disposition & av.stream.Disposition.default:
-            return stream
-    if streams:
-        return streams[0]
+    """The video stream to check and decode (`main_video_stream`: the one training reads)."""
+    stream = main_video_stream(container)
+    if stream is not None:
+        return stream
     kinds = sorted({s.type for s in container.streams}) or ["no streams"]
     raise VideoRejected(422, "no_video_stream", f"the file has no video stream (it holds: {', '.join(kinds)})")
 
