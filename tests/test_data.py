@@ -229,6 +229,13 @@ def test_folder_layout_takes_names_with_spaces_and_skips_hidden_clutter(tmp_path
     assert val == [VideoItem("val/Wave Hand/e.mp4", 0)]
 
 
+def test_folder_layout_lists_every_container_the_server_accepts(tmp_path):
+    names = ["a.MP4", "b.m4v", "c.mov", "d.3gp", "e.mkv", "f.webm", "g.avi", "h.ts", "i.MTS", "j.m2ts", "k.gif"]
+    touch_files(tmp_path, ["labeled/clap/x.mp4", *(f"unlabeled/{n}" for n in names), "unlabeled/cover.jpg"])
+    _, _, unlabeled, _ = read_folder_layout(tmp_path)
+    assert [it.path for it in unlabeled] == [f"unlabeled/{n}" for n in names]
+
+
 def test_seeded_sampler_shards_and_repeats_small_sets():
     s0, s1 = SeededSampler(10, rank=0, world_size=2, seed=1), SeededSampler(10, rank=1, world_size=2, seed=1)
     a, b = [i for i, _ in s0], [i for i, _ in s1]

@@ -41,7 +41,14 @@ from training.views import InputSpec, decode_test_views
 log = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS = 10
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
+# what a folder dataset lists as videos: every container the server accepts, and MPEG program streams
+VIDEO_EXTENSIONS = (
+    (".mp4", ".m4v", ".mov", ".3gp", ".3g2")  # mp4/mov family: phones, cameras, downloads
+    + (".mkv", ".webm")  # Matroska: browser recordings, downloads
+    + (".avi",)  # webcams, older cameras
+    + (".ts", ".mts", ".m2ts")  # MPEG-TS: camcorders (AVCHD), broadcast captures
+    + (".gif", ".mpg", ".mpeg")
+)
 
 
 @dataclass(frozen=True)
