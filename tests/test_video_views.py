@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from tests.upload_corpus import KINDS, build_corpus
-from tests.videofiles import decoded_index, portrait_phone_video
+from tests.videofiles import decoded_index, frame_coded, portrait_phone_video, write_video
+from training.data import decode_short_side
 from training.video import (
+    DecordVideo,
     PyAVVideo,
     VideoDecodeError,
     frame_rotation,
@@ -176,6 +178,24 @@ def test_portrait_phone_videos_are_read_upright_frame_by_frame(tmp_path, rotatio
     late = read_frames(reader, np.array([52, 44, 45]))  # seeks to the key frame at 40
     assert [decoded_index(f[8:]) for f in late] == [52, 44, 45]
     assert open_video(path.read_bytes()).get_batch([5]).shape[1:3] == (64, 48)  # bytes too
+
+
+def test_a_large_video_is_decoded_scaled_down_to_what_the_crops_can_use(tmp_path):
+    assert decode_short_side(InputSpec(short_side=64, crop_size=56, crop_area=[0.3, 1.0])) == 119  # CPU recipe
+    assert decode_short_side(InputSpec()) == 915  # the paper's 224-px crops of area 0.08 and more
+    big = write_video(tmp_path / "big.mp4", frame_coded(12, height=240, width=320))
+    reader = open_video(str(big), max_short_side=60)
+    assert isinstance(reader, DecordVideo)
+    frames = read_frames(reader, np.array([11, 0, 5]))
+    assert frames.shape == (3, 60, 80, 3) and [decoded_index(f) for f in frames] == [11, 0, 5]
+    assert read_frames(open_video(str(big), max_short_side=480), np.array([0])).shape == (1, 240, 320, 3)
+    # the PyAV reader (a rotated phone video) scales before it turns: upright 24 x 32 (W x H)
+    phone = portrait_phone_video(tmp_path / "phone.mp4", 90)
+    reader = open_video(str(phone), max_short_side=24)
+    assert isinstance(reader, PyAVVideo)
+    frames = read_frames(reader, np.array([30, 2]))
+    assert frames.shape == (2, 32, 24, 3) and (frames[:, 0] > 240).all()  # the band on top
+    assert [decoded_index(f[4:]) for f in frames] == [30, 2]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -449,6 +450,15 @@ def weak_geometric(frames: np.ndarray, spec: InputSpec, rng: np.random.Generator
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def decode_short_side(spec: InputSpec) -> int:
+    """The short side training decodes a larger video at: the smallest random crop (the least
+    area, the most elongated ratio) still has `crop_size` source pixels along its short side,
+    so nothing the crop could show is lost (119 px for 56-px crops of area 0.3 or more, 915 px
+    for the paper's 224-px crops of area 0.08 or more)."""
+    least_side = math.sqrt(spec.crop_area[0] / max(spec.crop_ratio[1], 1 / spec.crop_ratio[0]))
+    return max(spec.short_side, math.ceil(spec.crop_size / least_side))
+
+
 class TrainClips(Dataset):
     """Training clips: each item is one random clip of a video and the frames its temporal
     gradient is taken from, with one weak augmentation applied to all (same crop box and flip).
@@ -470,6 +480,7 @@ class TrainClips(Dataset):
         self.items, self.root, self.spec = items, Path(root), spec
         self.tg_stride, self.decode_threads = tg_stride, decode_threads
         self.tg_spread = tg_spread and tg_stride > 1
+        self.decode_short_side = decode_short_side(spec)
         # videos this process could not open, by path: not opened again (loader workers live for
         # the whole run). Only failures to open, which happen before any random draw, so a
         # resumed run, whose workers start without this memory, draws the same clips.
@@ -494,7 +505,12 @@ class TrainClips(Dataset):
                 try:
                     if path not in self._probes:
                         self._probes[path] = probe_video(path)
-                    reader = open_video(path, num_threads=self.decode_threads, probe=self._probes[path])
+                    reader = open_video(
+                        path,
+                        num_threads=self.decode_threads,
+                        probe=self._probes[path],
+                        max_short_side=self.decode_short_side,
+                    )
                 except VideoDecodeError as exc:
                     error = self._unopenable[path] = str(exc)
             if error is not None:

@@ -42,12 +42,19 @@ def _quiet_decoder_logs() -> None:
 
 
 def open_video(
-    source: str | bytes, *, num_threads: int = 1, name: str | None = None, probe: VideoProbe | None = None
+    source: str | bytes,
+    *,
+    num_threads: int = 1,
+    name: str | None = None,
+    probe: VideoProbe | None = None,
+    max_short_side: int | None = None,
 ) -> Video:
     """Open a video file path or in-memory bytes; raise VideoDecodeError if unreadable.
 
     `probe` is `probe_video(source)` when the caller has it already (a video opened many times
-    is probed once); without it, the video is probed here."""
+    is probed once); without it, the video is probed here. With `max_short_side`, a video whose
+    short side is larger is decoded scaled down to it (by the decoder, from its YUV frames): a
+    1080p or 4K phone video is never turned into full-size RGB for a 56-pixel crop."""
     import decord  # imported lazily: it starts native threads on import
 
     _quiet_decoder_logs()
@@ -64,19 +71,22 @@ def open_video(
             raise VideoDecodeError(f"{label}: empty file (0 bytes)")
         handle = source
     probe = probe or probe_video(source)
+    size = probe.decode_size(max_short_side) if probe is not None else None
     if probe is not None and not probe.decord_reads:
-        return PyAVVideo(source, probe, name=label)
+        return PyAVVideo(source, probe, name=label, size=size)
+    # decord's -1: the coded size (an unprobed video is decoded as it is)
+    width, height = size or (-1, -1)
     try:
-        reader = decord.VideoReader(handle, ctx=decord.cpu(0), num_threads=num_threads)
+        reader = decord.VideoReader(handle, ctx=decord.cpu(0), num_threads=num_threads, width=width, height=height)
         if len(reader) == 0:
             raise VideoDecodeError(f"{label}: the video stream has no frames")
     except (RuntimeError, decord.DECORDError, VideoDecodeError) as exc:
         if probe is not None:  # PyAV decoded its first frame: PyAV reads it
-            return PyAVVideo(source, probe, name=label)
+            return PyAVVideo(source, probe, name=label, size=size)
         if isinstance(exc, VideoDecodeError):
             raise
         raise VideoDecodeError(f"{label}: not a readable video ({_first_line(exc)})") from exc
-    return DecordVideo(reader, source, probe, name=label)
+    return DecordVideo(reader, source, probe, name=label, size=size)
 
 
 def read_frames(reader: Video, indices: np.ndarray, *, name: str = "<video>") -> np.ndarray:
@@ -103,6 +113,17 @@ class VideoProbe:
     fps: float
     frames: int  # the header's count, else the packets'
     video_streams: int  # besides cover pictures: decord might pick another one than the test views
+    width: int  # coded, before the rotation
+    height: int
+
+    def decode_size(self, max_short_side: int | None) -> tuple[int, int] | None:
+        """(width, height) to decode at, coded orientation, so the short side is at most
+        `max_short_side`; None: the coded size."""
+        short = min(self.width, self.height)
+        if not max_short_side or short <= max_short_side:
+            return None
+        scale = max_short_side / short
+        return max(2, round(self.width * scale)), max(2, round(self.height * scale))
 
     @property
     def decord_reads(self) -> bool:
@@ -158,12 +179,12 @@ def probe_video(source: str | bytes) -> VideoProbe | None:
             stream = main_video_stream(container)
             if stream is None:
                 return None
-            rotation, packets = None, 0
+            rotation, packets, size = None, 0, (0, 0)
             for packet in container.demux(stream):
                 packets += 1 if packet.size else 0
                 if rotation is None:
                     for frame in packet.decode():
-                        rotation = frame_rotation(frame)
+                        rotation, size = frame_rotation(frame), (frame.width, frame.height)
                         break
                 if rotation is not None and stream.frames:
                     break
@@ -177,6 +198,8 @@ def probe_video(source: str | bytes) -> VideoProbe | None:
                 fps=float(rate) if rate else 0.0,
                 frames=int(stream.frames or packets),
                 video_streams=sum(1 for v in container.streams.video if not _is_cover(v)),
+                width=size[0],
+                height=size[1],
             )
     except (av.error.FFmpegError, EOFError, OSError, UnicodeDecodeError, ValueError):
         return None
@@ -187,8 +210,10 @@ class DecordVideo:
     an (N, H, W, 3) uint8 array, `get_avg_fps()`). A batch decord fails to decode is read with
     PyAV (`PyAVVideo`) where PyAV can read the video, and so is every later one."""
 
-    def __init__(self, reader, source: str | bytes, probe: VideoProbe | None, *, name: str) -> None:
-        self.reader, self.source, self.probe, self.name = reader, source, probe, name
+    def __init__(
+        self, reader, source: str | bytes, probe: VideoProbe | None, *, name: str, size: tuple[int, int] | None
+    ) -> None:
+        self.reader, self.source, self.probe, self.name, self.size = reader, source, probe, name, size
         self.fallback: PyAVVideo | None = None
 
     def __len__(self) -> int:
@@ -208,7 +233,7 @@ class DecordVideo:
         except Exception as exc:  # decord raises its own DECORDError or RuntimeError subclasses
             if self.probe is None:
                 raise VideoDecodeError(f"{self.name}: decoding failed ({_first_line(exc)})") from exc
-        self.fallback = PyAVVideo(self.source, self.probe, name=self.name)
+        self.fallback = PyAVVideo(self.source, self.probe, name=self.name, size=self.size)
         return self.fallback.get_batch(indices)
 
 
@@ -221,8 +246,11 @@ class PyAVVideo:
     video its first one can be a few frames off the i-th (3 in 80 frames, measured), which shifts
     a random training clip and nothing else."""
 
-    def __init__(self, source: str | bytes, probe: VideoProbe, *, name: str) -> None:
+    def __init__(
+        self, source: str | bytes, probe: VideoProbe, *, name: str, size: tuple[int, int] | None = None
+    ) -> None:
         self.source, self.probe, self.name = source, probe, name
+        self.scale = {"width": size[0], "height": size[1], "interpolation": "AREA"} if size else {}
         if probe.frames == 0:
             raise VideoDecodeError(f"{name}: the video stream has no frames")
 
@@ -276,7 +304,8 @@ class PyAVVideo:
             else:
                 index += 1
             if index in want:
-                got[index] = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), k=turn))
+                rgb = frame.to_ndarray(format="rgb24", **self.scale)
+                got[index] = np.ascontiguousarray(np.rot90(rgb, k=turn))
             if index >= last:
                 return
 
