@@ -188,8 +188,11 @@ def probe_video(source: str | bytes) -> VideoProbe | None:
                         break
                 if rotation is not None and stream.frames:
                     break
-            if rotation is None:
-                return None
+            if rotation is None:  # a decoder that holds frames back gives them up at the end
+                frame = next(iter(stream.codec_context.decode(None)), None)
+                if frame is None:
+                    return None
+                rotation, size = frame_rotation(frame), (frame.width, frame.height)
             rate = stream.average_rate or stream.guessed_rate
             return VideoProbe(
                 container=container.format.name,
