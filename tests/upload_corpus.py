@@ -286,7 +286,7 @@ def _rotation_matrix(rotation: int, width: int, height: int) -> tuple[int, ...]:
     return a, b, 0, c, d, 0, tx, ty, 1 << 30
 
 
-def _rotate_mp4(data: bytes, rotation: int, width: int, height: int) -> bytes:
+def rotate_mp4(data: bytes, rotation: int, width: int, height: int) -> bytes:
     """Write a rotation into the video track's tkhd matrix, as phones do (no re-encoding)."""
     out = bytearray(data)
     (box,) = mp4_find(out, "moov/trak/tkhd")
@@ -475,7 +475,7 @@ def _bad_utf8_title_mkv(_: Path) -> bytes:
 
 def _rotated_mp4(rotation: int, width: int, height: int, frames: int = 16, **kw) -> bytes:
     data = _mux("mp4", _h264(width, height, frames, rotation=rotation, **kw))
-    return _rotate_mp4(data, rotation, width, height)
+    return rotate_mp4(data, rotation, width, height)
 
 
 def _portrait_mp4(_: Path) -> bytes:

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import torch
 
-from tests.upload_corpus import _rotate_mp4
+from tests.upload_corpus import rotate_mp4
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int = 25, *, keyframe_every: int | None = None) -> Path:
@@ -38,7 +38,7 @@ def portrait_phone_video(path: Path, rotation: int, frames: int = 60) -> Path:
     upright[:, :6] = 255
     coded = np.ascontiguousarray(np.rot90(upright, -(rotation // 90), axes=(1, 2)))
     write_video(path, coded, keyframe_every=8)
-    path.write_bytes(_rotate_mp4(path.read_bytes(), rotation, coded.shape[2], coded.shape[1]))
+    path.write_bytes(rotate_mp4(path.read_bytes(), rotation, coded.shape[2], coded.shape[1]))
     return path
 
 

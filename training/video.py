@@ -22,6 +22,7 @@ import io
 import os
 import re
 from dataclasses import dataclass
+from types import EllipsisType
 
 import numpy as np
 
@@ -46,13 +47,13 @@ def open_video(
     *,
     num_threads: int = 1,
     name: str | None = None,
-    probe: VideoProbe | None = None,
+    probe: VideoProbe | None | EllipsisType = ...,
     max_short_side: int | None = None,
 ) -> Video:
     """Open a video file path or in-memory bytes; raise VideoDecodeError if unreadable.
 
-    `probe` is `probe_video(source)` when the caller has it already (a video opened many times
-    is probed once); without it, the video is probed here. With `max_short_side`, a video whose
+    `probe` is `probe_video(source)` when the caller has it already, None included (a video
+    opened many times is probed once); left out, the video is probed here. With `max_short_side`, a video whose
     short side is larger is decoded scaled down to it (by the decoder, from its YUV frames): a
     1080p or 4K phone video is never turned into full-size RGB for a 56-pixel crop."""
     import decord  # imported lazily: it starts native threads on import
@@ -70,7 +71,8 @@ def open_video(
         if os.path.getsize(source) == 0:
             raise VideoDecodeError(f"{label}: empty file (0 bytes)")
         handle = source
-    probe = probe or probe_video(source)
+    if probe is ...:
+        probe = probe_video(source)
     size = probe.decode_size(max_short_side) if probe is not None else None
     if probe is not None and not probe.decord_reads:
         return PyAVVideo(source, probe, name=label, size=size)
@@ -156,13 +158,20 @@ def _is_cover(stream) -> bool:
     return bool(stream.disposition & av.stream.Disposition.attached_pic)
 
 
-def _open_local(source: str | bytes):
-    """A PyAV input for a training video: a local file or bytes, no other protocol."""
+def open_pyav(source: str | os.PathLike | bytes | bytearray | memoryview, formats: tuple[str, ...] | None = None):
+    """A PyAV input that can read nothing but `source` (bytes: no protocol at all; a path: the
+    file protocol only, so a playlist or concat list opens no socket); `formats`: the accepted
+    demuxers (None: any). Metadata text in invalid UTF-8 is replaced, not refused."""
     import av
 
-    if isinstance(source, (bytes, bytearray)):
-        return av.open(io.BytesIO(source), options={"protocol_whitelist": ""}, metadata_errors="replace")
-    return av.open(source, options={"protocol_whitelist": "file"}, metadata_errors="replace")
+    target: io.BytesIO | str
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        target, options = io.BytesIO(source), {"protocol_whitelist": ""}
+    else:
+        target, options = str(source), {"protocol_whitelist": "file"}
+    if formats is not None:
+        options["format_whitelist"] = ",".join(formats)
+    return av.open(target, mode="r", options=options, metadata_errors="replace")
 
 
 def probe_video(source: str | bytes) -> VideoProbe | None:
@@ -175,7 +184,7 @@ def probe_video(source: str | bytes) -> VideoProbe | None:
     import av
 
     try:
-        with _open_local(source) as container:
+        with open_pyav(source) as container:
             stream = main_video_stream(container)
             if stream is None:
                 return None
@@ -272,7 +281,7 @@ class PyAVVideo:
         wanted = sorted({int(i) for i in indices})
         got: dict[int, np.ndarray] = {}
         try:
-            with _open_local(self.source) as container:
+            with open_pyav(self.source) as container:
                 stream = main_video_stream(container)
                 self._decode(container, stream, wanted, got, seek=wanted[0] > 0)
                 if wanted[0] not in got and wanted[0] > 0:  # the timestamps misled the seek

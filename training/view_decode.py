@@ -28,7 +28,6 @@ The policy, for uploads (`UPLOAD_FORMATS`):
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from training.video import (
     VideoDecodeError,
     frame_rotation,
     main_video_stream,
+    open_pyav,
     tg_frame_pairs,
     uniform_clip_indices,
 )
@@ -120,19 +120,11 @@ class ViewGeometry:
 def open_container(source: str | Path | bytes, formats: tuple[str, ...] | None = UPLOAD_FORMATS):
     """An FFmpeg input that can read nothing but `source`; `formats` = the accepted demuxers
     (None: any demuxer, for trusted local files)."""
-    options = {"protocol_whitelist": "" if isinstance(source, (bytes, bytearray, memoryview)) else "file"}
-    if formats is not None:
-        options["format_whitelist"] = ",".join(formats)
-    target: io.BytesIO | str
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise VideoRejected(400, "empty_body", "the file is empty (0 bytes)")
-        target = io.BytesIO(source)
-    else:
-        target = str(source)
+    if isinstance(source, (bytes, bytearray, memoryview)) and len(source) == 0:
+        raise VideoRejected(400, "empty_body", "the file is empty (0 bytes)")
     try:
         # metadata text is not ours to judge: a title in invalid UTF-8 must not refuse the video
-        return av.open(target, mode="r", options=options, metadata_errors="replace")
+        return open_pyav(source, formats)
     except av.error.ArgumentError:  # EINVAL: the probed format is not on format_whitelist
         raise VideoRejected(
             415,
