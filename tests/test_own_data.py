@@ -133,6 +133,35 @@ def test_the_plan_warns_of_a_class_folder_with_no_video_at_all(tmp_path):
     assert "warning: 2 of 4 classes have fewer than 5 labeled videos (swipe_left 1, swipe_right 1)" in "\n".join(notes)
 
 
+def test_one_class_is_a_config_error_that_names_it(tmp_path):
+    root = make_folder_dataset(tmp_path / "data", classes=("wave",), labeled=2, unlabeled=1)
+    with pytest.raises(
+        ConfigError, match=r"one class folder under .*labeled \(wave\): a classifier needs at least two"
+    ):
+        resolve_own_data(str(root), [])
+
+
+def test_the_plan_warns_of_videos_shorter_than_a_clip_and_of_no_validation_videos(tmp_path):
+    # 4-frame videos: even at interval 1 a clip covers 9 frames (8 and the next one for TG)
+    root = make_folder_dataset(tmp_path / "short", classes=("a", "b"), labeled=1, unlabeled=2, val=0, frames=4)
+    cfg, recipe = resolve_own_data(str(root), [])
+    notes = build_plan(cfg, probe=0, estimate_time=False, recipe=recipe).notes
+    (short,) = [n for n in notes if "shorter than one training clip" in n]
+    assert short.startswith("warning: 4 of 4 probed training videos are shorter than one training clip (9 frames: ")
+    assert "(4 frames): their clips wrap around to the first frame" in short
+    assert any(n.startswith("warning: no validation videos: the run can report no accuracy") for n in notes)
+
+    # one short video among long ones is a note, not a warning; the interval follows the median
+    mixed = make_folder_dataset(tmp_path / "mixed", classes=("a", "b"), labeled=2, unlabeled=2, frames=40)
+    write_video(mixed / "unlabeled" / "clip.mp4", np.zeros((6, 32, 40, 3), np.uint8))
+    cfg, recipe = resolve_own_data(str(mixed), [])
+    notes = build_plan(cfg, probe=0, estimate_time=False, recipe=recipe).notes
+    (short,) = [n for n in notes if "shorter than one training clip" in n]
+    assert short.startswith("1 of 7 probed training videos are shorter than one training clip (16 frames: 8 every 2, ")
+    assert "e.g. unlabeled/clip.mp4 (6 frames)" in short
+    assert not any("no validation videos" in n for n in notes)
+
+
 # ----------------------------------------------------------------------------- the budget
 def test_a_budget_in_steps_becomes_epochs_of_the_data():
     cfg = load_config(CPU_BASE)

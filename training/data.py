@@ -31,6 +31,7 @@ from training.config import ConfigError, DataConfig
 from training.video import (
     VideoDecodeError,
     VideoProbe,
+    clip_span,
     open_video,
     probe_video,
     read_frames,
@@ -76,6 +77,8 @@ def read_classes(path: Path) -> list[str]:
     classes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not classes:
         raise ConfigError(f"class file is empty: {path}")
+    if len(classes) < 2:
+        raise ConfigError(f"class file {path} names one class ({classes[0]}): a classifier needs at least two")
     return classes
 
 
@@ -242,6 +245,11 @@ def read_folder_layout(root: Path) -> tuple[list[str], list[VideoItem], list[Vid
     classes = _class_folders(labeled_dir)
     if not classes:
         raise ConfigError(f"folder dataset {root}: no class folders under {labeled_dir}")
+    if len(classes) < 2:
+        raise ConfigError(
+            f"folder dataset {root}: one class folder under {labeled_dir} ({classes[0]}): a classifier "
+            "needs at least two (labeled/<class>/ for each action)"
+        )
 
     def per_class(split_dir: Path) -> list[VideoItem]:
         items = []
@@ -459,6 +467,18 @@ def decode_short_side(spec: InputSpec) -> int:
     return max(spec.short_side, math.ceil(spec.crop_size / least_side))
 
 
+def frames_per_clip(spec: InputSpec, *, tg_stride: int, tg_spread: bool) -> int:
+    """Frames one training clip covers, those its temporal gradient is taken from included; a
+    shorter video's clips wrap around to its first frame."""
+    return clip_span(spec.clip_len, spec.interval) + tg_tail(tg_stride=tg_stride, tg_spread=tg_spread)
+
+
+def tg_tail(*, tg_stride: int, tg_spread: bool) -> int:
+    """Frames kept free after a training clip for its temporal gradient: `tg_stride` (the frames
+    after each sampled one), none for slow TG spread over the clip's own span."""
+    return 0 if tg_spread and tg_stride > 1 else tg_stride
+
+
 class TrainClips(Dataset):
     """Training clips: each item is one random clip of a video and the frames its temporal
     gradient is taken from, with one weak augmentation applied to all (same crop box and flip).
@@ -523,7 +543,7 @@ class TrainClips(Dataset):
                     clip_len=self.spec.clip_len,
                     interval=self.spec.interval,
                     rng=rng,
-                    tail=0 if self.tg_spread else self.tg_stride,
+                    tail=tg_tail(tg_stride=self.tg_stride, tg_spread=self.tg_spread),
                 )
                 first, second = tg_frame_pairs(idx, stride=self.tg_stride, num_frames=n, spread=self.tg_spread)
                 rows = [idx, first, second] if self.tg_spread else [idx, second]

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from training.config import Config, ConfigError, config_from_dict, diff_configs
-from training.data import DataSplits, VideoItem, resolve_splits
+from training.data import DataSplits, VideoItem, frames_per_clip, resolve_splits, tg_tail
 from training.distributed import training_device
 from training.own_data import OwnDataRecipe, VideoStats
 from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
@@ -106,6 +106,8 @@ def build_plan(
         cfg, run, probe=probe, seed=seed, recipe=recipe, notes=notes, problems=problems
     )
     _check_sets(cfg, sets, classes, allow_missing=allow_missing, notes=notes, problems=problems)
+    if videos is not None:
+        _check_video_length(cfg, videos, notes=notes)
     if splits is not None and "drawn" in splits.source and _is_paper_dataset(classes):
         notes.append(
             "labeled split drawn class-balanced; the paper used VideoSSL's published lists "
@@ -196,12 +198,36 @@ def _check_sets(
                 f"{s.name}: {len(s.missing)} listed videos not found under {cfg.data.root}, "
                 f"e.g. {', '.join(s.missing[:3])}" + (" (they would be skipped and counted)" if allow_missing else "")
             )
+        if s.name == "val" and not s.count:
+            notes.append(
+                "warning: no validation videos: the run can report no accuracy (put a few videos of "
+                "each class under " + ("val/<class>/" if cfg.data.format == "folder" else "data.val_list") + ")"
+            )
         if s.unreadable:
             problems.append(
                 f"{s.name}: {len(s.unreadable)} of {s.probed} probed videos cannot be opened, e.g. {s.unreadable[0][1]}"
             )
     if classes and any(s.name == "labeled" for s in sets):
         _check_labeled_classes(sets, classes, notes=notes)
+
+
+def _check_video_length(cfg: Config, videos: VideoStats, *, notes: list[str]) -> None:
+    """Training videos with fewer frames than one clip covers: their clips wrap around."""
+    spread = cfg.tg.slow == "spread"
+    need = frames_per_clip(cfg.input, tg_stride=cfg.tg.stride, tg_spread=spread)
+    tail = tg_tail(tg_stride=cfg.tg.stride, tg_spread=spread)
+    after = f", and {tail} after the last for its temporal gradient" if tail else ""
+    short = [(path, n) for path, n in zip(videos.opened_paths, videos.frames, strict=True) if n < need]
+    if not short:
+        return
+    path, n = min(short, key=lambda s: s[1])
+    frames = f"{n} frame" + ("s" if n != 1 else "")
+    notes.append(
+        ("warning: " if len(short) * 4 >= videos.opened else "")  # a quarter or more of them
+        + f"{len(short)} of {videos.opened} probed training videos are shorter than one training clip "
+        f"({need} frames: {cfg.input.clip_len} every {cfg.input.interval}{after}), e.g. {path} ({frames}): "
+        "their clips wrap around to the first frame, so part of each clip shows a jump back instead of the action"
+    )
 
 
 def _names(names: list[str], most: int) -> str:
