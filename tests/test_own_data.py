@@ -118,6 +118,11 @@ def test_a_dataset_without_labeled_folders_is_a_config_error(tmp_path):
     (tmp_path / "empty" / "unlabeled").mkdir(parents=True)
     with pytest.raises(ConfigError, match="labeled"):
         resolve_own_data(str(tmp_path / "empty"), [])
+    # videos in class folders right under the root, as many datasets ship: the error says what to move
+    for name in ("jump", "run", "sit"):
+        write_video(tmp_path / "flat" / name / "0.mp4", np.zeros((4, 16, 16, 3), np.uint8))
+    with pytest.raises(ConfigError, match=r"it has 3 folders with videos \(jump, run, sit\): if they are classes"):
+        resolve_own_data(str(tmp_path / "flat"), [])
 
 
 def test_the_plan_warns_of_a_class_folder_with_no_video_at_all(tmp_path):

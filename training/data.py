@@ -233,6 +233,22 @@ def _videos_under(folder: Path) -> list[Path]:
     )
 
 
+def _layout_hint(root: Path) -> str:
+    """Where a folder without labeled/ holds videos in folders of its own (ROOT/<class>/*, as
+    many datasets ship), what to move."""
+    if not root.is_dir():
+        return ""
+    holding = [name for name in _class_folders(root) if _videos_under(root / name)]
+    if not holding:
+        return ""
+    names = ", ".join(holding[:5]) + (", ..." if len(holding) > 5 else "")
+    return (
+        f"; it has {len(holding)} folders with videos ({names}): if they are classes, move them into "
+        "labeled/, videos without a label into unlabeled/, and a few of each class into val/<class>/ "
+        "to measure accuracy"
+    )
+
+
 def _class_folders(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -241,7 +257,9 @@ def read_folder_layout(root: Path) -> tuple[list[str], list[VideoItem], list[Vid
     """ROOT/labeled/<class>/*, ROOT/unlabeled/**/*, ROOT/val/<class>/* -> classes, labeled, unlabeled-only, val."""
     labeled_dir = root / "labeled"
     if not labeled_dir.is_dir():
-        raise ConfigError(f"folder dataset {root}: missing {labeled_dir} (expected labeled/<class>/videos)")
+        raise ConfigError(
+            f"folder dataset {root}: missing {labeled_dir} (expected labeled/<class>/videos){_layout_hint(root)}"
+        )
     classes = _class_folders(labeled_dir)
     if not classes:
         raise ConfigError(f"folder dataset {root}: no class folders under {labeled_dir}")
