@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -122,6 +123,19 @@ def test_time_from_a_timed_step_or_from_flops_and_a_measured_rate(ucf_tree, monk
     plan = build_plan(cfg, probe=0)
     assert plan.time.method == "FLOP count / measured rate"
     assert "GFLOP per step (10 clips per network, forward and backward)" in format_plan(plan)  # 2 + 4 + 4 strong
+
+
+def test_the_time_estimate_says_when_other_work_kept_the_cpu_busy(ucf_tree, monkeypatch):
+    small = [o for o in tiny_overrides(ucf_tree) if not o.startswith(("data.root", "data.synthetic"))]
+    cfg = load_config(REPO / "configs/ucf101_20.yaml", [f"data.root={ucf_tree}", *small, "optim.epochs=4"])
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(plan_module.os, "getloadavg", lambda: (cores + 2.5, 1.0, 1.0))  # as under other jobs
+    (busy,) = [n for n in build_plan(cfg, probe=0).notes if "busy" in n]
+    assert busy.startswith("warning: time: other work kept this machine busy while the step was timed")
+    assert f"(load average {cores + 2.5:.1f} on {cores} cores)" in busy
+    monkeypatch.setattr(plan_module.os, "getloadavg", lambda: (0.9, 0.5, 0.2))  # the plan's own timing
+    assert not [n for n in build_plan(cfg, probe=0).notes if "busy" in n]
+    assert not [n for n in build_plan(cfg, probe=0, estimate_time=False).notes if "busy" in n]
 
 
 def test_make_train_dry_run_passes_the_flag_and_the_process_count():

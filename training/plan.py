@@ -10,6 +10,7 @@ videos) builds one and prints it.
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import textwrap
@@ -284,10 +285,24 @@ def _estimate_time(
     cfg: Config, num_classes: int, schedule: Schedule, *, device: torch.device | None, notes: list[str]
 ) -> TimeEstimate | None:
     try:
-        return estimate_training_time(cfg, num_classes, schedule, device=device)
+        estimate = estimate_training_time(cfg, num_classes, schedule, device=device)
     except (RuntimeError, MemoryError) as exc:  # e.g. out of memory at this size on this device
         notes.append(f"time: not estimated ({str(exc).splitlines()[0][:200]})")
         return None
+    if estimate.device == "cpu" and (busy := _cpu_busy()):
+        notes.append(
+            f"warning: time: other work kept this machine busy while the step was timed ({busy}); the "
+            "estimate holds only while it stays that busy, and an idle machine trains much faster"
+        )
+    return estimate
+
+
+def _cpu_busy() -> str | None:
+    """The 1-minute load average against this process's cores, when other work was using them all
+    (the plan's own timing adds at most one process's worth); None when they were free."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return f"load average {load:.1f} on {cores} cores" if load >= cores + 1 else None
 
 
 def _check_schedule(cfg: Config, schedule: Schedule, num_unlabeled: int, processes: int, *, notes: list[str]) -> None:
