@@ -267,6 +267,36 @@ def test_precise_bn_batches_differ_across_two_ranks(tmp_path):
     assert ranks[0]["stats"] == pytest.approx(ranks[1]["stats"])  # then averaged over the ranks
 
 
+def test_precise_bn_on_fewer_videos_than_a_batch_uses_them_and_with_none_keeps_the_statistics(tmp_path):
+    from tests.layouts import tiny_video
+    from training.evaluate import precise_bn, precise_bn_batch_size, precise_bn_loader
+    from training.models import R3D18
+    from training.views import InputSpec, normalize
+
+    spec = InputSpec(clip_len=4, interval=2, short_side=32, crop_size=28)
+    items = [VideoItem(f"v{i}.mp4", 0) for i in range(3)]
+    for i in range(3):
+        tiny_video(tmp_path / f"v{i}.mp4", seed=i)
+    assert precise_bn_batch_size(8, 3) == 3 and precise_bn_batch_size(8, 3, world_size=2) == 1
+    assert precise_bn_batch_size(8, 20) == 8
+    torch.manual_seed(0)
+    model = R3D18(3, width=4)
+    bn = model.stem[1]
+    bn.running_mean.fill_(5.0)  # as if trained
+    bn.running_var.fill_(7.0)
+
+    # no batch at all: the statistics of training stay (they used to be reset to 0 and 1)
+    assert precise_bn(model, iter([]), num_batches=10, device=torch.device("cpu")) == 0
+    assert torch.all(bn.running_mean == 5.0) and torch.all(bn.running_var == 7.0)
+
+    # 3 videos against a batch of 8 asked: one batch of all 3 (a batch of 8 would drop them all)
+    loader = precise_bn_loader(items, tmp_path, spec, batch_size=precise_bn_batch_size(8, 3), seed=0)
+    used = precise_bn(
+        model, (normalize(b["views"][:, 0].float(), spec) for b in loader), num_batches=10, device=torch.device("cpu")
+    )
+    assert used == 1 and not torch.allclose(bn.running_mean, torch.full_like(bn.running_mean, 5.0))
+
+
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.stem for p in PAPER_CONFIGS])
 def test_precise_bn_precision_and_test_rule_of_the_paper_configs(path):
     t = load_config(path).train

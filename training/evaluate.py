@@ -56,6 +56,11 @@ def precise_bn_loader(
     return DataLoader(dataset, sampler=sampler, **common)
 
 
+def precise_bn_batch_size(asked: int, num_videos: int, world_size: int = 1) -> int:
+    """PreciseBN's clips per batch: `asked`, or all of a process's share of a smaller set."""
+    return max(1, min(asked, num_videos // world_size))
+
+
 @torch.no_grad()
 def precise_bn(
     model: nn.Module, batches, *, num_batches: int, device: torch.device, info: DistInfo = DistInfo()
@@ -66,20 +71,21 @@ def precise_bn(
     if not bns:
         return 0
     momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average = the exact mean over the batches seen
     was_training = model.training
     model.train()
     used = 0
     for x in batches:
         if used >= num_batches:
             break
+        if not used:  # reset only once there is a batch: no batch keeps the running statistics
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative moving average = the exact mean over the batches seen
         model(x.to(device))
         used += 1
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
-        if info.enabled:
+        if info.enabled and used:  # every process has as many batches (drop_last shards)
             assert m.running_mean is not None and m.running_var is not None  # track_running_stats (above)
             torch.distributed.all_reduce(m.running_mean)
             m.running_mean /= info.world_size

@@ -24,6 +24,7 @@ import yaml
 from training.config import Config, ConfigError, config_from_dict, diff_configs
 from training.data import DataSplits, VideoItem, frames_per_clip, resolve_splits, tg_tail
 from training.distributed import training_device
+from training.evaluate import precise_bn_batch_size
 from training.own_data import OwnDataRecipe, VideoStats
 from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
 from training.video import VideoDecodeError, open_video
@@ -308,10 +309,21 @@ def _cpu_busy() -> str | None:
 def _check_schedule(cfg: Config, schedule: Schedule, num_unlabeled: int, processes: int, *, notes: list[str]) -> None:
     """PreciseBN batches the unlabeled set cannot fill, and a run shorter than its warm-up."""
     if cfg.train.precise_bn:
-        available = num_unlabeled // processes // cfg.train.precise_bn_batch_size
-        if available < cfg.train.precise_bn_batches:
+        size = precise_bn_batch_size(cfg.train.precise_bn_batch_size, num_unlabeled, processes)
+        available = num_unlabeled // processes // size
+        if not available:
             notes.append(
-                f"PreciseBN: {available} batches per process available, fewer than the "
+                f"warning: PreciseBN: {num_unlabeled} unlabeled videos for {processes} process(es), not one "
+                "clip each: it is skipped and the BatchNorm statistics of training are kept"
+            )
+        elif available < cfg.train.precise_bn_batches:
+            smaller = (
+                f" of {size} clips (the unlabeled set is smaller than one batch)"
+                if size < cfg.train.precise_bn_batch_size
+                else ""
+            )
+            notes.append(
+                f"PreciseBN: {available} batches{smaller} per process available, fewer than the "
                 f"{cfg.train.precise_bn_batches} asked for (it uses them all)"
             )
     if schedule.epochs <= schedule.sup_warmup_epochs:

@@ -36,7 +36,7 @@ from training.data import (
     worker_init,
 )
 from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed, training_device
-from training.evaluate import precise_bn, precise_bn_loader
+from training.evaluate import precise_bn, precise_bn_batch_size, precise_bn_loader
 from training.models import TwoStreamNet, two_stream_from_config
 from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
 from training.scoring import accuracy_metrics, score_videos
@@ -696,7 +696,7 @@ def precise_bn_student(state: TrainState, splits: DataSplits) -> None:
         splits.unlabeled,
         splits.root,
         cfg.input,
-        batch_size=cfg.train.precise_bn_batch_size,
+        batch_size=precise_bn_batch_size(cfg.train.precise_bn_batch_size, len(splits.unlabeled), state.info.world_size),
         seed=cfg.train.seed,
         info=state.info,
         num_workers=cfg.data.num_workers,
