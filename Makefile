@@ -8,7 +8,9 @@ TORCH_VERSION ?= 2.13.0
 EXTRAS ?= dev,serve
 
 CONFIG ?=
-RUN ?= runs/synthetic
+# the run folder: runs/<config's name>, else runs/<data folder's name> for your own videos, else
+# the synthetic default's; evaluate, export and serve given the same CONFIG or DATA_ROOT find it
+RUN ?= $(if $(CONFIG),runs/$(basename $(notdir $(CONFIG))),$(if $(DATA_ROOT),runs/$(notdir $(patsubst %/,%,$(DATA_ROOT))),runs/synthetic))
 SET ?=
 DATA_ROOT ?=
 GPUS ?= 1

@@ -160,6 +160,24 @@ def test_make_train_dry_run_passes_the_flag_and_the_process_count():
     line = out.stdout.strip().splitlines()[-1]
     assert line.endswith("--dry-run --processes 8") and "torchrun" not in line
     assert '--config "configs/k400_10.yaml" --data-root "/data/k400"' in line
+    assert '--run-dir "runs/k400_10"' in line  # RUN defaults to the config's name
+
+
+@pytest.mark.parametrize(
+    ("args", "run"),
+    [
+        ([], "runs/synthetic"),
+        (["DATA_ROOT=/data/my_videos/"], "runs/my_videos"),  # your own videos: the folder's name
+        (["DATA_ROOT=/data/my_videos", "RUN=runs/mine"], "runs/mine"),
+    ],
+)
+def test_make_finds_the_run_folder_of_a_data_root_without_run(args, run):
+    for target in ("train", "export"):
+        out = subprocess.run(
+            ["make", "--no-print-directory", "-n", target, *args], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        assert f'"{run}"' in out.stdout.strip().splitlines()[-1]
 
 
 def test_the_dry_run_opens_each_training_video_once(ucf_tree, tmp_path, capsys, monkeypatch):
