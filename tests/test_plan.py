@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.layouts import make_ucf101_tree, write_videossl_list
 from tests.tinyrun import tiny_overrides
@@ -123,6 +124,16 @@ def test_time_from_a_timed_step_or_from_flops_and_a_measured_rate(ucf_tree, monk
     plan = build_plan(cfg, probe=0)
     assert plan.time.method == "FLOP count / measured rate"
     assert "GFLOP per step (10 clips per network, forward and backward)" in format_plan(plan)  # 2 + 4 + 4 strong
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+@pytest.mark.parametrize("dry", [True, False])
+def test_cuda_asked_for_on_a_machine_without_it_is_a_config_error(tmp_path, capsys, dry):
+    args = ["--run", str(tmp_path / "run"), "--no-plan", "--set", "train.device=cuda", f"data.root={tmp_path / 'd'}"]
+    assert train_main(["--dry-run", *args] if dry else args) == 2
+    err = capsys.readouterr().err
+    assert "config error: train.device: cuda, but this machine has no CUDA device" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "d").exists()
 
 
 def test_the_time_estimate_says_when_other_work_kept_the_cpu_busy(ucf_tree, monkeypatch):
