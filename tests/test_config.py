@@ -54,11 +54,24 @@ def test_overrides_reach_every_ablation_switch():
         ("loss.fusion=mean", "loss.fusion"),
         ("loss.align_stages=[5]", "loss.align_stages"),
         ("input.crop_size=300", "input.crop_size"),
+        ("input.test_clips=0", "input.test_clips"),  # the final test would fail after the whole run
+        ("input.test_crops=0", "input.test_crops"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("optim.lr=-0.1", "optim.lr"),
+        ("optim.lr=0", "optim.lr"),
+        ("optim.momentum=1", "optim.momentum"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_warm_ups_in_epochs_with_a_budget_in_steps_are_an_error_that_names_them():
+    # the synthetic default's budget is in steps: warm-ups in epochs would be silently unused
+    with pytest.raises(ConfigError, match=r"optim\.warmup_epochs and optim\.sup_warmup_epochs with a budget in steps"):
+        load_config(CONFIGS[0].parent / "synthetic.yaml", ["optim.warmup_epochs=5", "optim.sup_warmup_epochs=1"])
+    assert load_config(CONFIGS[0].parent / "synthetic.yaml", ["optim.warmup_steps=50"]).optim.warmup_steps == 50
 
 
 def test_unknown_key_in_yaml_file(tmp_path):

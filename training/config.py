@@ -275,6 +275,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def _check_one_budget(tree: dict) -> None:
     """A budget in steps and one in epochs, both stated, would leave one silently unused."""
     optim: dict = tree["optim"] if isinstance(tree.get("optim"), dict) else {}
+    epoch_warmups = [f"optim.{k}" for k in ("warmup_epochs", "sup_warmup_epochs") if k in optim]
+    if optim.get("steps") and epoch_warmups:
+        raise ConfigError(
+            f"{' and '.join(epoch_warmups)} with a budget in steps (optim.steps={optim['steps']}) would go "
+            "unused: set optim.warmup_steps and optim.sup_warmup_steps instead"
+        )
     if optim.get("steps") and "epochs" in optim:
         raise ConfigError(
             f"optim.epochs={optim['epochs']} and optim.steps={optim['steps']}: the budget is one or "
@@ -318,6 +324,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"input.test_crop ({spec.test_crop}) exceeds input.test_short_side ({spec.test_short_side})")
     for key, value in (
         ("input.clip_len", spec.clip_len),
+        ("input.test_clips", spec.test_clips),
+        ("input.test_crops", spec.test_crops),
+        ("train.eval_batch_views", cfg.train.eval_batch_views),
         ("input.interval", spec.interval),
         ("tg.stride", cfg.tg.stride),
         ("optim.epochs", cfg.optim.epochs),
@@ -327,7 +336,19 @@ def validate(cfg: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
+    for key, count in (
+        ("data.num_workers", cfg.data.num_workers),
+        ("data.decode_threads", cfg.data.decode_threads),
+        ("train.threads", cfg.train.threads),
+    ):
+        if count < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {count}")
     o = cfg.optim
+    if o.lr <= 0 or o.weight_decay < 0 or not 0.0 <= o.momentum < 1.0:
+        raise ConfigError(
+            f"optim.lr must be > 0, optim.weight_decay >= 0 and optim.momentum in [0, 1); got "
+            f"{o.lr}, {o.weight_decay} and {o.momentum}"
+        )
     if o.steps < 0 or o.warmup_steps < 0 or o.sup_warmup_steps < 0:
         raise ConfigError("optim.steps, optim.warmup_steps and optim.sup_warmup_steps: must be >= 0")
     if o.steps and o.warmup_steps > o.steps:
