@@ -154,6 +154,7 @@ def test_the_plan_warns_of_videos_shorter_than_a_clip_and_of_no_validation_video
     (short,) = [n for n in notes if "shorter than one training clip" in n]
     assert short.startswith("warning: 4 of 4 probed training videos are shorter than one training clip (9 frames: ")
     assert "(4 frames): their clips wrap around to the first frame" in short
+    assert "the median video has 4 frames: fewer than a clip's 8 even at interval 1" in "\n".join(recipe.describe())
     assert any(n.startswith("warning: no validation videos: the run can report no accuracy") for n in notes)
 
     # one short video among long ones is a note, not a warning; the interval follows the median

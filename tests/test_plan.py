@@ -84,6 +84,11 @@ def test_missing_and_unreadable_videos_are_problems(ucf_tree, tmp_path, capsys):
     (broken / "UCF-101/YoYo/v_YoYo_g03_c01.avi").write_bytes(b"not a video" * 100)
     code, out = ucf20_dry_run(capsys, broken, tmp_path / "run", "--probe", "-1")
     assert code == 1 and "unlabeled: 1 of 24 probed videos cannot be opened" in out
+    # as a training run sees them: skipped and counted, a note that does not fail the dry run
+    code, out = ucf20_dry_run(capsys, broken, tmp_path / "run", "--probe", "-1", "--allow-missing")
+    notes = out.split("== notes")[1].split("== problems")[0]
+    assert code == 0 and "unlabeled: 1 of 24 probed videos cannot be opened" in notes
+    assert "(training skips and counts them)" in notes
     assert "drawn class-balanced" not in out  # 4 classes: not a paper dataset, no note about VideoSSL
 
 

@@ -194,11 +194,13 @@ def _interval_choice(base: Config, videos: VideoStats) -> list[Choice]:
     interval = max(1, round(spec.interval * fps / BASE_FPS))
     reason = f"{spec.interval} at {BASE_FPS:g} fps, scaled to the videos' {fps:.3g} fps"
     longest = max(1, (frames - 1) // max(1, spec.clip_len - 1))  # a clip within the median video
-    if interval > longest:
-        interval, reason = (
-            longest,
-            (f"the median video has {frames} frames: a clip of {spec.clip_len} frames fits at interval {longest}"),
+    if interval > longest or frames < spec.clip_len:
+        fits = (
+            f"a clip of {spec.clip_len} frames fits at interval {longest}"
+            if frames >= spec.clip_len
+            else f"fewer than a clip's {spec.clip_len} even at interval 1: clips wrap around"
         )
+        interval, reason = longest, f"the median video has {frames} frame{'s' if frames != 1 else ''}: {fits}"
     return [Choice("input.interval", interval, reason)]
 
 

@@ -206,8 +206,9 @@ def _check_sets(
                 "each class under " + ("val/<class>/" if cfg.data.format == "folder" else "data.val_list") + ")"
             )
         if s.unreadable:
-            problems.append(
+            (notes if allow_missing else problems).append(
                 f"{s.name}: {len(s.unreadable)} of {s.probed} probed videos cannot be opened, e.g. {s.unreadable[0][1]}"
+                + (" (training skips and counts them)" if allow_missing else "")
             )
     if classes and any(s.name == "labeled" for s in sets):
         _check_labeled_classes(sets, classes, notes=notes)
@@ -223,7 +224,7 @@ def _check_video_length(cfg: Config, videos: VideoStats, *, notes: list[str]) ->
     if not short:
         return
     path, n = min(short, key=lambda s: s[1])
-    frames = f"{n} frame" + ("s" if n != 1 else "")
+    frames = f"{n} frames" if n > 1 else "1 frame: a still image, whose temporal gradient is zero"
     notes.append(
         ("warning: " if len(short) * 4 >= videos.opened else "")  # a quarter or more of them
         + f"{len(short)} of {videos.opened} probed training videos are shorter than one training clip "
