@@ -138,6 +138,46 @@ def test_the_plan_warns_of_a_class_folder_with_no_video_at_all(tmp_path):
     assert "warning: 2 of 4 classes have fewer than 5 labeled videos (swipe_left 1, swipe_right 1)" in "\n".join(notes)
 
 
+@pytest.mark.parametrize(
+    ("folders", "says"),
+    [
+        (("train/a", "train/b", "val/a"), "rename train/ to labeled/ (the layout: "),
+        (("Labeled/a", "Labeled/b", "Val/a"), "rename Labeled/ to labeled/, Val/ to val/"),
+        (("labelled/a", "labelled/b", "unlabelled"), "rename labelled/ to labeled/, unlabelled/ to unlabeled/"),
+    ],
+)
+def test_split_folders_under_other_names_are_named_with_their_rename(tmp_path, folders, says):
+    for folder in folders:
+        write_video(tmp_path / folder / "0.mp4", np.zeros((4, 16, 16, 3), np.uint8))
+    with pytest.raises(ConfigError, match="missing .*labeled") as caught:
+        resolve_own_data(str(tmp_path), [])
+    assert says in str(caught.value) and "if they are classes" not in str(caught.value)
+
+
+def test_a_val_class_differing_only_in_case_says_so(tmp_path):
+    root = make_folder_dataset(tmp_path / "data", classes=("wave", "clap"), labeled=1, unlabeled=1, val=0)
+    write_video(root / "val" / "Wave" / "v.mp4", np.zeros((4, 16, 16, 3), np.uint8))
+    with pytest.raises(ConfigError, match=r"not in labeled/: Wave; names must match exactly, case included") as caught:
+        resolve_own_data(str(root), [])
+    assert "(labeled/ has wave)" in str(caught.value) and "for list files" not in str(caught.value)
+
+
+def test_videos_outside_the_layout_are_named_and_linked_folders_are_read(tmp_path):
+    root = make_folder_dataset(tmp_path / "data", classes=("wave", "clap"), labeled=2, unlabeled=2)
+    still = np.zeros((20, 32, 40, 3), np.uint8)
+    for stray in ("labeled/stray.mp4", "val/stray.mp4", "extra.mp4", "validation/wave/0.mp4"):
+        write_video(root / stray, still)
+    more = make_folder_dataset(tmp_path / "more", classes=("wave", "clap"), labeled=0, unlabeled=3, val=0)
+    (root / "unlabeled" / "more").symlink_to(more / "unlabeled", target_is_directory=True)
+    (more / "unlabeled" / "loop").symlink_to(root / "unlabeled", target_is_directory=True)  # a loop: read once
+    cfg, recipe = resolve_own_data(str(root), [])
+    plan = build_plan(cfg, probe=0, estimate_time=False, recipe=recipe)
+    (unread,) = [n for n in plan.notes if "outside the folder layout" in n]
+    assert unread.startswith("warning: 4 videos are outside the folder layout and not read, e.g. extra.mp4, ")
+    unlabeled = next(s for s in plan.sets if s.name == "unlabeled")
+    assert unlabeled.count == 4 + 2 + 3  # the labeled videos, unlabeled/, and the 3 in the linked folder
+
+
 def test_one_class_is_a_config_error_that_names_it(tmp_path):
     root = make_folder_dataset(tmp_path / "data", classes=("wave",), labeled=2, unlabeled=1)
     with pytest.raises(

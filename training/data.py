@@ -221,24 +221,80 @@ def write_video_list(path: Path, items: list[VideoItem]) -> None:
 
 
 # ----------------------------------------------------------------------------- folder layout
-def _hidden(path: Path, root: Path) -> bool:
-    """A dot-name on the way from `root` (.ipynb_checkpoints/, macOS's ._clip.mp4 resource forks):
-    tool clutter, never a class or a video."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def _videos_under(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not _hidden(p, folder)
-    )
+    """The videos under `folder`, in linked folders too (each real folder once, so a link back up
+    the tree is no loop). None on a dot-name path (.ipynb_checkpoints/, macOS's ._clip.mp4
+    resource forks): tool clutter, never a class or a video."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [
+            Path(top, f)
+            for f in files
+            if not f.startswith(".") and Path(f).suffix.lower() in VIDEO_EXTENSIONS and os.path.isfile(Path(top, f))
+        ]
+    return sorted(found)
+
+
+def unread_folder_videos(root: Path) -> list[str]:
+    """Videos under a folder dataset that its layout does not read: beside labeled/, unlabeled/
+    and val/, or in labeled/ or val/ but outside a class folder."""
+    if not root.is_dir():
+        return []
+
+    def is_video(p: Path) -> bool:
+        return not p.name.startswith(".") and p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
+
+    unread: list[Path] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or entry.name == "unlabeled":
+            continue
+        if entry.name in ("labeled", "val") and entry.is_dir():  # their own files, outside a class folder
+            unread += [p for p in sorted(entry.iterdir()) if is_video(p)]
+        elif entry.is_dir():
+            unread += _videos_under(entry)
+        elif is_video(entry):
+            unread.append(entry)
+    return [p.relative_to(root).as_posix() for p in unread]
+
+
+# folder names other layouts use for the three this one reads
+LAYOUT_SYNONYMS = {
+    "labeled": "labeled",
+    "labelled": "labeled",
+    "train": "labeled",
+    "training": "labeled",
+    "unlabeled": "unlabeled",
+    "unlabelled": "unlabeled",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "val",
+    "eval": "val",
+}
 
 
 def _layout_hint(root: Path) -> str:
-    """Where a folder without labeled/ holds videos in folders of its own (ROOT/<class>/*, as
-    many datasets ship), what to move."""
+    """What to rename or move in a folder without labeled/: split folders under other names
+    (train/, Labeled/, validation/), or class folders right under the root (ROOT/<class>/*, as
+    many datasets ship)."""
     if not root.is_dir():
         return ""
-    holding = [name for name in _class_folders(root) if _videos_under(root / name)]
+    folders = _class_folders(root)
+    renames = [
+        f"{name}/ to {LAYOUT_SYNONYMS[name.lower()]}/"
+        for name in folders
+        if name.lower() in LAYOUT_SYNONYMS and name != LAYOUT_SYNONYMS[name.lower()]
+    ]
+    if renames:
+        return f"; rename {', '.join(renames)} (the layout: labeled/<class>/, unlabeled/, val/<class>/)"
+    holding = [name for name in folders if _videos_under(root / name)]
     if not holding:
         return ""
     names = ", ".join(holding[:5]) + (", ..." if len(holding) > 5 else "")
@@ -276,7 +332,12 @@ def read_folder_layout(root: Path) -> tuple[list[str], list[VideoItem], list[Vid
                 items.append(VideoItem(p.relative_to(root).as_posix(), label))
         unknown = [name for name in _class_folders(split_dir) if name not in classes]
         if unknown:
-            raise ConfigError(f"{split_dir}: class folders not in labeled/: {', '.join(unknown)}")
+            folded = {c.casefold(): c for c in classes}
+            near = [f"{u} (labeled/ has {folded[u.casefold()]})" for u in unknown if u.casefold() in folded]
+            raise ConfigError(
+                f"{split_dir}: class folders not in labeled/: {', '.join(unknown)}"
+                + (f"; names must match exactly, case included: {', '.join(near)}" if near else "")
+            )
         return items
 
     labeled = per_class(labeled_dir)

@@ -226,6 +226,8 @@ def resolve_own_data(data_root: str, user_sets: list[str], *, probe: int = 32) -
     try:
         splits = resolve_splits(base.data, None, is_main=False)  # reads the folders, writes nothing
     except ConfigError as exc:
+        if (Path(base.data.root) / "labeled").is_dir():
+            raise
         raise ConfigError(
             f"{exc} (a data root without a config is read in the folder layout; for list files "
             "pass a config, e.g. CONFIG=configs/ucf101_20.yaml)"

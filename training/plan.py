@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from training.config import Config, ConfigError, config_from_dict, diff_configs
-from training.data import DataSplits, VideoItem, frames_per_clip, resolve_splits, tg_tail
+from training.data import DataSplits, VideoItem, frames_per_clip, resolve_splits, tg_tail, unread_folder_videos
 from training.distributed import training_device
 from training.evaluate import precise_bn_batch_size
 from training.own_data import OwnDataRecipe, VideoStats
@@ -176,6 +176,11 @@ def _read_data(
         problems.append(f"data: {exc}")
         return None, [], [], None
     sets = _summaries(splits, cfg)
+    if cfg.data.format == "folder" and (unread := unread_folder_videos(splits.root)):
+        notes.append(
+            f"warning: {len(unread)} videos are outside the folder layout and not read, e.g. "
+            f"{_names(unread, 3)} (it reads labeled/<class>/, unlabeled/ and val/<class>/)"
+        )
     rng = random.Random(seed)
     training = VideoStats()  # the training videos the probe opens, each read once
     for s, items in zip(sets, (splits.labeled, splits.unlabeled, splits.val), strict=True):
