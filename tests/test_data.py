@@ -231,7 +231,10 @@ def test_folder_layout_takes_names_with_spaces_and_skips_hidden_clutter(tmp_path
 
 def test_folder_layout_lists_every_container_the_server_accepts(tmp_path):
     names = ["a.MP4", "b.m4v", "c.mov", "d.3gp", "e.mkv", "f.webm", "g.avi", "h.ts", "i.MTS", "j.m2ts", "k.gif"]
-    touch_files(tmp_path, ["labeled/clap/x.mp4", *(f"unlabeled/{n}" for n in names), "unlabeled/cover.jpg"])
+    touch_files(
+        tmp_path,
+        ["labeled/clap/x.mp4", "labeled/wave/x.mp4", *(f"unlabeled/{n}" for n in names), "unlabeled/cover.jpg"],
+    )
     _, _, unlabeled, _ = read_folder_layout(tmp_path)
     assert [it.path for it in unlabeled] == [f"unlabeled/{n}" for n in names]
 
