@@ -82,7 +82,7 @@ def test_recipe_follows_the_data_and_says_why(folder):
     text = "\n".join(recipe.describe())
     assert (
         "loss.threshold = 0.84: 3 classes" in text
-        and "input.flip = False: off: a mirrored video may change class" in text
+        and "input.flip = false: off: a mirrored video may change class" in text
     )
     assert "median short side is 32 px" in text and recipe.videos.opened == 10
 
@@ -102,7 +102,7 @@ def test_mirror_invariant_turns_flip_on_and_the_users_keys_win(folder):
     assert cfg.input.flip is True and cfg.loss.threshold == 0.5
     text = "\n".join(recipe.describe())
     assert "loss.threshold = 0.5 (your --set; the recipe would choose 0.84" in text
-    assert "input.flip = True: data.mirror_invariant=true" in text
+    assert "input.flip = true: data.mirror_invariant=true" in text
 
 
 def test_interval_scales_with_the_frame_rate_and_fits_short_videos(tmp_path):
