@@ -141,6 +141,24 @@ def test_cuda_asked_for_on_a_machine_without_it_is_a_config_error(tmp_path, caps
     assert not (tmp_path / "run").exists() and not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["--set", "loss.threshold=0.8", "optim.steps=10", "loss.threshold=0.2"],
+            "--set gives loss.threshold more than once",
+        ),
+        (
+            ["--data-root", "/data/a", "--set", "data.root=/data/b"],
+            "--data-root and --set data.root both name the data",
+        ),
+    ],
+)
+def test_an_ambiguous_command_line_is_a_config_error(tmp_path, capsys, args, says):
+    assert train_main(["--run", str(tmp_path / "run"), "--dry-run", "--no-time", *args]) == 2
+    assert f"config error: {says}" in capsys.readouterr().err
+
+
 def test_the_time_estimate_says_when_other_work_kept_the_cpu_busy(ucf_tree, monkeypatch):
     small = [o for o in tiny_overrides(ucf_tree) if not o.startswith(("data.root", "data.synthetic"))]
     cfg = load_config(REPO / "configs/ucf101_20.yaml", [f"data.root={ucf_tree}", *small, "optim.epochs=4"])

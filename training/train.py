@@ -380,6 +380,12 @@ def resolve_config(args):
     """The run's config, and the own-data recipe behind it (None with a config file or the
     synthetic default). A data root without a config is the user's own videos in the folder
     layout: the recipe follows from the data and the machine (training/own_data.py)."""
+    keys = [item.split("=", 1)[0].strip() for item in args.set]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"--set gives {', '.join(twice)} more than once: which value is meant?")
+    if args.data_root and "data.root" in keys:
+        raise ConfigError("--data-root and --set data.root both name the data: give one (make: DATA_ROOT=)")
     if args.data_root and args.config is None:
         from training.own_data import resolve_own_data
 
