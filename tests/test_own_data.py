@@ -4,6 +4,7 @@ in steps, the plan printed before the run, and the training log."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,27 @@ def test_videos_outside_the_layout_are_named_and_linked_folders_are_read(tmp_pat
     assert unread.startswith("warning: 4 videos are outside the folder layout and not read, e.g. extra.mp4, ")
     unlabeled = next(s for s in plan.sets if s.name == "unlabeled")
     assert unlabeled.count == 4 + 2 + 3  # the labeled videos, unlabeled/, and the 3 in the linked folder
+
+
+def test_the_plan_warns_of_look_alike_classes_and_of_validation_videos_copied_from_training(tmp_path):
+    root = make_folder_dataset(tmp_path / "data", classes=("wave", "Wave", "clap", "clap "), labeled=1, unlabeled=1)
+    shutil.copy(root / "labeled" / "clap" / "clap_0.mp4", root / "val" / "clap" / "copy.mp4")
+    cfg, recipe = resolve_own_data(str(root), [])
+    notes = build_plan(cfg, probe=0, estimate_time=False, recipe=recipe).notes
+    alike = [n for n in notes if "differ only in case or spaces" in n]
+    assert len(alike) == 2 and "classes 'Wave', 'wave' differ only" in alike[0] + alike[1]
+    (copies,) = [n for n in notes if "byte for byte" in n]
+    assert copies.startswith("warning: 1 validation videos are byte for byte training videos (val/clap/copy.mp4)")
+
+
+def test_a_labeled_folder_of_unread_formats_names_them_and_the_read_ones(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "labeled" / name).mkdir(parents=True)
+        (tmp_path / "labeled" / name / "0.wmv").write_bytes(b"x")
+    with pytest.raises(
+        ConfigError, match=r"no videos under .*\(files ending \.wmv are not read as videos\); videos end"
+    ):
+        resolve_own_data(str(tmp_path), [])
 
 
 def test_one_class_is_a_config_error_that_names_it(tmp_path):

@@ -344,7 +344,12 @@ def read_folder_layout(root: Path) -> tuple[list[str], list[VideoItem], list[Vid
     unlabeled = [VideoItem(p.relative_to(root).as_posix(), -1) for p in _videos_under(root / "unlabeled")]
     val = per_class(root / "val") if (root / "val").is_dir() else []
     if not labeled:
-        raise ConfigError(f"folder dataset {root}: no videos under {labeled_dir}")
+        others = sorted({p.suffix.lower() for p in labeled_dir.rglob("*") if p.is_file() and p.suffix})
+        raise ConfigError(
+            f"folder dataset {root}: no videos under {labeled_dir}"
+            + (f" (files ending {', '.join(others)} are not read as videos)" if others else "")
+            + f"; videos end {' '.join(sorted(VIDEO_EXTENSIONS))}"
+        )
     return classes, labeled, unlabeled, val
 
 

@@ -179,9 +179,12 @@ def _size_choices(base: Config, videos: VideoStats) -> list[Choice]:
     side = max(16, short // 8 * 8)
     crop = max(8, round(side * spec.crop_size / spec.short_side / 4) * 4)
     test_crop = max(8, round(side * spec.test_crop / spec.test_short_side / 4) * 4)
-    reason = (
-        f"the videos' median short side is {short} px, below the recipe's {spec.short_side}: "
+    reason = f"the videos' median short side is {short} px, below the recipe's {spec.short_side}: " + (
         "trained at their own size, not upscaled"
+        if side == short
+        else f"trained at {side} px, a multiple of 8 at most their size"
+        if side < short
+        else f"upscaled to {side} px, the smallest size this recipe trains at"
     )
     return [
         Choice("input.short_side", side, reason),

@@ -10,6 +10,8 @@ videos) builds one and prints it.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import random
 import statistics
@@ -176,6 +178,7 @@ def _read_data(
         problems.append(f"data: {exc}")
         return None, [], [], None
     sets = _summaries(splits, cfg)
+    _check_val_copies(splits, notes=notes)
     if cfg.data.format == "folder" and (unread := unread_folder_videos(splits.root)):
         notes.append(
             f"warning: {len(unread)} videos are outside the folder layout and not read, e.g. "
@@ -187,6 +190,37 @@ def _read_data(
         _probe(s, items, splits.root, probe, rng, training if s.name != "val" else None)
     videos = recipe.videos if recipe is not None else training if probe else None
     return splits, splits.classes, sets, videos
+
+
+def _check_val_copies(splits: DataSplits, *, notes: list[str]) -> None:
+    """Validation videos that are byte for byte training videos: their accuracy would be measured
+    on what the model trained on. Sizes first; only files of a shared size are read."""
+
+    def sizes(items: list[VideoItem]) -> dict[int, list[Path]]:
+        out: dict[int, list[Path]] = {}
+        for it in items:
+            path = splits.root / it.path
+            with contextlib.suppress(OSError):
+                out.setdefault(path.stat().st_size, []).append(path)
+        return out
+
+    train, val = sizes(splits.labeled + splits.unlabeled), sizes(splits.val)
+    copies = []
+    for size in val.keys() & train.keys():
+        seen = {_digest(p) for p in train[size]}
+        copies += [p for p in val[size] if _digest(p) in seen]
+    if copies:
+        names = sorted(p.relative_to(splits.root).as_posix() for p in copies)
+        notes.append(
+            f"warning: {len(copies)} validation videos are byte for byte training videos ({_names(names, 3)}): "
+            "the accuracy on them says how well the model remembers, not how well it recognises"
+        )
+
+
+def _digest(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return str(path)  # unreadable: equal to nothing else
 
 
 def _check_sets(
@@ -252,6 +286,14 @@ def _check_labeled_classes(sets: list[SetSummary], classes: list[str], *, notes:
             f"warning: {len(empty)} of {len(classes)} classes have no video at all ({_names(empty, 5)}): "
             "the model gets an output for each that no video teaches or tests; remove the empty "
             "class folder if it is not a class"
+        )
+    alike: dict[str, list[str]] = {}
+    for name in classes:
+        alike.setdefault(" ".join(name.casefold().split()), []).append(name)
+    for names in (names for names in alike.values() if len(names) > 1):
+        notes.append(
+            f"warning: classes {', '.join(repr(n) for n in names)} differ only in case or spaces: to the "
+            "model they are different classes; merge their folders if they are one"
         )
     absent = [classes[c] for c, n in enumerate(labeled.per_class) if n == 0 and anywhere[c] > 0]
     if absent:
