@@ -143,6 +143,22 @@ def test_average_view_scores_is_mean_softmax():
     assert average_view_scores(logits).tolist() == pytest.approx([expected, expected])
 
 
+def test_a_sound_only_file_is_named_as_one(tmp_path):
+    import av
+
+    path = tmp_path / "voice memo.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    with pytest.raises(
+        VideoDecodeError, match=r"voice memo\.mp4: not a readable video \(it has no video track, perhaps"
+    ):
+        open_video(str(path))
+
+
 def test_unreadable_inputs_raise_named_errors(tmp_path, coded_video):
     with pytest.raises(VideoDecodeError, match="empty"):
         open_video(b"")

@@ -87,7 +87,10 @@ def open_video(
             return PyAVVideo(source, probe, name=label, size=size)
         if isinstance(exc, VideoDecodeError):
             raise
-        raise VideoDecodeError(f"{label}: not a readable video ({_first_line(exc)})") from exc
+        reason = _first_line(exc)
+        if "cannot find video stream" in reason:  # decord's words for a file of audio or data tracks only
+            reason = "it has no video track, perhaps sound only"
+        raise VideoDecodeError(f"{label}: not a readable video ({reason})") from exc
     return DecordVideo(reader, source, probe, name=label, size=size)
 
 
