@@ -718,8 +718,12 @@ def _file_lines(plan: TrainingPlan) -> list[str]:
         out.append(f"files {s.name:<10}{status}{probe}")
         for path in s.missing[:5]:
             out.append(f"  missing: {path}")
+        if len(s.missing) > 5:
+            out.append(f"  missing: ... and {len(s.missing) - 5} more")
         for _path, error in s.unreadable[:5]:
             out.append(f"  unreadable: {error}")
+        if len(s.unreadable) > 5:
+            out.append(f"  unreadable: ... and {len(s.unreadable) - 5} more")
     if plan.videos is not None:
         out.append(f"videos    {plan.videos.summary()}")
     return out
