@@ -206,9 +206,12 @@ def _check_val_copies(splits: DataSplits, *, notes: list[str]) -> None:
 
     train, val = sizes(splits.labeled + splits.unlabeled), sizes(splits.val)
     copies = []
-    for size in val.keys() & train.keys():
-        seen = {_digest(p) for p in train[size]}
-        copies += [p for p in val[size] if _digest(p) in seen]
+    for size in (val.keys() & train.keys()) - {0}:  # empty files are unreadable, not copies
+        heads = {_digest(p, head=True) for p in train[size]}  # the first 64 KiB, then the whole file
+        candidates = [p for p in val[size] if _digest(p, head=True) in heads]
+        if candidates:
+            whole = {_digest(p) for p in train[size]}
+            copies += [p for p in candidates if _digest(p) in whole]
     if copies:
         names = sorted(p.relative_to(splits.root).as_posix() for p in copies)
         notes.append(
@@ -217,10 +220,16 @@ def _check_val_copies(splits: DataSplits, *, notes: list[str]) -> None:
         )
 
 
-def _digest(path: Path) -> str:
-    with contextlib.suppress(OSError):
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    return str(path)  # unreadable: equal to nothing else
+def _digest(path: Path, *, head: bool = False) -> str:
+    """SHA-256 of a file, or of its first 64 KiB; an unreadable file equals no other."""
+    digest = hashlib.sha256()
+    with contextlib.suppress(OSError), path.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            digest.update(chunk)
+            if head:
+                break
+        return digest.hexdigest()
+    return f"unreadable {path}"
 
 
 def _check_sets(
