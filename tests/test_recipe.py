@@ -267,6 +267,54 @@ def test_precise_bn_batches_differ_across_two_ranks(tmp_path):
     assert ranks[0]["stats"] == pytest.approx(ranks[1]["stats"])  # then averaged over the ranks
 
 
+def _precise_bn_one_rank_without_batches(rank: int, world: int, port: int, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    from training.distributed import DistInfo, gather_objects
+    from training.evaluate import precise_bn
+    from training.models import R3D18
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    info = DistInfo(rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = R3D18(3, width=4)
+    model.stem[1].running_mean.fill_(5.0 + rank)  # each process's statistics of training
+    clips = torch.randn(2, 3, 4, 28, 28, generator=torch.Generator().manual_seed(1))
+    batches = [clips] if rank == 0 else []  # rank 1: every clip of its share unreadable
+    used = precise_bn(model, iter(batches), num_batches=4, device=torch.device("cpu"), info=info)
+    alone = R3D18(3, width=4)
+    alone.load_state_dict(model.state_dict())
+    precise_bn(alone, iter([clips]), num_batches=4, device=torch.device("cpu"))  # one process, same batch
+    everything = gather_objects(
+        {"used": used, "stats": model.stem[1].running_mean.tolist(), "alone": alone.stem[1].running_mean.tolist()},
+        info,
+    )
+    if rank == 0:
+        Path(out).write_text(json.dumps(everything))
+    dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_precise_bn_with_a_process_that_has_no_batch_takes_the_others_statistics(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out.json"
+    mp.spawn(_precise_bn_one_rank_without_batches, args=(2, port, str(out)), nprocs=2, join=True)  # no hang
+    first, second = json.loads(out.read_text())
+    assert (first["used"], second["used"]) == (1, 0)
+    assert first["stats"] == pytest.approx(first["alone"])  # rank 0's own batch, not reset by rank 1
+    assert second["stats"] == pytest.approx(first["stats"])
+
+
 def test_precise_bn_on_fewer_videos_than_a_batch_uses_them_and_with_none_keeps_the_statistics(tmp_path):
     from tests.layouts import tiny_video
     from training.evaluate import precise_bn, precise_bn_batch_size, precise_bn_loader

@@ -85,14 +85,25 @@ def precise_bn(
         used += 1
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
-        if info.enabled and used:  # every process has as many batches (drop_last shards)
-            assert m.running_mean is not None and m.running_var is not None  # track_running_stats (above)
-            torch.distributed.all_reduce(m.running_mean)
-            m.running_mean /= info.world_size
-            torch.distributed.all_reduce(m.running_var)
-            m.running_var /= info.world_size
+    if info.enabled:
+        _average_over_ranks_with_batches(bns, has_batches=used > 0)
     model.train(was_training)
     return used
+
+
+def _average_over_ranks_with_batches(bns: list[nn.modules.batchnorm._BatchNorm], *, has_batches: bool) -> None:
+    """Every process takes part (a process whose clips were all unreadable has no batch): the
+    statistics become the mean over the processes that had batches, or stay as they were on
+    every process when none had."""
+    buffers: list[torch.Tensor] = [b for m in bns for b in (m.running_mean, m.running_var) if b is not None]
+    count = torch.tensor([1.0 if has_batches else 0.0], device=buffers[0].device)
+    torch.distributed.all_reduce(count)
+    if not count.item():
+        return
+    for b in buffers:
+        contribution = b if has_batches else torch.zeros_like(b)
+        torch.distributed.all_reduce(contribution)
+        b.copy_(contribution / count)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -714,7 +714,10 @@ def precise_bn_student(state: TrainState, splits: DataSplits) -> None:
     student = state.net_without_ddp.student
     assert student is not None  # PreciseBN runs only for runs with a student
     used = precise_bn(student, batches, num_batches=cfg.train.precise_bn_batches, device=state.device, info=state.info)
-    log.info("PreciseBN: student BatchNorm statistics recomputed over %d batches", used)
+    if used:
+        log.info("PreciseBN: student BatchNorm statistics recomputed over %d batches", used)
+    else:
+        log.info("PreciseBN: no batch of unlabeled clips; the student keeps its BatchNorm statistics of training")
 
 
 def score_networks(state: TrainState, splits: DataSplits, *, quick: bool) -> dict[str, tuple]:
