@@ -200,17 +200,6 @@ def test_a_labeled_folder_of_unread_formats_names_them_and_the_read_ones(tmp_pat
         resolve_own_data(str(tmp_path), [])
 
 
-def test_probe_all_reaches_the_recipes_sample_of_formats(tmp_path, capsys):
-    from training.train import main as train_main
-
-    root = make_folder_dataset(tmp_path / "data", classes=("a", "b"), labeled=2, unlabeled=36, val=0, frames=4)
-    args = ["--data-root", str(root), "--run", str(tmp_path / "run"), "--dry-run", "--no-time"]
-    train_main(args)
-    assert "videos    32 of 32 probed" in capsys.readouterr().out  # the recipe's own sample
-    train_main([*args, "--probe", "-1"])
-    assert "videos    40 of 40 probed" in capsys.readouterr().out
-
-
 def test_one_class_is_a_config_error_that_names_it(tmp_path):
     root = make_folder_dataset(tmp_path / "data", classes=("wave",), labeled=2, unlabeled=1)
     with pytest.raises(

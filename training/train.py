@@ -364,8 +364,7 @@ def parse_args(argv):
         type=int,
         default=64,
         metavar="N",
-        help="plan: open N videos of each set to find unreadable ones (-1: all, which the own-data "
-        "recipe then also reads its videos' format from; 0: none)",
+        help="plan: open N videos of each set to find unreadable ones (-1: all, 0: none)",
     )
     p.add_argument(
         "--allow-missing",
@@ -390,9 +389,7 @@ def resolve_config(args):
     if args.data_root and args.config is None:
         from training.own_data import resolve_own_data
 
-        # the recipe reads the videos' format from its own sample (the same one when a run resumes),
-        # from every video with --probe -1
-        return resolve_own_data(args.data_root, list(args.set), **({"probe": -1} if args.probe < 0 else {}))
+        return resolve_own_data(args.data_root, list(args.set))
     overrides = list(args.set) + ([f"data.root={args.data_root}"] if args.data_root else [])
     return load_config(args.config or DEFAULT_CONFIG, overrides), None
 
