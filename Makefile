@@ -8,9 +8,10 @@ TORCH_VERSION ?= 2.13.0
 EXTRAS ?= dev,serve
 
 CONFIG ?=
-# the run folder: runs/<config's name>, else runs/<data folder's name> for your own videos, else
-# the synthetic default's; evaluate, export and serve given the same CONFIG or DATA_ROOT find it
-RUN ?= $(if $(CONFIG),runs/$(basename $(notdir $(CONFIG))),$(if $(DATA_ROOT),runs/$(notdir $(patsubst %/,%,$(DATA_ROOT))),runs/synthetic))
+# the run folder: runs/<config's name> with a CONFIG, else runs/<data folder's name> for your own
+# videos, else the synthetic default's; evaluate, export and serve given the same CONFIG (or, without
+# one, DATA_ROOT) find it. `make demo` keeps runs/synthetic unless RUN is given.
+RUN ?= $(if $(CONFIG),runs/$(basename $(notdir $(CONFIG))),$(if $(DATA_ROOT),runs/$(notdir $(abspath $(DATA_ROOT))),runs/synthetic))
 SET ?=
 DATA_ROOT ?=
 GPUS ?= 1
@@ -44,7 +45,7 @@ help:
 	@echo "make test                       lint, then the test suite (what CI runs)"
 
 demo: setup
-	$(BIN)/python -m serving.demo --run "$(RUN)" --model-name "$(MODEL_NAME)"
+	$(BIN)/python -m serving.demo --run "$(if $(filter file,$(origin RUN)),runs/synthetic,$(RUN))" --model-name "$(MODEL_NAME)"
 
 setup: $(VENV)/.installed
 

@@ -120,7 +120,7 @@ def test_a_dataset_without_labeled_folders_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="labeled"):
         resolve_own_data(str(tmp_path / "empty"), [])
     # videos in class folders right under the root, as many datasets ship: the error says what to move
-    for name in ("jump", "run", "sit"):
+    for name in ("jump", "run", "sit", "unlabeled", "val/jump"):  # the layout's own names are no classes
         write_video(tmp_path / "flat" / name / "0.mp4", np.zeros((4, 16, 16, 3), np.uint8))
     with pytest.raises(ConfigError, match=r"it has 3 folders with videos \(jump, run, sit\): if they are classes"):
         resolve_own_data(str(tmp_path / "flat"), [])
@@ -145,6 +145,7 @@ def test_the_plan_warns_of_a_class_folder_with_no_video_at_all(tmp_path):
         (("train/a", "train/b", "val/a"), "rename train/ to labeled/ (the layout: "),
         (("Labeled/a", "Labeled/b", "Val/a"), "rename Labeled/ to labeled/, Val/ to val/"),
         (("labelled/a", "labelled/b", "unlabelled"), "rename labelled/ to labeled/, unlabelled/ to unlabeled/"),
+        (("train/a", "train/b", "val/a", "test/a"), "rename train/ to labeled/ (the"),  # val/ exists: test/ stays
     ],
 )
 def test_split_folders_under_other_names_are_named_with_their_rename(tmp_path, folders, says):

@@ -203,9 +203,16 @@ def test_make_train_dry_run_passes_the_flag_and_the_process_count():
         ([], "runs/synthetic"),
         (["DATA_ROOT=/data/my_videos/"], "runs/my_videos"),  # your own videos: the folder's name
         (["DATA_ROOT=/data/my_videos", "RUN=runs/mine"], "runs/mine"),
+        (["DATA_ROOT=/data/my_videos/."], "runs/my_videos"),  # never runs/. or runs/..
+        (["CONFIG=configs/ucf101_5.yaml", "DATA_ROOT=/data/ucf101"], "runs/ucf101_5"),
     ],
 )
 def test_make_finds_the_run_folder_of_a_data_root_without_run(args, run):
+    demo = subprocess.run(
+        ["make", "--no-print-directory", "-n", "demo", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert f'--run "{run if "RUN=runs/mine" in args else "runs/synthetic"}"' in demo.stdout  # the demo's own data
     for target in ("train", "export"):
         out = subprocess.run(
             ["make", "--no-print-directory", "-n", target, *args], cwd=REPO, capture_output=True, text=True, timeout=60

@@ -233,7 +233,7 @@ def _videos_under(folder: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # a folder linked twice: the first name
         found += [
             Path(top, f)
             for f in files
@@ -290,11 +290,13 @@ def _layout_hint(root: Path) -> str:
     renames = [
         f"{name}/ to {LAYOUT_SYNONYMS[name.lower()]}/"
         for name in folders
-        if name.lower() in LAYOUT_SYNONYMS and name != LAYOUT_SYNONYMS[name.lower()]
+        if name.lower() in LAYOUT_SYNONYMS
+        and name != LAYOUT_SYNONYMS[name.lower()]
+        and not (root / LAYOUT_SYNONYMS[name.lower()]).is_dir()
     ]
     if renames:
         return f"; rename {', '.join(renames)} (the layout: labeled/<class>/, unlabeled/, val/<class>/)"
-    holding = [name for name in folders if _videos_under(root / name)]
+    holding = [name for name in folders if name.lower() not in LAYOUT_SYNONYMS and _videos_under(root / name)]
     if not holding:
         return ""
     names = ", ".join(holding[:5]) + (", ..." if len(holding) > 5 else "")
