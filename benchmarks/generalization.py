@@ -112,6 +112,13 @@ def plan_runs(families: list[str], seeds: list[int], root: Path, user_sets: list
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise BenchmarkError(f"unknown families: {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
+    ours = {"train.seed"} | {item.split("=", 1)[0] for arm in ARMS.values() for item in arm}
+    clash = sorted({item.split("=", 1)[0].strip() for item in user_sets} & ours)
+    if clash:
+        raise BenchmarkError(
+            f"--set {', '.join(clash)}: the benchmark sets these for each run (train.seed from --seeds, "
+            "the FixMatch-RGB arm's switches), so they cannot be given"
+        )
     runs = []
     # seed by seed over the families, both arms of a seed next to each other: a benchmark stopped
     # early has compared both arms on every family before it starts a second seed

@@ -98,8 +98,11 @@ def test_parallel_runs_share_the_cores_unless_the_user_set_the_threads(monkeypat
 def test_unknown_family_and_bad_override_fail_before_anything_runs(tmp_path):
     with pytest.raises(BenchmarkError, match="unknown families: spirals"):
         plan_runs(["spirals"], [0], tmp_path, [])
-    with pytest.raises(BenchmarkError, match="loss.align"):
-        plan_runs(["paths"], [0], tmp_path, ["loss.align=sideways"])
+    with pytest.raises(BenchmarkError, match=r"input\.interval"):
+        plan_runs(["paths"], [0], tmp_path, ["input.interval=sideways"])
+    # keys the benchmark sets per run would be given twice
+    with pytest.raises(BenchmarkError, match=r"--set loss\.align, train\.seed: the benchmark sets these"):
+        plan_runs(["paths"], [0], tmp_path, ["train.seed=3", "loss.align=off"])
     assert not any(tmp_path.iterdir())
 
 
