@@ -113,6 +113,11 @@ def test_interval_scales_with_the_frame_rate_and_fits_short_videos(tmp_path):
     cfg, recipe = resolve_own_data(str(short), [])
     assert cfg.input.interval == 1  # 8 frames at interval 1 fit in 10 frames, at 2 they would not
     assert "the median video has 10 frames" in "\n".join(recipe.describe())
+    # 15 frames: 8 at interval 2 cover 15, but the temporal gradient takes the frame after the last
+    exact = make_folder_dataset(tmp_path / "exact", classes=("a", "b"), labeled=1, unlabeled=1, frames=15)
+    cfg, recipe = resolve_own_data(str(exact), [])
+    assert cfg.input.interval == 1
+    assert not [n for n in build_plan(cfg, probe=0, estimate_time=False, recipe=recipe).notes if "shorter than" in n]
 
 
 def test_a_dataset_without_labeled_folders_is_a_config_error(tmp_path):
@@ -217,7 +222,7 @@ def test_the_plan_warns_of_videos_shorter_than_a_clip_and_of_no_validation_video
     (short,) = [n for n in notes if "shorter than one training clip" in n]
     assert short.startswith("warning: 4 of 4 probed training videos are shorter than one training clip (9 frames: ")
     assert "(4 frames): their clips wrap around to the first frame" in short
-    assert "the median video has 4 frames: fewer than a clip's 8 even at interval 1" in "\n".join(recipe.describe())
+    assert "the median video has 4 frames: fewer than a clip's 9 even at interval 1" in "\n".join(recipe.describe())
     assert any(n.startswith("warning: no validation videos: the run can report no accuracy") for n in notes)
 
     # one short video among long ones is a note, not a warning; the interval follows the median

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.config import Config, ConfigError, ModelConfig, load_config, parse_overrides
-from training.data import resolve_splits
+from training.data import resolve_splits, tg_tail
 from training.distributed import training_device
 from training.schedule import resolve_schedule
 from training.video import VideoDecodeError, open_video
@@ -202,12 +202,15 @@ def _interval_choice(base: Config, videos: VideoStats) -> list[Choice]:
     fps, frames = videos.median(videos.fps) or BASE_FPS, int(videos.median(videos.frames))
     interval = max(1, round(spec.interval * fps / BASE_FPS))
     reason = f"{spec.interval} at {BASE_FPS:g} fps, scaled to the videos' {fps:.3g} fps"
-    longest = max(1, (frames - 1) // max(1, spec.clip_len - 1))  # a clip within the median video
-    if interval > longest or frames < spec.clip_len:
+    # a clip within the median video, with the frames after it its temporal gradient takes
+    tail = tg_tail(tg_stride=base.tg.stride, tg_spread=base.tg.slow == "spread")
+    longest = max(1, (frames - tail - 1) // max(1, spec.clip_len - 1))
+    if interval > longest or frames < spec.clip_len + tail:
+        after = f" and {tail} after it for its temporal gradient" if tail else ""
         fits = (
-            f"a clip of {spec.clip_len} frames fits at interval {longest}"
-            if frames >= spec.clip_len
-            else f"fewer than a clip's {spec.clip_len} even at interval 1: clips wrap around"
+            f"a clip of {spec.clip_len} frames{after} fits at interval {longest}"
+            if frames >= spec.clip_len + tail
+            else f"fewer than a clip's {spec.clip_len + tail} even at interval 1: clips wrap around"
         )
         interval, reason = longest, f"the median video has {frames} frame{'s' if frames != 1 else ''}: {fits}"
     return [Choice("input.interval", interval, reason)]
