@@ -204,7 +204,10 @@ def _check_val_copies(splits: DataSplits, *, notes: list[str]) -> None:
                 out.setdefault(path.stat().st_size, []).append(path)
         return out
 
-    train, val = sizes(splits.labeled + splits.unlabeled), sizes(splits.val)
+    if not splits.val:
+        return
+    training = {it.path: it for it in splits.labeled + splits.unlabeled}  # the labeled are in both
+    train, val = sizes(list(training.values())), sizes(splits.val)
     copies = []
     for size in (val.keys() & train.keys()) - {0}:  # empty files are unreadable, not copies
         heads = {_digest(p, head=True) for p in train[size]}  # the first 64 KiB, then the whole file
@@ -250,8 +253,9 @@ def _check_sets(
             )
         if s.name == "val" and not s.count:
             notes.append(
-                "warning: no validation videos: the run can report no accuracy (put a few videos of "
-                "each class under " + ("val/<class>/" if cfg.data.format == "folder" else "data.val_list") + ")"
+                "warning: no validation videos: the run can report no accuracy and `make export` refuses it "
+                "(it checks the exported model on validation clips); put a few videos of each class under "
+                + ("val/<class>/" if cfg.data.format == "folder" else "data.val_list")
             )
         if s.unreadable:
             (notes if allow_missing else problems).append(
@@ -357,10 +361,11 @@ def _estimate_time(
 
 def _cpu_busy() -> str | None:
     """The 1-minute load average against this process's cores, when other work was using them all
-    (the plan's own timing adds at most one process's worth); None when they were free."""
+    (the plan's own few seconds of probing and timing add well under one to it); None when they
+    were free."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return f"load average {load:.1f} on {cores} cores" if load >= cores + 1 else None
+    return f"load average {load:.1f} on {cores} cores" if load >= cores + 0.5 else None
 
 
 def _check_schedule(cfg: Config, schedule: Schedule, num_unlabeled: int, processes: int, *, notes: list[str]) -> None:
