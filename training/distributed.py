@@ -59,13 +59,6 @@ def cleanup(info: DistInfo) -> None:
 
 def training_device(device_setting: str) -> str:
     """ "cuda" or "cpu": where `train.device` (auto, cpu, cuda) trains on this machine."""
-    if device_setting == "cuda" and not torch.cuda.is_available():
-        from training.config import ConfigError  # config imports this module
-
-        raise ConfigError(
-            "train.device: cuda, but this machine has no CUDA device that PyTorch can use "
-            f"(torch {torch.__version__}); train.device=auto trains on the CPU"
-        )
     if device_setting != "auto":
         return device_setting
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -421,7 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg, recipe = resolve_config(args)
-        device = torch.device(training_device(cfg.train.device))
+        if cfg.train.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                "train.device: cuda, but this machine has no CUDA device that PyTorch can use "
+                f"(torch {torch.__version__}); train.device=auto trains on the CPU"
+            )
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -430,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     if not args.no_plan and not (run / "config.yaml").is_file() and int(os.environ.get("RANK", "0")) == 0:
         print_plan_before_run(cfg, args, recipe)
+    device = torch.device(training_device(cfg.train.device))
     info = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
