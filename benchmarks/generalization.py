@@ -47,7 +47,7 @@ from benchmarks.accuracy import (
     results_files,
     spread,
 )
-from training.config import Config, ConfigError, config_from_dict, load_config
+from training.config import Config, ConfigError, config_from_dict, load_config, parse_overrides
 from training.synthetic import FAMILIES
 
 TUNED_FAMILY = "directions"  # the family the default recipe was chosen on
@@ -112,8 +112,11 @@ def plan_runs(families: list[str], seeds: list[int], root: Path, user_sets: list
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise BenchmarkError(f"unknown families: {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
-    ours = {"train.seed"} | {item.split("=", 1)[0] for arm in ARMS.values() for item in arm}
-    clash = sorted({item.split("=", 1)[0].strip() for item in user_sets} & ours)
+    ours = {"train.seed"} | {key for arm in ARMS.values() for key, _ in parse_overrides(arm)}
+    try:
+        clash = sorted({key for key, _ in parse_overrides(user_sets)} & ours)
+    except ConfigError as exc:
+        raise BenchmarkError(str(exc)) from exc
     if clash:
         raise BenchmarkError(
             f"--set {', '.join(clash)}: the benchmark sets these for each run (train.seed from --seeds, "

@@ -116,10 +116,12 @@ class Choice:
     user_value: object = None  # set when the user's own --set overrides this choice
 
     def override(self) -> str:
-        value = self.value
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        return f"{self.key}={value}"
+        return f"{self.key}={_as_written(self.value)}"
+
+
+def _as_written(value: object) -> str:
+    """A value as YAML and --set write it (true, not True)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 @dataclass
@@ -133,9 +135,9 @@ class OwnDataRecipe:
     def describe(self) -> list[str]:
         lines = [f"base: {self.base.relative_to(CONFIGS.parent)} (training on {self.device})"]
         for c in self.choices:
-            value = c.override().split("=", 1)[1]  # as it is written in YAML and --set (true, not True)
+            value = _as_written(c.value)
             if c.user_value is not None:
-                user = c.user_value if not isinstance(c.user_value, bool) else str(c.user_value).lower()
+                user = _as_written(c.user_value)
                 lines.append(f"{c.key} = {user} (your --set; the recipe would choose {value}: {c.reason})")
             else:
                 lines.append(f"{c.key} = {value}: {c.reason}")

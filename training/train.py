@@ -25,7 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from training.config import Config, ConfigError, config_from_dict, diff_configs, load_config, save_config
+from training.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    diff_configs,
+    load_config,
+    parse_overrides,
+    save_config,
+)
 from training.data import (
     DataSplits,
     SeededSampler,
@@ -380,7 +388,7 @@ def resolve_config(args):
     """The run's config, and the own-data recipe behind it (None with a config file or the
     synthetic default). A data root without a config is the user's own videos in the folder
     layout: the recipe follows from the data and the machine (training/own_data.py)."""
-    keys = [item.split("=", 1)[0].strip() for item in args.set]
+    keys = [key for key, _ in parse_overrides(args.set)]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
         raise ConfigError(f"--set gives {', '.join(twice)} more than once: which value is meant?")
