@@ -325,7 +325,7 @@ def test_the_default_command_prints_the_plan_trains_by_steps_and_logs_one_line_p
     assert "== recipe chosen from the data and this machine" in plan and "loss.threshold = 0.84: 3 classes" in plan
     assert "budget 5 steps (optim.steps): 2 epochs of 2 steps on this data" in plan  # 10 unlabeled / 4 per batch
     assert "warning: 3 of 3 classes have fewer than 5 labeled videos" in plan
-    assert "videos    10 of 10 probed: 40x32 median" in plan and "== time on this machine" in plan
+    assert "videos    10 of 10 probed: 40x32 most common" in plan and "== time on this machine" in plan
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["loss"]["threshold"] == 0.84 and saved["input"]["flip"] is False and saved["optim"]["steps"] == 5
     metrics = json.loads((run / "metrics.json").read_text())
@@ -335,3 +335,19 @@ def test_the_default_command_prints_the_plan_trains_by_steps_and_logs_one_line_p
     assert log.count("epoch 1/2  step 1/2") == 1 and "epoch 1/2  align=" in log and "epoch 2/2  align=" in log
     # a second invocation finds the run complete and prints no plan
     assert "Training plan" not in train_cli(folder, run)
+
+
+def test_the_plan_names_the_most_common_size_and_notes_long_recordings(tmp_path):
+    root = make_folder_dataset(tmp_path / "long", classes=("a", "b"), labeled=2, unlabeled=2, frames=100, fps=2)
+    write_video(root / "unlabeled" / "wide.mp4", np.zeros((100, 32, 64, 3), np.uint8), fps=2)
+    cfg, recipe = resolve_own_data(str(root), [])
+    assert "7 of 7 probed: 40x32 (6 of them) most common (short side 32-32)" in recipe.videos.summary()
+    notes = build_plan(cfg, probe=0, estimate_time=False, recipe=recipe).notes
+    (long,) = [n for n in notes if "cut long recordings down to the action" in n]
+    assert long.startswith("the median training video lasts 50 s and one clip covers 9 of its 100 frames")
+
+    short = make_folder_dataset(tmp_path / "short", classes=("a", "b"), labeled=2, unlabeled=2, frames=100, fps=25)
+    cfg, recipe = resolve_own_data(str(short), [])
+    assert "40x32 most common" in recipe.videos.summary()
+    notes = build_plan(cfg, probe=0, estimate_time=False, recipe=recipe).notes
+    assert not any("long recordings" in n for n in notes)  # 4 s videos: a clip covers a sixth of them

@@ -238,4 +238,4 @@ def test_the_dry_run_opens_each_training_video_once(ucf_tree, tmp_path, capsys, 
     code, out = ucf20_dry_run(capsys, ucf_tree, tmp_path / "run", *args)
     assert code == 0, out
     assert len(opened) == len(set(opened)) == 24 + 4  # every training and validation video, once each
-    assert re.search(r"videos\s+24 of 24 probed: \d+x\d+ median", out)
+    assert re.search(r"videos\s+24 of 24 probed: \d+x\d+( \(\d+ of them\))? most common", out)

@@ -26,6 +26,7 @@ import math
 import os
 import random
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,14 +72,18 @@ class VideoStats:
     def summary(self) -> str:
         if not self.opened:
             return f"{self.probed} probed, none could be opened"
-        widths, heights = [w for w, _ in self.sizes], [h for _, h in self.sizes]
-        seconds = [n / f for n, f in zip(self.frames, self.fps, strict=True) if f > 0]
+        (width, height), count = Counter(self.sizes).most_common(1)[0]
+        size = f"{width}x{height}" + (f" ({count} of them)" if count < self.opened else "")
         return (
-            f"{self.opened} of {self.probed} probed: {int(self.median(widths))}x{int(self.median(heights))} "
-            f"median (short side {min(self.short_sides)}-{max(self.short_sides)}), "
+            f"{self.opened} of {self.probed} probed: {size} most common "
+            f"(short side {min(self.short_sides)}-{max(self.short_sides)}), "
             f"{self.median(self.fps):.3g} fps median, {self.median(self.frames):.0f} frames "
-            f"({_seconds(self.median(seconds))}) median, {min(self.frames)}-{max(self.frames)} frames"
+            f"({_seconds(self.median_seconds())}) median, {min(self.frames)}-{max(self.frames)} frames"
         )
+
+    def median_seconds(self) -> float:
+        """The median duration of the opened videos that state a frame rate (0 when none does)."""
+        return self.median([n / f for n, f in zip(self.frames, self.fps, strict=True) if f > 0])
 
     def read(self, root: Path, path: str) -> str | None:
         """Open one video with the training decoder and record its shape, frame rate and length;

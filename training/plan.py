@@ -33,6 +33,8 @@ from training.video import VideoDecodeError, open_video
 
 TIMED_STEP_LIMIT_S = 10.0  # a predicted step up to this long is timed for real; longer ones are extrapolated
 FEW_LABELS_PER_CLASS = 5  # fewer labeled videos than this in a class: a warning
+# a note when the median training video lasts this long and spans this many training clips
+LONG_VIDEO_SECONDS, LONG_VIDEO_CLIPS = 30.0, 10
 
 
 @dataclass
@@ -273,6 +275,13 @@ def _check_video_length(cfg: Config, videos: VideoStats, *, notes: list[str]) ->
     tail = tg_tail(tg_stride=cfg.tg.stride, tg_spread=spread)
     after = f", and {tail} after the last for its temporal gradient" if tail else ""
     short = [(path, n) for path, n in zip(videos.opened_paths, videos.frames, strict=True) if n < need]
+    seconds = videos.median_seconds()
+    if seconds >= LONG_VIDEO_SECONDS and videos.median(videos.frames) >= LONG_VIDEO_CLIPS * need:
+        notes.append(
+            f"the median training video lasts {seconds:.0f} s and one clip covers {need} of its "
+            f"{videos.median(videos.frames):.0f} frames: every clip of a video is given its label, so each "
+            "video should show its action throughout (cut long recordings down to the action)"
+        )
     if not short:
         return
     path, n = min(short, key=lambda s: s[1])
