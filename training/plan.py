@@ -269,17 +269,18 @@ def _check_sets(
 
 
 def _check_video_length(cfg: Config, videos: VideoStats, *, notes: list[str]) -> None:
-    """Training videos with fewer frames than one clip covers: their clips wrap around."""
+    """Training videos with fewer frames than one clip covers (their clips wrap around), and long
+    recordings that one clip covers little of (each clip still takes the video's label)."""
     spread = cfg.tg.slow == "spread"
     need = frames_per_clip(cfg.input, tg_stride=cfg.tg.stride, tg_spread=spread)
     tail = tg_tail(tg_stride=cfg.tg.stride, tg_spread=spread)
     after = f", and {tail} after the last for its temporal gradient" if tail else ""
     short = [(path, n) for path, n in zip(videos.opened_paths, videos.frames, strict=True) if n < need]
-    seconds = videos.median_seconds()
-    if seconds >= LONG_VIDEO_SECONDS and videos.median(videos.frames) >= LONG_VIDEO_CLIPS * need:
+    seconds, median_frames = videos.median_seconds(), videos.median(videos.frames)
+    if seconds >= LONG_VIDEO_SECONDS and median_frames >= LONG_VIDEO_CLIPS * need:
         notes.append(
             f"the median training video lasts {seconds:.0f} s and one clip covers {need} of its "
-            f"{videos.median(videos.frames):.0f} frames: every clip of a video is given its label, so each "
+            f"{median_frames:.0f} frames: every clip of a video is given its label, so each "
             "video should show its action throughout (cut long recordings down to the action)"
         )
     if not short:
