@@ -1,0 +1,318 @@
+"""`python -m benchmarks.ceiling`: what one R3D-18 learns of a motion family when every video is labeled.
+
+The generalization benchmark trains the whole method from 4 labels per class. Beneath it lies a
+simpler question, asked here: given *every* training label and nothing else to learn, does the
+network of a recipe tell a family's motions apart, from RGB frames or from temporal gradient (TG)?
+Where it does not, no semi-supervised recipe with that network will, and more steps of the
+method are not the budget the family needs: a larger network or input is.
+
+Each (family, input) trains one network of the own-data default as it resolves for the family's
+videos on this machine (`training.own_data.resolve_own_data`: the small R3D-18 on a CPU, the full
+one on a GPU; --set on top, as for `make train`) with the cross-entropy alone, `optim.batch_labeled`
+clips a step at the recipe's lr, warm-up and schedule. The family's cluttered videos are generated
+(training/synthetic.py, all labeled) and decoded once with the training decoder into memory, so
+a step costs the network's compute and little else; a clip is the recipe's weak view
+(`training.data.weak_geometric`: random resized crop, the recipe's flip) of the recipe's frames,
+TG as training takes it. Validation is the 30-view test (10 clips x 3 crops, softmax averaged) at
+every quarter of the run.
+
+    python -m benchmarks.ceiling --families turns paths                  # this machine's recipe
+    python -m benchmarks.ceiling --set model.width=32 optim.steps=4800   # a wider network, longer
+    python -m benchmarks.ceiling --width 171 --height 128                # on a GPU: the full R3D-18 at 112 px
+
+Results: benchmarks/results/ceiling-<machine>-<date>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.machine import describe_machine, machine_slug
+from training.augment import temporal_gradient
+from training.config import Config, ConfigError
+from training.data import weak_geometric
+from training.distributed import training_device
+from training.models import r3d18_from_config
+from training.own_data import resolve_own_data
+from training.schedule import Schedule, learning_rate, scaled_lr
+from training.synthetic import FAMILIES, generate
+from training.video import VideoDecodeError, open_video, successor_indices, train_clip_indices, uniform_clip_indices
+from training.views import normalize
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+INPUTS = ("rgb", "tg")
+CHECKS = 4  # 30-view validations per run, the last at its end
+
+
+@dataclass
+class Videos:
+    """A split decoded into memory: each video's frames (T, H, W, 3) uint8 and its label."""
+
+    frames: list[np.ndarray]
+    labels: np.ndarray
+
+
+def decode_split(root: Path, list_file: str) -> Videos:
+    frames, labels = [], []
+    for line in (root / "lists" / list_file).read_text().splitlines():
+        path, label = line.rsplit(" ", 1)
+        try:
+            reader = open_video(str(root / path))
+            frames.append(reader.get_batch(np.arange(len(reader))))
+        except VideoDecodeError as exc:
+            raise SystemExit(f"ceiling: {exc}") from exc
+        labels.append(int(label))
+    return Videos(frames, np.asarray(labels))
+
+
+def train_batch(
+    videos: Videos, cfg: Config, modality: str, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`optim.batch_labeled` random clips, each one random clip of a random video -> (input, labels)."""
+    spec = cfg.input
+    chosen = rng.integers(0, len(videos.labels), cfg.optim.batch_labeled)
+    clips = []
+    for i in chosen:
+        video = videos.frames[i]
+        n = len(video)
+        idx = train_clip_indices(n, clip_len=spec.clip_len, interval=spec.interval, rng=rng, tail=1)
+        nxt = successor_indices(idx, stride=1, num_frames=n)
+        both = weak_geometric(video[np.concatenate([idx, nxt])], spec, rng)  # (2T, 3, S, S): one box for both
+        clips.append(both.view(2, spec.clip_len, *both.shape[1:]).permute(0, 2, 1, 3, 4))  # (2, 3, T, S, S)
+    x = torch.stack(clips)
+    return model_input(x, cfg, modality), torch.from_numpy(videos.labels[chosen])
+
+
+def model_input(x: torch.Tensor, cfg: Config, modality: str) -> torch.Tensor:
+    """(B, 2, 3, T, S, S) uint8 frames and their successors -> the normalized RGB or TG clip."""
+    clip = x[:, 0].float() if modality == "rgb" else temporal_gradient(x[:, 0], x[:, 1])
+    return normalize(clip, cfg.input)
+
+
+def validation_views(video: np.ndarray, cfg: Config) -> torch.Tensor:
+    """The 30-view test of one video: 10 uniform clips x 3 crops of `test_crop` along the long side,
+    after resizing the short side to `test_short_side` -> (views, 2, 3, T, S, S) uint8."""
+    spec = cfg.input
+    n = len(video)
+    starts = uniform_clip_indices(n, clip_len=spec.clip_len, interval=spec.interval, num_clips=spec.test_clips)
+    idx = np.concatenate([starts, successor_indices(starts, stride=1, num_frames=n)], axis=1)  # (clips, 2T)
+    frames = torch.from_numpy(video[idx.reshape(-1)]).permute(0, 3, 1, 2).float()
+    h, w = frames.shape[-2:]
+    scale = spec.test_short_side / min(h, w)
+    size = (round(h * scale), round(w * scale))
+    frames = (
+        F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True).round_().clamp_(0, 255)
+    )
+    s = spec.test_crop
+    tall = size[0] > size[1]
+    span = (size[0] if tall else size[1]) - s
+    views = []
+    for offset in np.linspace(0, span, spec.test_crops).round().astype(int) if spec.test_crops > 1 else [span // 2]:
+        crop = frames[..., offset : offset + s, :s] if tall else frames[..., :s, offset : offset + s]
+        views.append(crop.reshape(spec.test_clips, 2, spec.clip_len, 3, s, s))
+    return torch.stack(views, 1).flatten(0, 1).permute(0, 1, 3, 2, 4, 5).to(torch.uint8)
+
+
+@torch.no_grad()
+def top1(net: torch.nn.Module, videos: Videos, cfg: Config, modality: str, device: torch.device) -> float:
+    """30-view Top-1 in % (softmax averaged over the views)."""
+    net.eval()
+    correct = 0
+    for video, label in zip(videos.frames, videos.labels, strict=True):
+        x = model_input(validation_views(video, cfg), cfg, modality).to(device)
+        correct += int(net(x).softmax(1).mean(0).argmax()) == int(label)
+    net.train()
+    return 100.0 * correct / len(videos.labels)
+
+
+def train_one(train: Videos, val: Videos, cfg: Config, modality: str, classes: int, device: torch.device) -> dict:
+    torch.manual_seed(cfg.train.seed)
+    rng = np.random.default_rng(cfg.train.seed)
+    net = r3d18_from_config(cfg, classes).to(device)
+    base_lr = scaled_lr(cfg, world_size=1)
+    o = cfg.optim
+    opt = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    schedule = Schedule("steps", o.steps, 1, float(o.warmup_steps), 0)
+    checks = {round(o.steps * (k + 1) / CHECKS) for k in range(CHECKS)}
+    curve, losses, started = [], [], time.perf_counter()
+    for it in range(o.steps):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(it, base_lr=base_lr, schedule=schedule, cfg=cfg)
+        x, y = train_batch(train, cfg, modality, rng)
+        loss = F.cross_entropy(net(x.to(device)), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.clip_grad:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), o.clip_grad)
+        opt.step()
+        losses.append(loss.item())
+        if it + 1 in checks:
+            window = losses[-max(1, o.steps // CHECKS) :]
+            point = {
+                "step": it + 1,
+                "train_loss": round(float(np.mean(window)), 3),
+                "val_top1": top1(net, val, cfg, modality, device),
+            }
+            curve.append(point)
+            print(
+                f"  {modality} step {it + 1}: training loss {point['train_loss']:.3f}, "
+                f"val top-1 {point['val_top1']:.1f} %",
+                flush=True,
+            )
+    return {
+        "curve": curve,
+        "val_top1": curve[-1]["val_top1"],
+        "train_loss": curve[-1]["train_loss"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def make_data(root: Path, family: str, args: argparse.Namespace) -> Path:
+    """The family's dataset, every training video labeled, in a folder named by its shape."""
+    folder = root / f"{family}-{args.per_class}-{args.val_per_class}-{args.width}x{args.height}"
+    generate(
+        folder,
+        num_classes=0,
+        family=family,
+        train_per_class=args.per_class,
+        labeled_per_class=args.per_class,
+        val_per_class=args.val_per_class,
+        frames=args.frames,
+        width=args.width,
+        height=args.height,
+        seed=args.data_seed,
+        clutter=True,
+    )
+    return folder
+
+
+def describe(cfg: Config) -> dict:
+    spec, o = cfg.input, cfg.optim
+    return {
+        "width": cfg.model.width,
+        "clip": f"{spec.clip_len}x{spec.crop_size}^2, interval {spec.interval}",
+        "short_side": spec.short_side,
+        "test": f"{spec.test_clips}x{spec.test_crops} views of {spec.test_crop}^2",
+        "steps": o.steps,
+        "batch": o.batch_labeled,
+        "lr": scaled_lr(cfg, world_size=1),
+        "seed": cfg.train.seed,
+    }
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    gpu = (m.get("gpu") or {}).get("name")
+    lines = [
+        f"# What one R3D-18 learns with every label: {results['slug']}, {results['created'][:10]}",
+        "",
+        "`python -m benchmarks.ceiling " + " ".join(results["argv"]) + "`",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores"
+        + (f", {gpu}" if gpu else ", no GPU")
+        + f"; trained on {results['device']}.",
+        f"- Data per family: {results['data']}.",
+        "- Each row: one network, the cross-entropy alone on every training video's label; Top-1 is the "
+        "30-view test of the validation videos (chance "
+        f"{results['chance']:.0f} %); the training loss is the mean over the last quarter of the steps "
+        f"(chance ln {results['classes']} = {np.log(results['classes']):.2f}).",
+        "",
+        "| family | input | network | clip | steps | Top-1 by quarter of the run (%) | training loss | time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["runs"]:
+        c = r["config"]
+        curve = " / ".join(f"{p['val_top1']:.1f}" for p in r["curve"])
+        lines.append(
+            f"| {r['family']} | {r['input'].upper()} | width {c['width']} | {c['clip']} | {c['steps']} | "
+            f"{curve} | {r['train_loss']:.2f} | {r['seconds'] / 60:.1f} min |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.ceiling",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--families", nargs="+", default=["turns"], metavar="NAME", help=f"known: {', '.join(FAMILIES)}")
+    p.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=INPUTS, help="the modalities, one network each")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides on the own-data default")
+    p.add_argument("--per-class", type=int, default=64, help="training videos per class, all labeled (default 64)")
+    p.add_argument("--val-per-class", type=int, default=16, help="validation videos per class (default 16)")
+    p.add_argument("--width", type=int, default=128, help="the videos' size (default 128 x 96)")
+    p.add_argument("--height", type=int, default=96)
+    p.add_argument("--frames", type=int, default=48)
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--root", type=Path, default=Path("runs/ceiling"), help="where the datasets are generated")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON and markdown go")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+    unknown = [f for f in args.families if f not in FAMILIES]
+    if unknown:
+        p.error(f"unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; known: {', '.join(FAMILIES)}")
+    if args.per_class < 1 or args.val_per_class < 1:
+        p.error("--per-class and --val-per-class must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine, created = describe_machine(), datetime.now(timezone.utc)
+    runs, device_name, chance, classes = [], "cpu", 0.0, 0
+    for family in args.families:
+        folder = make_data(args.root, family, args)
+        try:
+            cfg, recipe = resolve_own_data(str(folder), args.set)
+        except ConfigError as exc:
+            print(f"ceiling: {exc}", file=sys.stderr)
+            return 2
+        device_name = training_device(cfg.train.device)
+        device = torch.device(device_name)
+        train, val = decode_split(folder, "train.txt"), decode_split(folder, "val.txt")
+        classes = recipe.classes
+        chance = 100.0 / classes
+        print(
+            f"[{family}] {len(train.labels)} training videos (all labeled), {len(val.labels)} validation: "
+            f"{describe(cfg)}",
+            flush=True,
+        )
+        for modality in args.inputs:
+            result = train_one(train, val, cfg, modality, classes, device)
+            runs.append({"family": family, "input": modality, "config": describe(cfg), **result})
+    slug = machine_slug(machine, device_name)
+    results = {
+        "argv": list(sys.argv[1:] if argv is None else argv),
+        "created": created.isoformat(timespec="seconds"),
+        "machine": machine,
+        "slug": slug,
+        "device": device_name,
+        "classes": classes,
+        "chance": chance,
+        "data": f"{args.per_class} training videos per class (all labeled), {args.val_per_class} validation, "
+        f"{args.width}x{args.height}, {args.frames} frames, clutter on, generator seed {args.data_seed}",
+        "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"ceiling-{slug}-{created:%Y-%m-%d}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(results))
+    print(f"wrote {stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

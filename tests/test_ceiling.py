@@ -1,0 +1,91 @@
+"""The ceiling benchmark: its clips (the recipe's frames, one crop for RGB and TG), its 30-view
+test geometry, and a tiny end-to-end run that writes its results."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.ceiling import Videos, main, model_input, train_batch, validation_views
+from training.augment import temporal_gradient
+from training.config import load_config
+from training.own_data import CPU_BASE
+from training.video import uniform_clip_indices
+
+
+def indexed_video(frames: int = 48, height: int = 24, width: int = 32) -> np.ndarray:
+    """Each pixel holds its frame index in channel 0 and its column in channel 1."""
+    video = np.zeros((frames, height, width, 3), np.uint8)
+    video[..., 0] = np.arange(frames)[:, None, None]
+    video[..., 1] = np.arange(width)[None, None, :]
+    return video
+
+
+def small_config(**input_keys):
+    sets = [f"input.{k}={v}" for k, v in input_keys.items()]
+    return load_config(CPU_BASE, ["data.root=unused", *sets])
+
+
+def test_the_30_views_are_the_uniform_clips_and_three_crops_along_the_long_side():
+    cfg = small_config(clip_len=4, interval=3, test_short_side=24, test_crop=24)
+    video = indexed_video()
+    views = validation_views(video, cfg)  # (30, 2, 3, T, S, S)
+    assert views.shape == (30, 2, 3, 4, 24, 24)
+    starts = uniform_clip_indices(48, clip_len=4, interval=3, num_clips=10)
+    for clip in range(10):
+        for crop, left in enumerate((0, 4, 8)):  # 32 - 24 = 8 columns spread over 3 crops
+            view = views[clip * 3 + crop]
+            assert view[0, 0, :, 0, 0].tolist() == starts[clip].tolist()  # the clip's frames
+            assert view[1, 0, :, 0, 0].tolist() == (starts[clip] + 1).tolist()  # their successors
+            assert view[0, 1, 0, 0].tolist() == list(range(left, left + 24))  # the crop's columns
+
+
+def test_a_training_clip_takes_rgb_and_tg_from_one_crop_of_the_recipes_frames():
+    cfg = small_config(clip_len=4, interval=2, short_side=24, crop_size=16, flip="false")
+    video = indexed_video()
+    videos = Videos([video, video], np.array([0, 1]))
+    x, y = train_batch(videos, cfg, "rgb", np.random.default_rng(0))
+    assert x.shape == (cfg.optim.batch_labeled, 3, 4, 16, 16) and set(y.tolist()) <= {0, 1}
+    # undo the normalization: channel 0 holds the frame index, so the clip steps by the interval
+    frames = x[:, 0] * cfg.input.std[0] + cfg.input.mean[0]
+    steps = frames[:, 1:, 8, 8] - frames[:, :-1, 8, 8]
+    assert torch.allclose(steps, torch.full_like(steps, 2.0), atol=1e-3)
+    # TG of the same draw: every frame minus the next one, (x_t - x_t+1 + 255) / 2 = 127 everywhere
+    tg, _ = train_batch(videos, cfg, "tg", np.random.default_rng(0))
+    raw = tg[:, 0] * cfg.input.std[0] + cfg.input.mean[0]
+    assert torch.allclose(raw, torch.full_like(raw, 127.0), atol=1e-3)
+    both = torch.stack([torch.from_numpy(video[:2]), torch.from_numpy(video[1:3])]).permute(0, 4, 1, 2, 3)[None]
+    assert torch.allclose(
+        model_input(both, cfg, "tg") * torch.tensor(cfg.input.std).view(1, 3, 1, 1, 1)
+        + torch.tensor(cfg.input.mean).view(1, 3, 1, 1, 1),
+        temporal_gradient(both[:, 0], both[:, 1]),
+        atol=1e-3,
+    )
+
+
+@pytest.mark.slow
+def test_a_tiny_ceiling_run_writes_its_table(tmp_path):
+    argv = [
+        "--families", "directions", "--per-class", "1", "--val-per-class", "1", "--width", "48", "--height", "32",
+        "--frames", "20", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--set",
+        "optim.steps=4", "optim.warmup_steps=1", "optim.sup_warmup_steps=1", "model.width=4",
+        "input.short_side=32", "input.crop_size=28", "input.test_short_side=32", "input.test_crop=32",
+        "optim.batch_labeled=2",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    (json_path,) = (tmp_path / "out").glob("ceiling-*.json")
+    results = json.loads(json_path.read_text())
+    assert [(r["family"], r["input"]) for r in results["runs"]] == [("directions", "rgb"), ("directions", "tg")]
+    for run in results["runs"]:
+        assert [p["step"] for p in run["curve"]] == [1, 2, 3, 4]
+        assert all(0 <= p["val_top1"] <= 100 for p in run["curve"])
+        assert run["config"]["width"] == 4 and run["config"]["steps"] == 4
+    table = json_path.with_suffix(".md").read_text()
+    assert "| directions | TG | width 4 |" in table and "chance 25 %" in table
+
+
+def test_an_unknown_family_is_named(capsys):
+    with pytest.raises(SystemExit):
+        main(["--families", "spirals"])
+    assert "unknown family spirals" in capsys.readouterr().err
