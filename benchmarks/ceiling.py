@@ -47,6 +47,7 @@ from training.own_data import resolve_own_data
 from training.schedule import Schedule, learning_rate, scaled_lr
 from training.synthetic import FAMILIES, generate
 from training.video import VideoDecodeError, open_video, successor_indices, train_clip_indices, uniform_clip_indices
+from training.view_decode import crop_offsets
 from training.views import normalize
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -113,12 +114,16 @@ def validation_views(video: np.ndarray, cfg: Config) -> torch.Tensor:
     frames = (
         F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True).round_().clamp_(0, 255)
     )
-    s = spec.test_crop
-    tall = size[0] > size[1]
-    span = (size[0] if tall else size[1]) - s
+    s, (h, w) = spec.test_crop, size
+    tall = h > w  # crops along the long side, centred across the short one (as the 30-view test cuts them)
+    centre = ((w if tall else h) - s) // 2
     views = []
-    for offset in np.linspace(0, span, spec.test_crops).round().astype(int) if spec.test_crops > 1 else [span // 2]:
-        crop = frames[..., offset : offset + s, :s] if tall else frames[..., :s, offset : offset + s]
+    for offset in crop_offsets(h if tall else w, s, spec.test_crops):
+        crop = (
+            frames[..., offset : offset + s, centre : centre + s]
+            if tall
+            else frames[..., centre : centre + s, offset : offset + s]
+        )
         views.append(crop.reshape(spec.test_clips, 2, spec.clip_len, 3, s, s))
     return torch.stack(views, 1).flatten(0, 1).permute(0, 1, 3, 2, 4, 5).to(torch.uint8)
 
