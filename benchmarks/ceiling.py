@@ -20,13 +20,14 @@ every quarter of the run.
     python -m benchmarks.ceiling --set model.width=32 optim.steps=4800   # a wider network, longer
     python -m benchmarks.ceiling --width 171 --height 128                # on a GPU: the full R3D-18 at 112 px
 
-Results: benchmarks/results/ceiling-<machine>-<date>.json and .md.
+Results: benchmarks/results/ceiling-[<tag>-]<machine>-<date>.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -271,10 +272,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--root", type=Path, default=Path("runs/ceiling"), help="where the datasets are generated")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON and markdown go")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--tag", default="", help="a word for the results' file name, e.g. width32: ceiling-width32-<machine>-<date>"
+    )
     args = p.parse_args(argv)
     unknown = [f for f in args.families if f not in FAMILIES]
     if unknown:
         p.error(f"unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; known: {', '.join(FAMILIES)}")
+    if args.tag and not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", args.tag):
+        p.error(f"--tag {args.tag!r}: lower-case letters, digits and single hyphens only (it goes into a file name)")
     if args.per_class < 1 or args.val_per_class < 1:
         p.error("--per-class and --val-per-class must be at least 1")
     return args
@@ -320,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"ceiling-{slug}-{created:%Y-%m-%d}"
+    stem = args.out / "-".join(filter(None, ("ceiling", args.tag, slug, f"{created:%Y-%m-%d}")))
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(results))
     print(f"wrote {stem}.json and .md")

@@ -68,13 +68,13 @@ def test_a_training_clip_takes_rgb_and_tg_from_one_crop_of_the_recipes_frames():
 def test_a_tiny_ceiling_run_writes_its_table(tmp_path):
     argv = [
         "--families", "directions", "--per-class", "1", "--val-per-class", "1", "--width", "48", "--height", "32",
-        "--frames", "20", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--set",
+        "--frames", "20", "--tag", "tiny", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--set",
         "optim.steps=4", "optim.warmup_steps=1", "optim.sup_warmup_steps=1", "model.width=4",
         "input.short_side=32", "input.crop_size=28", "input.test_short_side=32", "input.test_crop=32",
         "optim.batch_labeled=2",
     ]  # fmt: skip
     assert main(argv) == 0
-    (json_path,) = (tmp_path / "out").glob("ceiling-*.json")
+    (json_path,) = (tmp_path / "out").glob("ceiling-tiny-*.json")
     results = json.loads(json_path.read_text())
     assert [(r["family"], r["input"]) for r in results["runs"]] == [("directions", "rgb"), ("directions", "tg")]
     for run in results["runs"]:
@@ -85,7 +85,15 @@ def test_a_tiny_ceiling_run_writes_its_table(tmp_path):
     assert "| directions | TG | width 4 |" in table and "chance 25 %" in table
 
 
-def test_an_unknown_family_is_named(capsys):
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--families", "spirals"], "unknown family spirals"),
+        (["--tag", "../up"], "--tag '../up': lower-case letters, digits and single hyphens only"),
+        (["--per-class", "0"], "--per-class and --val-per-class must be at least 1"),
+    ],
+)
+def test_a_bad_argument_is_named(argv, message, capsys):
     with pytest.raises(SystemExit):
-        main(["--families", "spirals"])
-    assert "unknown family spirals" in capsys.readouterr().err
+        main(argv)
+    assert message in capsys.readouterr().err
