@@ -26,7 +26,7 @@ SERVE_BATCH ?= 1
 
 TRAIN_ARGS = --run-dir "$(RUN)" $(if $(CONFIG),--config "$(CONFIG)") $(if $(DATA_ROOT),--data-root "$(DATA_ROOT)") $(if $(SET),--set $(SET))
 
-.PHONY: demo setup train evaluate export serve serve-stop bench bench-accuracy bench-engines bench-generalization bench-ceiling lint test clean-venv help
+.PHONY: demo setup train evaluate export serve serve-stop bench bench-accuracy bench-engines bench-generalization bench-supervised lint test clean-venv help
 
 help:
 	@echo "make demo                       the whole product on the synthetic default: data, train, export, serve, one request, stop"
@@ -40,7 +40,7 @@ help:
 	@echo "make bench-accuracy             Table 1 in miniature on the synthetic data"
 	@echo "make bench-engines              each engine and precision's accuracy on runs not at 100 % -> benchmarks/results/"
 	@echo "make bench-generalization [SET=]  the own-data default vs FixMatch-RGB on motion families it was not tuned on"
-	@echo "make bench-ceiling [SET=]       what the own-data default's network learns of those families with every label"
+	@echo "make bench-supervised [SET=]    the own-data default's network on those families with every label, supervised only"
 	@echo "make gpu-check                  what only a GPU settles (environment, bf16 step, CUDA parity, latency)"
 	@echo "make lint                       ruff (lint, format check) and mypy"
 	@echo "make test                       lint, then the test suite (what CI runs)"
@@ -96,8 +96,8 @@ bench-engines: setup
 bench-generalization: setup
 	$(BIN)/python -m benchmarks.generalization $(if $(SET),--set $(SET))
 
-bench-ceiling: setup
-	$(BIN)/python -m benchmarks.ceiling $(if $(SET),--set $(SET))
+bench-supervised: setup
+	$(BIN)/python -m benchmarks.supervised $(if $(SET),--set $(SET))
 
 lint: setup
 	$(BIN)/ruff check .

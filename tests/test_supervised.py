@@ -1,4 +1,4 @@
-"""The ceiling benchmark: its clips (the recipe's frames, one crop for RGB and TG), its 30-view
+"""The supervised reference benchmark: its clips (the recipe's frames, one crop for RGB and TG), its 30-view
 test geometry, and a tiny end-to-end run that writes its results."""
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.ceiling import Videos, main, model_input, train_batch, validation_views
+from benchmarks.supervised import Videos, main, model_input, train_batch, validation_views
 from training.augment import temporal_gradient
 from training.config import load_config
 from training.own_data import CPU_BASE
@@ -65,7 +65,7 @@ def test_a_training_clip_takes_rgb_and_tg_from_one_crop_of_the_recipes_frames():
 
 
 @pytest.mark.slow
-def test_a_tiny_ceiling_run_writes_its_table(tmp_path):
+def test_a_tiny_supervised_run_writes_its_table(tmp_path):
     argv = [
         "--families", "directions", "--per-class", "1", "--val-per-class", "1", "--width", "48", "--height", "32",
         "--frames", "20", "--tag", "tiny", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--set",
@@ -74,7 +74,7 @@ def test_a_tiny_ceiling_run_writes_its_table(tmp_path):
         "optim.batch_labeled=2",
     ]  # fmt: skip
     assert main(argv) == 0
-    (json_path,) = (tmp_path / "out").glob("ceiling-tiny-*.json")
+    (json_path,) = (tmp_path / "out").glob("supervised-tiny-*.json")
     results = json.loads(json_path.read_text())
     assert [(r["family"], r["input"]) for r in results["runs"]] == [("directions", "rgb"), ("directions", "tg")]
     for run in results["runs"]:
