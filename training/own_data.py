@@ -157,8 +157,9 @@ class OwnDataRecipe:
             f"the CPU recipe's small network (R3D-18 of width {cfg.model.width}, {cfg.input.crop_size} px "
             "crops) learns where things move: on cluttered synthetic videos with 4 labeled per class it "
             "reached 97 % on directions of travel in 2,400 steps, but stayed below 50 % on rotation, zoom, "
-            "circular, periodic and accelerating motion (README: generalization benchmark); classes told "
-            "apart by such motion need the full R3D-18, the default where a CUDA GPU trains"
+            "circular, periodic and accelerating motion (README: generalization benchmark); such classes "
+            "need more labeled videos per class and more steps, and change of speed a larger network "
+            "(the full R3D-18 is the default where a CUDA GPU trains)"
         ]
 
 
