@@ -3,10 +3,11 @@
 The generalization benchmark trains the whole method from 4 labels per class. This is the fully
 supervised reference beside it: given *every* training label (64 per class by default, 16 times
 the benchmark's) and nothing else to learn, how well does the recipe's network tell a family's
-motions apart from RGB frames, and how well from temporal gradient (TG)? It says which of the two a family lacks: labels (the TG
-network learns it here but the method's teacher does not from 4 per class) or the network itself
-(it does not learn it here either). It is not a bound on the method: unlabeled videos and the
-method's other losses regularize a network that, alone on a few hundred labeled videos, overfits.
+motions apart from RGB frames, and how well from temporal gradient (TG)? It says which of the
+two a family lacks: labels (the TG network learns it here but the method's teacher does not
+from 4 per class) or the network itself (it does not learn it here either). It is not a bound
+on the method: unlabeled videos and the method's other losses regularize a network that, alone
+on a few hundred labeled videos, overfits.
 
 Each (family, input) trains one network of the own-data default as it resolves for the family's
 videos on this machine (`training.own_data.resolve_own_data`: the small R3D-18 on a CPU, the full
