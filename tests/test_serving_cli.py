@@ -243,7 +243,10 @@ def test_loopback_logs_rotate_at_the_size_bound(loopback):
     video = val_videos(loopback.run)[0][0].read_bytes()
     for _ in range(10):  # access, frontend and worker lines
         assert request(HOST, loopback.port, "POST", "/predictions/action", key=loopback.key(), body=video)[0] == 200
-    for name in ("access_log", "model_log", "ts_log"):  # the ones that pass 1 KB by now
+    # these two take lines on every request, so they pass 1 KB by now; how much TorchServe's own
+    # ts_log says depends on the machine (it may hold its startup summary and little more), so
+    # only its size is bounded below
+    for name in ("access_log", "model_log"):
         # log4j renames the live file and then opens a new one: allow that moment to pass
         deadline = time.monotonic() + 5
         while not (logs / f"{name}.log").is_file() and time.monotonic() < deadline:
