@@ -13,11 +13,11 @@ Each (family, input) trains one network of the own-data default as it resolves f
 videos on this machine (`training.own_data.resolve_own_data`: the small R3D-18 on a CPU, the full
 one on a GPU; --set on top, as for `make train`) with the cross-entropy alone, `optim.batch_labeled`
 clips a step at the recipe's lr, warm-up and schedule. The family's cluttered videos are generated
-(training/synthetic.py, all labeled) and decoded once with the training decoder into memory, so
-a step costs the network's compute and little else; a clip is the recipe's weak view
-(`training.data.weak_geometric`: random resized crop, the recipe's flip) of the recipe's frames,
-TG as training takes it. Validation is the 30-view test (10 clips x 3 crops, softmax averaged) at
-every quarter of the run.
+(training/synthetic.py, all labeled), and the training videos decoded once into memory, so a
+step costs the network's compute and little else; a clip is drawn as training's loader draws
+it (`train_clip_indices`, `tg_frame_pairs`, the weak view `weak_geometric`, `split_modalities`).
+At every quarter of the run the validation videos get training's own 30-view test
+(`training.scoring.score_videos`).
 
     python -m benchmarks.supervised                                         # this machine's recipe
     python -m benchmarks.supervised --set model.width=32 optim.steps=4800   # a wider network, longer
@@ -42,16 +42,16 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.machine import describe_machine, machine_slug
-from training.augment import temporal_gradient
+from training.augment import split_modalities
 from training.config import Config, ConfigError
-from training.data import weak_geometric
+from training.data import VideoItem, resolve_splits, tg_tail, weak_geometric
 from training.distributed import training_device
 from training.models import r3d18_from_config
 from training.own_data import resolve_own_data
-from training.schedule import Schedule, learning_rate, scaled_lr
+from training.schedule import learning_rate, resolve_schedule, scaled_lr
+from training.scoring import accuracy_metrics, score_videos
 from training.synthetic import FAMILIES, generate
-from training.video import VideoDecodeError, open_video, successor_indices, train_clip_indices, uniform_clip_indices
-from training.view_decode import crop_offsets
+from training.video import VideoDecodeError, open_video, read_frames, tg_frame_pairs, train_clip_indices
 from training.views import normalize
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -63,102 +63,63 @@ CHECKS = 4  # 30-view validations per run, the last at its end
 
 @dataclass
 class Videos:
-    """A split decoded into memory: each video's frames (T, H, W, 3) uint8 and its label."""
+    """Training videos decoded into memory: each one's frames (T, H, W, 3) uint8 and its label."""
 
     frames: list[np.ndarray]
     labels: np.ndarray
 
 
-def decode_split(root: Path, list_file: str) -> Videos:
-    frames, labels = [], []
-    for line in (root / "lists" / list_file).read_text().splitlines():
-        path, label = line.rsplit(" ", 1)
+def decode_videos(root: Path, items: list[VideoItem]) -> Videos:
+    """Every frame of every video, with the training decoder (a generated dataset: all readable)."""
+    frames = []
+    for item in items:
+        path = str(root / item.path)
         try:
-            reader = open_video(str(root / path))
-            frames.append(reader.get_batch(np.arange(len(reader))))
+            reader = open_video(path)
+            frames.append(read_frames(reader, np.arange(len(reader)), name=path))
         except VideoDecodeError as exc:
             raise SystemExit(f"supervised: {exc}") from exc
-        labels.append(int(label))
-    return Videos(frames, np.asarray(labels))
+    return Videos(frames, np.array([item.label for item in items]))
 
 
 def train_batch(
     videos: Videos, cfg: Config, modality: str, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`optim.batch_labeled` random clips, each one random clip of a random video -> (input, labels)."""
-    spec = cfg.input
+    """`optim.batch_labeled` clips, each a random clip of a random video, drawn and augmented as
+    training's loader does (`TrainClips`) -> (normalized RGB or TG input, labels)."""
+    spec, stride, spread = cfg.input, cfg.tg.stride, cfg.tg.slow == "spread" and cfg.tg.stride > 1
     chosen = rng.integers(0, len(videos.labels), cfg.optim.batch_labeled)
     clips = []
     for i in chosen:
         video = videos.frames[i]
         n = len(video)
-        idx = train_clip_indices(n, clip_len=spec.clip_len, interval=spec.interval, rng=rng, tail=1)
-        nxt = successor_indices(idx, stride=1, num_frames=n)
-        both = weak_geometric(video[np.concatenate([idx, nxt])], spec, rng)  # (2T, 3, S, S): one box for both
-        clips.append(both.view(2, spec.clip_len, *both.shape[1:]).permute(0, 2, 1, 3, 4))  # (2, 3, T, S, S)
-    x = torch.stack(clips)
-    return model_input(x, cfg, modality), torch.from_numpy(videos.labels[chosen])
+        tail = tg_tail(tg_stride=stride, tg_spread=spread)
+        idx = train_clip_indices(n, clip_len=spec.clip_len, interval=spec.interval, rng=rng, tail=tail)
+        first, second = tg_frame_pairs(idx, stride=stride, num_frames=n, spread=spread)
+        rows = [idx, first, second] if spread else [idx, second]
+        x = weak_geometric(video[np.concatenate(rows)], spec, rng)  # one crop box and flip for every row
+        clips.append(x.view(len(rows), spec.clip_len, *x.shape[1:]).transpose(1, 2))  # (K, 3, T, S, S)
+    rgb, tg = split_modalities(torch.stack(clips))
+    return normalize(rgb if modality == "rgb" else tg, cfg.input), torch.from_numpy(videos.labels[chosen])
 
 
-def model_input(x: torch.Tensor, cfg: Config, modality: str) -> torch.Tensor:
-    """(B, 2, 3, T, S, S) uint8 frames and their successors -> the normalized RGB or TG clip."""
-    clip = x[:, 0].float() if modality == "rgb" else temporal_gradient(x[:, 0], x[:, 1])
-    return normalize(clip, cfg.input)
-
-
-def validation_views(video: np.ndarray, cfg: Config) -> torch.Tensor:
-    """The 30-view test of one video: 10 uniform clips x 3 crops of `test_crop` along the long side,
-    after resizing the short side to `test_short_side` -> (views, 2, 3, T, S, S) uint8."""
-    spec = cfg.input
-    n = len(video)
-    starts = uniform_clip_indices(n, clip_len=spec.clip_len, interval=spec.interval, num_clips=spec.test_clips)
-    idx = np.concatenate([starts, successor_indices(starts, stride=1, num_frames=n)], axis=1)  # (clips, 2T)
-    frames = torch.from_numpy(video[idx.reshape(-1)]).permute(0, 3, 1, 2).float()
-    h, w = frames.shape[-2:]
-    scale = spec.test_short_side / min(h, w)
-    size = (round(h * scale), round(w * scale))
-    frames = (
-        F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True).round_().clamp_(0, 255)
-    )
-    s, (h, w) = spec.test_crop, size
-    tall = h > w  # crops along the long side, centred across the short one (as the 30-view test cuts them)
-    centre = ((w if tall else h) - s) // 2
-    views = []
-    for offset in crop_offsets(h if tall else w, s, spec.test_crops):
-        crop = (
-            frames[..., offset : offset + s, centre : centre + s]
-            if tall
-            else frames[..., centre : centre + s, offset : offset + s]
-        )
-        views.append(crop.reshape(spec.test_clips, 2, spec.clip_len, 3, s, s))
-    return torch.stack(views, 1).flatten(0, 1).permute(0, 1, 3, 2, 4, 5).to(torch.uint8)
-
-
-@torch.no_grad()
-def top1(net: torch.nn.Module, videos: Videos, cfg: Config, modality: str, device: torch.device) -> float:
-    """30-view Top-1 in % (softmax averaged over the views)."""
-    net.eval()
-    correct = 0
-    for video, label in zip(videos.frames, videos.labels, strict=True):
-        x = model_input(validation_views(video, cfg), cfg, modality).to(device)
-        correct += int(net(x).softmax(1).mean(0).argmax()) == int(label)
-    net.train()
-    return 100.0 * correct / len(videos.labels)
-
-
-def train_one(train: Videos, val: Videos, cfg: Config, modality: str, classes: int, device: torch.device) -> dict:
-    """Train one network on `modality` with the cross-entropy alone -> its Top-1 at each check,
-    the training loss of the last quarter and the time it took."""
+def train_one(
+    train: Videos, val: list[VideoItem], root: Path, cfg: Config, modality: str, classes: int, device: torch.device
+) -> dict:
+    """Train one network on `modality` with the cross-entropy alone -> its 30-view Top-1 at each
+    check, the training loss of the last quarter and the time it took. An epoch is one pass over
+    the training videos, so the lr follows the recipe's schedule as a run on them would."""
     torch.manual_seed(cfg.train.seed)
     rng = np.random.default_rng(cfg.train.seed)
     net = r3d18_from_config(cfg, classes).to(device)
     base_lr = scaled_lr(cfg, world_size=1)
     o = cfg.optim
     opt = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    schedule = Schedule("steps", o.steps, 1, float(o.warmup_steps), 0)
-    checks = {round(o.steps * (k + 1) / CHECKS) for k in range(CHECKS)}
+    schedule = resolve_schedule(cfg, len(train.labels), world_size=1)
+    steps = schedule.total_steps
+    checks = {round(steps * (k + 1) / CHECKS) for k in range(CHECKS)}
     curve, losses, started = [], [], time.perf_counter()
-    for it in range(o.steps):
+    for it in range(steps):
         for group in opt.param_groups:
             group["lr"] = learning_rate(it, base_lr=base_lr, schedule=schedule, cfg=cfg)
         x, y = train_batch(train, cfg, modality, rng)
@@ -170,11 +131,11 @@ def train_one(train: Videos, val: Videos, cfg: Config, modality: str, classes: i
         opt.step()
         losses.append(loss.item())
         if it + 1 in checks:
-            window = losses[-max(1, o.steps // CHECKS) :]
+            window = losses[-max(1, steps // CHECKS) :]
             point = {
                 "step": it + 1,
                 "train_loss": round(float(np.mean(window)), 3),
-                "val_top1": top1(net, val, cfg, modality, device),
+                "val_top1": top1(net, val, root, cfg, modality, classes, device),
             }
             curve.append(point)
             print(
@@ -182,12 +143,39 @@ def train_one(train: Videos, val: Videos, cfg: Config, modality: str, classes: i
                 f"val top-1 {point['val_top1']:.1f} %",
                 flush=True,
             )
+            net.train()
     return {
         "curve": curve,
         "val_top1": curve[-1]["val_top1"],
         "train_loss": curve[-1]["train_loss"],
+        "steps": steps,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def top1(
+    net: torch.nn.Module,
+    val: list[VideoItem],
+    root: Path,
+    cfg: Config,
+    modality: str,
+    classes: int,
+    device: torch.device,
+) -> float:
+    """The 30-view Top-1 (%) of the validation videos: training's own test (`score_videos`)."""
+    scores, labels, _ = score_videos(
+        net,
+        val,
+        root,
+        cfg.input,
+        modality=modality,
+        tg_stride=cfg.tg.stride,
+        device=device,
+        batch_views=cfg.train.eval_batch_views,
+        average=cfg.train.test_average,
+        tg_spread=cfg.tg.slow == "spread",
+    )
+    return accuracy_metrics(scores, labels, classes)["top1"]
 
 
 def make_data(root: Path, family: str, args: argparse.Namespace) -> Path:
@@ -217,7 +205,6 @@ def describe(cfg: Config) -> dict:
         "clip": f"{spec.clip_len}x{spec.crop_size}^2, interval {spec.interval}",
         "short_side": spec.short_side,
         "test": f"{spec.test_clips}x{spec.test_crops} views of {spec.test_crop}^2",
-        "steps": o.steps,
         "batch": o.batch_labeled,
         "lr": scaled_lr(cfg, world_size=1),
         "seed": cfg.train.seed,
@@ -248,7 +235,7 @@ def markdown(results: dict) -> str:
         c = r["config"]
         curve = " / ".join(f"{p['val_top1']:.1f}" for p in r["curve"])
         lines.append(
-            f"| {r['family']} | {r['input'].upper()} | width {c['width']} | {c['clip']} | {c['steps']} | "
+            f"| {r['family']} | {r['input'].upper()} | width {c['width']} | {c['clip']} | {r['steps']} | "
             f"{curve} | {r['train_loss']:.2f} | {r['seconds'] / 60:.1f} min |"
         )
     return "\n".join(lines) + "\n"
@@ -301,22 +288,23 @@ def main(argv: list[str] | None = None) -> int:
     for family in args.families:
         folder = make_data(args.root, family, args)
         try:
-            cfg, recipe = resolve_own_data(str(folder), args.set)
+            cfg, _ = resolve_own_data(str(folder), args.set)
         except ConfigError as exc:
             print(f"supervised: {exc}", file=sys.stderr)
             return 2
         device_name = training_device(cfg.train.device)
         device = torch.device(device_name)
-        train, val = decode_split(folder, "train.txt"), decode_split(folder, "val.txt")
-        classes = recipe.classes
+        splits = resolve_splits(cfg.data, None, is_main=False)  # every training video is labeled
+        train = decode_videos(splits.root, splits.labeled)
+        classes = len(splits.classes)
         chance = 100.0 / classes
         print(
-            f"[{family}] {len(train.labels)} training videos (all labeled), {len(val.labels)} validation: "
+            f"[{family}] {len(splits.labeled)} training videos (all labeled), {len(splits.val)} validation: "
             f"{describe(cfg)}",
             flush=True,
         )
         for modality in args.inputs:
-            result = train_one(train, val, cfg, modality, classes, device)
+            result = train_one(train, splits.val, splits.root, cfg, modality, classes, device)
             runs.append({"family": family, "input": modality, "config": describe(cfg), **result})
     slug = machine_slug(machine, device_name)
     results = {

@@ -1,5 +1,5 @@
-"""The supervised reference benchmark: its clips (the recipe's frames, one crop for RGB and TG), its 30-view
-test geometry, and a tiny end-to-end run that writes its results."""
+"""The supervised reference benchmark: its clips (the recipe's frames, one crop for RGB and TG), and a
+tiny end-to-end run (training's 30-view test at each check) that writes its results."""
 
 import json
 
@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.supervised import Videos, main, model_input, train_batch, validation_views
-from training.augment import temporal_gradient
+from benchmarks.supervised import Videos, main, train_batch
 from training.config import load_config
 from training.own_data import CPU_BASE
-from training.video import uniform_clip_indices
 
 
 def indexed_video(frames: int = 48, height: int = 24, width: int = 32) -> np.ndarray:
@@ -25,20 +23,6 @@ def indexed_video(frames: int = 48, height: int = 24, width: int = 32) -> np.nda
 def small_config(**input_keys):
     sets = [f"input.{k}={v}" for k, v in input_keys.items()]
     return load_config(CPU_BASE, ["data.root=unused", *sets])
-
-
-def test_the_30_views_are_the_uniform_clips_and_three_crops_along_the_long_side():
-    cfg = small_config(clip_len=4, interval=3, test_short_side=24, test_crop=24)
-    video = indexed_video()
-    views = validation_views(video, cfg)  # (30, 2, 3, T, S, S)
-    assert views.shape == (30, 2, 3, 4, 24, 24)
-    starts = uniform_clip_indices(48, clip_len=4, interval=3, num_clips=10)
-    for clip in range(10):
-        for crop, left in enumerate((0, 4, 8)):  # 32 - 24 = 8 columns spread over 3 crops
-            view = views[clip * 3 + crop]
-            assert view[0, 0, :, 0, 0].tolist() == starts[clip].tolist()  # the clip's frames
-            assert view[1, 0, :, 0, 0].tolist() == (starts[clip] + 1).tolist()  # their successors
-            assert view[0, 1, 0, 0].tolist() == list(range(left, left + 24))  # the crop's columns
 
 
 def test_a_training_clip_takes_rgb_and_tg_from_one_crop_of_the_recipes_frames():
@@ -55,13 +39,9 @@ def test_a_training_clip_takes_rgb_and_tg_from_one_crop_of_the_recipes_frames():
     tg, _ = train_batch(videos, cfg, "tg", np.random.default_rng(0))
     raw = tg[:, 0] * cfg.input.std[0] + cfg.input.mean[0]
     assert torch.allclose(raw, torch.full_like(raw, 127.0), atol=1e-3)
-    both = torch.stack([torch.from_numpy(video[:2]), torch.from_numpy(video[1:3])]).permute(0, 4, 1, 2, 3)[None]
-    assert torch.allclose(
-        model_input(both, cfg, "tg") * torch.tensor(cfg.input.std).view(1, 3, 1, 1, 1)
-        + torch.tensor(cfg.input.mean).view(1, 3, 1, 1, 1),
-        temporal_gradient(both[:, 0], both[:, 1]),
-        atol=1e-3,
-    )
+    # channel 1 holds the column: a frame and its successor were cut by one box, so it cancels
+    columns = tg[:, 1] * cfg.input.std[1] + cfg.input.mean[1]
+    assert torch.allclose(columns, torch.full_like(columns, 127.5), atol=1e-3)
 
 
 @pytest.mark.slow
@@ -80,7 +60,7 @@ def test_a_tiny_supervised_run_writes_its_table(tmp_path):
     for run in results["runs"]:
         assert [p["step"] for p in run["curve"]] == [1, 2, 3, 4]
         assert all(0 <= p["val_top1"] <= 100 for p in run["curve"])
-        assert run["config"]["width"] == 4 and run["config"]["steps"] == 4
+        assert run["config"]["width"] == 4 and run["steps"] == 4
     table = json_path.with_suffix(".md").read_text()
     assert "| directions | TG | width 4 |" in table and "chance 25 %" in table
 
