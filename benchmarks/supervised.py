@@ -21,7 +21,7 @@ At every quarter of the run the validation videos get training's own 30-view tes
 
     python -m benchmarks.supervised                                         # this machine's recipe
     python -m benchmarks.supervised --set model.width=32 optim.steps=4800   # a wider network, longer
-    python -m benchmarks.supervised --width 171 --height 128                # on a GPU: the full R3D-18 at 112 px
+    python -m benchmarks.supervised --width 170 --height 128                # on a GPU: the full R3D-18 at 112 px
 
 Results: benchmarks/results/supervised-[<tag>-]<machine>-<date>.json and .md.
 """
@@ -286,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     machine, created = describe_machine(), datetime.now(timezone.utc)
     runs, device_name, chance, classes = [], "cpu", 0.0, 0
     for family in args.families:
-        folder = make_data(args.root, family, args)
         try:
+            folder = make_data(args.root, family, args)
             cfg, _ = resolve_own_data(str(folder), args.set)
-        except ConfigError as exc:
+        except (ConfigError, ValueError) as exc:  # the generator's arguments, a --set key
             print(f"supervised: {exc}", file=sys.stderr)
             return 2
         device_name = training_device(cfg.train.device)

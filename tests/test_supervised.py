@@ -77,3 +77,10 @@ def test_a_bad_argument_is_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_a_video_size_the_encoder_cannot_write_is_named_before_anything_runs(tmp_path, capsys):
+    argv = ["--families", "turns", "--width", "171", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "width and height must be even" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
