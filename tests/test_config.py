@@ -60,6 +60,8 @@ def test_overrides_reach_every_ablation_switch():
         ("optim.lr=-0.1", "optim.lr"),
         ("optim.lr=0", "optim.lr"),
         ("optim.momentum=1", "optim.momentum"),
+        ("loss.dist_align_momentum=1", "loss.dist_align_momentum"),
+        ("loss.dist_align=maybe", "loss.dist_align"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override, key):

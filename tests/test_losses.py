@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from training.losses import (
+    DistributionAlignment,
     contrastive_loss,
     dense_alignment_loss,
     pseudo_labels,
@@ -339,3 +340,99 @@ def test_contrastive_ddp_matches_single_process(tmp_path):
     for name, p in model.named_parameters():
         for r in results:  # DDP leaves the same averaged gradient on every rank
             torch.testing.assert_close(r["grads"][name], p.grad, atol=1e-6, rtol=0)
+
+
+# --- distribution alignment of the pseudo-labels (loss.dist_align) ---------------------------
+
+
+def test_dist_align_hand_computed():
+    # target (1/2, 1/2); momentum 0.5: running = 0.5 (0.5, 0.5) + 0.5 (0.8, 0.2) = (0.65, 0.35)
+    da = DistributionAlignment(torch.tensor([1.0, 1.0]), momentum=0.5)
+    probs = torch.tensor([[0.9, 0.1], [0.7, 0.3]], dtype=torch.float64)
+    out = da("rgb", probs)
+    for row, (a, b) in zip(out.tolist(), [(0.9, 0.1), (0.7, 0.3)], strict=True):
+        a, b = a * 0.5 / 0.65, b * 0.5 / 0.35
+        assert row == pytest.approx([a / (a + b), b / (a + b)], abs=1e-12)
+    assert da.running["rgb"].tolist() == pytest.approx([0.65, 0.35], abs=1e-12)
+    # a second batch moves the running mean on from there, not from the target
+    da("rgb", torch.tensor([[0.5, 0.5]], dtype=torch.float64))
+    assert da.running["rgb"].tolist() == pytest.approx([0.575, 0.425], abs=1e-12)
+    assert "tg" not in da.running  # one running mean per stream
+
+
+def test_dist_align_target_from_labels():
+    da = DistributionAlignment.from_labels([0, 0, 2, 2, 2, 2], 3)
+    # class 1 has no labeled video: half a video, so that it can still be predicted
+    assert da.target.tolist() == pytest.approx([2 / 6.5, 0.5 / 6.5, 4 / 6.5], abs=1e-12)
+
+
+def test_dist_align_undoes_a_collapse_onto_one_class():
+    # most unlabeled clips called class 0 with 0.85: without alignment they all pass 0.8 as class 0
+    logits = torch.log(torch.tensor([[0.85, 0.15]] * 6 + [[0.1, 0.9]] * 2))
+    labels, mask = pseudo_labels(logits, None, fusion="self", threshold=0.8)["rgb"]
+    assert labels.tolist() == [0] * 6 + [1] * 2 and mask.tolist() == [1.0] * 8
+    da = DistributionAlignment(torch.ones(2), momentum=0.0)  # running = this batch's mean
+    labels, mask = pseudo_labels(logits, None, fusion="self", threshold=0.8, dist_align=da)["rgb"]
+    # mean (0.6625, 0.3375) against (0.5, 0.5): a class-0 row becomes 0.85 * 0.5 / 0.6625 against
+    # 0.15 * 0.5 / 0.3375, i.e. 0.743, under the threshold; the class-1 rows rise to 0.946
+    a, b = 0.85 / 0.6625, 0.15 / 0.3375
+    assert a / (a + b) == pytest.approx(0.7427, abs=1e-4)
+    assert mask.tolist() == [0.0] * 6 + [1.0] * 2 and labels[6:].tolist() == [1, 1]
+
+
+def test_dist_align_fused_streams_share_the_alignment():
+    z_rgb, z_tg = torch.randn(5, 3), torch.randn(5, 3)
+    da = DistributionAlignment(torch.ones(3), momentum=0.9)
+    out = pseudo_labels(z_rgb, z_tg, fusion="logits", threshold=0.0, dist_align=da)
+    assert torch.equal(out["rgb"][0], out["tg"][0])
+    torch.testing.assert_close(da.running["rgb"], da.running["tg"], rtol=0, atol=0)
+
+
+def test_dist_align_state_continues_exactly():
+    torch.manual_seed(0)
+    batches = [torch.softmax(torch.randn(4, 3), dim=1) for _ in range(6)]
+    straight = DistributionAlignment(torch.ones(3), momentum=0.9)
+    outs = [straight("tg", b) for b in batches]
+    first = DistributionAlignment(torch.ones(3), momentum=0.9)
+    for b in batches[:3]:
+        first("tg", b)
+    resumed = DistributionAlignment(torch.ones(3), momentum=0.9)
+    resumed.load_state_dict(first.state_dict())
+    for b, expected in zip(batches[3:], outs[3:], strict=True):
+        assert torch.equal(resumed("tg", b), expected)
+
+
+def test_dist_align_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="momentum"):
+        DistributionAlignment(torch.ones(3), momentum=1.0)
+    with pytest.raises(ValueError, match="positive target"):
+        DistributionAlignment(torch.tensor([1.0, 0.0]))
+
+
+def _dist_align_worker(rank, world_size, init_file, batches, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        da = DistributionAlignment(torch.ones(3), momentum=0.5)
+        for b in batches:  # each process sees its half of every batch
+            half = b.shape[0] // world_size
+            out = da("rgb", b[rank * half : (rank + 1) * half])
+        torch.save({"running": da.running["rgb"], "out": out}, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(60)
+def test_dist_align_ddp_matches_single_process(tmp_path):
+    torch.manual_seed(0)
+    batches = [torch.softmax(torch.randn(6, 3), dim=1).double() for _ in range(3)]
+    mp.spawn(_dist_align_worker, args=(2, str(tmp_path / "init"), batches, str(tmp_path)), nprocs=2, join=True)
+    single = DistributionAlignment(torch.ones(3), momentum=0.5)
+    for b in batches:
+        out = single("rgb", b)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(result["running"], single.running["rgb"], rtol=0, atol=1e-12)
+        torch.testing.assert_close(result["out"], out[rank * 3 : (rank + 1) * 3], rtol=0, atol=1e-12)

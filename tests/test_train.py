@@ -53,17 +53,24 @@ def test_tiny_run_writes_the_run_folder_and_reruns_as_complete(tmp_path, data_ro
 
 
 @pytest.mark.slow
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data_root):
-    overrides = tiny_overrides(data_root, **{"train.eval_every": 0})
+@pytest.mark.parametrize("dist_align", [False, True], ids=["plain", "dist_align"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data_root, dist_align):
+    # with loss.dist_align the running means of the pseudo-label alignment are part of the state
+    overrides = tiny_overrides(data_root, **{"train.eval_every": 0, "loss.dist_align": str(dist_align).lower()})
     assert run_train(tmp_path / "straight", overrides) == 0
     assert run_train(tmp_path / "pieces", overrides, "--stop-after", "1") == 0
     assert torch.load(tmp_path / "pieces" / "last.pt", weights_only=True)["epoch"] == 1
     assert run_train(tmp_path / "pieces", overrides) == 0
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "pieces" / "last.pt", weights_only=True)["model"]
+    ckpt_a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    ckpt_b = torch.load(tmp_path / "pieces" / "last.pt", weights_only=True)
+    a, b = ckpt_a["model"], ckpt_b["model"]
     for part in a:
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+    assert set(ckpt_a["dist_align"]) == ({"rgb", "tg"} if dist_align else set())
+    for stream, running in ckpt_a["dist_align"].items():
+        assert torch.equal(running, ckpt_b["dist_align"][stream]), stream
+        assert running.sum().item() == pytest.approx(1.0) and not torch.allclose(running, running.mean())
 
 
 @pytest.mark.slow

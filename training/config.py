@@ -97,6 +97,10 @@ class LossConfig:
     streams: str = "both"  # both: RGB student + TG teacher; rgb / tg: FixMatch on one modality
     fusion: str = "logits"  # pseudo-labels: logits (code), probs (paper Eq. 5), rgb, tg, self
     threshold: float = 0.3
+    # distribution alignment of the pseudo-labels (ReMixMatch): an addition to the method, off in
+    # the paper's configs; momentum of the running mean of the weak views' class probabilities
+    dist_align: bool = False
+    dist_align_momentum: float = 0.99
     align: str = "cosine"  # dense alignment: cosine, l1, l2, off
     align_stages: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     stop_gradient: bool = True
@@ -313,6 +317,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"loss.threshold: must be in [0, 1], got {loss.threshold}")
     if loss.temperature <= 0:
         raise ConfigError(f"loss.temperature: must be > 0, got {loss.temperature}")
+    if not 0.0 <= loss.dist_align_momentum < 1.0:
+        raise ConfigError(f"loss.dist_align_momentum: must be in [0, 1), got {loss.dist_align_momentum}")
     if cfg.data.labeled_ratio and cfg.data.labeled_per_class:
         raise ConfigError("data.labeled_ratio and data.labeled_per_class: set one, not both")
     if not 0.0 <= cfg.data.labeled_ratio <= 1.0:

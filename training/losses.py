@@ -25,6 +25,56 @@ def supervised_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(_at_least_float32(logits), labels)
 
 
+class DistributionAlignment:
+    """Distribution alignment of pseudo-labels (ReMixMatch, Berthelot et al., ICLR 2020), an
+    addition to the method (`loss.dist_align`, off in the paper's configs).
+
+    The weak views' class probabilities p are replaced by normalise(p * target / running): target
+    is the class distribution of the labeled videos, running the moving average of p over the
+    unlabeled batches seen so far (starting at target). A network that calls most unlabeled clips
+    one class has that class scaled down until its pseudo-labels are spread like the labels; the
+    threshold and the argmax then act on the aligned p. One running mean per stream. Under
+    torch.distributed each batch mean is averaged over the processes, so every process holds the
+    same state, and the checkpoint's copy (`state_dict`) continues a resumed run exactly.
+    """
+
+    def __init__(self, target: Tensor, *, momentum: float = 0.99) -> None:
+        target = target.detach().double()
+        if target.ndim != 1 or len(target) < 2 or bool((target <= 0).any()):
+            raise ValueError(f"distribution alignment needs a positive target over >= 2 classes, got {target}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"distribution alignment momentum must be in [0, 1), got {momentum}")
+        self.target = target / target.sum()
+        self.momentum = momentum
+        self.running: dict[str, Tensor] = {}
+
+    @classmethod
+    def from_labels(cls, labels: list[int], num_classes: int, *, momentum: float = 0.99) -> DistributionAlignment:
+        """The target from the labeled videos' classes; a class without any labeled video counts as
+        half a video, so that it can still be predicted."""
+        counts = torch.bincount(torch.tensor(labels, dtype=torch.long), minlength=num_classes).double()
+        return cls(counts.clamp(min=0.5), momentum=momentum)
+
+    @torch.no_grad()
+    def __call__(self, stream: str, probs: Tensor) -> Tensor:
+        """Update `stream`'s running mean with this batch and return the aligned probabilities."""
+        batch_mean = probs.double().mean(dim=0)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_mean)
+            batch_mean /= dist.get_world_size()
+        running = self.running.get(stream, self.target.to(probs.device))
+        running = self.momentum * running + (1.0 - self.momentum) * batch_mean
+        self.running[stream] = running
+        aligned = probs.double() * (self.target.to(probs.device) / running.clamp(min=1e-6))
+        return (aligned / aligned.sum(dim=1, keepdim=True)).to(probs.dtype)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {stream: r.cpu() for stream, r in self.running.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.running = {stream: r.double().clone() for stream, r in state.items()}
+
+
 @torch.no_grad()
 def pseudo_labels(
     logits_rgb: Tensor | None,
@@ -32,12 +82,14 @@ def pseudo_labels(
     *,
     fusion: str = "logits",
     threshold: float = 0.3,
+    dist_align: DistributionAlignment | None = None,
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """Hard pseudo-labels and confidence masks from the weak unlabeled views.
 
     fusion "logits" averages logits before the softmax (authors' code, default); "probs"
     averages the two softmaxes (paper Eq. 5); "rgb"/"tg" use one network's softmax for both;
-    "self" gives each network its own. Returns {stream: (labels (N,) long, mask (N,) float)}
+    "self" gives each network its own. `dist_align`, when given, aligns each stream's
+    probabilities before the threshold. Returns {stream: (labels (N,) long, mask (N,) float)}
     for each stream whose logits were given.
     """
     if fusion not in FUSIONS:
@@ -69,6 +121,8 @@ def pseudo_labels(
 
     out = {}
     for stream, p in probs.items():
+        if dist_align is not None:
+            p = dist_align(stream, p)
         conf, labels = p.max(dim=1)
         out[stream] = (labels, (conf >= threshold).float())
     return out

@@ -11,7 +11,14 @@ import torch.nn as nn
 
 from training.augment import make_views
 from training.config import Config
-from training.losses import contrastive_loss, dense_alignment_loss, pseudo_labels, supervised_loss, unlabeled_loss
+from training.losses import (
+    DistributionAlignment,
+    contrastive_loss,
+    dense_alignment_loss,
+    pseudo_labels,
+    supervised_loss,
+    unlabeled_loss,
+)
 
 
 def total_loss(terms: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
@@ -27,14 +34,23 @@ def total_loss(terms: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
 
 
 def training_step(
-    net: nn.Module, batch_l: dict, batch_u: dict, cfg: Config, *, use_unlabeled: bool, device: torch.device
+    net: nn.Module,
+    batch_l: dict,
+    batch_u: dict,
+    cfg: Config,
+    *,
+    use_unlabeled: bool,
+    device: torch.device,
+    dist_align: DistributionAlignment | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One semi-supervised step's loss terms (and monitoring stats), before weighting.
 
     Labeled weak, unlabeled weak and unlabeled strong clips go through each network in one
     batch, so DDP sees a single forward. During the supervised warm-up (`use_unlabeled` off)
     the strong clips still go through as in the authors' code (their BatchNorm statistics are
-    part of training from the first step) unless `train.forward_strong_in_warmup` is off."""
+    part of training from the first step) unless `train.forward_strong_in_warmup` is off.
+    `dist_align` (the run's, when `loss.dist_align` is on) aligns the pseudo-labels; its running
+    mean follows every step, the warm-up's included."""
     bl, bu = len(batch_l["label"]), len(batch_u["label"])
     streams = ("rgb", "tg") if cfg.loss.streams == "both" else (cfg.loss.streams,)
     with_strong = use_unlabeled or cfg.train.forward_strong_in_warmup
@@ -61,6 +77,7 @@ def training_step(
         logits["tg"][bl : bl + bu] if "tg" in logits else None,
         fusion=cfg.loss.fusion,
         threshold=cfg.loss.threshold,
+        dist_align=dist_align,
     )
     if use_unlabeled:
         for m in streams:

@@ -45,6 +45,7 @@ from training.data import (
 )
 from training.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed, training_device
 from training.evaluate import precise_bn, precise_bn_batch_size, precise_bn_loader
+from training.losses import DistributionAlignment
 from training.models import TwoStreamNet, two_stream_from_config
 from training.schedule import Schedule, learning_rate, resolve_schedule, scaled_lr
 from training.scoring import accuracy_metrics, score_videos
@@ -166,6 +167,7 @@ class TrainState:
     writer: SummaryWriter | None = None  # TensorBoard, on the main process only
     skips: SkipLog = field(default_factory=SkipLog)
     history: list[dict] = field(default_factory=list)  # per epoch: the means and the quick validation
+    dist_align: DistributionAlignment | None = None  # its running means are checkpointed
 
 
 def train_one_epoch(state: TrainState, epoch: int) -> dict[str, float]:
@@ -211,7 +213,9 @@ def optimizer_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
 
-    terms, stats = training_step(state.net, batch_l, batch_u, cfg, use_unlabeled=use_unlabeled, device=state.device)
+    terms, stats = training_step(
+        state.net, batch_l, batch_u, cfg, use_unlabeled=use_unlabeled, device=state.device, dist_align=state.dist_align
+    )
     loss = total_loss(terms, cfg)
     # one device-to-host copy per step for logging and the finiteness check
     names = [f"loss/{k}" for k in ("total", *terms)] + [f"pseudo/{k}" for k in stats]
@@ -513,6 +517,10 @@ def run_training(cfg: Config, run: Path, device: torch.device, info: DistInfo, *
     net, net_without_ddp = build_model(cfg, len(splits.classes), device, info)
     optimizer, base_lr = build_optimizer(cfg, net, info.world_size)
     state = TrainState(cfg, net, net_without_ddp, optimizer, loaders, schedule, base_lr, device, info)
+    if cfg.loss.dist_align:
+        state.dist_align = DistributionAlignment.from_labels(
+            [it.label for it in splits.labeled], len(splits.classes), momentum=cfg.loss.dist_align_momentum
+        )
     log_setup(state)
     start_epoch = resume(state, ckpt, run / "last.pt")
     state.writer = tensorboard_writer(run, info)
@@ -658,6 +666,8 @@ def resume(state: TrainState, ckpt: dict | None, ckpt_path: Path) -> int:
     load_model_state(state.net_without_ddp, ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.history, state.skips = list(ckpt.get("history", [])), SkipLog(ckpt.get("skipped"))
+    if state.dist_align is not None:
+        state.dist_align.load_state_dict(ckpt.get("dist_align", {}))
     log.info("resumed from %s at epoch %d", ckpt_path, ckpt["epoch"])
     if ckpt.get("schedule", state.schedule.to_dict()) != state.schedule.to_dict():
         log.warning(
@@ -783,6 +793,7 @@ def save_run_checkpoint(state: TrainState, classes: list[str], ckpt_path: Path, 
                 "schedule": state.schedule.to_dict(),
                 "history": state.history,
                 "skipped": state.skips.state(),
+                "dist_align": state.dist_align.state_dict() if state.dist_align is not None else {},
             },
         )
     barrier(state.info)
