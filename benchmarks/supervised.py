@@ -15,7 +15,7 @@ one on a GPU; --set on top, as for `make train`) with the cross-entropy alone, `
 clips a step at the recipe's lr, warm-up and schedule. The family's cluttered videos are generated
 (training/synthetic.py, all labeled), and the training videos decoded once into memory, so a
 step costs the network's compute and little else; a clip is drawn as training's loader draws
-it (`train_clip_indices`, `tg_frame_pairs`, the weak view `weak_geometric`, `split_modalities`).
+it (`training.data.training_clip_rows` and `augment_training_clip`, then `split_modalities`).
 At every quarter of the run the validation videos get training's own 30-view test
 (`training.scoring.score_videos`).
 
@@ -44,14 +44,14 @@ import torch.nn.functional as F
 from benchmarks.machine import describe_machine, machine_slug
 from training.augment import split_modalities
 from training.config import Config, ConfigError
-from training.data import VideoItem, resolve_splits, tg_tail, weak_geometric
+from training.data import VideoItem, augment_training_clip, resolve_splits, training_clip_rows
 from training.distributed import training_device
 from training.models import r3d18_from_config
 from training.own_data import resolve_own_data
 from training.schedule import learning_rate, resolve_schedule, scaled_lr
 from training.scoring import accuracy_metrics, score_videos
 from training.synthetic import FAMILIES, generate
-from training.video import VideoDecodeError, open_video, read_frames, tg_frame_pairs, train_clip_indices
+from training.video import VideoDecodeError, open_video, read_frames
 from training.views import normalize
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -92,13 +92,8 @@ def train_batch(
     clips = []
     for i in chosen:
         video = videos.frames[i]
-        n = len(video)
-        tail = tg_tail(tg_stride=stride, tg_spread=spread)
-        idx = train_clip_indices(n, clip_len=spec.clip_len, interval=spec.interval, rng=rng, tail=tail)
-        first, second = tg_frame_pairs(idx, stride=stride, num_frames=n, spread=spread)
-        rows = [idx, first, second] if spread else [idx, second]
-        x = weak_geometric(video[np.concatenate(rows)], spec, rng)  # one crop box and flip for every row
-        clips.append(x.view(len(rows), spec.clip_len, *x.shape[1:]).transpose(1, 2))  # (K, 3, T, S, S)
+        rows = training_clip_rows(len(video), spec, rng, tg_stride=stride, tg_spread=spread)
+        clips.append(augment_training_clip(video[np.concatenate(rows)], len(rows), spec, rng))  # (K, 3, T, S, S)
     rgb, tg = split_modalities(torch.stack(clips))
     return normalize(rgb if modality == "rgb" else tg, cfg.input), torch.from_numpy(videos.labels[chosen])
 

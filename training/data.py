@@ -565,6 +565,31 @@ def tg_tail(*, tg_stride: int, tg_spread: bool) -> int:
     return 0 if tg_spread and tg_stride > 1 else tg_stride
 
 
+def training_clip_rows(
+    num_frames: int, spec: InputSpec, rng: np.random.Generator, *, tg_stride: int, tg_spread: bool
+) -> list[np.ndarray]:
+    """The frame indices of one random training clip, a row per group of T frames: [clip, the
+    frames t + tg_stride], or [clip, first, second frame of each TG frame] for slow TG spread
+    over the clip (`tg_spread`, which needs `tg_stride` > 1)."""
+    idx = train_clip_indices(
+        num_frames,
+        clip_len=spec.clip_len,
+        interval=spec.interval,
+        rng=rng,
+        tail=tg_tail(tg_stride=tg_stride, tg_spread=tg_spread),
+    )
+    first, second = tg_frame_pairs(idx, stride=tg_stride, num_frames=num_frames, spread=tg_spread)
+    return [idx, first, second] if tg_spread else [idx, second]
+
+
+def augment_training_clip(frames: np.ndarray, rows: int, spec: InputSpec, rng: np.random.Generator) -> torch.Tensor:
+    """The frames of `training_clip_rows` (rows x T, H, W, 3) uint8 -> (rows, 3, T, crop, crop) uint8,
+    one weak view (crop box and flip) for all of them."""
+    x = weak_geometric(frames, spec, rng)  # (rows*T, 3, S, S)
+    t = spec.clip_len
+    return x.view(rows, t, 3, *x.shape[-2:]).permute(0, 2, 1, 3, 4).contiguous()
+
+
 class TrainClips(Dataset):
     """Training clips: each item is one random clip of a video and the frames its temporal
     gradient is taken from, with one weak augmentation applied to all (same crop box and flip).
@@ -623,16 +648,9 @@ class TrainClips(Dataset):
                 skipped.append((item.path, error))
                 continue
             try:
-                n = len(reader)
-                idx = train_clip_indices(
-                    n,
-                    clip_len=self.spec.clip_len,
-                    interval=self.spec.interval,
-                    rng=rng,
-                    tail=tg_tail(tg_stride=self.tg_stride, tg_spread=self.tg_spread),
+                rows = training_clip_rows(
+                    len(reader), self.spec, rng, tg_stride=self.tg_stride, tg_spread=self.tg_spread
                 )
-                first, second = tg_frame_pairs(idx, stride=self.tg_stride, num_frames=n, spread=self.tg_spread)
-                rows = [idx, first, second] if self.tg_spread else [idx, second]
                 frames = read_frames(reader, np.concatenate(rows), name=path)
                 break
             except VideoDecodeError as exc:
@@ -642,9 +660,7 @@ class TrainClips(Dataset):
                 f"{MAX_REPLACEMENTS} unreadable videos in a row near {self.items[index].path}: "
                 f"is data.root right? Last error: {skipped[-1][1]}"
             )
-        x = weak_geometric(frames, self.spec, rng)  # (K*T, 3, S, S)
-        t = self.spec.clip_len
-        x = x.view(len(rows), t, 3, *x.shape[-2:]).permute(0, 2, 1, 3, 4).contiguous()  # (K, 3, T, S, S)
+        x = augment_training_clip(frames, len(rows), self.spec, rng)  # (K, 3, T, S, S)
         return {"frames": x, "label": item.label, "index": index, "skipped": skipped}
 
 
