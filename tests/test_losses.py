@@ -385,7 +385,9 @@ def test_dist_align_fused_streams_share_the_alignment():
     da = DistributionAlignment(torch.ones(3), momentum=0.9)
     out = pseudo_labels(z_rgb, z_tg, fusion="logits", threshold=0.0, dist_align=da)
     assert torch.equal(out["rgb"][0], out["tg"][0])
-    torch.testing.assert_close(da.running["rgb"], da.running["tg"], rtol=0, atol=0)
+    fused = torch.softmax((z_rgb + z_tg) / 2, dim=1).double()
+    assert set(da.running) == {"fused"}  # aligned once, not once per stream
+    torch.testing.assert_close(da.running["fused"], 0.9 * torch.full((3,), 1 / 3).double() + 0.1 * fused.mean(0))
 
 
 def test_dist_align_state_continues_exactly():

@@ -67,9 +67,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, data_ro
     for part in a:
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
-    assert set(ckpt_a["dist_align"]) == ({"rgb", "tg"} if dist_align else set())
-    for stream, running in ckpt_a["dist_align"].items():
-        assert torch.equal(running, ckpt_b["dist_align"][stream]), stream
+    assert set(ckpt_a["dist_align"]) == ({"fused"} if dist_align else set())
+    for source, running in ckpt_a["dist_align"].items():
+        assert torch.equal(running, ckpt_b["dist_align"][source]), source
         assert running.sum().item() == pytest.approx(1.0) and not torch.allclose(running, running.mean())
 
 

@@ -33,7 +33,8 @@ class DistributionAlignment:
     is the class distribution of the labeled videos, running the moving average of p over the
     unlabeled batches seen so far (starting at target). A network that calls most unlabeled clips
     one class has that class scaled down until its pseudo-labels are spread like the labels; the
-    threshold and the argmax then act on the aligned p. One running mean per stream. Under
+    threshold and the argmax then act on the aligned p. One running mean per source of
+    pseudo-labels: "fused" for the fusions both networks share, each stream's own under "self". Under
     torch.distributed each batch mean is averaged over the processes, so every process holds the
     same state, and the checkpoint's copy (`state_dict`) continues a resumed run exactly.
     """
@@ -56,23 +57,23 @@ class DistributionAlignment:
         return cls(counts.clamp(min=0.5), momentum=momentum)
 
     @torch.no_grad()
-    def __call__(self, stream: str, probs: Tensor) -> Tensor:
-        """Update `stream`'s running mean with this batch and return the aligned probabilities."""
+    def __call__(self, source: str, probs: Tensor) -> Tensor:
+        """Update `source`'s running mean with this batch and return the aligned probabilities."""
         batch_mean = probs.double().mean(dim=0)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_mean)
             batch_mean /= dist.get_world_size()
-        running = self.running.get(stream, self.target.to(probs.device))
+        running = self.running.get(source, self.target.to(probs.device))
         running = self.momentum * running + (1.0 - self.momentum) * batch_mean
-        self.running[stream] = running
+        self.running[source] = running
         aligned = probs.double() * (self.target.to(probs.device) / running.clamp(min=1e-6))
         return (aligned / aligned.sum(dim=1, keepdim=True)).to(probs.dtype)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {stream: r.cpu() for stream, r in self.running.items()}
+        return {source: r.cpu() for source, r in self.running.items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.running = {stream: r.double().clone() for stream, r in state.items()}
+        self.running = {source: r.double().clone() for source, r in state.items()}
 
 
 @torch.no_grad()
@@ -88,8 +89,8 @@ def pseudo_labels(
 
     fusion "logits" averages logits before the softmax (authors' code, default); "probs"
     averages the two softmaxes (paper Eq. 5); "rgb"/"tg" use one network's softmax for both;
-    "self" gives each network its own. `dist_align`, when given, aligns each stream's
-    probabilities before the threshold. Returns {stream: (labels (N,) long, mask (N,) float)}
+    "self" gives each network its own. `dist_align`, when given, aligns the probabilities before
+    the threshold (a fused one once, for both streams). Returns {stream: (labels (N,) long, mask (N,) float)}
     for each stream whose logits were given.
     """
     if fusion not in FUSIONS:
@@ -119,10 +120,15 @@ def pseudo_labels(
         else:  # tg
             probs = {"rgb": p_tg, "tg": p_tg}
 
+    if dist_align is not None:
+        if fusion == "self":
+            probs = {stream: dist_align(stream, p) for stream, p in probs.items()}
+        else:
+            fused = dist_align("fused", probs["rgb"])
+            probs = {"rgb": fused, "tg": fused}
+
     out = {}
     for stream, p in probs.items():
-        if dist_align is not None:
-            p = dist_align(stream, p)
         conf, labels = p.max(dim=1)
         out[stream] = (labels, (conf >= threshold).float())
     return out
